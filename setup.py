@@ -1,0 +1,47 @@
+"""Packaging for hf_encoderlock."""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+
+setup(
+    name="hf_encoderlock",
+    version="0.1.0.dev0",
+    description="EncoderLock for the Hugging Face ecosystem: lock pre-trained encoders against malicious probing.",
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.10",
+    packages=find_packages(include=["hf_encoderlock", "hf_encoderlock.*"]),
+    include_package_data=True,
+    package_data={
+        "hf_encoderlock": [
+            "assets/victim/*",
+            "metrics/*/*.py",
+            "templates/*.md",
+        ]
+    },
+    install_requires=[
+        "torch>=2.4",
+        "transformers>=5.19",
+        "datasets>=3.0",
+        "accelerate>=1.0",
+        "peft>=0.13",
+        "evaluate>=0.4.3",
+        "huggingface-hub>=1.0",
+        "safetensors>=0.4",
+        "jinja2>=3.1",
+        "numpy>=1.26",
+        "pillow>=10.0",
+        "scikit-learn>=1.4",
+        "scikit-image>=0.22",
+        "mlxtend>=0.23",
+        "matplotlib>=3.8",
+        "pyyaml>=6.0",
+        "tqdm>=4.66",
+    ],
+    extras_require={"dev": ["pytest>=8.0"]},
+    entry_points={"console_scripts": ["encoderlock=hf_encoderlock.cli:main"]},
+)
