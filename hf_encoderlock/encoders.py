@@ -1,0 +1,332 @@
+"""Turn any vision backbone into ``features(pixel_values) -> (batch, dim)``.
+
+The :class:`EncoderAdapter` wraps a Hugging Face backbone loaded with ``AutoModel`` (ViT, DeiT, DINOv2, Swin,
+ConvNeXt, ResNet, ...) or any ``torch.nn.Module`` that maps pixels to features, together with the image
+processor that prepares its inputs. Pooling turns the backbone's output into one vector per image:
+
+- ``"cls"``: the first token of a token sequence (ViT-style models with a CLS token);
+- ``"mean"``: the mean of the patch tokens (the CLS token and register tokens excluded where known);
+- ``"pooler"``: the backbone's own ``pooler_output``;
+- ``"spatial_mean"``: the mean over the spatial grid of a convolutional feature map;
+- ``"auto"``: ``cls`` for models with a CLS token, else ``pooler`` when the backbone has one, else the mean.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from PIL import Image
+from torch import nn
+
+POOLINGS = ("auto", "cls", "mean", "pooler", "spatial_mean")
+
+
+class EncoderError(ValueError):
+    """An encoder could not be loaded or used as asked; the message names the problem."""
+
+
+def _has_cls_token(backbone: nn.Module) -> bool:
+    embeddings = getattr(backbone, "embeddings", None)
+    return embeddings is not None and getattr(embeddings, "cls_token", None) is not None
+
+
+def _num_prefix_tokens(backbone: nn.Module) -> int:
+    """Tokens that come before the patch tokens (CLS plus any register tokens)."""
+    if not _has_cls_token(backbone):
+        return 0
+    config = getattr(backbone, "config", None)
+    return 1 + int(getattr(config, "num_register_tokens", 0) or 0)
+
+
+def _main_output(outputs: Any) -> torch.Tensor:
+    """The backbone's main feature tensor, whatever form its output takes."""
+    if isinstance(outputs, torch.Tensor):
+        return outputs
+    last = getattr(outputs, "last_hidden_state", None)
+    if last is None and isinstance(outputs, dict):
+        last = outputs.get("last_hidden_state")
+    if last is None and isinstance(outputs, (tuple, list)) and outputs:
+        last = outputs[0]
+    if not isinstance(last, torch.Tensor):
+        raise EncoderError(f"cannot find a feature tensor in the backbone output of type {type(outputs).__name__}")
+    return last
+
+
+def _pooler_output(outputs: Any) -> torch.Tensor | None:
+    pooled = getattr(outputs, "pooler_output", None)
+    if pooled is None and isinstance(outputs, dict):
+        pooled = outputs.get("pooler_output")
+    return pooled if isinstance(pooled, torch.Tensor) else None
+
+
+class EncoderAdapter(nn.Module):
+    """A backbone plus its image processor, exposing pooled features.
+
+    Args:
+        backbone: a ``PreTrainedModel`` from ``AutoModel`` or any module mapping pixel values to features.
+        pooling: the default pooling (see the module docstring).
+        image_processor: the Hugging Face image processor that prepares inputs (``None`` for plain modules;
+            :meth:`preprocess` then needs ``preprocess_fn``).
+        preprocess_fn: optional callable mapping a list of PIL images to a pixel-value tensor.
+        name: a short name used in reports.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        pooling: str = "auto",
+        image_processor: Any | None = None,
+        preprocess_fn: Callable[[Sequence[Image.Image]], torch.Tensor] | None = None,
+        name: str | None = None,
+    ) -> None:
+        super().__init__()
+        if pooling not in POOLINGS:
+            raise EncoderError(f"unknown pooling {pooling!r}; choose one of {POOLINGS}")
+        self.backbone = backbone
+        self.image_processor = image_processor
+        self.preprocess_fn = preprocess_fn
+        self._has_pooler: bool | None = None
+        self.name = name or getattr(getattr(backbone, "config", None), "_name_or_path", "") or type(backbone).__name__
+        self.pooling = self._resolve_pooling(pooling)
+        self._feature_dim: int | None = None
+
+    # ----------------------------------------------------------------------------------------------- pooling
+    @property
+    def has_cls_token(self) -> bool:
+        return _has_cls_token(self.backbone)
+
+    def _resolve_pooling(self, pooling: str) -> str:
+        if pooling != "auto":
+            return pooling
+        if self.has_cls_token:
+            return "cls"
+        return "pooler" if self.has_pooler_output else "mean"
+
+    @property
+    def has_pooler_output(self) -> bool:
+        """Whether the backbone returns a ``pooler_output`` (checked once with a one-image dry run)."""
+        if self._has_pooler is None:
+            if getattr(self.backbone, "pooler", None) is not None:
+                self._has_pooler = True
+            elif not hasattr(self.backbone, "config"):
+                self._has_pooler = False
+            else:
+                with torch.no_grad():
+                    dry = self._backbone_outputs(torch.zeros(1, *self.input_shape()))
+                self._has_pooler = _pooler_output(dry) is not None
+        return self._has_pooler
+
+    def available_poolings(self) -> tuple[str, ...]:
+        """Poolings that make sense for this backbone, the default first."""
+        options = ["cls", "mean"] if self.has_cls_token else ["mean"]
+        if not self.has_cls_token and self.has_pooler_output:
+            options.insert(0, "pooler")
+        ordered = [self.pooling] + [p for p in options if p != self.pooling]
+        return tuple(dict.fromkeys(ordered))
+
+    def _pool(self, outputs: Any, pooling: str) -> torch.Tensor:
+        if pooling == "pooler":
+            pooled = _pooler_output(outputs)
+            if pooled is None:
+                raise EncoderError(f"pooling 'pooler' asked for, but {self.name} returns no pooler_output")
+            return pooled.flatten(1)
+        hidden = _main_output(outputs)
+        if hidden.dim() == 2:
+            return hidden
+        if hidden.dim() == 4:  # (batch, channels, height, width) from conv backbones
+            if pooling == "cls":
+                raise EncoderError(f"pooling 'cls' needs a token sequence; {self.name} returns a feature map")
+            return hidden.mean(dim=(2, 3))
+        if hidden.dim() != 3:
+            raise EncoderError(f"unexpected backbone output shape {tuple(hidden.shape)} from {self.name}")
+        if pooling == "cls":
+            if not self.has_cls_token:
+                raise EncoderError(f"pooling 'cls' asked for, but {self.name} has no CLS token; use 'mean'")
+            return hidden[:, 0]
+        if pooling in ("mean", "spatial_mean"):
+            return hidden[:, _num_prefix_tokens(self.backbone) :].mean(dim=1)
+        raise EncoderError(f"unknown pooling {pooling!r}; choose one of {POOLINGS}")
+
+    # ----------------------------------------------------------------------------------------------- forward
+    def _backbone_outputs(self, pixel_values: torch.Tensor) -> Any:
+        return self.backbone(pixel_values=pixel_values) if hasattr(self.backbone, "config") else self.backbone(pixel_values)
+
+    def pooled_features(self, pixel_values: torch.Tensor, poolings: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Features under several poolings from ONE backbone pass."""
+        outputs = self._backbone_outputs(pixel_values)
+        return {p: self._pool(outputs, self._resolve_pooling(p)) for p in poolings}
+
+    def features(self, pixel_values: torch.Tensor, pooling: str | None = None) -> torch.Tensor:
+        """``(batch, dim)`` features under ``pooling`` (the adapter's default when ``None``)."""
+        chosen = self._resolve_pooling(pooling or self.pooling)
+        return self._pool(self._backbone_outputs(pixel_values), chosen)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.features(pixel_values)
+
+    @property
+    def feature_dim(self) -> int:
+        """Size of the pooled feature vector (read from the config, else measured once)."""
+        if self._feature_dim is None:
+            config = getattr(self.backbone, "config", None)
+            size = getattr(config, "hidden_size", None)
+            if isinstance(size, int) and self.pooling in ("cls", "mean"):
+                self._feature_dim = size
+            else:
+                with torch.no_grad():
+                    probe = torch.zeros(1, *self.input_shape())
+                    self._feature_dim = int(self.features(probe).shape[-1])
+        return self._feature_dim
+
+    def input_shape(self) -> tuple[int, int, int]:
+        """``(channels, height, width)`` the backbone expects."""
+        config = getattr(self.backbone, "config", None)
+        channels = int(getattr(config, "num_channels", 3) or 3)
+        size = _processor_size(self.image_processor) or getattr(config, "image_size", None) or 224
+        if isinstance(size, (tuple, list)):
+            return channels, int(size[0]), int(size[1])
+        return channels, int(size), int(size)
+
+    # -------------------------------------------------------------------------------------------- preprocess
+    def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """Pixel values (float32) for a list of PIL images, via the model's own image processor."""
+        if self.preprocess_fn is not None:
+            return self.preprocess_fn(images)
+        if self.image_processor is None:
+            raise EncoderError(
+                f"{self.name} has no image processor; pass image_processor= or preprocess_fn= to the adapter"
+            )
+        channels = self.input_shape()[0]
+        mode = "RGB" if channels == 3 else "L"
+        converted = [img.convert(mode) if img.mode != mode else img for img in images]
+        batch = self.image_processor(images=converted, return_tensors="pt")
+        return batch["pixel_values"].float()
+
+    # ----------------------------------------------------------------------------------------- construction
+    def random_init_twin(self, seed: int = 0) -> "EncoderAdapter":
+        """The same architecture and preprocessing with freshly initialised weights."""
+        torch.manual_seed(seed)
+        config = getattr(self.backbone, "config", None)
+        if config is not None and hasattr(self.backbone, "save_pretrained"):
+            from transformers import AutoModel
+
+            twin = AutoModel.from_config(copy.deepcopy(config))
+        else:
+            twin = copy.deepcopy(self.backbone)
+            for module in twin.modules():
+                if hasattr(module, "reset_parameters"):
+                    module.reset_parameters()
+        twin.eval()
+        return EncoderAdapter(
+            twin,
+            pooling=self.pooling,
+            image_processor=self.image_processor,
+            preprocess_fn=self.preprocess_fn,
+            name=f"{self.name} (random init)",
+        )
+
+    def save_pretrained(self, folder: str | os.PathLike, **kwargs: Any) -> None:
+        """Write a folder that ``AutoModel``, ``AutoImageProcessor`` and ``pipeline`` all load."""
+        if not hasattr(self.backbone, "save_pretrained"):
+            raise EncoderError(f"{self.name} is a plain torch module; only Hugging Face backbones can be saved")
+        if self.image_processor is None:
+            raise EncoderError(f"{self.name} has no image processor; every saved encoder folder must carry one")
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        self.backbone.save_pretrained(folder, **kwargs)
+        self.image_processor.save_pretrained(folder)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike, pooling: str = "auto", **kwargs: Any) -> "EncoderAdapter":
+        """Load a backbone and its image processor from a folder or the Hub."""
+        from transformers import AutoImageProcessor, AutoModel
+
+        source = str(name_or_path)
+        local = Path(source)
+        if local.exists() and not (local / "config.json").is_file():
+            raise EncoderError(f"{source} has no config.json: it is not a saved encoder folder")
+        try:
+            backbone = AutoModel.from_pretrained(source, **kwargs)
+        except OSError as error:
+            raise EncoderError(f"could not load the encoder {source!r}: {error}") from error
+        try:
+            processor = AutoImageProcessor.from_pretrained(source)
+        except (OSError, ValueError) as error:
+            raise EncoderError(f"{source!r} has no usable image processor: {error}") from error
+        backbone.eval()
+        return cls(backbone, pooling=pooling, image_processor=processor, name=source)
+
+
+def _processor_size(processor: Any) -> tuple[int, int] | None:
+    size = getattr(processor, "crop_size", None) if getattr(processor, "do_center_crop", False) else None
+    size = size or getattr(processor, "size", None)
+    if size is None:
+        return None
+    if isinstance(size, int):
+        return size, size
+    getter = size.get if isinstance(size, dict) else (lambda key: getattr(size, key, None))
+    height, width = getter("height"), getter("width")
+    if height and width:
+        return int(height), int(width)
+    shortest = getter("shortest_edge")
+    return (int(shortest), int(shortest)) if shortest else None
+
+
+def load_encoder(
+    model_or_path: str | os.PathLike | nn.Module | EncoderAdapter,
+    pooling: str = "auto",
+    image_processor: Any | None = None,
+) -> EncoderAdapter:
+    """An :class:`EncoderAdapter` from a folder, a Hub id, a backbone module or an adapter (returned as is)."""
+    if isinstance(model_or_path, EncoderAdapter):
+        return model_or_path
+    if isinstance(model_or_path, nn.Module):
+        return EncoderAdapter(model_or_path, pooling=pooling, image_processor=image_processor)
+    adapter = EncoderAdapter.from_pretrained(model_or_path, pooling=pooling)
+    if image_processor is not None:
+        adapter.image_processor = image_processor
+    return adapter
+
+
+def vit_image_processor(image_size: int, mean: float = 0.5, std: float = 0.5) -> Any:
+    """A ViT image processor that resizes to ``image_size`` and normalises each channel."""
+    from transformers import ViTImageProcessor
+
+    return ViTImageProcessor(
+        size={"height": image_size, "width": image_size},
+        image_mean=[mean] * 3,
+        image_std=[std] * 3,
+        do_resize=True,
+        do_rescale=True,
+        do_normalize=True,
+    )
+
+
+def tiny_vit_encoder(
+    seed: int = 0,
+    image_size: int = 32,
+    patch_size: int = 8,
+    hidden_size: int = 32,
+    num_layers: int = 2,
+    num_heads: int = 2,
+    intermediate_size: int = 64,
+    pooling: str = "cls",
+) -> EncoderAdapter:
+    """A small randomly initialised ViT with its processor, for tests and smoke runs."""
+    from transformers import ViTConfig, ViTModel
+
+    torch.manual_seed(seed)
+    config = ViTConfig(
+        image_size=image_size,
+        patch_size=patch_size,
+        hidden_size=hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        intermediate_size=intermediate_size,
+        num_channels=3,
+    )
+    backbone = ViTModel(config).eval()
+    return EncoderAdapter(backbone, pooling=pooling, image_processor=vit_image_processor(image_size), name="tiny-vit")

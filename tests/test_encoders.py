@@ -1,0 +1,104 @@
+"""The encoder adapter: pooling on token and conv backbones, preprocessing, saving and loading."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import (
+    AutoImageProcessor,
+    AutoModel,
+    ConvNextConfig,
+    ConvNextModel,
+    ResNetConfig,
+    ResNetModel,
+    pipeline,
+)
+
+from hf_encoderlock.encoders import EncoderAdapter, EncoderError, load_encoder, tiny_vit_encoder, vit_image_processor
+
+
+def _images(count: int, size: int = 28, seed: int = 0) -> list[Image.Image]:
+    rng = np.random.default_rng(seed)
+    return [Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)) for _ in range(count)]
+
+
+@pytest.fixture(scope="module")
+def vit():
+    return tiny_vit_encoder(seed=0)
+
+
+def test_vit_poolings_match_hidden_states(vit):
+    pixels = vit.preprocess(_images(3))
+    assert pixels.shape == (3, 3, 32, 32) and pixels.dtype == torch.float32
+    with torch.no_grad():
+        hidden = vit.backbone(pixel_values=pixels).last_hidden_state
+        pooled = vit.pooled_features(pixels, ["cls", "mean"])
+    assert torch.allclose(pooled["cls"], hidden[:, 0])
+    assert torch.allclose(pooled["mean"], hidden[:, 1:].mean(1))
+    assert vit.available_poolings() == ("cls", "mean")
+    assert vit.feature_dim == 32 and vit(pixels).shape == (3, 32)
+
+
+def test_grey_images_are_converted_to_rgb(vit):
+    grey = [img.convert("L") for img in _images(2)]
+    assert vit.preprocess(grey).shape == (2, 3, 32, 32)
+
+
+@pytest.mark.parametrize(
+    "backbone",
+    [
+        ResNetModel(ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic")),
+        ConvNextModel(ConvNextConfig(hidden_sizes=[8, 16], depths=[1, 1], num_stages=2)),
+    ],
+    ids=["resnet", "convnext"],
+)
+def test_conv_backbones_pool_feature_maps(backbone):
+    adapter = EncoderAdapter(backbone.eval(), image_processor=vit_image_processor(32))
+    pixels = adapter.preprocess(_images(2))
+    with torch.no_grad():
+        outputs = backbone(pixel_values=pixels)
+        mean = adapter.features(pixels, "mean")
+        pooler = adapter.features(pixels, "pooler")
+    assert adapter.pooling == "pooler"
+    assert torch.allclose(mean, outputs.last_hidden_state.mean(dim=(2, 3)))
+    assert pooler.shape == (2, 16) and adapter.feature_dim == 16
+    with pytest.raises(EncoderError, match="CLS|cls"):
+        adapter.features(pixels, "cls")
+
+
+def test_plain_module_with_preprocess_fn():
+    module = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU())
+    adapter = EncoderAdapter(module, preprocess_fn=lambda imgs: torch.stack([torch.zeros(3, 8, 8) for _ in imgs]))
+    assert adapter.pooling == "mean"
+    assert adapter(adapter.preprocess(_images(2))).shape == (2, 4)
+    with pytest.raises(EncoderError, match="plain torch module"):
+        adapter.save_pretrained("unused")
+
+
+def test_saved_folder_loads_with_auto_classes_and_pipeline(vit, tmp_path):
+    vit.save_pretrained(tmp_path)
+    assert isinstance(AutoModel.from_pretrained(tmp_path), torch.nn.Module)
+    assert AutoImageProcessor.from_pretrained(tmp_path) is not None
+    extractor = pipeline("image-feature-extraction", model=str(tmp_path))
+    tokens = np.asarray(extractor(_images(1)[0]))
+    assert tokens.shape[-1] == 32
+    reloaded = load_encoder(tmp_path)
+    pixels = vit.preprocess(_images(2))
+    with torch.no_grad():
+        assert torch.allclose(reloaded(pixels), vit(pixels), atol=1e-6)
+
+
+def test_random_twin_has_same_shape_but_new_weights(vit):
+    twin = vit.random_init_twin(seed=1)
+    pixels = vit.preprocess(_images(2))
+    with torch.no_grad():
+        assert twin(pixels).shape == vit(pixels).shape
+        assert not torch.allclose(twin(pixels), vit(pixels))
+    assert type(twin.backbone) is type(vit.backbone)
+
+
+def test_missing_encoder_files_fail_clearly(tmp_path):
+    with pytest.raises(EncoderError, match="config.json"):
+        load_encoder(tmp_path)
+    with pytest.raises(EncoderError, match="unknown pooling"):
+        tiny_vit_encoder(pooling="max")
