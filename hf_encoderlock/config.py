@@ -1,0 +1,157 @@
+"""``EncoderLockConfig``: every knob of a lock run, as ``TrainingArguments`` fields with help text."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from transformers import TrainingArguments
+
+VARIANTS = ("supervised",)
+OBJECTIVES = ("paper",)
+SCORE_FUNCTIONS = ("gradient_ratio", "fisher_ratio", "taylor")
+ADVERSARY_KINDS = ("linear", "mlp")
+BEST_MODEL_CRITERIA = ("gap", "last")
+
+# The reference research code's values (METHOD.md): N=100 weights and M=1 layer per round, alpha=1e3,
+# a fresh Adam at lr 1e-2 without weight decay, 40 update steps per round, a challenge every 5 rounds,
+# 20 outer epochs x 5 rounds, 10 scoring batches of 64.
+REFERENCE_PRESET: dict[str, Any] = {
+    "weights_per_round": 100,
+    "layers_per_round": 1,
+    "alpha": 1e3,
+    "learning_rate": 1e-2,
+    "weight_decay": 0.0,
+    "update_steps_per_round": 40,
+    "challenge_every": 5,
+    "num_rounds": 100,
+    "score_batches": 10,
+    "per_device_train_batch_size": 64,
+    "score_function": "gradient_ratio",
+    "objective": "paper",
+}
+
+
+@dataclass
+class EncoderLockConfig(TrainingArguments):
+    """Arguments of an EncoderLock run.
+
+    Inherits every ``transformers.TrainingArguments`` field (output folder, batch size, seed, logging, mixed
+    precision, ...). One optimiser step of the Trainer is one masked update step; a *round* is
+    ``update_steps_per_round`` steps, preceded by weight selection; the run lasts ``num_rounds`` rounds
+    (``max_steps`` is derived from them). Use :meth:`reference` for the paper's reference values.
+    """
+
+    # --- what is locked ----------------------------------------------------------------------------------
+    variant: str = field(default="supervised", metadata={"help": f"Lock variant: one of {VARIANTS}."})
+    objective: str = field(default="paper", metadata={"help": f"Training objective: one of {OBJECTIVES}."})
+    alpha: float = field(
+        default=1e3, metadata={"help": "alpha in the paper's loss L_A + log(1 + alpha * L_A / L_P)."}
+    )
+    objective_eps: float = field(default=1e-8, metadata={"help": "Guard against division by zero in objectives."})
+
+    # --- weight selection ---------------------------------------------------------------------------------
+    num_rounds: int = field(default=10, metadata={"help": "Selection + update rounds in the run."})
+    weights_per_round: int = field(default=100, metadata={"help": "N: weights newly selected per round."})
+    layers_per_round: int = field(default=1, metadata={"help": "M: layers whose weights compete each round."})
+    update_steps_per_round: int = field(
+        default=20, metadata={"help": "Masked optimiser steps after each selection."}
+    )
+    score_function: str = field(
+        default="gradient_ratio",
+        metadata={"help": f"Weight score: one of {SCORE_FUNCTIONS} (paper: gradient_ratio)."},
+    )
+    score_eps: float = field(default=1e-8, metadata={"help": "eps in |dL_P/dw| / (|dL_A/dw| + eps)."})
+    score_batches: int = field(
+        default=4, metadata={"help": "Batches of each domain used to score weights (reference: 10 of 64)."}
+    )
+    candidate_module_types: list[str] = field(
+        default_factory=lambda: ["Linear", "Conv2d"],
+        metadata={"help": "Module types whose weight matrices/kernels may be selected (no biases, no norms)."},
+    )
+    candidate_name_patterns: list[str] | None = field(
+        default=None, metadata={"help": "Optional regexes a candidate weight's qualified name must match."}
+    )
+    candidate_blocks: list[int] | None = field(
+        default=None,
+        metadata={"help": "Optional block indices to select from (the patch embedding is block -1)."},
+    )
+    magnitude_gate: float | None = field(
+        default=None,
+        metadata={"help": "If set, only weights with |w| >= this quantile of their layer's |w| are eligible."},
+    )
+
+    # --- self-challenge -----------------------------------------------------------------------------------
+    challenge_every: int = field(
+        default=5, metadata={"help": "Train fresh adversary heads every this many rounds (0: only at start)."}
+    )
+    adversary_kinds: list[str] = field(
+        default_factory=lambda: ["linear", "mlp"], metadata={"help": f"Adversary head kinds from {ADVERSARY_KINDS}."}
+    )
+    adversary_seeds: int = field(default=2, metadata={"help": "Seeds per adversary head kind."})
+    adversary_learning_rates: list[float] = field(
+        default_factory=lambda: [1e-2, 1e-3], metadata={"help": "Learning-rate grid for adversary heads."}
+    )
+    adversary_epochs: int = field(default=100, metadata={"help": "Full-batch epochs per adversary head."})
+    adversary_hidden_size: int = field(default=256, metadata={"help": "Hidden width of MLP adversary heads."})
+    validation_fraction: float = field(
+        default=0.2,
+        metadata={"help": "Share of each domain's lock data held out to pick heads and the best encoder."},
+    )
+    best_model_criterion: str = field(
+        default="gap",
+        metadata={
+            "help": "How the kept encoder is chosen: 'gap' = fresh-head validation accuracy authorized minus "
+            "prohibited (higher is better), 'last' = the final encoder."
+        },
+    )
+
+    # --- Trainer defaults that suit a lock ---------------------------------------------------------------
+    learning_rate: float = field(default=1e-2, metadata={"help": "Learning rate of the masked weight updates."})
+    weight_decay: float = field(default=0.0, metadata={"help": "Weight decay of the masked weight updates."})
+    lr_scheduler_type: str = field(default="constant", metadata={"help": "Scheduler of the masked updates."})
+    per_device_train_batch_size: int = field(default=64, metadata={"help": "Images per domain per step."})
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "Kept False: lock batches carry two domains the model does not name."}
+    )
+    logging_steps: float = field(default=10, metadata={"help": "Log every this many update steps."})
+    save_strategy: str = field(default="no", metadata={"help": "Checkpoint strategy (see TrainingArguments)."})
+
+    def __post_init__(self) -> None:
+        self._check_choices()
+        self.max_steps = self.num_rounds * self.update_steps_per_round
+        super().__post_init__()
+
+    def _check_choices(self) -> None:
+        checks = [
+            (self.variant in VARIANTS, f"variant must be one of {VARIANTS}, got {self.variant!r}"),
+            (self.objective in OBJECTIVES, f"objective must be one of {OBJECTIVES}, got {self.objective!r}"),
+            (self.score_function in SCORE_FUNCTIONS, f"score_function must be one of {SCORE_FUNCTIONS}"),
+            (set(self.adversary_kinds) <= set(ADVERSARY_KINDS), f"adversary_kinds must be in {ADVERSARY_KINDS}"),
+            (self.best_model_criterion in BEST_MODEL_CRITERIA, f"best_model_criterion in {BEST_MODEL_CRITERIA}"),
+            (self.num_rounds >= 1, "num_rounds must be >= 1"),
+            (self.weights_per_round >= 1, "weights_per_round must be >= 1"),
+            (self.layers_per_round >= 1, "layers_per_round must be >= 1"),
+            (self.update_steps_per_round >= 1, "update_steps_per_round must be >= 1"),
+            (self.score_batches >= 1, "score_batches must be >= 1"),
+            (self.challenge_every >= 0, "challenge_every must be >= 0"),
+            (self.adversary_seeds >= 1 and self.adversary_epochs >= 1, "adversary seeds and epochs must be >= 1"),
+            (len(self.adversary_learning_rates) >= 1, "adversary_learning_rates must not be empty"),
+            (0.0 < self.validation_fraction < 1.0, "validation_fraction must be in (0, 1)"),
+            (self.alpha > 0, "alpha must be > 0"),
+            (self.magnitude_gate is None or 0.0 <= self.magnitude_gate < 1.0, "magnitude_gate must be in [0, 1)"),
+        ]
+        problems = [message for ok, message in checks if not ok]
+        if problems:
+            raise ValueError("invalid EncoderLockConfig: " + "; ".join(problems))
+
+    @classmethod
+    def reference(cls, **overrides: Any) -> "EncoderLockConfig":
+        """The research code's reference hyper-parameters (N=100, M=1, alpha=1e3, update lr 1e-2, ...)."""
+        return cls(**{**REFERENCE_PRESET, **overrides})
+
+    def lock_hyperparameters(self) -> dict[str, Any]:
+        """The lock-specific fields (not the generic Trainer ones), for ``encoderlock_config.json``."""
+        own = {name for name in self.__dataclass_fields__ if name not in TrainingArguments.__dataclass_fields__}
+        shared = ("learning_rate", "weight_decay", "per_device_train_batch_size", "seed", "max_steps")
+        return {name: getattr(self, name) for name in sorted(own | set(shared))}

@@ -1,0 +1,138 @@
+"""Data for a lock run: preprocessed domain tensors, lock/validation splits and two-domain batches."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import Dataset
+
+from .encoders import EncoderAdapter
+
+
+class LockDataError(ValueError):
+    """Lock data that cannot be used; the message names the domain and the problem."""
+
+
+@dataclass
+class DomainTensors:
+    """One domain's preprocessed images and labels (labels may be ``None`` for unlabelled data)."""
+
+    name: str
+    pixel_values: torch.Tensor
+    labels: torch.Tensor | None
+    num_classes: int
+
+    def __len__(self) -> int:
+        return len(self.pixel_values)
+
+    def subset(self, index: torch.Tensor) -> "DomainTensors":
+        labels = None if self.labels is None else self.labels[index]
+        return DomainTensors(self.name, self.pixel_values[index], labels, self.num_classes)
+
+    def batches(self, batch_size: int, count: int, generator: torch.Generator):
+        """``count`` random batches (without replacement inside a batch)."""
+        for _ in range(count):
+            index = torch.randperm(len(self), generator=generator)[:batch_size]
+            yield self.subset(index)
+
+
+def check_labelled_dataset(dataset, name: str, label_column: str = "label", image_column: str = "image") -> int:
+    """Validate a labelled image dataset before any long work; returns its number of classes."""
+    columns = getattr(dataset, "column_names", None) or []
+    if len(dataset) == 0:
+        raise LockDataError(f"domain {name!r}: the dataset is empty")
+    for column in (image_column, label_column):
+        if column not in columns:
+            raise LockDataError(f"domain {name!r}: no {column!r} column (columns: {columns})")
+    feature = dataset.features[label_column]
+    num_classes = getattr(feature, "num_classes", None)
+    labels = torch.as_tensor(dataset[label_column])
+    if labels.dtype.is_floating_point:
+        raise LockDataError(f"domain {name!r}: labels must be integers, got {labels.dtype}")
+    if num_classes is None:
+        num_classes = int(labels.max()) + 1
+    if int(labels.min()) < 0 or int(labels.max()) >= num_classes:
+        raise LockDataError(
+            f"domain {name!r}: labels must lie in [0, {num_classes - 1}], got [{int(labels.min())}, {int(labels.max())}]"
+        )
+    if len(torch.unique(labels)) < 2:
+        raise LockDataError(f"domain {name!r}: needs at least two classes, found {len(torch.unique(labels))}")
+    return int(num_classes)
+
+
+def preprocess_domain(
+    encoder: EncoderAdapter,
+    dataset,
+    name: str,
+    labelled: bool = True,
+    chunk_size: int = 256,
+) -> DomainTensors:
+    """Run a datasets ``Dataset`` (``image`` [+ ``label``]) through the encoder's processor once."""
+    num_classes = check_labelled_dataset(dataset, name) if labelled else 0
+    if not labelled and "image" not in dataset.column_names:
+        raise LockDataError(f"domain {name!r}: no 'image' column (columns: {dataset.column_names})")
+    parts = []
+    for start in range(0, len(dataset), chunk_size):
+        images = dataset[start : start + chunk_size]["image"]
+        if any(not hasattr(image, "convert") for image in images):
+            raise LockDataError(f"domain {name!r}: the 'image' column holds something that is not an image")
+        parts.append(encoder.preprocess(images))
+    labels = torch.as_tensor(dataset["label"], dtype=torch.long) if labelled else None
+    return DomainTensors(name, torch.cat(parts), labels, num_classes)
+
+
+def stratified_split(data: DomainTensors, fraction: float, seed: int) -> tuple[DomainTensors, DomainTensors]:
+    """Split into (lock-train, validation), stratified by label when labels exist; deterministic for a seed."""
+    generator = torch.Generator().manual_seed(seed)
+    if data.labels is None:
+        order = torch.randperm(len(data), generator=generator)
+        cut = max(1, int(round(fraction * len(data))))
+        return data.subset(order[cut:]), data.subset(order[:cut])
+    held, kept = [], []
+    for label in torch.unique(data.labels):
+        rows = torch.nonzero(data.labels == label).flatten()
+        rows = rows[torch.randperm(len(rows), generator=generator)]
+        cut = max(1, int(round(fraction * len(rows)))) if len(rows) > 1 else 0
+        held.append(rows[:cut])
+        kept.append(rows[cut:])
+    return data.subset(torch.cat(kept).sort().values), data.subset(torch.cat(held).sort().values)
+
+
+class PairedDomainDataset(Dataset):
+    """Item ``i`` pairs authorized example ``i`` with a prohibited example (cycling the shorter domain)."""
+
+    def __init__(self, authorized: DomainTensors, prohibited: DomainTensors, seed: int = 0) -> None:
+        self.authorized = authorized
+        self.prohibited = prohibited
+        generator = torch.Generator().manual_seed(seed)
+        length = max(len(authorized), len(prohibited))
+        self._a_index = torch.randperm(len(authorized), generator=generator).repeat(length // len(authorized) + 1)
+        self._p_index = torch.randperm(len(prohibited), generator=generator).repeat(length // len(prohibited) + 1)
+        self._length = length
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __getitem__(self, i: int) -> dict[str, int]:
+        return {"authorized_index": int(self._a_index[i]), "prohibited_index": int(self._p_index[i])}
+
+
+class PairedDomainCollator:
+    """Gathers the tensors of a batch of index pairs into the inputs ``compute_loss`` expects."""
+
+    def __init__(self, authorized: DomainTensors, prohibited: DomainTensors) -> None:
+        self.authorized = authorized
+        self.prohibited = prohibited
+
+    def __call__(self, items: list[dict[str, int]]) -> dict[str, torch.Tensor]:
+        a_index = torch.tensor([item["authorized_index"] for item in items])
+        p_index = torch.tensor([item["prohibited_index"] for item in items])
+        batch = {
+            "authorized_pixel_values": self.authorized.pixel_values[a_index],
+            "authorized_labels": self.authorized.labels[a_index],
+            "prohibited_pixel_values": self.prohibited.pixel_values[p_index],
+        }
+        if self.prohibited.labels is not None:
+            batch["prohibited_labels"] = self.prohibited.labels[p_index]
+        return batch

@@ -1,0 +1,341 @@
+"""``EncoderLockTrainer``: the EncoderLock loop on ``transformers.Trainer``.
+
+One Trainer optimiser step is one masked update of the encoder on a pair of batches (authorized + prohibited),
+minimising the configured :mod:`objective <hf_encoderlock.objectives>` through the current heads. Rounds
+(selection, then ``update_steps_per_round`` updates) and the self-challenge are driven by the callbacks in
+:mod:`hf_encoderlock.callbacks`. The model handed to the Trainer is the :class:`EncoderAdapter` itself, so the
+optimiser, DDP and mixed precision only ever see encoder weights; heads live on the trainer.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from transformers import Trainer
+
+from .callbacks import SelfChallengeCallback, WeightSelectionCallback
+from .config import EncoderLockConfig
+from .encoders import EncoderAdapter
+from .heads import HeadTrainingConfig, accuracy, best_head, train_heads
+from .lock_data import (
+    DomainTensors,
+    LockDataError,
+    PairedDomainCollator,
+    PairedDomainDataset,
+    preprocess_domain,
+    stratified_split,
+)
+from .objectives import LockHeads, LockObjective, build_objective
+from .selection import load_mask, mask_stats, save_mask, select_candidate_parameters
+
+LOCK_CONFIG_FILE = "encoderlock_config.json"
+MASK_FILE = "encoderlock_mask.safetensors"
+MIN_IMAGES_PER_DOMAIN = 8  # below this, a validation split carved from the lock data is meaningless
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of the packages a lock run depends on."""
+    import accelerate
+    import datasets
+    import transformers
+
+    from . import __version__
+
+    return {
+        "hf_encoderlock": __version__,
+        "transformers": transformers.__version__,
+        "torch": torch.__version__,
+        "datasets": datasets.__version__,
+        "accelerate": accelerate.__version__,
+        "python": platform.python_version(),
+    }
+
+
+class EncoderLockTrainer(Trainer):
+    """Lock an encoder: probing keeps working on the authorized domain and fails on the prohibited one.
+
+    Args:
+        encoder: the encoder to lock (an :class:`EncoderAdapter`; weights change in place).
+        args: an :class:`EncoderLockConfig`.
+        authorized_dataset / prohibited_dataset: ``datasets.Dataset`` with ``image`` and ``label`` columns (the
+            lock's share of each domain; a validation part is carved from them, ``validation_fraction``).
+        authorized_name / prohibited_name: names recorded in reports and ``encoderlock_config.json``.
+        eval_dataset: optional ``{"authorized": ds, "prohibited": ds}`` reported by :meth:`evaluate`.
+        objective: override the objective built from ``args.objective``.
+    """
+
+    loss_is_scaled_for_ga = False
+    _tag_names = ["encoderlock", "hf_encoderlock"]
+
+    def __init__(
+        self,
+        encoder: EncoderAdapter,
+        args: EncoderLockConfig,
+        authorized_dataset,
+        prohibited_dataset,
+        authorized_name: str = "authorized",
+        prohibited_name: str = "prohibited",
+        eval_dataset: dict[str, Any] | None = None,
+        objective: LockObjective | None = None,
+        callbacks: Sequence[Any] | None = None,
+        domain_specs: dict[str, Any] | None = None,
+    ) -> None:
+        if not isinstance(args, EncoderLockConfig):
+            raise TypeError("args must be an EncoderLockConfig")
+        self.encoder = encoder
+        self.objective = objective or build_objective(args)
+        self.authorized_name, self.prohibited_name = authorized_name, prohibited_name
+        self.domain_specs = domain_specs or {}
+        authorized = preprocess_domain(encoder, authorized_dataset, authorized_name)
+        prohibited = preprocess_domain(encoder, prohibited_dataset, prohibited_name)
+        self._check_domains(authorized, prohibited)
+        self.lock_authorized, self.val_authorized = stratified_split(authorized, args.validation_fraction, args.seed)
+        self.lock_prohibited, self.val_prohibited = stratified_split(prohibited, args.validation_fraction, args.seed)
+        self.candidates = select_candidate_parameters(
+            encoder.backbone,
+            module_types=tuple(args.candidate_module_types),
+            name_patterns=args.candidate_name_patterns,
+            block_indices=args.candidate_blocks,
+        )
+        self.candidates = {f"backbone.{name}": param for name, param in self.candidates.items()}
+        for name, param in encoder.named_parameters():  # the optimiser holds candidate weights only
+            param.requires_grad_(name in self.candidates)
+        self.mask: dict[str, torch.Tensor] = {}
+        self.rounds_completed_in_mask = 0
+        self.heads: LockHeads | None = None
+        self.adversary_val_accuracy = 0.0
+        self.last_challenge_round: int | None = None
+        self.best_gap = -float("inf")
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.history: list[dict[str, Any]] = []
+        self._phase_time = {"selection": 0.0, "update": 0.0, "challenge": 0.0}
+        super().__init__(
+            model=encoder,
+            args=args,
+            train_dataset=PairedDomainDataset(self.lock_authorized, self.lock_prohibited, seed=args.seed),
+            data_collator=PairedDomainCollator(self.lock_authorized, self.lock_prohibited),
+            eval_dataset=eval_dataset,
+            callbacks=list(callbacks or []),
+        )
+        self.add_callback(SelfChallengeCallback(self))
+        self.add_callback(WeightSelectionCallback(self))
+
+    # ----------------------------------------------------------------------------------------------- checks
+    def _check_domains(self, authorized: DomainTensors, prohibited: DomainTensors) -> None:
+        if authorized.pixel_values.shape[1:] != prohibited.pixel_values.shape[1:]:
+            raise LockDataError("authorized and prohibited images preprocess to different shapes")
+        if (
+            len(authorized) == len(prohibited)
+            and torch.equal(authorized.pixel_values, prohibited.pixel_values)
+            and (prohibited.labels is None or torch.equal(authorized.labels, prohibited.labels))
+        ):
+            raise LockDataError("the prohibited domain is identical to the authorized domain")
+        minimum = MIN_IMAGES_PER_DOMAIN
+        for data in (authorized, prohibited):
+            if len(data) < minimum:
+                raise LockDataError(f"domain {data.name!r}: {len(data)} images, at least {minimum} needed")
+
+    # ------------------------------------------------------------------------------------------------ loss
+    def _features(self, model, pixel_values: torch.Tensor) -> torch.Tensor:
+        return model(pixel_values)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        a_pixels, a_labels = inputs["authorized_pixel_values"], inputs["authorized_labels"]
+        p_pixels, p_labels = inputs["prohibited_pixel_values"], inputs.get("prohibited_labels")
+        features = self._features(model, torch.cat([a_pixels, p_pixels]))  # one pass: DDP sees one forward
+        a_features, p_features = features.split([len(a_pixels), len(p_pixels)])
+        terms = self.objective.terms(a_features, a_labels, p_features, p_labels, self.heads)
+        self._last_logs = terms.logs
+        return (terms.total, terms) if return_outputs else terms.total
+
+    def term_closure(self, a: DomainTensors, p: DomainTensors, which: str) -> Callable[[], torch.Tensor]:
+        """A zero-argument closure returning one objective term on a pair of batches (for selection)."""
+        device = self.args.device
+
+        def closure() -> torch.Tensor:
+            pixels = torch.cat([a.pixel_values, p.pixel_values]).to(device)
+            features = self.encoder(pixels)
+            a_features, p_features = features.split([len(a), len(p)])
+            p_labels = None if p.labels is None else p.labels.to(device)
+            terms = self.objective.terms(a_features, a.labels.to(device), p_features, p_labels, self.heads)
+            return getattr(terms, which)
+
+        return closure
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        started = time.perf_counter()
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        self._phase_time["update"] += time.perf_counter() - started
+        return loss
+
+    # ----------------------------------------------------------------------------------------- challenge
+    @torch.no_grad()
+    def encode(self, data: DomainTensors, batch_size: int = 512) -> torch.Tensor:
+        """Features of the current encoder for preprocessed images (eval mode, no gradient)."""
+        was_training = self.encoder.training
+        self.encoder.eval()
+        device = self.args.device
+        parts = [self.encoder(chunk.to(device)).float().cpu() for chunk in data.pixel_values.split(batch_size)]
+        self.encoder.train(was_training)
+        return torch.cat(parts)
+
+    def _fit_best_head(self, train_x, train_y, val_x, val_y, num_classes: int, seed_offset: int):
+        args = self.args
+        heads = []
+        for kind in args.adversary_kinds:
+            heads += train_heads(
+                train_x,
+                train_y,
+                val_x,
+                val_y,
+                kind=kind,
+                lrs=tuple(args.adversary_learning_rates),
+                weight_decays=(0.0,),
+                seeds=tuple(args.seed + seed_offset + s for s in range(args.adversary_seeds)),
+                hidden=(args.adversary_hidden_size,),
+                num_classes=num_classes,
+                config=HeadTrainingConfig(epochs=args.adversary_epochs),
+            )
+        return best_head(heads)
+
+    def challenge(self, round_index: int) -> dict[str, float]:
+        """Fit fresh heads on the current encoder; install the strongest adversary; track the best encoder."""
+        started = time.perf_counter()
+        a_train, a_val = self.encode(self.lock_authorized), self.encode(self.val_authorized)
+        p_train, p_val = self.encode(self.lock_prohibited), self.encode(self.val_prohibited)
+        offset = 1000 * (round_index + 1)
+        auth = self._fit_best_head(
+            a_train, self.lock_authorized.labels, a_val, self.val_authorized.labels,
+            self.lock_authorized.num_classes, offset,
+        )
+        adv = self._fit_best_head(
+            p_train, self.lock_prohibited.labels, p_val, self.val_prohibited.labels,
+            self.lock_prohibited.num_classes, offset + 500,
+        )
+        device = self.args.device
+        current_adv = (
+            accuracy(self.heads.adversary.cpu(), p_val, self.val_prohibited.labels) if self.heads is not None else -1.0
+        )
+        adversary = adv.module if adv.val_accuracy >= current_adv else self.heads.adversary
+        for module in (auth.module, adversary):
+            module.requires_grad_(False)
+        self.heads = LockHeads(authorized=auth.module.to(device), adversary=adversary.to(device))
+        self.adversary_val_accuracy = max(adv.val_accuracy, current_adv)
+        gap = auth.val_accuracy - adv.val_accuracy
+        # The unlocked encoder (round 0) is never kept; among locked ones, ties go to the later encoder.
+        if round_index > 0 and gap >= self.best_gap:
+            self.best_gap = gap
+            self.best_state = {n: p.detach().clone() for n, p in self.candidates.items()}
+            self.best_heads = self.heads
+            self.best_round = round_index
+        self.last_challenge_round = round_index
+        elapsed = time.perf_counter() - started
+        self._phase_time["challenge"] += elapsed
+        figures = {
+            "round": round_index,
+            "challenge_authorized_val_accuracy": auth.val_accuracy,
+            "challenge_prohibited_val_accuracy": adv.val_accuracy,
+            "challenge_gap": gap,
+            "adversary_val_accuracy": self.adversary_val_accuracy,
+            "time_challenge_s": elapsed,
+        }
+        self.record_round(figures)
+        return figures
+
+    def restore_best_encoder(self) -> None:
+        """Put back the encoder with the best validation gap (``best_model_criterion="gap"``)."""
+        if self.args.best_model_criterion != "gap" or self.best_state is None:
+            return
+        with torch.no_grad():
+            for name, value in self.best_state.items():
+                self.candidates[name].copy_(value)
+        self.heads = self.best_heads
+        self.record_round({"round": self.args.num_rounds, "restored_best_round": self.best_round})
+
+    def record_round(self, figures: dict[str, Any]) -> None:
+        """Keep per-round figures and send them through the Trainer's logging (``report_to``)."""
+        if "time_selection_s" in figures:
+            self._phase_time["selection"] += figures["time_selection_s"]
+        self.history.append({"step": self.state.global_step if hasattr(self, "state") else 0, **figures})
+        if getattr(self, "state", None) is not None and self.state.global_step is not None:
+            self.log({f"lock/{k}": float(v) for k, v in figures.items()})
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs and getattr(self, "_last_logs", None):
+            logs = {**logs, **{f"lock/{k}": v for k, v in self._last_logs.items()}}
+        super().log(logs, start_time)
+
+    # ------------------------------------------------------------------------------------------- evaluate
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        """Accuracy of the lock's own heads on ``{"authorized": ds, "prohibited": ds}`` (stale heads: not the
+        lock's strength, which only the probe suite measures)."""
+        datasets = eval_dataset if eval_dataset is not None else self.eval_dataset
+        if datasets is None:
+            raise ValueError("evaluate needs eval_dataset={'authorized': ..., 'prohibited': ...}")
+        if self.heads is None:
+            self.challenge(round_index=0)
+        metrics = {}
+        for key, dataset in datasets.items():
+            data = preprocess_domain(self.encoder, dataset, key)
+            head = self.heads.authorized if key == "authorized" else self.heads.adversary
+            metrics[f"{metric_key_prefix}_{key}_head_accuracy"] = accuracy(head.cpu(), self.encode(data), data.labels)
+            head.to(self.args.device)
+        self.log(metrics)
+        return metrics
+
+    # ---------------------------------------------------------------------------------------------- saving
+    def lock_summary(self) -> dict[str, Any]:
+        """The content of ``encoderlock_config.json``."""
+        stats = mask_stats(self.mask, self.encoder, candidates=self.candidates)
+        return {
+            "format": "encoderlock/v1",
+            "variant": self.args.variant,
+            "objective": self.args.objective,
+            "authorized": [self.domain_specs.get("authorized", self.authorized_name)],
+            "prohibited": [self.domain_specs.get("prohibited", self.prohibited_name)],
+            "hyperparameters": self.args.lock_hyperparameters(),
+            "mask": {
+                "count": stats["count"],
+                "fraction": stats["fraction_of_parameters"],
+                "fraction_of_candidates": stats["fraction_of_candidates"],
+                "num_parameters": stats["num_parameters"],
+                "per_layer": {name.removeprefix("backbone."): n for name, n in stats["per_layer"].items()},
+            },
+            "rounds_completed": self.rounds_completed_in_mask,
+            "best_round": getattr(self, "best_round", None),
+            "seed": self.args.seed,
+            "versions": package_versions(),
+        }
+
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        """Write the encoder alone (``AutoModel.from_pretrained`` loads it), its processor, config and mask."""
+        output_dir = Path(output_dir or self.args.output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        self.encoder.save_pretrained(output_dir)
+        (output_dir / LOCK_CONFIG_FILE).write_text(json.dumps(self.lock_summary(), indent=2, default=str))
+        save_mask({k.removeprefix("backbone."): v for k, v in self.mask.items()}, output_dir / MASK_FILE)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        mask_path = Path(resume_from_checkpoint) / MASK_FILE
+        if mask_path.is_file():
+            self.mask = {f"backbone.{k}": v for k, v in load_mask(mask_path).items()}
+            summary = json.loads((Path(resume_from_checkpoint) / LOCK_CONFIG_FILE).read_text())
+            self.rounds_completed_in_mask = int(summary.get("rounds_completed", 0))
+        from safetensors.torch import load_file
+
+        weights = Path(resume_from_checkpoint) / "model.safetensors"
+        if weights.is_file():
+            self.encoder.backbone.load_state_dict(load_file(str(weights)), strict=False)
+            return
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+
+    def phase_times(self) -> dict[str, float]:
+        """Seconds spent in selection, masked updates and challenges so far."""
+        return dict(self._phase_time)
