@@ -155,6 +155,9 @@ def load_domain(
     in-memory data are not cached; Hub datasets use the ``datasets`` cache.
     """
     spec = _to_spec(spec)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise DomainError(f"domain {spec.name!r}: seed must be a non-negative integer, got {seed!r}")
+    seed = int(seed)
     builtin = _builtin_name(spec.name)
     if builtin is not None:
         return _cached_builtin(builtin, seed, Path(cache_dir) if cache_dir is not None else default_cache_dir())
