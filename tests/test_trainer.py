@@ -1,0 +1,149 @@
+"""EncoderLockTrainer on a tiny ViT: exact masked updates, logging, saving, config round trips."""
+
+import json
+
+import pytest
+import torch
+import yaml
+from transformers import AutoImageProcessor, AutoModel, HfArgumentParser
+
+from hf_encoderlock.config import EncoderLockConfig
+from hf_encoderlock.encoders import tiny_vit_encoder
+from hf_encoderlock.lock_data import LockDataError
+from hf_encoderlock.objectives import LockHeads, PaperObjective
+from hf_encoderlock.trainer import LOCK_CONFIG_FILE, MASK_FILE, EncoderLockTrainer
+
+from .helpers import toy_domain
+
+
+def _config(tmp_path, **overrides) -> EncoderLockConfig:
+    values = dict(
+        output_dir=str(tmp_path / "run"),
+        num_rounds=2,
+        update_steps_per_round=3,
+        weights_per_round=15,
+        layers_per_round=2,
+        per_device_train_batch_size=12,
+        score_batches=2,
+        challenge_every=1,
+        adversary_epochs=3,
+        adversary_seeds=1,
+        adversary_kinds=["linear"],
+        adversary_learning_rates=[1e-2],
+        logging_steps=1,
+        use_cpu=True,
+        report_to="none",
+        seed=3,
+        disable_tqdm=True,
+    )
+    values.update(overrides)
+    return EncoderLockConfig(**values)
+
+
+@pytest.fixture(scope="module")
+def domains():
+    return toy_domain(48, 0, "red"), toy_domain(48, 1, "green"), toy_domain(15, 2, "red"), toy_domain(15, 3, "green")
+
+
+def _trainer(tmp_path, domains, **overrides):
+    encoder = tiny_vit_encoder(seed=0, image_size=16, patch_size=4)
+    authorized, prohibited, eval_a, eval_p = domains
+    args = _config(tmp_path, **overrides)
+    trainer = EncoderLockTrainer(
+        encoder, args, authorized, prohibited, "red", "green", eval_dataset={"authorized": eval_a, "prohibited": eval_p}
+    )
+    return encoder, trainer
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        dict(weight_decay=0.1, max_grad_norm=0.5, gradient_accumulation_steps=2),
+        dict(weight_decay=0.05, bf16=True),
+    ],
+    ids=["adamw-clip-accumulate", "bf16"],
+)
+def test_only_selected_entries_change(tmp_path, domains, overrides):
+    encoder, trainer = _trainer(tmp_path, domains, best_model_criterion="last", **overrides)
+    before = {name: p.detach().clone() for name, p in encoder.named_parameters()}
+    trainer.train()
+    mask = trainer.mask
+    mask_size = sum(int(m.sum()) for m in mask.values())
+    assert mask_size == 2 * 15
+    changed = 0
+    for name, param in encoder.named_parameters():
+        diff = param.detach() != before[name]
+        if name in mask:
+            assert not diff[~mask[name]].any(), f"unselected entries of {name} moved"
+            changed += int(diff[mask[name]].sum())
+        else:
+            assert torch.equal(param.detach(), before[name]), f"{name} is outside the mask but changed"
+    assert changed == mask_size
+
+
+def test_logs_rounds_and_saves_a_loadable_encoder(tmp_path, domains):
+    encoder, trainer = _trainer(tmp_path, domains)
+    trainer.train()
+    logged = [entry for entry in trainer.state.log_history if "lock/mask_size" in entry]
+    assert [int(float(e["lock/mask_size"])) for e in logged] == [15, 30]
+    assert any("lock/challenge_prohibited_val_accuracy" in e for e in trainer.state.log_history)
+    assert any("lock/loss_prohibited" in e for e in trainer.state.log_history)
+    metrics = trainer.evaluate()
+    assert {"eval_authorized_head_accuracy", "eval_prohibited_head_accuracy"} <= set(metrics)
+
+    out = tmp_path / "locked"
+    trainer.save_model(str(out))
+    summary = json.loads((out / LOCK_CONFIG_FILE).read_text())
+    assert summary["authorized"] == ["red"] and summary["prohibited"] == ["green"]
+    assert summary["variant"] == "supervised" and summary["seed"] == 3
+    assert summary["mask"]["count"] == sum(summary["mask"]["per_layer"].values()) > 0
+    assert {"transformers", "torch", "hf_encoderlock"} <= set(summary["versions"])
+    assert (out / MASK_FILE).is_file()
+    reloaded = AutoModel.from_pretrained(out)
+    assert AutoImageProcessor.from_pretrained(out) is not None
+    for name, value in encoder.backbone.state_dict().items():
+        assert torch.equal(reloaded.state_dict()[name], value), name
+
+
+def test_paper_objective_decreases_on_a_toy_problem():
+    torch.manual_seed(0)
+    features = torch.nn.Parameter(torch.randn(32, 8))
+    labels = torch.arange(32) % 4
+    heads = LockHeads(authorized=torch.nn.Linear(8, 4), adversary=torch.nn.Linear(8, 4))
+    heads.authorized.requires_grad_(False)
+    heads.adversary.requires_grad_(False)
+    objective = PaperObjective(alpha=1e3)
+    optimizer = torch.optim.Adam([features], lr=0.05)
+    values = []
+    for _ in range(30):
+        terms = objective.terms(features[:16], labels[:16], features[16:], labels[16:], heads)
+        optimizer.zero_grad()
+        terms.total.backward()
+        optimizer.step()
+        values.append(float(terms.total))
+    assert values[-1] < 0.5 * values[0]
+    final = objective.terms(features[:16], labels[:16], features[16:], labels[16:], heads)
+    assert final.prohibited > final.authorized  # the adversary's loss was pushed up, the task's down
+
+
+def test_config_yaml_round_trip_and_reference_preset(tmp_path):
+    path = tmp_path / "lock.yaml"
+    path.write_text(yaml.safe_dump({"output_dir": str(tmp_path), "num_rounds": 4, "adversary_kinds": ["mlp"]}))
+    (config,) = HfArgumentParser(EncoderLockConfig).parse_yaml_file(str(path))
+    assert config.num_rounds == 4 and config.adversary_kinds == ["mlp"]
+    assert config.max_steps == 4 * config.update_steps_per_round
+    reference = EncoderLockConfig.reference(output_dir=str(tmp_path))
+    assert (reference.weights_per_round, reference.layers_per_round, reference.alpha, reference.learning_rate) == (
+        100,
+        1,
+        1e3,
+        1e-2,
+    )
+    with pytest.raises(ValueError, match="num_rounds"):
+        EncoderLockConfig(output_dir=str(tmp_path), num_rounds=0)
+
+
+def test_identical_domains_are_refused(tmp_path, domains):
+    authorized = domains[0]
+    with pytest.raises(LockDataError, match="identical"):
+        EncoderLockTrainer(tiny_vit_encoder(image_size=16, patch_size=4), _config(tmp_path), authorized, authorized)
