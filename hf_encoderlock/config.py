@@ -107,6 +107,9 @@ class EncoderLockConfig(TrainingArguments):
     )
 
     # --- Trainer defaults that suit a lock ---------------------------------------------------------------
+    output_dir: str | None = field(
+        default="encoderlock_output", metadata={"help": "Where the lock's outputs and checkpoints go."}
+    )
     learning_rate: float = field(default=1e-2, metadata={"help": "Learning rate of the masked weight updates."})
     weight_decay: float = field(default=0.0, metadata={"help": "Weight decay of the masked weight updates."})
     lr_scheduler_type: str = field(default="constant", metadata={"help": "Scheduler of the masked updates."})

@@ -1,0 +1,181 @@
+"""The main job: probe an encoder, lock it, probe it again, and report honestly.
+
+``run_lock_experiment`` is what ``examples/lock_vit.py`` runs. Each lock domain's training split is divided in
+two: the part the lock may use (``lock_share``, capped at ``max_lock_images``) and the part the attacker's probes
+train on, so a lock that only scrambles the images it saw does not pass. Probes are scored on each domain's test
+split, which neither the lock nor any selection ever sees. Everything is written to a staging folder that is
+renamed into place at the end, so an interrupted run never leaves an output folder that looks complete.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from datasets import DatasetDict
+
+from .config import EncoderLockConfig
+from .domains import BUILTIN_DOMAINS, DomainSpec, load_domain, train_validation_split
+from .encoders import EncoderAdapter, load_encoder
+from .lock_report import build_lock_report, lock_report_markdown, plot_lock_report
+from .probes import ProbeConfig, run_probe_suite
+from .trainer import EncoderLockTrainer
+from .victim import load_victim
+
+REPORT_JSON, REPORT_MD, REPORT_PNG = "report.json", "report.md", "probe.png"
+
+
+@dataclass
+class LockExperimentArguments:
+    """What to lock, against what, and how the result is measured."""
+
+    model: str | None = field(
+        default=None,
+        metadata={"help": "Encoder to lock: a Hub id or a folder (default: the built-in offline victim ViT)."},
+    )
+    pooling: str = field(default="auto", metadata={"help": "Feature pooling: auto, cls, mean, pooler, spatial_mean."})
+    authorized: str = field(default="mnist", metadata={"help": "Authorized domain: built-in name, folder or Hub id."})
+    prohibited: str = field(default="mnist-m", metadata={"help": "Prohibited domain: built-in name, folder or Hub id."})
+    report_domains: list[str] | None = field(
+        default=None,
+        metadata={"help": "Further domains probed before and after (default: every other built-in domain)."},
+    )
+    image_column: str = field(default="image", metadata={"help": "Image column of Hub / folder domains."})
+    label_column: str = field(default="label", metadata={"help": "Label column of Hub / folder domains."})
+    lock_share: float = field(
+        default=0.5, metadata={"help": "Share of each lock domain's training split the lock may use."}
+    )
+    max_lock_images: int = field(default=1500, metadata={"help": "Cap on images per domain used by the lock."})
+    domain_seed: int = field(default=0, metadata={"help": "Seed of built-in domains and of the lock/probe split."})
+    probe_fractions: list[float] = field(
+        default_factory=lambda: [0.01, 0.1, 1.0], metadata={"help": "Training fractions the probes use."}
+    )
+    probe_seeds: list[int] = field(default_factory=lambda: [0, 1], metadata={"help": "Probe seeds."})
+    probe_batch_size: int = field(default=256, metadata={"help": "Images per forward pass during extraction."})
+    cache_dir: str | None = field(default=None, metadata={"help": "Cache for domains and features."})
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.lock_share < 1.0:
+            raise ValueError(f"lock_share must be in (0, 1), got {self.lock_share}")
+        if self.max_lock_images < 16:
+            raise ValueError(f"max_lock_images must be >= 16, got {self.max_lock_images}")
+
+    def spec(self, name: str) -> DomainSpec:
+        return DomainSpec(name=name, image_column=self.image_column, label_column=self.label_column)
+
+    def other_domains(self) -> list[str]:
+        if self.report_domains is not None:
+            return [d for d in self.report_domains if d not in (self.authorized, self.prohibited)]
+        if self.model is None:
+            return [d for d in BUILTIN_DOMAINS if d not in (self.authorized, self.prohibited)]
+        return []
+
+
+def split_for_lock(dataset: DatasetDict, share: float, cap: int, seed: int):
+    """(lock part of train, DatasetDict of the attacker's part of train + the untouched test split)."""
+    probe_part, lock_part = train_validation_split(dataset["train"], share, seed)
+    if len(lock_part) > cap:
+        lock_part = lock_part.select(range(cap))
+    return lock_part, DatasetDict({"train": probe_part, "test": dataset["test"]})
+
+
+def _load_domains(args: LockExperimentArguments) -> dict[str, DatasetDict]:
+    names = [args.authorized, args.prohibited, *args.other_domains()]
+    return {args.spec(name).display_name: load_domain(args.spec(name), seed=args.domain_seed, cache_dir=args.cache_dir) for name in names}
+
+
+def _probe_config(args: LockExperimentArguments) -> ProbeConfig:
+    return ProbeConfig(
+        fractions=tuple(args.probe_fractions),
+        seeds=tuple(args.probe_seeds),
+        batch_size=args.probe_batch_size,
+        domain_seed=args.domain_seed,
+    )
+
+
+def _swap_into_place(staging: Path, target: Path) -> None:
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{int(time.time())}")
+        target.rename(old)
+        shutil.rmtree(old)
+    staging.rename(target)
+
+
+def run_lock_experiment(args: LockExperimentArguments, lock_config: EncoderLockConfig) -> dict[str, Any]:
+    """Victim -> probes -> lock -> probes -> ``report.json``/``report.md``/``probe.png`` under ``output_dir``."""
+    started = time.perf_counter()
+    target = Path(lock_config.output_dir)
+    domains = _load_domains(args)  # every domain is checked before any long work
+    authorized_name = args.spec(args.authorized).display_name
+    prohibited_name = args.spec(args.prohibited).display_name
+    if authorized_name == prohibited_name:
+        raise ValueError(f"the authorized and prohibited domains are the same ({authorized_name!r})")
+    lock_a, probe_a = split_for_lock(domains[authorized_name], args.lock_share, args.max_lock_images, args.domain_seed)
+    lock_p, probe_p = split_for_lock(domains[prohibited_name], args.lock_share, args.max_lock_images, args.domain_seed)
+    probe_domains = {**domains, authorized_name: probe_a, prohibited_name: probe_p}
+
+    encoder: EncoderAdapter = load_victim(args.cache_dir) if args.model is None else load_encoder(args.model, args.pooling)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    try:
+        encoder.save_pretrained(staging / "victim")
+        probe_config = _probe_config(args)
+        timings: dict[str, float] = {}
+        tick = time.perf_counter()
+        before = run_probe_suite(encoder, probe_domains, probe_config, random_twin=True, cache_dir=args.cache_dir)
+        timings["probe_before_s"] = time.perf_counter() - tick
+
+        lock_config.output_dir = str(staging / "locked")
+        trainer = EncoderLockTrainer(
+            encoder,
+            lock_config,
+            lock_a,
+            lock_p,
+            authorized_name=authorized_name,
+            prohibited_name=prohibited_name,
+            domain_specs={"authorized": asdict(args.spec(args.authorized)), "prohibited": asdict(args.spec(args.prohibited))},
+        )
+        tick = time.perf_counter()
+        trainer.train()
+        timings["lock_s"] = time.perf_counter() - tick
+        trainer.save_model(str(staging / "locked"))
+        own_heads = trainer.evaluate(
+            {"authorized": domains[authorized_name]["test"], "prohibited": domains[prohibited_name]["test"]}
+        )
+
+        tick = time.perf_counter()
+        after = run_probe_suite(encoder, probe_domains, probe_config, random_twin=False, cache_dir=args.cache_dir)
+        timings["probe_after_s"] = time.perf_counter() - tick
+        timings.update({f"lock_{k}_s": v for k, v in trainer.phase_times().items()})
+        timings["total_s"] = time.perf_counter() - started
+
+        report = build_lock_report(
+            before=before,
+            after=after,
+            authorized=[authorized_name],
+            prohibited=[prohibited_name],
+            own_head_accuracy={
+                authorized_name: own_heads["eval_authorized_head_accuracy"],
+                prohibited_name: own_heads["eval_prohibited_head_accuracy"],
+            },
+            lock_summary=trainer.lock_summary(),
+            history=trainer.history,
+            timings=timings,
+            experiment=asdict(args),
+        )
+        (staging / REPORT_JSON).write_text(json.dumps(report, indent=2, default=str))
+        (staging / REPORT_MD).write_text(lock_report_markdown(report))
+        plot_lock_report(report, staging / REPORT_PNG)
+        for leftover in (staging / "locked").glob("checkpoint-*"):
+            shutil.rmtree(leftover)
+        _swap_into_place(staging, target)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    lock_config.output_dir = str(target)
+    return report

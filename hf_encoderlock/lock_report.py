@@ -1,0 +1,147 @@
+"""The lock report: random-init twin, victim, locked encoder under fresh probes, and the lock's own head.
+
+The lock's strength is what a fresh, strong probe still gets on images the lock never used, against the random-init
+twin (the attacker's no-encoder baseline). The accuracy of the head the lock trained against is shown beside it
+only to expose the gap: it is never the lock's strength.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+from .reporting import ENCODER_ROLE, ProbeReport, lock_measures
+
+HOLD_THRESHOLD = 0.9  # advantage removed at 100% data above which the report says the lock holds
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.1f}%"
+
+
+def build_lock_report(
+    before: ProbeReport,
+    after: ProbeReport,
+    authorized: Sequence[str],
+    prohibited: Sequence[str],
+    own_head_accuracy: dict[str, float],
+    lock_summary: dict[str, Any],
+    history: list[dict[str, Any]],
+    timings: dict[str, float],
+    experiment: dict[str, Any],
+) -> dict[str, Any]:
+    """One JSON-ready dict with everything the run measured."""
+    measures = lock_measures(before, after, authorized=authorized, prohibited=prohibited)
+    full = max(before.fractions)
+    table = []
+    for row in measures["rows"]:
+        if not math.isclose(row["fraction"], full):
+            continue
+        table.append(
+            {
+                **row,
+                "attacker_choice_victim": before.best(row["domain"], full, ENCODER_ROLE).usual_choice,
+                "attacker_choice_locked": after.best(row["domain"], full, ENCODER_ROLE).usual_choice,
+                "lock_own_head": own_head_accuracy.get(row["domain"]),
+            }
+        )
+    verdict = {}
+    for row in table:
+        if row["role"] == "prohibited":
+            removed = row.get("advantage_removed", float("nan"))
+            verdict[row["domain"]] = (
+                f"lock holds: {100 * removed:.0f}% of the victim's advantage removed"
+                if removed >= HOLD_THRESHOLD
+                else f"lock does NOT hold: only {100 * removed:.0f}% of the victim's advantage removed "
+                f"(fresh probes reach {100 * row['locked']:.1f}%, victim {100 * row['victim']:.1f}%)"
+            )
+    return {
+        "authorized": list(authorized),
+        "prohibited": list(prohibited),
+        "fraction": full,
+        "table": table,
+        "verdict": verdict,
+        "measures": measures,
+        "lock": lock_summary,
+        "timings": timings,
+        "history": history,
+        "experiment": experiment,
+        "probe_before": before.to_dict(),
+        "probe_after": after.to_dict(),
+    }
+
+
+def lock_report_markdown(report: dict[str, Any]) -> str:
+    """The human-readable twin of ``report.json``."""
+    lock = report["lock"]
+    lines = [
+        "# EncoderLock report",
+        "",
+        f"Authorized: {', '.join(report['authorized'])}. Prohibited: {', '.join(report['prohibited'])}. "
+        f"Variant: {lock['variant']}, objective: {lock['objective']}.",
+        f"Weights changed: {lock['mask']['count']} of {lock['mask']['num_parameters']} "
+        f"({100 * lock['mask']['fraction']:.3f}%), over {lock['rounds_completed']} rounds.",
+        "",
+        f"## Fresh probes at {100 * report['fraction']:.0f}% of the attacker's training split (test accuracy)",
+        "",
+        "| Domain | Role | Random-init twin | Victim | Locked (fresh probe) | Lock's own head (stale) "
+        "| Advantage removed | Advantage kept |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in report["table"]:
+        lines.append(
+            f"| {row['domain']} | {row['role'] or 'other'} | {_pct(row['random_twin'])} | {_pct(row['victim'])} "
+            f"| {_pct(row['locked'])} | {_pct(row['lock_own_head'])} | {_pct(row.get('advantage_removed'))} "
+            f"| {_pct(row.get('advantage_kept'))} |"
+        )
+    lines += [
+        "",
+        "Fresh probe = the attacker's best of linear, MLP and kNN heads over CLS and mean pooling, chosen on a "
+        "validation split of the attacker's own training images (never the lock's), scored on the test split. "
+        "The lock's own head is the adversary head the lock trained against: its accuracy is not the lock's strength.",
+        "",
+        "## Verdict",
+        "",
+        *[f"- {domain}: {text}" for domain, text in report["verdict"].items()],
+        "",
+        "## Time",
+        "",
+        *[f"- {name}: {value:.1f}" for name, value in report["timings"].items()],
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def plot_lock_report(report: dict[str, Any], path: str | Path) -> Path:
+    """Accuracy against training fraction, one panel per domain, one line per encoder."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = report["measures"]["rows"]
+    domains = list(dict.fromkeys(r["domain"] for r in rows))
+    figure, axes = plt.subplots(1, len(domains), figsize=(3.2 * len(domains), 3.2), squeeze=False)
+    for axis, domain in zip(axes[0], domains):
+        mine = sorted((r for r in rows if r["domain"] == domain), key=lambda r: r["fraction"])
+        fractions = [r["fraction"] for r in mine]
+        for key, label, style in (
+            ("random_twin", "random-init twin", ":"),
+            ("victim", "victim", "-"),
+            ("locked", "locked", "--"),
+        ):
+            axis.plot(fractions, [r[key] for r in mine], style, marker="o", label=label)
+        role = mine[0]["role"] or "other"
+        axis.set_title(f"{domain} ({role})")
+        axis.set_xscale("log")
+        axis.set_ylim(0, 1)
+        axis.set_xlabel("training fraction")
+    axes[0][0].set_ylabel("fresh-probe test accuracy")
+    axes[0][-1].legend(loc="lower right", fontsize=8)
+    figure.tight_layout()
+    target = Path(path)
+    figure.savefig(target, dpi=100)
+    plt.close(figure)
+    return target
+

@@ -1,0 +1,60 @@
+"""examples/lock_vit.py end to end on a tiny ViT and tiny saved domains (offline, CPU)."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+from datasets import DatasetDict
+from transformers import AutoImageProcessor, AutoModel
+
+from hf_encoderlock.encoders import tiny_vit_encoder
+
+from .helpers import toy_domain
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "lock_vit.py"
+
+
+def _example_module():
+    spec = importlib.util.spec_from_file_location("lock_vit_example", EXAMPLE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_lock_vit_example_writes_loadable_folders_and_honest_report(tmp_path):
+    model_dir = tmp_path / "tiny"
+    tiny_vit_encoder(seed=0, image_size=16, patch_size=4).save_pretrained(model_dir)
+    for name, style, seed in (("red", "red", 0), ("green", "green", 1)):
+        DatasetDict({"train": toy_domain(90, seed, style), "test": toy_domain(30, seed + 10, style)}).save_to_disk(
+            tmp_path / name
+        )
+    out = tmp_path / "out"
+    _example_module().main(
+        [
+            "--model", str(model_dir),
+            "--authorized", str(tmp_path / "red"),
+            "--prohibited", str(tmp_path / "green"),
+            "--output_dir", str(out),
+            "--num_rounds", "2", "--update_steps_per_round", "2", "--weights_per_round", "10",
+            "--per_device_train_batch_size", "8", "--score_batches", "1",
+            "--adversary_epochs", "2", "--adversary_seeds", "1", "--adversary_kinds", "linear",
+            "--probe_seeds", "0", "--probe_fractions", "0.5", "1.0",
+            "--use_cpu", "true", "--disable_tqdm", "true",
+        ]
+    )
+    assert {p.name for p in out.iterdir()} >= {"victim", "locked", "report.json", "report.md", "probe.png"}
+    assert not list(tmp_path.glob(".out.partial-*"))
+    for folder in ("victim", "locked"):
+        assert AutoModel.from_pretrained(out / folder) is not None
+        assert AutoImageProcessor.from_pretrained(out / folder) is not None
+    report = json.loads((out / "report.json").read_text())
+    rows = {row["domain"]: row for row in report["table"]}
+    assert set(rows) == {"red", "green"}
+    assert rows["green"]["role"] == "prohibited" and rows["red"]["role"] == "authorized"
+    for row in rows.values():
+        for key in ("random_twin", "victim", "locked", "lock_own_head"):
+            assert 0.0 <= row[key] <= 1.0
+    assert "advantage_removed" in rows["green"] and "advantage_kept" in rows["red"]
+    assert report["lock"]["mask"]["count"] > 0
+    assert "green" in report["verdict"]
+    assert "Lock's own head (stale)" in (out / "report.md").read_text()
