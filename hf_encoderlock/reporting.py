@@ -1,0 +1,451 @@
+"""Probe results (:class:`ProbeReport`), their rendering (JSON, Markdown, PNG) and the lock measures.
+
+Scores come from the package's ``evaluate`` metric module (``hf_encoderlock/metrics/encoderlock_metrics``), loaded
+by path so it works offline: :func:`load_encoderlock_metric` returns it and :func:`make_compute_metrics` turns it
+into a ``compute_metrics`` function for ``transformers.Trainer``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import os
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+ENCODER_ROLE = "encoder"
+TWIN_ROLE = "random_twin"
+ROLES = (ENCODER_ROLE, TWIN_ROLE)
+METRIC_DIR = Path(__file__).parent / "metrics" / "encoderlock_metrics"
+REPORT_FORMAT_VERSION = 1
+
+
+# ---------------------------------------------------------------------------------------------------- metric
+def load_encoderlock_metric(config_name: str = "default", **kwargs: Any):
+    """The package's ``evaluate`` metric, loaded by path (offline). ``config_name``: ``"default"`` or ``"lock"``."""
+    import evaluate
+
+    return evaluate.load(str(METRIC_DIR), config_name=config_name, **kwargs)
+
+
+def metric_functions(metric) -> Any:
+    """The module that defines ``metric`` (pure functions ``accuracy``, ``advantage_removed``, ...).
+
+    Calling these directly skips ``evaluate``'s per-call Arrow round trip, which dominates for hundreds of tiny
+    accuracy computations; the numbers are those of ``metric.compute``.
+    """
+    module = inspect.getmodule(type(metric))
+    if module is None or not hasattr(module, "accuracy"):
+        raise TypeError(f"{type(metric).__name__} is not the encoderlock metric")
+    return module
+
+
+def make_compute_metrics(metric=None) -> Callable[[Any], dict[str, float]]:
+    """A ``compute_metrics(eval_pred)`` for ``transformers.Trainer``: accuracy of the arg-max of the logits."""
+    metric = metric if metric is not None else load_encoderlock_metric()
+
+    def compute_metrics(eval_pred) -> dict[str, float]:
+        logits = eval_pred.predictions if hasattr(eval_pred, "predictions") else eval_pred[0]
+        labels = eval_pred.label_ids if hasattr(eval_pred, "label_ids") else eval_pred[1]
+        if isinstance(logits, (tuple, list)):
+            logits = logits[0]
+        logits, labels = np.asarray(logits), np.asarray(labels)
+        predictions = logits.argmax(-1) if logits.ndim > labels.ndim else logits
+        return metric.compute(predictions=predictions.reshape(-1), references=labels.reshape(-1))
+
+    return compute_metrics
+
+
+# --------------------------------------------------------------------------------------------------- results
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    if not values:
+        return float("nan"), float("nan")
+    array = np.asarray(values, dtype=float)
+    return float(array.mean()), float(array.std(ddof=1)) if array.size > 1 else 0.0
+
+
+@dataclass
+class ProbeScore:
+    """Test accuracy of one head kind under one pooling at one training fraction, one value per seed."""
+
+    role: str
+    domain: str
+    head: str
+    pooling: str
+    fraction: float
+    n_train: int
+    n_validation: int
+    n_test: int
+    seeds: list[int]
+    test_accuracy: list[float]
+    validation_accuracy: list[float]
+    hyperparameters: list[dict[str, Any]]
+
+    @property
+    def mean(self) -> float:
+        return _mean_std(self.test_accuracy)[0]
+
+    @property
+    def std(self) -> float:
+        return _mean_std(self.test_accuracy)[1]
+
+
+@dataclass
+class BestScore:
+    """The attacker's best per seed: the (head, pooling, hyper-parameters) with the best validation accuracy."""
+
+    role: str
+    domain: str
+    fraction: float
+    n_train: int
+    seeds: list[int]
+    test_accuracy: list[float]
+    validation_accuracy: list[float]
+    choices: list[dict[str, Any]]
+
+    @property
+    def mean(self) -> float:
+        return _mean_std(self.test_accuracy)[0]
+
+    @property
+    def std(self) -> float:
+        return _mean_std(self.test_accuracy)[1]
+
+    @property
+    def usual_choice(self) -> str:
+        """The most frequent ``head/pooling`` over seeds."""
+        counts = Counter(f"{c['head']}/{c['pooling']}" for c in self.choices)
+        return counts.most_common(1)[0][0] if counts else ""
+
+
+@dataclass
+class ProbeReport:
+    """Everything one probe-suite run measured; see :func:`hf_encoderlock.probes.run_probe_suite`."""
+
+    encoder: str
+    random_twin: str | None
+    domains: dict[str, dict[str, Any]]
+    config: dict[str, Any]
+    scores: list[ProbeScore] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+
+    # ------------------------------------------------------------------------------------------------ queries
+    @property
+    def roles(self) -> tuple[str, ...]:
+        present = {s.role for s in self.scores}
+        return tuple(r for r in ROLES if r in present)
+
+    @property
+    def fractions(self) -> tuple[float, ...]:
+        return tuple(sorted({s.fraction for s in self.scores}))
+
+    @property
+    def domain_names(self) -> tuple[str, ...]:
+        return tuple(self.domains)
+
+    def select(self, role: str = ENCODER_ROLE, domain: str | None = None, fraction: float | None = None) -> list[ProbeScore]:
+        """Scores matching the given role / domain / fraction."""
+        return [
+            s
+            for s in self.scores
+            if s.role == role
+            and (domain is None or s.domain == domain)
+            and (fraction is None or math.isclose(s.fraction, fraction))
+        ]
+
+    def best(self, domain: str, fraction: float, role: str = ENCODER_ROLE) -> BestScore:
+        """The attacker's best on ``domain`` at ``fraction``: per seed, the head kind, pooling and hyper-parameters
+        with the highest validation accuracy (never test accuracy), scored on test."""
+        candidates = self.select(role, domain, fraction)
+        if not candidates:
+            raise KeyError(f"no scores for role={role!r}, domain={domain!r}, fraction={fraction}")
+        seeds = candidates[0].seeds
+        test, val, choices = [], [], []
+        for i in range(len(seeds)):
+            winner = max(candidates, key=lambda s: s.validation_accuracy[i])  # first on ties (config order)
+            test.append(winner.test_accuracy[i])
+            val.append(winner.validation_accuracy[i])
+            choices.append({"head": winner.head, "pooling": winner.pooling, **winner.hyperparameters[i]})
+        return BestScore(role, domain, candidates[0].fraction, candidates[0].n_train, list(seeds), test, val, choices)
+
+    def best_scores(self, role: str = ENCODER_ROLE) -> list[BestScore]:
+        return [self.best(d, f, role) for d in self.domain_names for f in self.fractions if self.select(role, d, f)]
+
+    # ---------------------------------------------------------------------------------------- serialisation
+    def to_dict(self) -> dict[str, Any]:
+        best = {
+            role: [dict(asdict(b), mean=b.mean, std=b.std) for b in self.best_scores(role)] for role in self.roles
+        }
+        return {
+            "format_version": REPORT_FORMAT_VERSION,
+            "encoder": self.encoder,
+            "random_twin": self.random_twin,
+            "domains": self.domains,
+            "config": self.config,
+            "timings": self.timings,
+            "versions": self.versions,
+            "best": best,
+            "scores": [dict(asdict(s), mean=s.mean, std=s.std) for s in self.scores],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ProbeReport":
+        names = {f for f in ProbeScore.__dataclass_fields__}
+        scores = [ProbeScore(**{k: v for k, v in s.items() if k in names}) for s in data.get("scores", [])]
+        return cls(
+            encoder=data["encoder"],
+            random_twin=data.get("random_twin"),
+            domains=data.get("domains", {}),
+            config=data.get("config", {}),
+            scores=scores,
+            timings=data.get("timings", {}),
+            versions=data.get("versions", {}),
+        )
+
+    def to_json(self, path: str | os.PathLike | None = None) -> str:
+        """The report as JSON (NaN written as null); also written to ``path`` when given."""
+        text = json.dumps(_finite(self.to_dict()), indent=2)
+        if path is not None:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            Path(path).write_text(text + "\n", encoding="utf-8")
+        return text
+
+    @classmethod
+    def from_json(cls, path: str | os.PathLike) -> "ProbeReport":
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        return cls.from_dict(_nan_from_null(data))
+
+    def to_markdown(self) -> str:
+        return report_to_markdown(self)
+
+    def plot(self, path: str | os.PathLike) -> Path:
+        return plot_report(self, path)
+
+    def save(self, output_dir: str | os.PathLike, stem: str = "probe_report") -> dict[str, Path]:
+        """Write ``{stem}.json``, ``{stem}.md`` and ``{stem}.png`` into ``output_dir``."""
+        folder = Path(output_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        paths = {"json": folder / f"{stem}.json", "markdown": folder / f"{stem}.md", "plot": folder / f"{stem}.png"}
+        self.to_json(paths["json"])
+        paths["markdown"].write_text(self.to_markdown(), encoding="utf-8")
+        self.plot(paths["plot"])
+        return paths
+
+
+def _finite(value: Any) -> Any:
+    """Replace NaN/inf floats by None so the JSON is strict."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _nan_from_null(data: dict[str, Any]) -> dict[str, Any]:
+    for score in data.get("scores", []):
+        for key in ("test_accuracy", "validation_accuracy"):
+            score[key] = [float("nan") if v is None else v for v in score.get(key, [])]
+    return data
+
+
+# -------------------------------------------------------------------------------------------------- markdown
+def _pct(value: float, digits: int = 1) -> str:
+    return "n/a" if value is None or not math.isfinite(value) else f"{100 * value:.{digits}f}"
+
+
+def _cell(mean: float, std: float) -> str:
+    return f"{_pct(mean)} ± {_pct(std)}" if math.isfinite(mean) else "n/a"
+
+
+def _fraction_label(fraction: float) -> str:
+    return f"{100 * fraction:g}%"
+
+
+def report_to_markdown(report: ProbeReport) -> str:
+    """Markdown tables: the attacker's best per (domain, fraction), then every (head, pooling) per domain."""
+    config = report.config
+    seeds = config.get("seeds", [])
+    roles = report.roles
+    role_names = {ENCODER_ROLE: "Encoder", TWIN_ROLE: "Random twin"}
+    lines = [
+        f"# Probe report: {report.encoder}",
+        "",
+        f"Fresh heads ({', '.join(config.get('heads', []))}) trained on frozen features "
+        f"(poolings: {', '.join(config.get('poolings') or [])}); hyper-parameters, head kind and pooling chosen on a "
+        "validation split carved from train, never on test. Test accuracy (%), mean ± std over "
+        f"{len(seeds)} seed(s).",
+    ]
+    if TWIN_ROLE in roles:
+        lines.append(
+            f"Random twin: {report.random_twin} (same architecture, random weights): the attacker's no-encoder baseline."
+        )
+    header = ["Domain", "Classes (chance %)", "Train fraction", "Train size", *(role_names[r] for r in roles)]
+    lines += ["", "## Attacker's best", "", _row(header), _row(["---"] * len(header))]
+    for domain in report.domain_names:
+        info = report.domains.get(domain, {})
+        for fraction in report.fractions:
+            bests = [report.best(domain, fraction, role) for role in roles if report.select(role, domain, fraction)]
+            if not bests:
+                continue
+            cells = [f"{_cell(b.mean, b.std)} ({b.usual_choice})" for b in bests]
+            classes = f"{info.get('num_classes', '?')} ({_pct(info.get('chance', float('nan')))})"
+            lines.append(_row([domain, classes, _fraction_label(fraction), str(bests[0].n_train), *cells]))
+    lines += ["", "## Every head", ""]
+    fractions = report.fractions
+    for domain in report.domain_names:
+        header = ["Encoder", "Head", "Pooling", *(_fraction_label(f) for f in fractions)]
+        lines += [f"### {domain}", "", _row(header), _row(["---"] * len(header))]
+        for role in roles:
+            keys = list(dict.fromkeys((s.head, s.pooling) for s in report.select(role, domain)))
+            for head, pooling in keys:
+                cells = []
+                for fraction in fractions:
+                    match = [s for s in report.select(role, domain, fraction) if (s.head, s.pooling) == (head, pooling)]
+                    cells.append(_cell(match[0].mean, match[0].std) if match else "")
+                lines.append(_row([role_names[role], head, pooling, *cells]))
+        lines.append("")
+    if report.timings:
+        lines += ["## Timings (s)", "", _row(["Step", "Seconds"]), _row(["---", "---"])]
+        lines += [_row([name, f"{seconds:.2f}"]) for name, seconds in report.timings.items()]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _row(cells: Iterable[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+# ------------------------------------------------------------------------------------------------------ plot
+def plot_report(report: ProbeReport, path: str | os.PathLike) -> Path:
+    """PNG of the attacker's best test accuracy against training fraction, one line per domain (random twin
+    dashed, chance dotted). Uses the Agg canvas directly: no pyplot, no global backend state."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(7.0, 4.5), dpi=120)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot(1, 1, 1)
+    colours = [f"C{i}" for i in range(10)]
+    fractions = report.fractions
+    for i, domain in enumerate(report.domain_names):
+        colour = colours[i % len(colours)]
+        for role, style, suffix in ((ENCODER_ROLE, "-", ""), (TWIN_ROLE, "--", " (random twin)")):
+            bests = [report.best(domain, f, role) for f in fractions if report.select(role, domain, f)]
+            if not bests:
+                continue
+            axes.errorbar(
+                [b.fraction for b in bests],
+                [b.mean for b in bests],
+                yerr=[b.std for b in bests],
+                color=colour,
+                linestyle=style,
+                marker="o" if role == ENCODER_ROLE else "x",
+                capsize=3,
+                label=f"{domain}{suffix}",
+            )
+        chance = report.domains.get(domain, {}).get("chance")
+        if chance is not None and math.isfinite(chance):
+            axes.axhline(chance, color=colour, linestyle=":", linewidth=0.8, alpha=0.6)
+    if fractions:
+        axes.set_xscale("log")
+        axes.set_xticks(list(fractions))
+        axes.set_xticklabels([_fraction_label(f) for f in fractions])
+        axes.minorticks_off()
+    axes.set_ylim(0.0, 1.02)
+    axes.set_xlabel("fraction of the training split used by the attacker")
+    axes.set_ylabel("test accuracy (attacker's best)")
+    axes.set_title(f"Probing {report.encoder}", fontsize=10)
+    axes.grid(True, alpha=0.3)
+    axes.legend(fontsize=7, loc="lower right")
+    figure.tight_layout()
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(target)
+    return target
+
+
+# ---------------------------------------------------------------------------------------------- lock measures
+def lock_measures(
+    victim: ProbeReport,
+    locked: ProbeReport,
+    authorized: Sequence[str] = (),
+    prohibited: Sequence[str] = (),
+    metric=None,
+) -> dict[str, Any]:
+    """Advantage removed (prohibited) and kept (authorized) per domain and fraction, from the attacker's best.
+
+    The random twin's accuracy comes from ``victim`` (else ``locked``); run the suite with ``random_twin=True``.
+    Domains in neither list get both measures. Returns ``{"rows": [...], "summary": {fraction: {...}}}``.
+    """
+    overlap = set(authorized) & set(prohibited)
+    if overlap:
+        raise ValueError(f"domain(s) {sorted(overlap)} are both authorized and prohibited")
+    twin_source = victim if TWIN_ROLE in victim.roles else locked if TWIN_ROLE in locked.roles else None
+    if twin_source is None:
+        raise ValueError("neither report has random-twin scores; run the probe suite with random_twin=True")
+    metric = metric if metric is not None else load_encoderlock_metric("lock")
+    domains = [d for d in victim.domain_names if d in locked.domain_names and d in twin_source.domain_names]
+    fractions = [f for f in victim.fractions if any(math.isclose(f, g) for g in locked.fractions)]
+    rows: list[dict[str, Any]] = []
+    summary: dict[str, dict[str, float]] = {}
+    for fraction in fractions:
+        by_role: dict[str | None, list[dict[str, Any]]] = {}
+        for domain in domains:
+            role = "authorized" if domain in authorized else "prohibited" if domain in prohibited else None
+            row = {
+                "domain": domain,
+                "role": role,
+                "fraction": fraction,
+                "victim": victim.best(domain, fraction).mean,
+                "locked": locked.best(domain, fraction).mean,
+                "random_twin": twin_source.best(domain, fraction, TWIN_ROLE).mean,
+            }
+            by_role.setdefault(role, []).append(row)
+            rows.append(row)
+        summary_row: dict[str, float] = {}
+        for role, members in by_role.items():
+            result = metric.compute(
+                locked=[r["locked"] for r in members],
+                victim=[r["victim"] for r in members],
+                random_twin=[r["random_twin"] for r in members],
+                role=role,
+            )
+            for name in ("advantage_removed", "advantage_kept"):
+                if name in result:
+                    for r, value in zip(members, result[f"{name}_per_row"]):
+                        r[name] = value
+                    if role is not None:
+                        summary_row[f"mean_{name}"] = result[name]
+        summary[_fraction_label(fraction)] = summary_row
+    return {"rows": rows, "summary": summary}
+
+
+def lock_measures_markdown(measures: dict[str, Any]) -> str:
+    """A Markdown table of :func:`lock_measures` rows."""
+    header = ["Domain", "Role", "Train fraction", "Victim", "Locked", "Random twin", "Advantage removed", "Advantage kept"]
+    lines = [_row(header), _row(["---"] * len(header))]
+    for row in measures["rows"]:
+        lines.append(
+            _row(
+                [
+                    row["domain"],
+                    row["role"] or "-",
+                    _fraction_label(row["fraction"]),
+                    _pct(row["victim"]),
+                    _pct(row["locked"]),
+                    _pct(row["random_twin"]),
+                    _pct(row.get("advantage_removed", float("nan"))),
+                    _pct(row.get("advantage_kept", float("nan"))),
+                ]
+            )
+        )
+    return "\n".join(lines) + "\n"
