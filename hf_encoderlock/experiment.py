@@ -173,6 +173,7 @@ def run_lock_experiment(args: LockExperimentArguments, lock_config: EncoderLockC
         plot_lock_report(report, staging / REPORT_PNG)
         for leftover in (staging / "locked").glob("checkpoint-*"):
             shutil.rmtree(leftover)
+        staging.chmod(0o755)  # mkdtemp makes the folder private
         _swap_into_place(staging, target)
     finally:
         if staging.exists():

@@ -46,7 +46,7 @@ class VictimConfig:
         default_factory=lambda: ["mnist", "mnist-m", "syn-digits", "letters"],
         metadata={"help": "Built-in domains whose training splits pre-train the victim (one head each)."},
     )
-    epochs: int = field(default=8, metadata={"help": "Passes over the pooled training images."})
+    epochs: int = field(default=5, metadata={"help": "Passes over the pooled training images."})
     batch_size: int = field(default=128, metadata={"help": "Images per step (mixed across domains)."})
     learning_rate: float = field(default=2e-3, metadata={"help": "Peak AdamW learning rate (cosine decay)."})
     weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay."})
@@ -173,6 +173,7 @@ def save_victim(encoder: EncoderAdapter, config: VictimConfig, output_dir: str |
         (staging / VICTIM_RECIPE_FILE).write_text(json.dumps(asdict(config), indent=2))
         if target.exists():
             shutil.rmtree(target)
+        staging.chmod(0o755)  # mkdtemp makes the folder private; a published encoder folder is not
         staging.rename(target)
     finally:
         if staging.exists():
