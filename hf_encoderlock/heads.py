@@ -267,14 +267,17 @@ def _grid_accuracy(x: Tensor, y: Tensor, layers: Sequence[Sequence[Tensor]]) -> 
     return (_grid_forward(x, layers).argmax(-1) == y.unsqueeze(1)).float().mean(-1)
 
 
-def _epoch_batches(x: Tensor, y: Tensor, batch_size: int | None, generator: torch.Generator):
-    """Shuffled ``(features, labels)`` mini-batches along the row axis (the whole set when ``batch_size`` is None)."""
+def _epoch_batches(x: Tensor, y: Tensor, batch_size: int | None, generators: Sequence[torch.Generator]):
+    """Shuffled ``(features, labels)`` mini-batches along the row axis, each group in its own seeded order (the
+    whole set, unshuffled, when ``batch_size`` is None)."""
     n = x.shape[1]
     if batch_size is None or batch_size >= n:
         yield x, y
         return
-    order = torch.randperm(n, generator=generator)
-    x, y = x.index_select(1, order), y.index_select(1, order)
+    order = torch.stack([torch.randperm(n, generator=g) for g in generators])
+    flat = (order + torch.arange(len(generators)).unsqueeze(1) * n).reshape(-1)  # index_select beats gather on CPU
+    x = x.reshape(-1, x.shape[-1]).index_select(0, flat).view(x.shape)
+    y = y.reshape(-1).index_select(0, flat).view(y.shape)
     for start in range(0, n, batch_size):
         yield x[:, start : start + batch_size], y[:, start : start + batch_size]
 
@@ -308,10 +311,10 @@ def _fit_grid(
     best_layers = [[w.clone(), b.clone()] for w, b in layers]
     best_acc = _grid_accuracy(val_x, val_y, layers)
     best_epoch = torch.zeros_like(best_acc, dtype=torch.long)
-    generator = torch.Generator().manual_seed(int(group_seeds[0][0]))
+    generators = [torch.Generator().manual_seed(int(seeds[0])) for seeds in group_seeds]
     stale, step = 0, 0
     for epoch in range(1, config.epochs + 1):
-        for batch_x, batch_y in _epoch_batches(train_x, train_y, config.batch_size, generator):
+        for batch_x, batch_y in _epoch_batches(train_x, train_y, config.batch_size, generators):
             for p in params:
                 p.requires_grad_(True)
             scores = _grid_forward(batch_x, layers)

@@ -171,9 +171,13 @@ def split_training_rows(labels: np.ndarray, config: ProbeConfig) -> list[SeedSpl
 
 
 # ---------------------------------------------------------------------------------------------------- inputs
-def _resolve_domains(
-    domains: Mapping[str, DatasetDict] | Sequence[Any], config: ProbeConfig, cache_dir: str | os.PathLike | None
+def load_domains(
+    domains: Mapping[str, DatasetDict] | Sequence[Any],
+    config: ProbeConfig | None = None,
+    cache_dir: str | os.PathLike | None = None,
 ) -> dict[str, DatasetDict]:
+    """``{display name: DatasetDict}`` from a mapping (checked) or domain specs (loaded with ``load_domain``)."""
+    config = config or ProbeConfig()
     if isinstance(domains, Mapping):
         resolved = dict(domains)
     else:
@@ -315,7 +319,7 @@ def run_probe_suite(
     with _threads(config.num_threads):
         encoder = _load(encoder)
         poolings = resolve_poolings(encoder, config.poolings)
-        resolved = _resolve_domains(domains, config, cache_dir)
+        resolved = load_domains(domains, config, cache_dir)
         feature_cache = Path(cache_dir) / "features" if cache_dir is not None else None
         encoders = [(ENCODER_ROLE, encoder)]
         twin_name = None

@@ -1,0 +1,96 @@
+"""``encoderlock probe`` end to end on a tiny saved encoder (in process and as a subprocess)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from datasets import ClassLabel, Dataset, DatasetDict, Features
+from datasets import Image as ImageFeature
+from PIL import Image
+
+from hf_encoderlock.cli import build_parser, main
+from hf_encoderlock.encoders import tiny_vit_encoder
+
+REPO = Path(__file__).resolve().parents[1]
+FAST = ["--fractions", "0.5", "1", "--seeds", "0", "1", "--epochs", "3", "--threads", "1", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def encoder_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("encoder")
+    tiny_vit_encoder(seed=3).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def domain_dir(tmp_path_factory):
+    """A tiny saved DatasetDict: class c is a bright colour channel on noise."""
+    rng = np.random.default_rng(0)
+    features = Features({"image": ImageFeature(), "label": ClassLabel(names=["red", "green", "blue"])})
+
+    def split(n):
+        images, labels = [], []
+        for i in range(n):
+            pixels = rng.integers(0, 60, (32, 32, 3)).astype(np.uint8)
+            pixels[:, :, i % 3] += 150
+            images.append(Image.fromarray(pixels))
+            labels.append(i % 3)
+        return Dataset.from_dict({"image": images, "label": labels}, features=features)
+
+    folder = tmp_path_factory.mktemp("domains") / "colours"
+    DatasetDict(train=split(45), test=split(21)).save_to_disk(str(folder))
+    return folder
+
+
+def _check_outputs(out: Path, domains: list[str], twin: bool) -> dict:
+    data = json.loads((out / "probe_report.json").read_text())
+    assert list(data["domains"]) == domains
+    assert set(data["best"]) == ({"encoder", "random_twin"} if twin else {"encoder"})
+    assert {s["fraction"] for s in data["scores"]} == {0.5, 1.0}
+    assert "## Attacker's best" in (out / "probe_report.md").read_text()
+    assert (out / "probe_report.png").read_bytes()[:4] == b"\x89PNG"
+    return data
+
+
+def test_cli_probe_in_process(encoder_dir, domain_dir, tmp_path, capsys):
+    out = tmp_path / "report"
+    argv = ["probe", "--encoder", str(encoder_dir), "--domains", str(domain_dir), "--out", str(out), *FAST]
+    assert main(argv) == 0
+    data = _check_outputs(out, ["colours"], twin=True)
+    assert data["config"]["seeds"] == [0, 1] and data["config"]["poolings"] == ["cls", "mean"]
+    printed = capsys.readouterr().out
+    assert "Attacker's best" in printed and "probe_report.png" in printed
+
+
+def test_cli_probe_as_subprocess(encoder_dir, domain_dir, tmp_path):
+    out = tmp_path / "report"
+    command = [sys.executable, "-m", "hf_encoderlock.cli", "probe", "--encoder", str(encoder_dir), "--domains",
+               str(domain_dir), "--out", str(out), "--no-random-twin", "--heads", "linear", "knn",
+               "--poolings", "cls", "--no-cache", *FAST]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+    assert result.returncode == 0, result.stderr
+    data = _check_outputs(out, ["colours"], twin=False)
+    assert {s["head"] for s in data["scores"]} == {"linear", "knn"}
+
+
+def test_cli_bad_domain_is_a_clear_error(encoder_dir, tmp_path, capsys):
+    code = main(["probe", "--encoder", str(encoder_dir), "--domains", "mnistt", "--out", str(tmp_path), "--quiet"])
+    assert code != 0
+    error = capsys.readouterr().err
+    assert "mnistt" in error and "Did you mean the built-in 'mnist'" in error
+    assert not (tmp_path / "probe_report.json").exists()
+
+
+def test_cli_bad_encoder_and_arguments(domain_dir, tmp_path, capsys):
+    missing = tmp_path / "no-such-encoder"
+    missing.mkdir()
+    assert main(["probe", "--encoder", str(missing), "--domains", str(domain_dir), "--out", str(tmp_path)]) != 0
+    assert "config.json" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:  # --encoder and --victim are exclusive
+        build_parser().parse_args(["probe", "--encoder", "x", "--victim", "--domains", "d", "--out", "o"])
+    assert exit_info.value.code == 2
