@@ -10,10 +10,10 @@ scores the chosen heads. The same suite on the encoder's random-init twin gives 
 
 from __future__ import annotations
 
-import math
 import os
 import platform
 import time
+import warnings
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -331,6 +331,7 @@ def run_probe_suite(
 
         domain_info: dict[str, dict[str, Any]] = {}
         splits: dict[str, list[SeedSplit]] = {}
+        encoder_keys: dict[str, tuple[str, ...]] = {}
         scores: list[ProbeScore] = []
         for role, model in encoders:
             for name, dataset in resolved.items():
@@ -351,6 +352,15 @@ def run_probe_suite(
                 }
                 timings[f"extract/{role}/{name}"] = time.perf_counter() - tick
                 train, test = extracted[config.train_split], extracted[config.test_split]
+                if role == TWIN_ROLE and any(train.cache_key == key for key in encoder_keys.get(name, ())):
+                    warnings.warn(
+                        f"the random twin of {encoder.name!r} has the same weights as the encoder (a randomly "
+                        f"initialised encoder built with seed {config.random_twin_seed}?): the no-encoder baseline "
+                        "equals the encoder; set ProbeConfig.random_twin_seed to another seed",
+                        stacklevel=2,
+                    )
+                if role == ENCODER_ROLE:
+                    encoder_keys[name] = (train.cache_key,)
                 if name not in splits:
                     splits[name] = split_training_rows(train.labels.numpy(), config)
                     classes = _num_classes(dataset, config, [train.labels, test.labels])

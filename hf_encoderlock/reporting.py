@@ -169,7 +169,9 @@ class ProbeReport:
         seeds = candidates[0].seeds
         test, val, choices = [], [], []
         for i in range(len(seeds)):
-            winner = max(candidates, key=lambda s: s.validation_accuracy[i])  # first on ties (config order)
+            # Highest validation accuracy for this seed; ties go to the higher mean validation accuracy over seeds,
+            # then to the first in config order.
+            winner = max(candidates, key=lambda s: (s.validation_accuracy[i], float(np.mean(s.validation_accuracy))))
             test.append(winner.test_accuracy[i])
             val.append(winner.validation_accuracy[i])
             choices.append({"head": winner.head, "pooling": winner.pooling, **winner.hyperparameters[i]})

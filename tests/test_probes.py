@@ -10,7 +10,6 @@ from datasets import ClassLabel, Dataset, DatasetDict, Features
 from datasets import Image as ImageFeature
 from PIL import Image
 
-from hf_encoderlock import heads as heads_module
 from hf_encoderlock import probes as probes_module
 from hf_encoderlock.encoders import tiny_vit_encoder
 from hf_encoderlock.features import FeatureError, extract_features
@@ -305,3 +304,16 @@ def test_probe_config_rejects_bad_values():
         ProbeConfig(heads=("svm",))
     with pytest.raises(ValueError, match="mlp_hidden"):
         ProbeConfig(mlp_hidden=(8, 8, 8))
+
+
+def test_probe_suite_warns_when_the_twin_equals_the_encoder(domains):
+    config = ProbeConfig(fractions=(1.0,), seeds=(0,), heads=("knn",), poolings=("cls",), progress=False)
+    with pytest.warns(UserWarning, match="same weights"):
+        run_probe_suite(tiny_vit_encoder(seed=0), {"beta": domains["beta"]}, config)  # twin seed 0 = this encoder
+
+
+def test_probe_features_are_deterministic(encoder, domains):
+    config = ProbeConfig(fractions=(0.5,), seeds=(0, 1), heads=("linear", "mlp"), epochs=3, progress=False)
+    first, again = (run_probe_suite(encoder, {"alpha": domains["alpha"]}, config, random_twin=False) for _ in range(2))
+    assert [s.test_accuracy for s in first.scores] == [s.test_accuracy for s in again.scores]
+    assert [s.hyperparameters for s in first.scores] == [s.hyperparameters for s in again.scores]
