@@ -321,6 +321,18 @@ class EncoderLockTrainer(Trainer):
         self.encoder.save_pretrained(output_dir)
         (output_dir / LOCK_CONFIG_FILE).write_text(json.dumps(self.lock_summary(), indent=2, default=str))
         save_mask({k.removeprefix("backbone."): v for k, v in self.mask.items()}, output_dir / MASK_FILE)
+        from .model_card import write_model_card  # the card (README.md) is regenerated with every save
+
+        write_model_card(output_dir, report=None)
+
+    def push_to_hub(
+        self, commit_message="End of training", blocking=True, token=None, revision=None, private=None, **kwargs
+    ):
+        """Save, then push the encoder, processor, lock config and model card (not a wrapper module); extra keywords
+        ``repo_id``, ``gated``, ``report``, ``include_mask`` (see :func:`hf_encoderlock.hub.push_trainer_to_hub`)."""
+        from .hub import push_trainer_to_hub
+
+        return push_trainer_to_hub(self, commit_message, token=token, revision=revision, private=private, **kwargs)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         mask_path = Path(resume_from_checkpoint) / MASK_FILE
