@@ -5,7 +5,7 @@
   processor, ``encoderlock_config.json`` and the card in one commit.
 - :func:`load_locked` downloads (or opens) a locked encoder, checks the SHA-256 of every weight file against the
   card and returns the encoder adapter, its image processor and the parsed :class:`Authorization`.
-- :func:`add_push_parser` adds ``encoderlock push FOLDER REPO_ID [--private] [--gated]`` to a CLI.
+- :func:`add_push_parser` adds ``encoderlock push FOLDER REPO_ID [--private] [--gated [--manual-approval]]`` to the CLI.
 
 Any Hub-compatible server works: the ``huggingface_hub`` client honours ``HF_ENDPOINT``.
 """
@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 from .encoders import EncoderAdapter
 from .model_card import (
@@ -170,7 +170,7 @@ def load_locked(
 
 # ------------------------------------------------------------------------------------------------------ CLI
 def add_push_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add the ``push`` sub-command to an ``argparse`` sub-parser collection; its handler is :func:`run_push`."""
+    """Add ``push`` to the ``encoderlock`` sub-commands (``args.handler`` is :func:`run_push`)."""
     parser = subparsers.add_parser(
         "push",
         help="Push a locked encoder folder (weights, processor, lock config, model card) to the Hugging Face Hub.",
@@ -180,19 +180,17 @@ def add_push_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("repo_id", help="Target repository, e.g. user/vit-locked.")
     parser.add_argument("--private", action="store_true", help="Create the repository as private.")
     parser.add_argument(
-        "--gated",
-        nargs="?",
-        const="auto",
-        default=None,
-        choices=GATING_MODES,
-        help="Gate access; requesters must acknowledge the prohibited uses (auto approval unless 'manual').",
+        "--gated", action="store_true", help="Gate access: requesters must acknowledge the prohibited uses first."
+    )
+    parser.add_argument(
+        "--manual-approval", action="store_true", help="Gate access, the owner approving each request by hand (implies --gated)."
     )
     parser.add_argument("--token", default=None, help="Hub token (default: the logged-in token or HF_TOKEN).")
     parser.add_argument("--revision", default=None, help="Branch to push to (default: main).")
     parser.add_argument("--commit-message", default=DEFAULT_COMMIT_MESSAGE, help="Commit message.")
     parser.add_argument("--report", default=None, help="report.json with probe results (default: found next to FOLDER).")
     parser.add_argument("--include-mask", action="store_true", help=f"Also upload {MASK_FILE} (kept local by default).")
-    parser.set_defaults(func=run_push)
+    parser.set_defaults(handler=run_push)
     return parser
 
 
@@ -203,7 +201,7 @@ def run_push(args: argparse.Namespace) -> int:
         args.folder,
         args.repo_id,
         private=args.private or None,
-        gated=args.gated or False,
+        gated="manual" if args.manual_approval else ("auto" if args.gated else False),
         token=args.token,
         commit_message=args.commit_message,
         revision=args.revision,
@@ -213,14 +211,3 @@ def run_push(args: argparse.Namespace) -> int:
     print(f"pushed {args.folder} to {args.repo_id}: {getattr(info, 'commit_url', info)}")
     return 0
 
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m hf_encoderlock.hub push FOLDER REPO_ID ...`` (the same as ``encoderlock push``)."""
-    parser = argparse.ArgumentParser(prog="encoderlock")
-    add_push_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from huggingface_hub.errors import GatedRepoError
 from safetensors.torch import load_file
 from transformers import AutoImageProcessor, AutoModel
 
-from hf_encoderlock import hub as hub_module
+from hf_encoderlock.cli import main as cli_main
 from hf_encoderlock.config import EncoderLockConfig
 from hf_encoderlock.encoders import tiny_vit_encoder
 from hf_encoderlock.hub import load_locked, push_locked_to_hub
@@ -34,6 +35,7 @@ from .helpers import toy_domain
 from .hub_server import FakeHubServer
 
 TOKEN = "hf_test_token"
+OFFLINE_AT_IMPORT = (constants.HF_HUB_OFFLINE, os.environ.get("HF_HUB_OFFLINE"), os.environ.get("HF_ENDPOINT"))
 MASK = {"count": 20, "fraction": 0.001, "fraction_of_candidates": 0.0012, "num_parameters": 20000,
         "per_layer": {"layers.0.mlp.fc1.weight": 20}}  # fmt: skip
 
@@ -281,8 +283,8 @@ def test_push_then_verified_pull_over_http(locked_folder, fake_hub, tmp_path):
 
 
 def test_cli_push_with_private_and_manual_gate(locked_folder, fake_hub, capsys):
-    code = hub_module.main(["push", str(locked_folder), "user/cli-locked", "--private", "--gated", "manual",
-                            "--token", TOKEN, "--include-mask"])  # fmt: skip
+    code = cli_main(["push", "--gated", str(locked_folder), "user/cli-locked", "--private", "--manual-approval",
+                     "--token", TOKEN, "--include-mask"])  # fmt: skip
     assert code == 0 and "user/cli-locked" in capsys.readouterr().out
     repo = fake_hub.repos["user/cli-locked"]
     assert repo.private and repo.gated == "manual"
@@ -310,3 +312,8 @@ def test_trainer_save_writes_card_and_push_to_hub(tmp_path, fake_hub):
         repo.commits[-1][1]
     )
     assert not math.isnan(meta["mask_fraction"])
+
+
+def test_offline_settings_are_restored_after_the_server_tests():
+    assert (constants.HF_HUB_OFFLINE, os.environ.get("HF_HUB_OFFLINE"), os.environ.get("HF_ENDPOINT")) == OFFLINE_AT_IMPORT
+    assert constants.ENDPOINT != "" and "127.0.0.1" not in constants.HUGGINGFACE_CO_URL_TEMPLATE
