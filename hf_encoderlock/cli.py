@@ -98,7 +98,13 @@ def add_probe_parser(subparsers) -> None:
     parser.set_defaults(handler=run_probe_command)
 
 
-COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (add_probe_parser,)
+def add_push_parser(subparsers) -> None:
+    from .hub import add_push_parser as add_hub_push_parser
+
+    add_hub_push_parser(subparsers)
+
+
+COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (add_probe_parser, add_push_parser)
 
 
 def build_parser() -> argparse.ArgumentParser:
