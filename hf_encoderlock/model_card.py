@@ -42,7 +42,7 @@ CITATION = """@inproceedings{ding2025probemenot,
 }"""
 GATE_HEADING = "Acknowledge the prohibited uses of this encoder"
 GATE_BUTTON = "Agree and request access"
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.:-]+$")  # "user/name" or "user/dataset:config"
 
 
 class LockVerificationError(RuntimeError):
