@@ -26,6 +26,8 @@ from torch.nn import functional as F
 
 HEAD_KINDS = ("linear", "mlp", "knn")
 GRADIENT_KINDS = ("linear", "mlp")
+SCHEDULES = ("cosine", "constant")
+NORMALIZATIONS = ("whiten", "standardize")
 
 
 @dataclass
@@ -36,6 +38,9 @@ class HeadTrainingConfig:
     batch_size: int | None = field(
         default=256, metadata={"help": "Rows per optimiser step, sliced from the cached tensor; None = full batch."}
     )
+    schedule: str = field(
+        default="cosine", metadata={"help": "Learning-rate schedule over the planned steps: 'cosine' or 'constant'."}
+    )
     eval_every: int = field(default=1, metadata={"help": "Evaluate on the validation split every this many epochs."})
     patience: int | None = field(
         default=5,
@@ -43,6 +48,29 @@ class HeadTrainingConfig:
     )
     betas: tuple[float, float] = field(default=(0.9, 0.999), metadata={"help": "Adam moment decay rates."})
     eps: float = field(default=1e-8, metadata={"help": "Adam denominator epsilon."})
+    normalization: str = field(
+        default="whiten",
+        metadata={
+            "help": "Input normalisation fit on each head's own training data: 'standardize' (per-feature mean/std) "
+            "or 'whiten' (ZCA whitening with shrinkage; encoder features are often badly conditioned, and a "
+            "first-order optimiser then under-fits: whitening lets a few epochs get close to the converged optimum)."
+        },
+    )
+    knn_normalization: str = field(
+        default="standardize",
+        metadata={"help": "Normalisation before kNN's cosine similarity (whitening tends to hurt nearest neighbours)."},
+    )
+    whiten_shrinkage: float | None = field(
+        default=None,
+        metadata={
+            "help": "Shrinkage of the correlation matrix towards the identity before whitening (0: full whitening, "
+            "1: plain standardisation); None: the Ledoit-Wolf intensity, large for few samples, small for many."
+        },
+    )
+    whiten_rank_tolerance: float = field(
+        default=1e-9,
+        metadata={"help": "Covariance directions with eigenvalue below this fraction of the largest are dropped."},
+    )
     std_floor: float = field(
         default=1e-6, metadata={"help": "Features whose training std is below this are centred but not scaled."}
     )
@@ -99,6 +127,18 @@ class Standardize(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return (x.float() - self.mean) / self.std
+
+
+class Whiten(nn.Module):
+    """``(x - mean) @ matrix`` (a symmetric whitening matrix) with statistics stored as buffers."""
+
+    def __init__(self, mean: Tensor, matrix: Tensor) -> None:
+        super().__init__()
+        self.register_buffer("mean", mean.detach().clone().float())
+        self.register_buffer("matrix", matrix.detach().clone().float())
+
+    def forward(self, x: Tensor) -> Tensor:
+        return (x.float() - self.mean) @ self.matrix
 
 
 class KNNClassifier(nn.Module):
@@ -165,12 +205,68 @@ def best_head(heads: Sequence[TrainedHead]) -> TrainedHead:
     return max(heads, key=lambda head: head.val_accuracy)
 
 
-def _standardisation(x: Tensor, std_floor: float) -> tuple[Tensor, Tensor]:
-    """Per-feature mean and std over the last-but-one axis (std floored to 1)."""
-    mean = x.mean(dim=-2, keepdim=True)
-    std = x.std(dim=-2, keepdim=True, unbiased=False)
-    std = torch.where(std < std_floor, torch.ones_like(std), std)
-    return mean, std
+@dataclass
+class _Normalizer:
+    """Per-group input normalisation: ``mean`` ``(G, 1, D)`` and either ``scale`` ``(G, 1, D)`` or ``matrix``
+    ``(G, D, D)``."""
+
+    mean: Tensor
+    scale: Tensor | None = None
+    matrix: Tensor | None = None
+
+    def __call__(self, x: Tensor) -> Tensor:
+        centred = x - self.mean
+        return torch.bmm(centred, self.matrix) if self.matrix is not None else centred * self.scale
+
+    def module(self, group: int) -> nn.Module:
+        if self.matrix is not None:
+            return Whiten(self.mean[group, 0], self.matrix[group])
+        return Standardize(self.mean[group, 0], 1.0 / self.scale[group, 0])
+
+
+def _ledoit_wolf_shrinkage(z: Tensor) -> Tensor:
+    """Ledoit-Wolf shrinkage intensity ``(G,)`` towards ``mu * I`` for centred data ``z`` ``(G, n, D)``."""
+    n, dim = z.shape[1], z.shape[2]
+    squared = z * z
+    trace_terms = squared.sum(1) / n  # (G, D): diagonal of the sample covariance
+    mu = trace_terms.sum(-1) / dim
+    beta_sum = (squared.transpose(1, 2) @ squared).sum((1, 2))
+    delta_sum = ((z.transpose(1, 2) @ z) ** 2).sum((1, 2)) / n**2
+    beta = (beta_sum / n - delta_sum) / (dim * n)
+    delta = (delta_sum - 2.0 * mu * trace_terms.sum(-1) + dim * mu**2) / dim
+    beta = torch.minimum(beta, delta)
+    return torch.where(delta > 0, beta / delta.clamp_min(1e-300), torch.zeros_like(delta))
+
+
+def _fit_normalizer(x: Tensor, config: HeadTrainingConfig) -> _Normalizer:
+    """Statistics of ``x`` (``(G, n, D)``) for ``config.normalization``.
+
+    ``whiten``: standardise, then ZCA-whiten with the correlation matrix shrunk towards the identity (Ledoit-Wolf
+    intensity unless ``whiten_shrinkage`` fixes it), so few samples fall back smoothly to plain standardisation.
+    """
+    if config.normalization not in NORMALIZATIONS:
+        raise ValueError(f"unknown normalization {config.normalization!r}; choose one of {NORMALIZATIONS}")
+    mean = x.mean(dim=1, keepdim=True)
+    std = x.std(dim=1, keepdim=True, unbiased=False)
+    std = torch.where(std < config.std_floor, torch.ones_like(std), std)
+    if config.normalization == "standardize":
+        return _Normalizer(mean, scale=1.0 / std)
+    z = ((x - mean) / std).double()
+    correlation = z.transpose(1, 2) @ z / x.shape[1]
+    if config.whiten_shrinkage is None:
+        alpha = _ledoit_wolf_shrinkage(z)
+    else:
+        alpha = torch.full((x.shape[0],), float(config.whiten_shrinkage), dtype=torch.float64)
+    mu = torch.diagonal(correlation, dim1=1, dim2=2).mean(-1)
+    eye = torch.eye(x.shape[2], dtype=torch.float64)
+    shrunk = (1 - alpha).view(-1, 1, 1) * correlation + (alpha * mu).view(-1, 1, 1) * eye
+    eigenvalues, vectors = torch.linalg.eigh(shrunk)
+    eigenvalues = eigenvalues.clamp_min(0.0)
+    keep = eigenvalues > config.whiten_rank_tolerance * eigenvalues.max(dim=-1, keepdim=True).values
+    inverse_sqrt = torch.where(keep, eigenvalues.clamp_min(1e-300).rsqrt(), torch.zeros_like(eigenvalues))
+    whitening = (vectors * inverse_sqrt.unsqueeze(1)) @ vectors.transpose(1, 2)
+    matrix = whitening / std.double().transpose(1, 2)  # (x - mean) / std @ W == (x - mean) @ (diag(1/std) W)
+    return _Normalizer(mean, matrix=matrix.float())
 
 
 @contextmanager
@@ -312,6 +408,10 @@ def _fit_grid(
     best_acc = _grid_accuracy(val_x, val_y, layers)
     best_epoch = torch.zeros_like(best_acc, dtype=torch.long)
     generators = [torch.Generator().manual_seed(int(seeds[0])) for seeds in group_seeds]
+    if config.schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule {config.schedule!r}; choose one of {SCHEDULES}")
+    batch = config.batch_size or train_x.shape[1]
+    planned = config.epochs * math.ceil(train_x.shape[1] / batch)
     stale, step = 0, 0
     for epoch in range(1, config.epochs + 1):
         for batch_x, batch_y in _epoch_batches(train_x, train_y, config.batch_size, generators):
@@ -323,6 +423,7 @@ def _fit_grid(
             loss = F.cross_entropy(scores.reshape(-1, scores.shape[-1]), labels.reshape(-1), reduction="sum")
             grads = torch.autograd.grad(loss / batch_x.shape[1], params)
             step += 1
+            scale = 0.5 * (1.0 + math.cos(math.pi * (step - 1) / planned)) if config.schedule == "cosine" else 1.0
             with torch.no_grad():
                 for p, g, m, v, decay in zip(params, grads, exp_avg, exp_avg_sq, decays):
                     p.requires_grad_(False)
@@ -330,7 +431,7 @@ def _fit_grid(
                     m.mul_(beta1).add_(g, alpha=1 - beta1)
                     v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
                     update = (m / (1 - beta1**step)) / ((v / (1 - beta2**step)).sqrt() + config.eps)
-                    p.sub_(lr * update)
+                    p.sub_((lr * scale) * update)
         if epoch % config.eval_every and epoch != config.epochs:
             continue
         with torch.no_grad():
@@ -364,13 +465,13 @@ def _gradient_heads(
     if not group_seeds[0] or len({len(s) for s in group_seeds}) != 1:
         raise ValueError("all groups trained together must use the same (non-zero) number of seeds")
     train_x, train_y, val_x, val_y = _stack_groups(groups)
-    mean, std = _standardisation(train_x, config.std_floor)
+    normalizer = _fit_normalizer(train_x, config)
     hidden = tuple(int(h) for h in hidden) if kind == "mlp" else ()
     if kind == "mlp" and not hidden:
         raise ValueError("an MLP head needs at least one hidden layer (hidden=(width, ...))")
     sizes = (train_x.shape[-1], *hidden, num_classes)
     layers, val_acc, epochs = _fit_grid(
-        (train_x - mean) / std, train_y, (val_x - mean) / std, val_y, sizes, group_seeds, lrs, weight_decays, config
+        normalizer(train_x), train_y, normalizer(val_x), val_y, sizes, group_seeds, lrs, weight_decays, config
     )
     heads: list[list[TrainedHead]] = []
     for g in range(len(groups)):
@@ -383,7 +484,7 @@ def _gradient_heads(
                 for linear, (weight, bias) in zip(linears, layers):
                     linear.weight.copy_(weight[g, k].T)
                     linear.bias.copy_(bias[g, k, 0])
-            module = nn.Sequential(Standardize(mean[g, 0], std[g, 0]), *net).eval()
+            module = nn.Sequential(normalizer.module(g), *net).eval()
             hyper = {"lr": lr, "weight_decay": wd, "seed": seed, "epoch": int(epochs[g, k])}
             if kind == "mlp":
                 hyper["hidden"] = list(hidden)
@@ -393,28 +494,26 @@ def _gradient_heads(
 
 
 def _knn_heads(
-    groups: Sequence[HeadGroup], num_classes: int, ks: Sequence[int], std_floor: float
+    groups: Sequence[HeadGroup], num_classes: int, ks: Sequence[int], config: HeadTrainingConfig
 ) -> list[list[TrainedHead]]:
     """One kNN head per ``k`` and group; validation accuracy of all ``k`` from one similarity matrix."""
     if not ks or min(ks) < 1:
         raise ValueError(f"ks must be positive integers, got {ks}")
     heads = []
     for group in groups:
-        train_x, val_x = group.train_x.float(), group.val_x.float()
-        mean, std = _standardisation(train_x, std_floor)
-        train_z = F.normalize((train_x - mean) / std, dim=-1)
-        val_z = F.normalize((val_x - mean) / std, dim=-1)
+        train_x, val_x = group.train_x.float().unsqueeze(0), group.val_x.float().unsqueeze(0)
+        normalizer = _fit_normalizer(train_x, replace(config, normalization=config.knn_normalization))
+        train_z, val_z = normalizer(train_x)[0], normalizer(val_x)[0]
         k_max = min(max(ks), train_z.shape[0])
-        sims, idx = (val_z @ train_z.T).topk(k_max, dim=-1)
+        sims, idx = (F.normalize(val_z, dim=-1) @ F.normalize(train_z, dim=-1).T).topk(k_max, dim=-1)
         labels = group.train_y.long()[idx]
         per_group = []
         for k in ks:
             used = min(int(k), k_max)
             votes = _knn_votes(sims[:, :used], labels[:, :used], num_classes)
             val_acc = float((votes.argmax(-1) == group.val_y.long()).float().mean())
-            module = nn.Sequential(
-                Standardize(mean[0], std[0]), KNNClassifier((train_x - mean) / std, group.train_y, used, num_classes)
-            ).eval()
+            knn = KNNClassifier(train_z, group.train_y, used, num_classes)
+            module = nn.Sequential(normalizer.module(0), knn).eval()
             per_group.append(TrainedHead(module, "knn", val_acc, {"k": int(k)}))
         heads.append(per_group)
     return heads
@@ -452,7 +551,7 @@ def train_head_groups(
     classes = _num_classes(groups, num_classes)
     with _torch_threads(config.num_threads):
         if kind == "knn":
-            return _knn_heads(groups, classes, ks, config.std_floor)
+            return _knn_heads(groups, classes, ks, config)
         if not lrs or not weight_decays:
             raise ValueError("lrs and weight_decays must be non-empty")
         return _gradient_heads(groups, kind, classes, lrs, weight_decays, hidden, config)

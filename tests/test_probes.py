@@ -2,6 +2,7 @@
 
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -317,3 +318,30 @@ def test_probe_features_are_deterministic(encoder, domains):
     first, again = (run_probe_suite(encoder, {"alpha": domains["alpha"]}, config, random_twin=False) for _ in range(2))
     assert [s.test_accuracy for s in first.scores] == [s.test_accuracy for s in again.scores]
     assert [s.hyperparameters for s in first.scores] == [s.hyperparameters for s in again.scores]
+
+
+def test_whitening_uses_ledoit_wolf_shrinkage_and_fixes_ill_conditioned_features():
+    from sklearn.covariance import ledoit_wolf
+
+    from hf_encoderlock.heads import _fit_normalizer, _ledoit_wolf_shrinkage
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 60, 12, generator=g, dtype=torch.float64) @ torch.randn(12, 12, generator=g, dtype=torch.float64)
+    ours = _ledoit_wolf_shrinkage(x - x.mean(1, keepdim=True))
+    assert ours.tolist() == pytest.approx([ledoit_wolf(sample.numpy())[1] for sample in x])
+    # Nearly collinear features (a 1e-2 residual on top of exact linear combinations): whitening maps the training
+    # data to identity covariance, and a label carried by the tiny residual becomes easy to learn in a few epochs.
+    base = torch.randn(500, 3, generator=g)
+    residual = 1e-2 * torch.randn(500, 5, generator=g)
+    features = torch.cat([base, base @ torch.randn(3, 5, generator=g) + residual], 1)
+    whiten = HeadTrainingConfig(whiten_shrinkage=0.0, epochs=15, batch_size=64)
+    z = _fit_normalizer(features.unsqueeze(0), whiten)(features.unsqueeze(0))[0]
+    assert torch.allclose(z.T @ z / len(z), torch.eye(8), atol=1e-3)
+    labels = (residual[:, 0] > 0).long()
+    train, val = slice(0, 400), slice(400, 500)
+    scores = {}
+    for name, config in (("standardize", replace(whiten, normalization="standardize")), ("whiten", whiten)):
+        heads = train_heads(features[train], labels[train], features[val], labels[val], lrs=(3e-2,),
+                            weight_decays=(0.0,), config=config)
+        scores[name] = heads[0].val_accuracy
+    assert scores["whiten"] >= 0.95 and scores["standardize"] <= 0.85
