@@ -160,12 +160,13 @@ class ProbeReport:
             and (fraction is None or math.isclose(s.fraction, fraction))
         ]
 
-    def best(self, domain: str, fraction: float, role: str = ENCODER_ROLE) -> BestScore:
+    def best(self, domain: str, fraction: float, role: str = ENCODER_ROLE, head: str | None = None) -> BestScore:
         """The attacker's best on ``domain`` at ``fraction``: per seed, the head kind, pooling and hyper-parameters
-        with the highest validation accuracy (never test accuracy), scored on test."""
-        candidates = self.select(role, domain, fraction)
+        with the highest validation accuracy (never test accuracy), scored on test. ``head`` restricts the choice
+        to one head kind (its best pooling)."""
+        candidates = [s for s in self.select(role, domain, fraction) if head is None or s.head == head]
         if not candidates:
-            raise KeyError(f"no scores for role={role!r}, domain={domain!r}, fraction={fraction}")
+            raise KeyError(f"no scores for role={role!r}, domain={domain!r}, fraction={fraction}, head={head!r}")
         seeds = candidates[0].seeds
         test, val, choices = [], [], []
         for i in range(len(seeds)):
@@ -178,12 +179,28 @@ class ProbeReport:
         return BestScore(role, domain, candidates[0].fraction, candidates[0].n_train, list(seeds), test, val, choices)
 
     def best_scores(self, role: str = ENCODER_ROLE) -> list[BestScore]:
+        """The attacker's best for every (domain, fraction)."""
         return [self.best(d, f, role) for d in self.domain_names for f in self.fractions if self.select(role, d, f)]
+
+    def best_per_head(self, role: str = ENCODER_ROLE) -> list[tuple[str, BestScore]]:
+        """``(head, best)`` for every (domain, head, fraction): each head kind at its best pooling (on validation)."""
+        out = []
+        for domain in self.domain_names:
+            heads = dict.fromkeys(s.head for s in self.select(role, domain))
+            for head in heads:
+                for fraction in self.fractions:
+                    if any(s.head == head for s in self.select(role, domain, fraction)):
+                        out.append((head, self.best(domain, fraction, role, head)))
+        return out
 
     # ---------------------------------------------------------------------------------------- serialisation
     def to_dict(self) -> dict[str, Any]:
         best = {
             role: [dict(asdict(b), mean=b.mean, std=b.std) for b in self.best_scores(role)] for role in self.roles
+        }
+        per_head = {
+            role: [dict(asdict(b), head=h, mean=b.mean, std=b.std) for h, b in self.best_per_head(role)]
+            for role in self.roles
         }
         return {
             "format_version": REPORT_FORMAT_VERSION,
@@ -194,6 +211,7 @@ class ProbeReport:
             "timings": self.timings,
             "versions": self.versions,
             "best": best,
+            "best_per_head": per_head,
             "scores": [dict(asdict(s), mean=s.mean, std=s.std) for s in self.scores],
         }
 
@@ -301,7 +319,19 @@ def report_to_markdown(report: ProbeReport) -> str:
             cells = [f"{_cell(b.mean, b.std)} ({b.usual_choice})" for b in bests]
             classes = f"{info.get('num_classes', '?')} ({_pct(info.get('chance', float('nan')))})"
             lines.append(_row([domain, classes, _fraction_label(fraction), str(bests[0].n_train), *cells]))
-    lines += ["", "## Every head", ""]
+    lines += ["", "## Per head (best pooling on validation)", ""]
+    header = ["Domain", "Head", *(f"{role_names[r]} {_fraction_label(f)}" for r in roles for f in report.fractions)]
+    lines += [_row(header), _row(["---"] * len(header))]
+    per_head = {(role, h, b.domain, b.fraction): b for role in roles for h, b in report.best_per_head(role)}
+    for domain in report.domain_names:
+        for head in dict.fromkeys(s.head for s in report.select(ENCODER_ROLE, domain)):
+            cells = []
+            for role in roles:
+                for fraction in report.fractions:
+                    b = per_head.get((role, head, domain, fraction))
+                    cells.append(_cell(b.mean, b.std) if b else "")
+            lines.append(_row([domain, head, *cells]))
+    lines += ["", "## Every head and pooling", ""]
     fractions = report.fractions
     for domain in report.domain_names:
         header = ["Encoder", "Head", "Pooling", *(_fraction_label(f) for f in fractions)]

@@ -345,3 +345,13 @@ def test_whitening_uses_ledoit_wolf_shrinkage_and_fixes_ill_conditioned_features
                             weight_decays=(0.0,), config=config)
         scores[name] = heads[0].val_accuracy
     assert scores["whiten"] >= 0.95 and scores["standardize"] <= 0.85
+
+
+def test_best_per_head_ranges_over_poolings(report):
+    per_head = report.best_per_head()
+    assert {(h, b.domain, b.fraction) for h, b in per_head} == {
+        (h, d, f) for h in ("linear", "mlp", "knn") for d in ("alpha", "beta") for f in (0.5, 1.0)
+    }
+    for head, best in per_head:
+        assert {c["head"] for c in best.choices} == {head} and {c["pooling"] for c in best.choices} <= {"cls", "mean"}
+    assert "## Per head (best pooling on validation)" in report.to_markdown()
