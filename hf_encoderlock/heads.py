@@ -1,12 +1,16 @@
 """Fresh probe heads trained on frozen (cached) features: linear, MLP and kNN.
 
 A whole hyper-parameter grid (learning rates x weight decays x seeds) is trained as ONE batched model: the weights
-of every grid point are stacked and applied with ``einsum``, so a grid costs a few large matrix products per step
-instead of a Python loop of tiny fits. Several independent datasets of equal shape (e.g. one training subsample per
+of every grid point are stacked and applied with ``bmm``, so a grid costs a few large matrix products per step
+instead of a Python loop of tiny fits (Adam with per-grid-point learning rates and L2 penalties, cosine schedule,
+mini-batches sliced from the cached feature tensor). Several independent datasets of equal shape (e.g. one training subsample per
 seed) can be trained in the same batch with :func:`train_head_groups`.
 
-Every head standardises its input with statistics of *its own* training data (as an attacker would) and carries
-them as buffers, so :attr:`TrainedHead.module` is callable on raw features. Each grid point keeps the weights of
+Every head normalises its input with statistics of *its own* training data, as an attacker would: by default
+linear and MLP heads whiten it (standardise, then ZCA-whiten with a Ledoit-Wolf-shrunk correlation matrix; encoder
+features are often so badly conditioned that first-order training of a merely standardised probe stops far from the
+optimum and overstates a lock), kNN standardises it. The statistics are buffers of the head, so
+:attr:`TrainedHead.module` is callable on raw features. Each grid point keeps the weights of
 its best validation epoch; callers pick a grid point by validation accuracy (:func:`best_head`), never by test
 accuracy. Everything is deterministic for a seed.
 
@@ -89,7 +93,7 @@ class TrainedHead:
 
     Attributes:
         module: ``nn.Module`` mapping raw features ``(n, dim)`` to class scores ``(n, num_classes)``
-            (standardisation included as buffers).
+            (input normalisation included as buffers).
         kind: ``"linear"``, ``"mlp"`` or ``"knn"``.
         val_accuracy: accuracy on the validation split at the kept epoch (or chosen ``k``).
         hyperparameters: e.g. ``lr``, ``weight_decay``, ``seed``, ``epoch``, ``hidden`` or ``k``.
@@ -130,7 +134,7 @@ class Standardize(nn.Module):
 
 
 class Whiten(nn.Module):
-    """``(x - mean) @ matrix`` (a symmetric whitening matrix) with statistics stored as buffers."""
+    """``(x - mean) @ matrix`` (standardisation and whitening in one matrix) with statistics stored as buffers."""
 
     def __init__(self, mean: Tensor, matrix: Tensor) -> None:
         super().__init__()
@@ -522,8 +526,8 @@ def _knn_heads(
 def train_head_groups(
     groups: Sequence[HeadGroup],
     kind: str = "linear",
-    lrs: Sequence[float] = (1e-3, 1e-2),
-    weight_decays: Sequence[float] = (0.0, 1e-2),
+    lrs: Sequence[float] = (1e-2, 3e-2),
+    weight_decays: Sequence[float] = (0.0, 1e-3),
     epochs: int | None = None,
     hidden: Sequence[int] = (256,),
     ks: Sequence[int] = (1, 5, 10, 20),
@@ -563,8 +567,8 @@ def train_heads(
     val_x: Tensor,
     val_y: Tensor,
     kind: str = "linear",
-    lrs: Sequence[float] = (1e-3, 1e-2),
-    weight_decays: Sequence[float] = (0.0, 1e-2),
+    lrs: Sequence[float] = (1e-2, 3e-2),
+    weight_decays: Sequence[float] = (0.0, 1e-3),
     seeds: Sequence[int] = (0,),
     epochs: int | None = None,
     hidden: Sequence[int] = (256,),
