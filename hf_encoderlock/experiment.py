@@ -23,6 +23,7 @@ from .config import EncoderLockConfig
 from .domains import BUILTIN_DOMAINS, DomainSpec, load_domain, train_validation_split
 from .encoders import EncoderAdapter, load_encoder
 from .lock_report import build_lock_report, lock_report_markdown, plot_lock_report
+from .model_card import write_model_card
 from .probes import ProbeConfig, run_probe_suite
 from .trainer import EncoderLockTrainer
 from .victim import load_victim
@@ -67,6 +68,13 @@ class LockExperimentArguments:
 
     def spec(self, name: str) -> DomainSpec:
         return DomainSpec(name=name, image_column=self.image_column, label_column=self.label_column)
+
+    def public_spec(self, name: str) -> dict[str, Any]:
+        """The domain spec as recorded in published files: local paths are reduced to their display name."""
+        spec = asdict(self.spec(name))
+        if Path(name).expanduser().exists():
+            spec["name"] = self.spec(name).display_name
+        return spec
 
     def other_domains(self) -> list[str]:
         if self.report_domains is not None:
@@ -138,7 +146,7 @@ def run_lock_experiment(args: LockExperimentArguments, lock_config: EncoderLockC
             lock_p,
             authorized_name=authorized_name,
             prohibited_name=prohibited_name,
-            domain_specs={"authorized": asdict(args.spec(args.authorized)), "prohibited": asdict(args.spec(args.prohibited))},
+            domain_specs={"authorized": args.public_spec(args.authorized), "prohibited": args.public_spec(args.prohibited)},
         )
         tick = time.perf_counter()
         trainer.train()
@@ -169,6 +177,7 @@ def run_lock_experiment(args: LockExperimentArguments, lock_config: EncoderLockC
             experiment=asdict(args),
         )
         (staging / REPORT_JSON).write_text(json.dumps(report, indent=2, default=str))
+        write_model_card(staging / "locked", report)
         (staging / REPORT_MD).write_text(lock_report_markdown(report))
         plot_lock_report(report, staging / REPORT_PNG)
         for leftover in (staging / "locked").glob("checkpoint-*"):

@@ -114,16 +114,16 @@ def test_paper_objective_decreases_on_a_toy_problem():
     heads.adversary.requires_grad_(False)
     objective = PaperObjective(alpha=1e3)
     optimizer = torch.optim.Adam([features], lr=0.05)
-    values = []
+    start = objective.terms(features[:16], labels[:16], features[16:], labels[16:], heads)
     for _ in range(30):
         terms = objective.terms(features[:16], labels[:16], features[16:], labels[16:], heads)
         optimizer.zero_grad()
         terms.total.backward()
         optimizer.step()
-        values.append(float(terms.total))
-    assert values[-1] < 0.5 * values[0]
     final = objective.terms(features[:16], labels[:16], features[16:], labels[16:], heads)
-    assert final.prohibited > final.authorized  # the adversary's loss was pushed up, the task's down
+    assert float(final.total) < float(start.total) - 1.0
+    assert float(final.authorized) < float(start.authorized)  # the authorized task's loss goes down
+    assert float(final.prohibited) > float(start.prohibited)  # the adversary's loss is pushed up
 
 
 def test_config_yaml_round_trip_and_reference_preset(tmp_path):
