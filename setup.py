@@ -20,6 +20,7 @@ setup(
         "hf_encoderlock": [
             "assets/victim/*",
             "metrics/*/*.py",
+            "metrics/*/*.md",
             "templates/*.md",
         ]
     },

@@ -2,81 +2,84 @@
 
 Lock a pre-trained vision encoder so that probing it (a fresh head on its frozen features) keeps working on
 authorized domains and fails on prohibited ones, while changing only a tiny set of weights.
+
+Names are imported lazily (on first use), so ``import hf_encoderlock`` and the ``encoderlock`` CLI start fast.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0.dev0"
 
-from .callbacks import SelfChallengeCallback, WeightSelectionCallback
-from .config import EncoderLockConfig
-from .domains import (
-    BUILTIN_DOMAINS,
-    DomainError,
-    DomainSpec,
-    describe_domain,
-    domain_from_arrays,
-    domain_from_folder,
-    load_domain,
-    train_validation_split,
-)
-from .encoders import EncoderAdapter, EncoderError, load_encoder, tiny_vit_encoder, vit_image_processor
-from .heads import HeadTrainingConfig, TrainedHead, best_head, train_heads
-from .lock_data import LockDataError
-from .masking import MaskedParameterGuard, changed_entries, snapshot_state
-from .objectives import LockHeads, LockObjective, ObjectiveTerms, PaperObjective, build_objective
-from .selection import (
-    SCORE_FUNCTIONS,
-    compute_scores,
-    load_mask,
-    mask_stats,
-    merge_masks,
-    save_mask,
-    select_candidate_parameters,
-    select_top_weights,
-)
-from .trainer import EncoderLockTrainer
-from .victim import VictimConfig, load_victim, pretrain_victim, victim_random_twin
+_EXPORTS: dict[str, tuple[str, ...]] = {
+    "callbacks": ("SelfChallengeCallback", "WeightSelectionCallback"),
+    "config": ("EncoderLockConfig",),
+    "domains": (
+        "BUILTIN_DOMAINS",
+        "DomainError",
+        "DomainSpec",
+        "describe_domain",
+        "domain_from_arrays",
+        "domain_from_folder",
+        "load_domain",
+        "train_validation_split",
+    ),
+    "encoders": ("EncoderAdapter", "EncoderError", "load_encoder", "tiny_vit_encoder", "vit_image_processor"),
+    "experiment": ("LockExperimentArguments", "run_lock_experiment"),
+    "features": ("extract_features",),
+    "heads": ("HeadTrainingConfig", "TrainedHead", "accuracy", "best_head", "train_head_groups", "train_heads"),
+    "hub": ("load_locked", "push_locked_to_hub", "push_trainer_to_hub"),
+    "lock_data": ("LockDataError",),
+    "lock_report": ("build_lock_report", "lock_report_markdown", "plot_lock_report"),
+    "masking": ("MaskedParameterGuard", "changed_entries", "snapshot_state"),
+    "model_card": (
+        "Authorization",
+        "EncoderLockCardData",
+        "LockVerificationError",
+        "render_model_card",
+        "write_model_card",
+    ),
+    "objectives": ("LockHeads", "LockObjective", "ObjectiveTerms", "PaperObjective", "build_objective"),
+    "probes": ("ProbeConfig", "load_domains", "run_probe_suite"),
+    "reporting": ("ProbeReport", "load_encoderlock_metric", "lock_measures", "make_compute_metrics"),
+    "selection": (
+        "SCORE_FUNCTIONS",
+        "compute_scores",
+        "load_mask",
+        "mask_stats",
+        "merge_masks",
+        "save_mask",
+        "select_candidate_parameters",
+        "select_top_weights",
+    ),
+    "trainer": ("EncoderLockTrainer",),
+    "victim": ("VictimConfig", "load_victim", "pretrain_victim", "victim_random_twin"),
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 
-__all__ = [
-    "BUILTIN_DOMAINS",
-    "SCORE_FUNCTIONS",
-    "DomainError",
-    "DomainSpec",
-    "EncoderAdapter",
-    "EncoderError",
-    "EncoderLockConfig",
-    "EncoderLockTrainer",
-    "HeadTrainingConfig",
-    "LockDataError",
-    "LockHeads",
-    "LockObjective",
-    "MaskedParameterGuard",
-    "ObjectiveTerms",
-    "PaperObjective",
-    "SelfChallengeCallback",
-    "TrainedHead",
-    "VictimConfig",
-    "WeightSelectionCallback",
-    "best_head",
-    "build_objective",
-    "changed_entries",
-    "compute_scores",
-    "describe_domain",
-    "domain_from_arrays",
-    "domain_from_folder",
-    "load_domain",
-    "load_encoder",
-    "load_mask",
-    "load_victim",
-    "mask_stats",
-    "merge_masks",
-    "pretrain_victim",
-    "save_mask",
-    "select_candidate_parameters",
-    "select_top_weights",
-    "snapshot_state",
-    "tiny_vit_encoder",
-    "train_heads",
-    "train_validation_split",
-    "victim_random_twin",
-    "vit_image_processor",
-]
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name: str) -> Any:
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module 'hf_encoderlock' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)
+
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
+    from .callbacks import SelfChallengeCallback, WeightSelectionCallback  # noqa: F401
+    from .config import EncoderLockConfig  # noqa: F401
+    from .encoders import EncoderAdapter, load_encoder  # noqa: F401
+    from .experiment import LockExperimentArguments, run_lock_experiment  # noqa: F401
+    from .hub import load_locked, push_locked_to_hub  # noqa: F401
+    from .probes import ProbeConfig, run_probe_suite  # noqa: F401
+    from .trainer import EncoderLockTrainer  # noqa: F401

@@ -37,7 +37,7 @@ class VictimConfig:
     """Architecture and pre-training recipe of the default victim encoder."""
 
     image_size: int = field(default=32, metadata={"help": "Input resolution (pixels)."})
-    patch_size: int = field(default=4, metadata={"help": "ViT patch size."})
+    patch_size: int = field(default=8, metadata={"help": "ViT patch size."})
     hidden_size: int = field(default=128, metadata={"help": "Token width."})
     num_hidden_layers: int = field(default=6, metadata={"help": "Transformer blocks."})
     num_attention_heads: int = field(default=4, metadata={"help": "Attention heads per block."})
@@ -46,12 +46,12 @@ class VictimConfig:
         default_factory=lambda: ["mnist", "mnist-m", "syn-digits", "letters"],
         metadata={"help": "Built-in domains whose training splits pre-train the victim (one head each)."},
     )
-    epochs: int = field(default=5, metadata={"help": "Passes over the pooled training images."})
-    batch_size: int = field(default=128, metadata={"help": "Images per step (mixed across domains)."})
-    learning_rate: float = field(default=2e-3, metadata={"help": "Peak AdamW learning rate (cosine decay)."})
+    epochs: int = field(default=20, metadata={"help": "Passes over the pooled training images."})
+    batch_size: int = field(default=64, metadata={"help": "Images per step (mixed across domains)."})
+    learning_rate: float = field(default=1e-3, metadata={"help": "Peak AdamW learning rate (cosine decay)."})
     weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay."})
     warmup_fraction: float = field(default=0.05, metadata={"help": "Fraction of steps with linear warm-up."})
-    max_shift: int = field(default=3, metadata={"help": "Random translation (pixels) used as augmentation."})
+    max_shift: int = field(default=2, metadata={"help": "Random translation (pixels) used as augmentation."})
     seed: int = field(default=0, metadata={"help": "Seed for data order, augmentation and initialisation."})
     domain_seed: int = field(default=0, metadata={"help": "Seed of the built-in domains used."})
 
