@@ -8,7 +8,7 @@ from typing import Any
 from transformers import TrainingArguments
 
 VARIANTS = ("supervised",)
-OBJECTIVES = ("paper",)
+OBJECTIVES = ("paper", "information")
 SCORE_FUNCTIONS = ("gradient_ratio", "fisher_ratio", "taylor")
 ADVERSARY_KINDS = ("linear", "mlp")
 BEST_MODEL_CRITERIA = ("gap", "last")
@@ -49,6 +49,32 @@ class EncoderLockConfig(TrainingArguments):
         default=1e3, metadata={"help": "alpha in the paper's loss L_A + log(1 + alpha * L_A / L_P)."}
     )
     objective_eps: float = field(default=1e-8, metadata={"help": "Guard against division by zero in objectives."})
+    info_r2_weight: float = field(
+        default=1.0,
+        metadata={"help": "objective='information': weight of the prohibited features' ridge R^2 of the labels."},
+    )
+    info_mmd_weight: float = field(
+        default=1.0,
+        metadata={"help": "objective='information': weight of the class-vs-all MMD of the prohibited features."},
+    )
+    info_knn_weight: float = field(
+        default=0.0,
+        metadata={"help": "objective='information': weight of the soft-nearest-neighbour agreement above chance."},
+    )
+    info_ridge: float = field(
+        default=1e-2, metadata={"help": "objective='information': ridge penalty of the R^2 (features standardised)."}
+    )
+    info_mmd_bandwidths: list[float] = field(
+        default_factory=lambda: [0.5, 1.0, 2.0],
+        metadata={"help": "objective='information': Gaussian MMD bandwidths, as multiples of the median distance."},
+    )
+    info_knn_temperature: float = field(
+        default=0.1,
+        metadata={"help": "objective='information': soft-neighbour temperature, relative to the median sq. distance."},
+    )
+    info_authorized_weight: float = field(
+        default=1.0, metadata={"help": "objective='information': weight of the authorized head's cross-entropy."}
+    )
 
     # --- weight selection ---------------------------------------------------------------------------------
     num_rounds: int = field(default=10, metadata={"help": "Selection + update rounds in the run."})
@@ -142,6 +168,13 @@ class EncoderLockConfig(TrainingArguments):
             (len(self.adversary_learning_rates) >= 1, "adversary_learning_rates must not be empty"),
             (0.0 < self.validation_fraction < 1.0, "validation_fraction must be in (0, 1)"),
             (self.alpha > 0, "alpha must be > 0"),
+            (
+                min(self.info_r2_weight, self.info_mmd_weight, self.info_knn_weight) >= 0
+                and self.info_r2_weight + self.info_mmd_weight + self.info_knn_weight > 0,
+                "info_*_weight must be >= 0 and not all zero",
+            ),
+            (self.info_ridge > 0 and self.info_knn_temperature > 0, "info_ridge and info_knn_temperature must be > 0"),
+            (len(self.info_mmd_bandwidths) >= 1 and min(self.info_mmd_bandwidths) > 0, "info_mmd_bandwidths > 0"),
             (self.magnitude_gate is None or 0.0 <= self.magnitude_gate < 1.0, "magnitude_gate must be in [0, 1)"),
         ]
         problems = [message for ok, message in checks if not ok]

@@ -80,4 +80,8 @@ def build_objective(config) -> LockObjective:
     """The objective named by ``config.objective``, configured from the config's fields."""
     if config.objective == "paper":
         return PaperObjective(alpha=config.alpha, eps=config.objective_eps)
+    if config.objective == "information":
+        from .information import InformationObjective, InformationTermsConfig
+
+        return InformationObjective(InformationTermsConfig.from_lock_config(config))
     raise ValueError(f"unknown objective {config.objective!r}")

@@ -1,0 +1,170 @@
+"""Class information in a batch of features, as differentiable measures, and the lock objective built on them.
+
+The paper's loss makes the adversary head it trains against wrong; a fresh probe still finds the classes. The
+:class:`InformationObjective` instead removes the class information itself from the prohibited features: on
+batch-standardised features (so every measure is invariant to a per-dimension rescaling, which a probe undoes
+for free) it sums
+
+* :func:`ridge_r2`: the in-sample ridge R^2 of one-hot labels on the features (what a linear probe exploits;
+  zero when no linear class information is left),
+* :func:`class_mmd`: the MMD between each class's features and all features, Gaussian kernels at a few
+  bandwidths around the median distance (any difference between the class-conditional distributions),
+* :func:`soft_knn_excess`: the leave-one-out soft-nearest-neighbour agreement above chance (the local
+  structure a kNN probe exploits),
+
+each divided by its value on the unlocked encoder, so their weights are comparable. The authorized side is the
+authorized head's cross-entropy, as in the paper.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch.nn import functional as F
+
+from .objectives import LockHeads, LockObjective, ObjectiveTerms
+
+TERM_NAMES = ("r2", "mmd", "knn")
+
+
+def standardize(features: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Per-dimension zero mean, unit variance over the batch."""
+    centred = features - features.mean(dim=0, keepdim=True)
+    return centred / (centred.pow(2).mean(dim=0, keepdim=True).sqrt() + eps)
+
+
+def _class_index(labels: torch.Tensor) -> tuple[torch.Tensor, int]:
+    classes, index = torch.unique(labels, return_inverse=True)
+    return index, len(classes)
+
+
+def ridge_r2(features: torch.Tensor, labels: torch.Tensor, ridge: float) -> torch.Tensor:
+    """In-sample R^2 of centred one-hot labels regressed (ridge ``ridge``, relative to unit variance) on features."""
+    n, d = features.shape
+    index, num_classes = _class_index(labels)
+    targets = F.one_hot(index, num_classes).to(features.dtype)
+    targets = targets - targets.mean(dim=0, keepdim=True)
+    gram = features.T @ features / n + ridge * torch.eye(d, dtype=features.dtype, device=features.device)
+    coefficients = torch.linalg.solve(gram, features.T @ targets / n)
+    explained = (targets * (features @ coefficients)).sum()
+    return explained / targets.pow(2).sum().clamp_min(1e-12)
+
+
+def _median_sq_distance(sq_distances: torch.Tensor) -> torch.Tensor:
+    n = len(sq_distances)
+    off_diagonal = sq_distances[~torch.eye(n, dtype=torch.bool, device=sq_distances.device)]
+    return off_diagonal.detach().median().clamp_min(1e-12)
+
+
+def _sq_distances(features: torch.Tensor) -> torch.Tensor:
+    norms = features.pow(2).sum(dim=1)
+    return (norms[:, None] + norms[None, :] - 2 * features @ features.T).clamp_min(0.0)
+
+
+def class_mmd(features: torch.Tensor, labels: torch.Tensor, bandwidths: tuple[float, ...]) -> torch.Tensor:
+    """Class-weighted squared MMD between each class's features and all features (off-diagonal estimates).
+
+    Kernels: Gaussians whose squared bandwidths are ``b^2`` times the median squared pairwise distance, averaged.
+    """
+    n = len(features)
+    sq = _sq_distances(features)
+    scale = _median_sq_distance(sq)
+    kernel = torch.stack([torch.exp(-sq / (2 * b * b * scale)) for b in bandwidths]).mean(dim=0)
+    kernel = kernel - torch.diag_embed(torch.diagonal(kernel))  # drop self-similarities
+    index, num_classes = _class_index(labels)
+    members = F.one_hot(index, num_classes).to(features.dtype)  # n x C
+    counts = members.sum(dim=0)
+    valid = counts >= 2
+    within = (members.T @ kernel @ members).diagonal() / (counts * (counts - 1)).clamp_min(1)
+    cross = (members.T @ kernel).sum(dim=1) / (counts * (n - 1)).clamp_min(1)
+    overall = kernel.sum() / (n * (n - 1))
+    per_class = within - 2 * cross + overall
+    return (per_class * counts / n)[valid].sum()
+
+
+def soft_knn_excess(features: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Leave-one-out soft-neighbour same-class probability above its label-independent value, floored at 0.
+
+    Neighbour weights are a softmax of ``-d^2 / (temperature * median d^2)`` over the other points.
+    """
+    n = len(features)
+    sq = _sq_distances(features)
+    logits = -sq / (temperature * _median_sq_distance(sq))
+    logits = logits.masked_fill(torch.eye(n, dtype=torch.bool, device=features.device), float("-inf"))
+    weights = logits.softmax(dim=1)
+    index, _ = _class_index(labels)
+    same = (index[:, None] == index[None, :]).to(features.dtype)
+    agreement = (weights * same).sum(dim=1)
+    chance = (same.sum(dim=1) - 1) / (n - 1)
+    return F.relu((agreement - chance).mean())
+
+
+@dataclass
+class InformationTermsConfig:
+    """Knobs of :class:`InformationObjective` (filled from ``EncoderLockConfig`` by :meth:`from_lock_config`)."""
+
+    r2_weight: float = 1.0
+    mmd_weight: float = 1.0
+    knn_weight: float = 0.0
+    ridge: float = 1e-2
+    mmd_bandwidths: tuple[float, ...] = (0.5, 1.0, 2.0)
+    knn_temperature: float = 0.1
+    authorized_weight: float = 1.0
+    eps: float = 1e-8
+    weights: dict[str, float] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.weights = {"r2": self.r2_weight, "mmd": self.mmd_weight, "knn": self.knn_weight}
+
+    @classmethod
+    def from_lock_config(cls, config) -> "InformationTermsConfig":
+        return cls(
+            r2_weight=config.info_r2_weight,
+            mmd_weight=config.info_mmd_weight,
+            knn_weight=config.info_knn_weight,
+            ridge=config.info_ridge,
+            mmd_bandwidths=tuple(config.info_mmd_bandwidths),
+            knn_temperature=config.info_knn_temperature,
+            authorized_weight=config.info_authorized_weight,
+            eps=config.objective_eps,
+        )
+
+
+class InformationObjective(LockObjective):
+    """Remove class information from prohibited features; keep the authorized head's cross-entropy low.
+
+    ``prohibited`` = sum over the enabled terms of ``weight * term / term_at_first_call`` (the first call sees
+    the unlocked encoder, so each normalised term starts at 1); ``authorized`` = the authorized head's CE;
+    ``total`` = ``authorized_weight * authorized + prohibited``.
+    """
+
+    name = "information"
+
+    def __init__(self, config: InformationTermsConfig | None = None) -> None:
+        self.config = config or InformationTermsConfig()
+        self.reference: dict[str, float] = {}
+
+    def measures(self, features: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The enabled raw information measures of one labelled batch (standardised inside)."""
+        config, z = self.config, standardize(features.float())
+        compute = {
+            "r2": lambda: ridge_r2(z, labels, config.ridge),
+            "mmd": lambda: class_mmd(z, labels, config.mmd_bandwidths),
+            "knn": lambda: soft_knn_excess(z, labels, config.knn_temperature),
+        }
+        return {name: compute[name]() for name in TERM_NAMES if config.weights[name] > 0}
+
+    def terms(self, authorized_features, authorized_labels, prohibited_features, prohibited_labels, heads: LockHeads):
+        if prohibited_labels is None:
+            raise ValueError("the information objective needs prohibited labels")
+        config = self.config
+        loss_a = F.cross_entropy(heads.authorized(authorized_features), authorized_labels)
+        raw = self.measures(prohibited_features, prohibited_labels)
+        for name, value in raw.items():
+            self.reference.setdefault(name, max(float(value.detach()), config.eps))
+        prohibited = sum(config.weights[name] * value / self.reference[name] for name, value in raw.items())
+        total = config.authorized_weight * loss_a + prohibited
+        logs = {"loss_authorized": float(loss_a.detach()), "prohibited_information": float(prohibited.detach())}
+        logs.update({f"info_{name}": float(value.detach()) for name, value in raw.items()})
+        return ObjectiveTerms(authorized=loss_a, prohibited=prohibited, total=total, logs=logs)

@@ -1,0 +1,156 @@
+"""Lock objectives: the information measures' math on toy features, masked gradients, a tiny end-to-end lock."""
+
+import pytest
+import torch
+
+from hf_encoderlock.config import EncoderLockConfig
+from hf_encoderlock.encoders import tiny_vit_encoder
+from hf_encoderlock.heads import HeadTrainingConfig, best_head, train_heads
+from hf_encoderlock.information import (
+    InformationObjective,
+    InformationTermsConfig,
+    class_mmd,
+    ridge_r2,
+    soft_knn_excess,
+    standardize,
+)
+from hf_encoderlock.lock_data import preprocess_domain
+from hf_encoderlock.masking import MaskedParameterGuard
+from hf_encoderlock.objectives import LockHeads, PaperObjective, build_objective
+from hf_encoderlock.trainer import EncoderLockTrainer
+
+from .helpers import toy_domain
+
+MEASURES = {
+    "r2": lambda z, y: ridge_r2(z, y, ridge=1e-2),
+    "mmd": lambda z, y: class_mmd(z, y, (0.5, 1.0, 2.0)),
+    "knn": lambda z, y: soft_knn_excess(z, y, temperature=0.1),
+}
+
+
+def _toy(separation: float, n: int = 600, d: int = 8, classes: int = 3, seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % classes
+    features = torch.randn(n, d, generator=generator)
+    features[:, 0] += separation * labels.float()
+    return features, labels
+
+
+@pytest.mark.parametrize("name", sorted(MEASURES))
+def test_measure_near_zero_when_class_conditionals_coincide(name):
+    measure = MEASURES[name]
+    same = float(measure(standardize(_toy(0.0)[0]), _toy(0.0)[1]))
+    separated = float(measure(standardize(_toy(3.0)[0]), _toy(3.0)[1]))
+    assert separated > 0.1 * (1 if name != "mmd" else 0.1)
+    assert abs(same) < 0.05 * separated
+
+
+@pytest.mark.parametrize("name", sorted(MEASURES))
+def test_measure_invariant_to_per_dimension_rescaling(name):
+    features, labels = _toy(2.0)
+    scales = torch.logspace(-2, 2, features.shape[1])
+    shift = torch.randn(features.shape[1])
+    plain = MEASURES[name](standardize(features), labels)
+    rescaled = MEASURES[name](standardize(features * scales + shift), labels)
+    assert torch.allclose(plain, rescaled, rtol=1e-3, atol=1e-5)
+
+
+def test_ridge_r2_is_one_for_perfectly_linear_labels_and_small_for_noise():
+    features, labels = _toy(0.0, n=900, d=4)
+    one_hot = torch.nn.functional.one_hot(labels, 3).float()
+    assert float(ridge_r2(standardize(torch.cat([one_hot, features], 1)), labels, 1e-4)) > 0.99
+    assert float(ridge_r2(standardize(features), labels, 1e-2)) < 0.02
+
+
+def _heads(dim: int, classes: int) -> LockHeads:
+    torch.manual_seed(0)
+    return LockHeads(authorized=torch.nn.Linear(dim, classes), adversary=torch.nn.Linear(dim, classes))
+
+
+def test_information_objective_normalises_by_first_value_and_scores_prohibited_only():
+    objective = InformationObjective(InformationTermsConfig(knn_weight=1.0))
+    a, a_labels = _toy(3.0, seed=1)
+    p, p_labels = _toy(3.0, seed=2)
+    first = objective.terms(a, a_labels, p, p_labels, _heads(a.shape[1], 3))
+    assert float(first.prohibited) == pytest.approx(3.0, rel=1e-5)  # three terms, each 1 at the start
+    assert set(objective.reference) == {"r2", "mmd", "knn"}
+    q, q_labels = _toy(0.0, seed=3)
+    later = objective.terms(a, a_labels, q, q_labels, _heads(a.shape[1], 3))
+    assert float(later.prohibited) < 0.1
+    assert float(later.authorized) == pytest.approx(float(first.authorized))
+    assert float(later.total) == pytest.approx(float(later.authorized + later.prohibited), rel=1e-5)
+
+
+def test_information_objective_needs_prohibited_labels():
+    a, labels = _toy(1.0)
+    with pytest.raises(ValueError, match="labels"):
+        InformationObjective().terms(a, labels, a, None, _heads(a.shape[1], 3))
+
+
+def test_build_objective_from_config(tmp_path):
+    base = dict(output_dir=str(tmp_path), use_cpu=True, report_to="none")
+    assert isinstance(build_objective(EncoderLockConfig(**base)), PaperObjective)
+    objective = build_objective(
+        EncoderLockConfig(objective="information", info_knn_weight=0.5, info_mmd_bandwidths=[1.0], **base)
+    )
+    assert isinstance(objective, InformationObjective)
+    assert objective.config.weights == {"r2": 1.0, "mmd": 1.0, "knn": 0.5}
+    assert objective.config.mmd_bandwidths == (1.0,)
+    with pytest.raises(ValueError, match="info_"):
+        EncoderLockConfig(objective="information", info_r2_weight=0, info_mmd_weight=0, **base)
+
+
+def test_information_gradients_reach_only_selected_weights():
+    encoder = tiny_vit_encoder(seed=0, image_size=16, patch_size=4)
+    data = preprocess_domain(encoder, toy_domain(24, 0, "red"), "red")
+    name, weight = next((n, p) for n, p in encoder.named_parameters() if p.dim() == 2 and "layers.0" in n)
+    mask = {name: torch.zeros_like(weight, dtype=torch.bool)}
+    mask[name].view(-1)[:7] = True
+    guard = MaskedParameterGuard(encoder, freeze_unselected=False)
+    guard.install(mask)
+    features = encoder(data.pixel_values)
+    terms = InformationObjective(InformationTermsConfig(knn_weight=1.0)).terms(
+        features, data.labels, features, data.labels, _heads(features.shape[1], 3)
+    )
+    terms.total.backward()
+    guard.mask_gradients()
+    assert weight.grad.abs().sum() > 0 and bool((weight.grad[~mask[name]] == 0).all())
+    for other, param in encoder.named_parameters():
+        if other != name and param.grad is not None:
+            assert float(param.grad.abs().sum()) == 0.0, other
+    guard.remove()
+
+
+def _fresh_probe_accuracy(trainer: EncoderLockTrainer, train, test) -> float:
+    features_train, features_test = trainer.encode(train), trainer.encode(test)
+    heads = train_heads(
+        features_train, train.labels, features_test, test.labels, kind="linear", lrs=(3e-2,),
+        weight_decays=(0.0,), seeds=(0,), hidden=(32,), num_classes=train.num_classes,
+        config=HeadTrainingConfig(epochs=150),
+    )
+    return best_head(heads).val_accuracy
+
+
+def test_tiny_lock_makes_fresh_probe_fail_on_prohibited_and_keeps_authorized(tmp_path):
+    torch.manual_seed(0)
+    encoder = tiny_vit_encoder(seed=0, image_size=16, patch_size=4)
+    authorized, prohibited = toy_domain(96, 0, "red"), toy_domain(96, 1, "green")
+    probe_sets = {
+        key: preprocess_domain(encoder, toy_domain(60, seed, style), key)
+        for key, seed, style in (("a_train", 10, "red"), ("a_test", 11, "red"), ("p_train", 12, "green"), ("p_test", 13, "green"))
+    }
+    args = EncoderLockConfig(
+        output_dir=str(tmp_path / "run"), objective="information", num_rounds=6, update_steps_per_round=10,
+        weights_per_round=300, layers_per_round=3, per_device_train_batch_size=64, score_batches=1,
+        challenge_every=0, adversary_epochs=20, adversary_seeds=1, adversary_kinds=["linear"],
+        best_model_criterion="last", use_cpu=True, report_to="none", seed=0, disable_tqdm=True, logging_steps=100,
+    )
+    trainer = EncoderLockTrainer(encoder, args, authorized, prohibited, "red", "green")
+    before_p = _fresh_probe_accuracy(trainer, probe_sets["p_train"], probe_sets["p_test"])
+    before_a = _fresh_probe_accuracy(trainer, probe_sets["a_train"], probe_sets["a_test"])
+    trainer.train()
+    after_p = _fresh_probe_accuracy(trainer, probe_sets["p_train"], probe_sets["p_test"])
+    after_a = _fresh_probe_accuracy(trainer, probe_sets["a_train"], probe_sets["a_test"])
+    assert before_p > 0.9 and before_a > 0.9
+    assert after_p < before_p - 0.3
+    assert after_a > before_a - 0.1
