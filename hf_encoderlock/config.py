@@ -145,6 +145,13 @@ class EncoderLockConfig(TrainingArguments):
     )
     logging_steps: float = field(default=10, metadata={"help": "Log every this many update steps."})
     save_strategy: str = field(default="no", metadata={"help": "Checkpoint strategy (see TrainingArguments)."})
+    dataloader_drop_last: bool = field(
+        default=True,
+        metadata={
+            "help": "Drop the short last batch of each pass (batch statistics such as the information objective's "
+            "R^2 are biased on small batches); ignored when the lock data hold less than one batch."
+        },
+    )
 
     def __post_init__(self) -> None:
         self._check_choices()

@@ -25,6 +25,7 @@ from .encoders import EncoderAdapter, load_encoder
 from .lock_report import build_lock_report, lock_report_markdown, plot_lock_report
 from .model_card import write_model_card
 from .probes import ProbeConfig, run_probe_suite
+from .lock_data import combine_labelled_domains
 from .trainer import EncoderLockTrainer
 from .victim import load_victim
 
@@ -40,7 +41,13 @@ class LockExperimentArguments:
         metadata={"help": "Encoder to lock: a Hub id or a folder (default: the built-in offline victim ViT)."},
     )
     pooling: str = field(default="auto", metadata={"help": "Feature pooling: auto, cls, mean, pooler, spatial_mean."})
-    authorized: str = field(default="mnist", metadata={"help": "Authorized domain: built-in name, folder or Hub id."})
+    authorized: str = field(
+        default="mnist",
+        metadata={
+            "help": "Authorized domain(s): built-in name, folder or Hub id; several separated by commas "
+            "(each is preserved by the lock's authorized loss)."
+        },
+    )
     prohibited: str = field(default="mnist-m", metadata={"help": "Prohibited domain: built-in name, folder or Hub id."})
     report_domains: list[str] | None = field(
         default=None,
@@ -76,11 +83,16 @@ class LockExperimentArguments:
             spec["name"] = self.spec(name).display_name
         return spec
 
+    def authorized_domains(self) -> list[str]:
+        """The authorized domain names (``authorized`` split at commas)."""
+        return [name.strip() for name in self.authorized.split(",") if name.strip()]
+
     def other_domains(self) -> list[str]:
+        lock_domains = (*self.authorized_domains(), self.prohibited)
         if self.report_domains is not None:
-            return [d for d in self.report_domains if d not in (self.authorized, self.prohibited)]
+            return [d for d in self.report_domains if d not in lock_domains]
         if self.model is None:
-            return [d for d in BUILTIN_DOMAINS if d not in (self.authorized, self.prohibited)]
+            return [d for d in BUILTIN_DOMAINS if d not in lock_domains]
         return []
 
 
@@ -93,7 +105,7 @@ def split_for_lock(dataset: DatasetDict, share: float, cap: int, seed: int):
 
 
 def _load_domains(args: LockExperimentArguments) -> dict[str, DatasetDict]:
-    names = [args.authorized, args.prohibited, *args.other_domains()]
+    names = [*args.authorized_domains(), args.prohibited, *args.other_domains()]
     return {args.spec(name).display_name: load_domain(args.spec(name), seed=args.domain_seed, cache_dir=args.cache_dir) for name in names}
 
 
@@ -119,13 +131,21 @@ def run_lock_experiment(args: LockExperimentArguments, lock_config: EncoderLockC
     started = time.perf_counter()
     target = Path(lock_config.output_dir)
     domains = _load_domains(args)  # every domain is checked before any long work
-    authorized_name = args.spec(args.authorized).display_name
+    authorized_names = [args.spec(name).display_name for name in args.authorized_domains()]
     prohibited_name = args.spec(args.prohibited).display_name
-    if authorized_name == prohibited_name:
-        raise ValueError(f"the authorized and prohibited domains are the same ({authorized_name!r})")
-    lock_a, probe_a = split_for_lock(domains[authorized_name], args.lock_share, args.max_lock_images, args.domain_seed)
+    if prohibited_name in authorized_names or len(set(authorized_names)) != len(authorized_names):
+        raise ValueError(f"a domain is listed twice among authorized {authorized_names} and prohibited {prohibited_name!r}")
+    probe_domains = dict(domains)
+    lock_parts, test_parts = {}, {}
+    for name in authorized_names:
+        lock_parts[name], probe_domains[name] = split_for_lock(
+            domains[name], args.lock_share, args.max_lock_images, args.domain_seed
+        )
+        test_parts[name] = domains[name]["test"]
+    lock_a, authorized_test = combine_labelled_domains(lock_parts), combine_labelled_domains(test_parts)
+    authorized_name = "+".join(authorized_names)
     lock_p, probe_p = split_for_lock(domains[prohibited_name], args.lock_share, args.max_lock_images, args.domain_seed)
-    probe_domains = {**domains, authorized_name: probe_a, prohibited_name: probe_p}
+    probe_domains[prohibited_name] = probe_p
 
     encoder: EncoderAdapter = load_victim(args.cache_dir) if args.model is None else load_encoder(args.model, args.pooling)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -146,14 +166,17 @@ def run_lock_experiment(args: LockExperimentArguments, lock_config: EncoderLockC
             lock_p,
             authorized_name=authorized_name,
             prohibited_name=prohibited_name,
-            domain_specs={"authorized": args.public_spec(args.authorized), "prohibited": args.public_spec(args.prohibited)},
+            domain_specs={
+                "authorized": [args.public_spec(name) for name in args.authorized_domains()],
+                "prohibited": args.public_spec(args.prohibited),
+            },
         )
         tick = time.perf_counter()
         trainer.train()
         timings["lock_s"] = time.perf_counter() - tick
         trainer.save_model(str(staging / "locked"))
         own_heads = trainer.evaluate(
-            {"authorized": domains[authorized_name]["test"], "prohibited": domains[prohibited_name]["test"]}
+            {"authorized": authorized_test, "prohibited": domains[prohibited_name]["test"]}
         )
 
         tick = time.perf_counter()
@@ -165,10 +188,10 @@ def run_lock_experiment(args: LockExperimentArguments, lock_config: EncoderLockC
         report = build_lock_report(
             before=before,
             after=after,
-            authorized=[authorized_name],
+            authorized=authorized_names,
             prohibited=[prohibited_name],
             own_head_accuracy={
-                authorized_name: own_heads["eval_authorized_head_accuracy"],
+                **{name: own_heads["eval_authorized_head_accuracy"] for name in authorized_names},
                 prohibited_name: own_heads["eval_prohibited_head_accuracy"],
             },
             lock_summary=trainer.lock_summary(),

@@ -136,3 +136,29 @@ class PairedDomainCollator:
         if self.prohibited.labels is not None:
             batch["prohibited_labels"] = self.prohibited.labels[p_index]
         return batch
+
+
+def combine_labelled_domains(named: dict[str, object], label_column: str = "label", image_column: str = "image"):
+    """One ``datasets.Dataset`` from several labelled domains: class ``c`` of the ``k``-th domain becomes class
+    ``offset_k + c`` (named ``"domain/class"``), so a single authorized head keeps every domain's classes apart.
+
+    Used to lock with several authorized domains at once; a single domain is returned unchanged.
+    """
+    from datasets import ClassLabel, Value, concatenate_datasets
+    from datasets import Image as ImageFeature
+
+    if len(named) == 1:
+        return next(iter(named.values()))
+    names: list[str] = []
+    parts = []
+    for domain, dataset in named.items():
+        num_classes = check_labelled_dataset(dataset, domain, label_column, image_column)
+        feature = dataset.features[label_column]
+        class_names = getattr(feature, "names", None) or [str(c) for c in range(num_classes)]
+        offset = len(names)
+        names += [f"{domain}/{name}" for name in class_names]
+        part = dataset.select_columns([image_column, label_column]).cast_column(image_column, ImageFeature())
+        part = part.cast_column(label_column, Value("int64"))
+        parts.append(part.map(lambda row, shift=offset: {label_column: row[label_column] + shift}))
+    label = ClassLabel(names=names)
+    return concatenate_datasets([part.cast_column(label_column, label) for part in parts])

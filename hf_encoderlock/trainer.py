@@ -116,6 +116,8 @@ class EncoderLockTrainer(Trainer):
         self.best_state: dict[str, torch.Tensor] | None = None
         self.history: list[dict[str, Any]] = []
         self._phase_time = {"selection": 0.0, "update": 0.0, "challenge": 0.0}
+        if max(len(self.lock_authorized), len(self.lock_prohibited)) < args.per_device_train_batch_size:
+            args.dataloader_drop_last = False  # less than one batch: dropping it would leave nothing to train on
         super().__init__(
             model=encoder,
             args=args,
@@ -298,7 +300,7 @@ class EncoderLockTrainer(Trainer):
             "format": "encoderlock/v1",
             "variant": self.args.variant,
             "objective": self.args.objective,
-            "authorized": [self.domain_specs.get("authorized", self.authorized_name)],
+            "authorized": self._authorized_specs(),
             "prohibited": [self.domain_specs.get("prohibited", self.prohibited_name)],
             "hyperparameters": self.args.lock_hyperparameters(),
             "mask": {
@@ -313,6 +315,10 @@ class EncoderLockTrainer(Trainer):
             "seed": self.args.seed,
             "versions": package_versions(),
         }
+
+    def _authorized_specs(self) -> list[Any]:
+        specs = self.domain_specs.get("authorized", self.authorized_name)
+        return list(specs) if isinstance(specs, (list, tuple)) else [specs]
 
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         """Write the encoder alone (``AutoModel.from_pretrained`` loads it), its processor, config and mask."""
