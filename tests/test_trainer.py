@@ -11,6 +11,7 @@ from hf_encoderlock.config import EncoderLockConfig
 from hf_encoderlock.encoders import tiny_vit_encoder
 from hf_encoderlock.lock_data import LockDataError
 from hf_encoderlock.objectives import LockHeads, PaperObjective
+from hf_encoderlock.selection import load_mask
 from hf_encoderlock.trainer import LOCK_CONFIG_FILE, MASK_FILE, EncoderLockTrainer
 
 from .helpers import toy_domain
@@ -147,3 +148,18 @@ def test_identical_domains_are_refused(tmp_path, domains):
     authorized = domains[0]
     with pytest.raises(LockDataError, match="identical"):
         EncoderLockTrainer(tiny_vit_encoder(image_size=16, patch_size=4), _config(tmp_path), authorized, authorized)
+
+
+def test_mask_is_checkpointed_and_restored_on_resume(tmp_path, domains):
+    encoder, trainer = _trainer(tmp_path, domains, save_strategy="steps", save_steps=3, best_model_criterion="last")
+    trainer.train()
+    checkpoint = tmp_path / "run" / "checkpoint-3"
+    saved = load_mask(checkpoint / MASK_FILE)
+    assert sum(int(m.sum()) for m in saved.values()) == 15
+
+    resumed_encoder, resumed = _trainer(tmp_path, domains, save_strategy="no", best_model_criterion="last")
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+    final = {name.removeprefix("backbone."): m for name, m in resumed.mask.items()}
+    assert sum(int(m.sum()) for m in final.values()) == 30
+    for name, m in saved.items():
+        assert bool(final[name][m].all()), f"entries of {name} selected before the checkpoint were lost"
