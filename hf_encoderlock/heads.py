@@ -274,7 +274,8 @@ def _fit_normalizer(x: Tensor, config: HeadTrainingConfig) -> _Normalizer:
 
 
 @contextmanager
-def _torch_threads(num_threads: int | None) -> Iterator[None]:
+def torch_threads(num_threads: int | None) -> Iterator[None]:
+    """Run a block with ``num_threads`` torch threads (``None``/0: unchanged), restoring the count afterwards."""
     previous = torch.get_num_threads()
     if num_threads:
         torch.set_num_threads(int(num_threads))
@@ -553,7 +554,7 @@ def train_head_groups(
     if epochs is not None:
         config = replace(config, epochs=int(epochs))
     classes = _num_classes(groups, num_classes)
-    with _torch_threads(config.num_threads):
+    with torch_threads(config.num_threads):
         if kind == "knn":
             return _knn_heads(groups, classes, ks, config)
         if not lrs or not weight_decays:

@@ -14,17 +14,16 @@ import os
 import platform
 import time
 import warnings
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 from datasets import ClassLabel, Dataset, DatasetDict
 
 from .features import FeatureSet, extract_features, resolve_poolings
-from .heads import HEAD_KINDS, HeadGroup, HeadTrainingConfig, best_head, predict, train_head_groups
+from .heads import HEAD_KINDS, HeadGroup, HeadTrainingConfig, best_head, predict, torch_threads, train_head_groups
 from .reporting import (
     ENCODER_ROLE,
     TWIN_ROLE,
@@ -228,17 +227,6 @@ def _load(encoder: Any) -> Any:
     return load_encoder(encoder)
 
 
-@contextmanager
-def _threads(num_threads: int | None) -> Iterator[None]:
-    previous = torch.get_num_threads()
-    if num_threads:
-        torch.set_num_threads(int(num_threads))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
 def _versions() -> dict[str, str]:
     import datasets
     import transformers
@@ -264,7 +252,7 @@ def probe_features(
 ) -> list[ProbeScore]:
     """Train every (pooling, fraction, head kind) on cached features, all seeds in one batched fit per cell."""
     accuracy_fn = accuracy_fn or metric_functions(load_encoderlock_metric()).accuracy
-    with _threads(config.head_num_threads):
+    with torch_threads(config.head_num_threads):
         return _probe_cells(train, test, splits, num_classes, config, role, domain, accuracy_fn)
 
 
@@ -333,7 +321,7 @@ def run_probe_suite(
     config = config or ProbeConfig()
     started = time.perf_counter()
     timings: dict[str, float] = {}
-    with _threads(config.num_threads):
+    with torch_threads(config.num_threads):
         encoder = _load(encoder)
         poolings = resolve_poolings(encoder, config.poolings)
         resolved = load_domains(domains, config, cache_dir)
