@@ -104,7 +104,13 @@ def add_push_parser(subparsers) -> None:
     add_hub_push_parser(subparsers)
 
 
-COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (add_probe_parser, add_push_parser)
+def add_audit_parser(subparsers) -> None:
+    from .audit import add_audit_parser as add_locked_audit_parser
+
+    add_locked_audit_parser(subparsers)
+
+
+COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (add_probe_parser, add_push_parser, add_audit_parser)
 
 
 def build_parser() -> argparse.ArgumentParser:
