@@ -95,8 +95,13 @@ class WeightSelectionCallback(TrainerCallback):
         trainer, args = self.trainer, self.trainer.args
         candidates = trainer.candidates
         generator = torch.Generator().manual_seed(args.seed + 7919 * (round_index + 1))
-        a_batches = list(trainer.lock_authorized.batches(args.per_device_train_batch_size, args.score_batches, generator))
-        p_batches = list(trainer.lock_prohibited.batches(args.per_device_train_batch_size, args.score_batches, generator))
+        # A score batch is one global optimiser batch (all ranks x accumulation steps), drawn identically on every
+        # rank; each rank scores its own micro-batch shards, and sync_gradient_stats averages over all of them.
+        accumulation = args.gradient_accumulation_steps
+        parts, first = args.world_size * accumulation, args.process_index * accumulation
+        size = args.per_device_train_batch_size * parts
+        a_batches = [b.shard(first + j, parts) for b in trainer.lock_authorized.batches(size, args.score_batches, generator) for j in range(accumulation)]
+        p_batches = [b.shard(first + j, parts) for b in trainer.lock_prohibited.batches(size, args.score_batches, generator) for j in range(accumulation)]
         encoder = trainer.encoder
         was_training = encoder.training
         encoder.eval()

@@ -36,6 +36,11 @@ class DomainTensors:
             index = torch.randperm(len(self), generator=generator)[:batch_size]
             yield self.subset(index)
 
+    def shard(self, part: int, parts: int) -> "DomainTensors":
+        """Rows ``part, part + parts, ...``: one of ``parts`` near-equal slices (a batch split over ranks / micro-batches)."""
+        index = torch.arange(part, len(self), parts)
+        return self.subset(index if len(index) else torch.tensor([part % len(self)]))
+
 
 def check_labelled_dataset(dataset, name: str, label_column: str = "label", image_column: str = "image") -> int:
     """Validate a labelled image dataset before any long work; returns its number of classes."""
