@@ -72,6 +72,13 @@ class EncoderLockConfig(TrainingArguments):
         default=0.1,
         metadata={"help": "objective='information': soft-neighbour temperature, relative to the median sq. distance."},
     )
+    info_preserve_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "objective='information': weight of the authorized features' drift from the unlocked encoder "
+            "(0: off; > 0 keeps a frozen copy of the encoder)."
+        },
+    )
     info_authorized_weight: float = field(
         default=1.0, metadata={"help": "objective='information': weight of the authorized head's cross-entropy."}
     )
@@ -180,6 +187,7 @@ class EncoderLockConfig(TrainingArguments):
                 and self.info_r2_weight + self.info_mmd_weight + self.info_knn_weight > 0,
                 "info_*_weight must be >= 0 and not all zero",
             ),
+            (self.info_preserve_weight >= 0, "info_preserve_weight must be >= 0"),
             (self.info_ridge > 0 and self.info_knn_temperature > 0, "info_ridge and info_knn_temperature must be > 0"),
             (len(self.info_mmd_bandwidths) >= 1 and min(self.info_mmd_bandwidths) > 0, "info_mmd_bandwidths > 0"),
             (self.magnitude_gate is None or 0.0 <= self.magnitude_gate < 1.0, "magnitude_gate must be in [0, 1)"),

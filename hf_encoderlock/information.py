@@ -100,6 +100,12 @@ def soft_knn_excess(features: torch.Tensor, labels: torch.Tensor, temperature: f
     return F.relu((agreement - chance).mean())
 
 
+def feature_drift(features: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Mean squared change of features against the unlocked encoder's, relative to the reference's variance."""
+    variance = (reference - reference.mean(dim=0, keepdim=True)).pow(2).sum(dim=1).mean()
+    return (features - reference).pow(2).sum(dim=1).mean() / variance.clamp_min(1e-12)
+
+
 @dataclass
 class InformationTermsConfig:
     """Knobs of :class:`InformationObjective` (filled from ``EncoderLockConfig`` by :meth:`from_lock_config`)."""
@@ -111,6 +117,7 @@ class InformationTermsConfig:
     mmd_bandwidths: tuple[float, ...] = (0.5, 1.0, 2.0)
     knn_temperature: float = 0.1
     authorized_weight: float = 1.0
+    preserve_weight: float = 0.0
     eps: float = 1e-8
     weights: dict[str, float] = field(init=False)
 
@@ -127,6 +134,7 @@ class InformationTermsConfig:
             mmd_bandwidths=tuple(config.info_mmd_bandwidths),
             knn_temperature=config.info_knn_temperature,
             authorized_weight=config.info_authorized_weight,
+            preserve_weight=config.info_preserve_weight,
             eps=config.objective_eps,
         )
 
@@ -136,7 +144,8 @@ class InformationObjective(LockObjective):
 
     ``prohibited`` = sum over the enabled terms of ``weight * term / term_at_first_call`` (the first call sees
     the unlocked encoder, so each normalised term starts at 1); ``authorized`` = the authorized head's CE;
-    ``total`` = ``authorized_weight * authorized + prohibited``.
+    ``total`` = ``authorized_weight * authorized + prohibited``. With ``preserve_weight > 0`` the authorized term also
+    holds ``preserve_weight`` times the authorized features' :func:`feature_drift` from the unlocked encoder.
     """
 
     name = "information"
@@ -144,6 +153,7 @@ class InformationObjective(LockObjective):
     def __init__(self, config: InformationTermsConfig | None = None) -> None:
         self.config = config or InformationTermsConfig()
         self.reference: dict[str, float] = {}
+        self.uses_reference_features = self.config.preserve_weight > 0
 
     def measures(self, features: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         """The enabled raw information measures of one labelled batch (standardised inside)."""
@@ -155,16 +165,26 @@ class InformationObjective(LockObjective):
         }
         return {name: compute[name]() for name in TERM_NAMES if config.weights[name] > 0}
 
-    def terms(self, authorized_features, authorized_labels, prohibited_features, prohibited_labels, heads: LockHeads):
+    def terms(
+        self, authorized_features, authorized_labels, prohibited_features, prohibited_labels, heads: LockHeads,
+        authorized_reference: torch.Tensor | None = None,
+    ):
         if prohibited_labels is None:
             raise ValueError("the information objective needs prohibited labels")
         config = self.config
         loss_a = F.cross_entropy(heads.authorized(authorized_features), authorized_labels)
+        logs = {}
+        if config.preserve_weight > 0:
+            if authorized_reference is None:
+                raise ValueError("info_preserve_weight > 0 needs the unlocked encoder's authorized features")
+            drift = feature_drift(authorized_features.float(), authorized_reference.float())
+            logs["authorized_drift"] = float(drift.detach())
+            loss_a = loss_a + config.preserve_weight * drift
         raw = self.measures(prohibited_features, prohibited_labels)
         for name, value in raw.items():
             self.reference.setdefault(name, max(float(value.detach()), config.eps))
         prohibited = sum(config.weights[name] * value / self.reference[name] for name, value in raw.items())
         total = config.authorized_weight * loss_a + prohibited
-        logs = {"loss_authorized": float(loss_a.detach()), "prohibited_information": float(prohibited.detach())}
+        logs.update(loss_authorized=float(loss_a.detach()), prohibited_information=float(prohibited.detach()))
         logs.update({f"info_{name}": float(value.detach()) for name, value in raw.items()})
         return ObjectiveTerms(authorized=loss_a, prohibited=prohibited, total=total, logs=logs)

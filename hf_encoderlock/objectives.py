@@ -39,6 +39,9 @@ class LockObjective(ABC):
     """A lock objective over encoder features and the current heads."""
 
     name: str = "base"
+    #: When True, the trainer passes ``authorized_reference``: the unlocked encoder's features of the authorized
+    #: batch (a frozen copy is kept for it).
+    uses_reference_features: bool = False
 
     @abstractmethod
     def terms(
@@ -48,6 +51,7 @@ class LockObjective(ABC):
         prohibited_features: torch.Tensor,
         prohibited_labels: torch.Tensor | None,
         heads: LockHeads,
+        authorized_reference: torch.Tensor | None = None,
     ) -> ObjectiveTerms:
         """Evaluate the objective on one pair of batches."""
 
@@ -66,7 +70,10 @@ class PaperObjective(LockObjective):
         self.alpha = alpha
         self.eps = eps
 
-    def terms(self, authorized_features, authorized_labels, prohibited_features, prohibited_labels, heads):
+    def terms(
+        self, authorized_features, authorized_labels, prohibited_features, prohibited_labels, heads,
+        authorized_reference=None,
+    ):
         if prohibited_labels is None:
             raise ValueError("the paper's supervised objective needs prohibited labels")
         loss_a = F.cross_entropy(heads.authorized(authorized_features), authorized_labels)

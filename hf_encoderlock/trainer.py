@@ -89,6 +89,13 @@ class EncoderLockTrainer(Trainer):
     ) -> None:
         if not isinstance(args, EncoderLockConfig):
             raise TypeError("args must be an EncoderLockConfig")
+        for engine, enabled in (("FSDP", args.fsdp), ("DeepSpeed", args.deepspeed)):  # fail before any work
+            if enabled or os.environ.get(f"ACCELERATE_USE_{engine.upper()}", "false").lower() in ("1", "true", "yes"):
+                raise NotImplementedError(
+                    f"EncoderLockTrainer does not support {engine}: weight selection and the exact masked updates need "
+                    "whole, unsharded encoder weights on every rank. Use DDP (accelerate distributed_type MULTI_GPU) "
+                    "or one process."
+                )
         self.encoder = encoder
         self.objective = objective or build_objective(args)
         self.authorized_name, self.prohibited_name = authorized_name, prohibited_name
@@ -107,6 +114,9 @@ class EncoderLockTrainer(Trainer):
         self.candidates = {f"backbone.{name}": param for name, param in self.candidates.items()}
         for name, param in encoder.named_parameters():  # the optimiser holds candidate weights only
             param.requires_grad_(name in self.candidates)
+        self.reference_encoder = (
+            copy.deepcopy(encoder).eval().requires_grad_(False) if self.objective.uses_reference_features else None
+        )
         self.mask: dict[str, torch.Tensor] = {}
         self.rounds_completed_in_mask = 0
         self.heads: LockHeads | None = None
@@ -153,9 +163,19 @@ class EncoderLockTrainer(Trainer):
         p_pixels, p_labels = inputs["prohibited_pixel_values"], inputs.get("prohibited_labels")
         features = self._features(model, torch.cat([a_pixels, p_pixels]))  # one pass: DDP sees one forward
         a_features, p_features = features.split([len(a_pixels), len(p_pixels)])
-        terms = self.objective.terms(a_features, a_labels, p_features, p_labels, self.heads)
+        terms = self.objective.terms(
+            a_features, a_labels, p_features, p_labels, self.heads, **self._reference_kwargs(a_pixels)
+        )
         self._last_logs = terms.logs
         return (terms.total, terms) if return_outputs else terms.total
+
+    def _reference_kwargs(self, authorized_pixels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``authorized_reference`` for objectives that compare against the unlocked encoder."""
+        if self.reference_encoder is None:
+            return {}
+        self.reference_encoder.to(authorized_pixels.device)
+        with torch.no_grad():
+            return {"authorized_reference": self.reference_encoder(authorized_pixels)}
 
     def term_closure(self, a: DomainTensors, p: DomainTensors, which: str) -> Callable[[], torch.Tensor]:
         """A zero-argument closure returning one objective term on a pair of batches (for selection)."""
@@ -166,7 +186,10 @@ class EncoderLockTrainer(Trainer):
             features = self.encoder(pixels)
             a_features, p_features = features.split([len(a), len(p)])
             p_labels = None if p.labels is None else p.labels.to(device)
-            terms = self.objective.terms(a_features, a.labels.to(device), p_features, p_labels, self.heads)
+            terms = self.objective.terms(
+                a_features, a.labels.to(device), p_features, p_labels, self.heads,
+                **self._reference_kwargs(a.pixel_values.to(device)),
+            )
             return getattr(terms, which)
 
         return closure

@@ -166,3 +166,17 @@ def test_combined_authorized_domains_keep_each_domains_classes_apart():
     assert combined["label"] == [0, 1, 2, 0, 1, 2, 3, 4, 3, 4]
     single = toy_domain(5, 0, "red")
     assert combine_labelled_domains({"red": single}) is single
+
+
+def test_feature_preservation_term_uses_the_unlocked_encoders_features():
+    objective = InformationObjective(InformationTermsConfig(preserve_weight=2.0))
+    assert objective.uses_reference_features
+    a, labels = _toy(2.0)
+    heads = _heads(a.shape[1], 3)
+    same = objective.terms(a, labels, a, labels, heads, authorized_reference=a)
+    moved = objective.terms(a + 1.0, labels, a, labels, heads, authorized_reference=a)
+    assert same.logs["authorized_drift"] == pytest.approx(0.0, abs=1e-6)
+    assert moved.logs["authorized_drift"] > 0 and float(moved.authorized) > float(same.authorized)
+    with pytest.raises(ValueError, match="unlocked"):
+        objective.terms(a, labels, a, labels, heads)
+    assert not InformationObjective().uses_reference_features and not PaperObjective().uses_reference_features
