@@ -13,6 +13,7 @@ import torch
 
 from hf_encoderlock.config import EncoderLockConfig
 from hf_encoderlock.encoders import tiny_vit_encoder
+from hf_encoderlock.objectives import PaperObjective
 from hf_encoderlock.trainer import EncoderLockTrainer
 
 from .helpers import toy_domain
@@ -47,11 +48,12 @@ def _config(output_dir: str, **overrides: Any) -> EncoderLockConfig:
     return EncoderLockConfig(**values)
 
 
-def _lock(output_dir: str, **overrides: Any) -> dict[str, Any]:
+def _lock(output_dir: str, objective_override: Any = None, **overrides: Any) -> dict[str, Any]:
     """One tiny lock; returns what every rank must agree on."""
     encoder = tiny_vit_encoder(seed=0, image_size=16, patch_size=4)
     trainer = EncoderLockTrainer(
-        encoder, _config(output_dir, **overrides), toy_domain(48, 0, "red"), toy_domain(48, 1, "green"), "red", "green"
+        encoder, _config(output_dir, **overrides), toy_domain(48, 0, "red"), toy_domain(48, 1, "green"), "red", "green",
+        objective=objective_override,
     )
     trainer.train()
     return {
@@ -131,3 +133,65 @@ def test_two_ranks_match_one_process_with_the_same_global_batch(two_ranks, tmp_p
         delta_ddp = r0["weights"][name] - before[name].detach()
         torch.testing.assert_close(delta_ddp, delta_single, rtol=1e-3, atol=1e-5, msg=f"update of {name}")
     torch.testing.assert_close(torch.tensor(r0["losses"]), torch.tensor(single["losses"]), rtol=1e-3, atol=1e-4)
+
+
+# --------------------------------------------------------------------------------- one process: precision, accumulation
+
+
+def _update(result: dict[str, Any]) -> torch.Tensor:
+    """The lock's change of every encoder weight, flattened."""
+    before = dict(tiny_vit_encoder(seed=0, image_size=16, patch_size=4).named_parameters())
+    return torch.cat([(value - before[name].detach()).flatten() for name, value in result["weights"].items()])
+
+
+def test_bf16_autocast_lock_is_exact_and_close_to_fp32(tmp_path):
+    """bf16 autocast: same mask size, exact masked update, first loss within 2% of fp32. Accelerate wraps the
+    encoder's forward in autocast, so selection scores are bf16 too and may pick other weights than fp32."""
+    one_step = dict(num_rounds=1, update_steps_per_round=1)
+    fp32 = _lock(str(tmp_path / "fp32"), **one_step)
+    bf16 = _lock(str(tmp_path / "bf16"), bf16=True, **one_step)
+    assert sum(int(m.sum()) for m in bf16["mask"].values()) == 15
+    assert bf16["losses"][0] == pytest.approx(fp32["losses"][0], rel=0.02)
+    update = _update(bf16)
+    selected = torch.cat([bf16["mask"].get(n, torch.zeros_like(w, dtype=torch.bool)).flatten()
+                          for n, w in bf16["weights"].items()])
+    assert torch.isfinite(update).all() and not update[~selected].any() and update[selected].ne(0).all()
+
+
+def test_fp16_is_not_applied_on_cpu(tmp_path):
+    """On CPU, fp16=True trains in fp32 (autocast on CPU is bf16-only): documents it, fails if that changes."""
+    one_step = dict(num_rounds=1, update_steps_per_round=1)
+    fp16 = _lock(str(tmp_path / "fp16"), fp16=True, **one_step)
+    fp32 = _lock(str(tmp_path / "fp32"), **one_step)
+    assert torch.equal(_update(fp16), _update(fp32))
+
+
+class _MeanObjective(PaperObjective):
+    """A per-image mean (``L_A - L_P``): accumulating micro-batches then equals one big batch exactly."""
+
+    def terms(self, authorized_features, authorized_labels, prohibited_features, prohibited_labels, heads,
+              authorized_reference=None):
+        terms = super().terms(authorized_features, authorized_labels, prohibited_features, prohibited_labels, heads)
+        terms.total = terms.authorized - terms.prohibited
+        return terms
+
+
+def test_gradient_accumulation_matches_one_big_batch(tmp_path):
+    big = _lock(str(tmp_path / "big"), per_device_train_batch_size=2 * PER_DEVICE, objective_override=_MeanObjective())
+    accumulated = _lock(str(tmp_path / "ga"), gradient_accumulation_steps=2, objective_override=_MeanObjective())
+    _assert_same_mask(big["mask"], accumulated["mask"])
+    torch.testing.assert_close(_update(accumulated), _update(big), rtol=1e-3, atol=1e-5)
+    torch.testing.assert_close(torch.tensor(accumulated["losses"]), torch.tensor(big["losses"]), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("engine", ["FSDP", "DEEPSPEED"])
+def test_sharded_engines_fail_early(tmp_path, monkeypatch, engine):
+    args = _config(str(tmp_path))
+    monkeypatch.setenv(f"ACCELERATE_USE_{engine}", "true")  # what `accelerate launch` with such a config sets
+    with pytest.raises(NotImplementedError, match=f"(?i)does not support {engine}"):
+        EncoderLockTrainer(tiny_vit_encoder(seed=0, image_size=16, patch_size=4), args, None, None)
+
+
+def test_fsdp_argument_fails_early(tmp_path):
+    with pytest.raises(NotImplementedError, match="does not support FSDP.*DDP"):
+        EncoderLockTrainer(tiny_vit_encoder(image_size=16, patch_size=4), _config(str(tmp_path), fsdp=True), None, None)
