@@ -79,6 +79,14 @@ class EncoderLockConfig(TrainingArguments):
             "(0: off; > 0 keeps a frozen copy of the encoder)."
         },
     )
+    prohibited_poolings: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "objective='information': poolings (e.g. cls mean) whose prohibited features are concatenated "
+            "for the information terms, from one backbone pass; probes attack every pooling (None: the encoder's "
+            "default pooling only; single-process only)."
+        },
+    )
     info_authorized_weight: float = field(
         default=1.0, metadata={"help": "objective='information': weight of the authorized head's cross-entropy."}
     )
@@ -188,6 +196,10 @@ class EncoderLockConfig(TrainingArguments):
                 "info_*_weight must be >= 0 and not all zero",
             ),
             (self.info_preserve_weight >= 0, "info_preserve_weight must be >= 0"),
+            (
+                not self.prohibited_poolings or self.objective == "information",
+                "prohibited_poolings needs objective='information' (the paper's adversary head sees one pooling)",
+            ),
             (self.info_ridge > 0 and self.info_knn_temperature > 0, "info_ridge and info_knn_temperature must be > 0"),
             (len(self.info_mmd_bandwidths) >= 1 and min(self.info_mmd_bandwidths) > 0, "info_mmd_bandwidths > 0"),
             (self.magnitude_gate is None or 0.0 <= self.magnitude_gate < 1.0, "magnitude_gate must be in [0, 1)"),

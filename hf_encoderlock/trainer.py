@@ -126,6 +126,8 @@ class EncoderLockTrainer(Trainer):
         self.best_state: dict[str, torch.Tensor] | None = None
         self.history: list[dict[str, Any]] = []
         self._phase_time = {"selection": 0.0, "update": 0.0, "challenge": 0.0}
+        if args.prohibited_poolings and args.world_size > 1:
+            raise ValueError("prohibited_poolings is single-process only (it bypasses the DDP-wrapped forward)")
         if max(len(self.lock_authorized), len(self.lock_prohibited)) < args.per_device_train_batch_size:
             args.dataloader_drop_last = False  # less than one batch: dropping it would leave nothing to train on
         super().__init__(
@@ -158,11 +160,22 @@ class EncoderLockTrainer(Trainer):
     def _features(self, model, pixel_values: torch.Tensor) -> torch.Tensor:
         return model(pixel_values)
 
+    def _lock_features(self, model, pixel_values: torch.Tensor, num_authorized: int):
+        """(authorized features, prohibited features) from one pass; with ``prohibited_poolings`` the prohibited
+        features are those poolings concatenated (the authorized ones stay in the default pooling)."""
+        poolings = self.args.prohibited_poolings
+        if not poolings:
+            features = self._features(model, pixel_values)  # one pass: DDP sees one forward
+            return features.split([num_authorized, len(pixel_values) - num_authorized])
+        pooled = self.encoder.pooled_features(pixel_values, [self.encoder.pooling, *poolings])
+        a_features = pooled[self.encoder.pooling][:num_authorized]
+        p_features = torch.cat([pooled[p][num_authorized:] for p in poolings], dim=1)
+        return a_features, p_features
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         a_pixels, a_labels = inputs["authorized_pixel_values"], inputs["authorized_labels"]
         p_pixels, p_labels = inputs["prohibited_pixel_values"], inputs.get("prohibited_labels")
-        features = self._features(model, torch.cat([a_pixels, p_pixels]))  # one pass: DDP sees one forward
-        a_features, p_features = features.split([len(a_pixels), len(p_pixels)])
+        a_features, p_features = self._lock_features(model, torch.cat([a_pixels, p_pixels]), len(a_pixels))
         terms = self.objective.terms(
             a_features, a_labels, p_features, p_labels, self.heads, **self._reference_kwargs(a_pixels)
         )
@@ -183,8 +196,7 @@ class EncoderLockTrainer(Trainer):
 
         def closure() -> torch.Tensor:
             pixels = torch.cat([a.pixel_values, p.pixel_values]).to(device)
-            features = self.encoder(pixels)
-            a_features, p_features = features.split([len(a), len(p)])
+            a_features, p_features = self._lock_features(self.encoder, pixels, len(a))
             p_labels = None if p.labels is None else p.labels.to(device)
             terms = self.objective.terms(
                 a_features, a.labels.to(device), p_features, p_labels, self.heads,

@@ -180,3 +180,17 @@ def test_feature_preservation_term_uses_the_unlocked_encoders_features():
     with pytest.raises(ValueError, match="unlocked"):
         objective.terms(a, labels, a, labels, heads)
     assert not InformationObjective().uses_reference_features and not PaperObjective().uses_reference_features
+
+
+def test_prohibited_poolings_concatenate_features_from_one_pass(tmp_path):
+    base = dict(output_dir=str(tmp_path / "run"), use_cpu=True, report_to="none", per_device_train_batch_size=8)
+    with pytest.raises(ValueError, match="prohibited_poolings"):
+        EncoderLockConfig(prohibited_poolings=["cls", "mean"], **base)
+    encoder = tiny_vit_encoder(seed=0, image_size=16, patch_size=4)
+    args = EncoderLockConfig(objective="information", prohibited_poolings=["cls", "mean"], **base)
+    trainer = EncoderLockTrainer(encoder, args, toy_domain(30, 0, "red"), toy_domain(30, 1, "green"), "red", "green")
+    pixels = torch.cat([trainer.lock_authorized.pixel_values[:3], trainer.lock_prohibited.pixel_values[:5]])
+    a_features, p_features = trainer._lock_features(encoder, pixels, 3)
+    dim = encoder(pixels[:1]).shape[1]
+    assert a_features.shape == (3, dim) and p_features.shape == (5, 2 * dim)
+    assert torch.allclose(p_features[:, dim:], encoder.features(pixels[3:], "mean"), atol=1e-5)
