@@ -381,11 +381,13 @@ class EncoderLockTrainer(Trainer):
             self.mask = {f"backbone.{k}": v for k, v in load_mask(mask_path).items()}
             summary = json.loads((Path(resume_from_checkpoint) / LOCK_CONFIG_FILE).read_text())
             self.rounds_completed_in_mask = int(summary.get("rounds_completed", 0))
-        from safetensors.torch import load_file
+        if (Path(resume_from_checkpoint) / "config.json").is_file():
+            # from_pretrained maps the on-disk names (which can differ from in-memory names across transformers
+            # releases) back to this model's; a strict load then guarantees every tensor was restored.
+            from transformers import AutoModel
 
-        weights = Path(resume_from_checkpoint) / "model.safetensors"
-        if weights.is_file():
-            self.encoder.backbone.load_state_dict(load_file(str(weights)), strict=False)
+            saved = AutoModel.from_pretrained(resume_from_checkpoint).state_dict()
+            self.encoder.backbone.load_state_dict(saved, strict=True)
             return
         super()._load_from_checkpoint(resume_from_checkpoint, model)
 

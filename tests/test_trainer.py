@@ -158,6 +158,10 @@ def test_mask_is_checkpointed_and_restored_on_resume(tmp_path, domains):
     assert sum(int(m.sum()) for m in saved.values()) == 15
 
     resumed_encoder, resumed = _trainer(tmp_path, domains, save_strategy="no", best_model_criterion="last")
+    resumed._load_from_checkpoint(str(checkpoint))
+    saved_weights = AutoModel.from_pretrained(checkpoint).state_dict()
+    for name, value in resumed_encoder.backbone.state_dict().items():
+        assert torch.equal(value, saved_weights[name]), f"{name} was not restored from the checkpoint"
     resumed.train(resume_from_checkpoint=str(checkpoint))
     final = {name.removeprefix("backbone."): m for name, m in resumed.mask.items()}
     assert sum(int(m.sum()) for m in final.values()) == 30
