@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0.dev0"
 
 _EXPORTS: dict[str, tuple[str, ...]] = {
+    "attacks": ("AttackConfig", "AttackError", "AttackReport", "learning_curve_auc", "run_attack_suite"),
+    "audit": ("AuditReport", "audit_locked"),
     "callbacks": ("SelfChallengeCallback", "WeightSelectionCallback"),
     "config": ("EncoderLockConfig",),
     "domains": (
