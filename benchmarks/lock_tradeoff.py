@@ -45,6 +45,8 @@ def parse_args() -> argparse.Namespace:
 def _configs(options: argparse.Namespace, objective: str, budget: str, output: Path):
     values: dict[str, Any] = yaml.safe_load(Path(options.config).read_text())
     values.update(objective=objective, probe_fractions=[1.0], probe_seeds=options.probe_seeds, report_domains=[])
+    if objective != "information":
+        values["prohibited_poolings"] = None  # the information objective's multi-pooling view only
     values.update(output_dir=str(output / f"{objective}-{budget}"), report_to="none", disable_tqdm=True)
     for key in ("authorized", "prohibited", "cache_dir"):
         if getattr(options, key) is not None:
