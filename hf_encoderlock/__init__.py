@@ -33,7 +33,8 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "features": ("extract_features",),
     "heads": ("HeadTrainingConfig", "TrainedHead", "accuracy", "best_head", "train_head_groups", "train_heads"),
     "hub": ("load_locked", "push_locked_to_hub", "push_trainer_to_hub"),
-    "lock_data": ("LockDataError",),
+    "information": ("InformationObjective", "InformationTermsConfig"),
+    "lock_data": ("LockDataError", "combine_labelled_domains"),
     "lock_report": ("build_lock_report", "lock_report_markdown", "plot_lock_report"),
     "masking": ("MaskedParameterGuard", "changed_entries", "snapshot_state"),
     "model_card": (
