@@ -21,17 +21,18 @@ import math
 import os
 import re
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 from .reporting import _fraction_label, _mean_std, _pct, _row
+from .heads import torch_threads
 from .reporting import _finite as _json_finite
+from .reporting import save_report_files
 
 ATTACKS = ("full", "last_k", "lora", "frozen")
 SCRATCH = "scratch"
@@ -443,13 +444,7 @@ class AttackReport:
 
     def save(self, output_dir: str | os.PathLike, stem: str = "attack_report") -> dict[str, Path]:
         """Write ``{stem}.json``, ``{stem}.md`` and ``{stem}.png`` into ``output_dir``."""
-        folder = Path(output_dir)
-        folder.mkdir(parents=True, exist_ok=True)
-        paths = {"json": folder / f"{stem}.json", "markdown": folder / f"{stem}.md", "plot": folder / f"{stem}.png"}
-        self.to_json(paths["json"])
-        paths["markdown"].write_text(self.to_markdown(), encoding="utf-8")
-        self.plot(paths["plot"])
-        return paths
+        return save_report_files(self, output_dir, stem)
 
 
 def attack_report_markdown(report: AttackReport) -> str:
@@ -532,17 +527,6 @@ def plot_attack_report(report: AttackReport, path: str | os.PathLike) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------------- the suite
-@contextmanager
-def _threads(num_threads: int | None) -> Iterator[None]:
-    previous = torch.get_num_threads()
-    if num_threads:
-        torch.set_num_threads(int(num_threads))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
 def _capped(dataset, cap: int | None, seed: int):
     """A stratified subset of at most ``cap`` rows (the whole dataset when ``cap`` is None or large enough)."""
     if cap is None or len(dataset) <= cap:
@@ -589,7 +573,7 @@ def run_attack_suite(
     authorized, prohibited = set(authorized), set(prohibited)
     started = time.perf_counter()
     timings: dict[str, float] = {}
-    with _threads(config.num_threads):
+    with torch_threads(config.num_threads):
         encoder = load_encoder(encoder)
         probe_config = ProbeConfig(
             domain_seed=config.domain_seed, train_split=config.train_split, test_split=config.test_split

@@ -17,7 +17,6 @@ from .masking import MaskedParameterGuard
 from .selection import (
     accumulate_gradient_stats,
     compute_scores,
-    magnitude_gate_mask,
     mask_stats,
     merge_masks,
     select_top_weights,

@@ -250,13 +250,18 @@ class ProbeReport:
 
     def save(self, output_dir: str | os.PathLike, stem: str = "probe_report") -> dict[str, Path]:
         """Write ``{stem}.json``, ``{stem}.md`` and ``{stem}.png`` into ``output_dir``."""
-        folder = Path(output_dir)
-        folder.mkdir(parents=True, exist_ok=True)
-        paths = {"json": folder / f"{stem}.json", "markdown": folder / f"{stem}.md", "plot": folder / f"{stem}.png"}
-        self.to_json(paths["json"])
-        paths["markdown"].write_text(self.to_markdown(), encoding="utf-8")
-        self.plot(paths["plot"])
-        return paths
+        return save_report_files(self, output_dir, stem)
+
+
+def save_report_files(report: Any, output_dir: str | os.PathLike, stem: str) -> dict[str, Path]:
+    """Write a report's ``to_json`` / ``to_markdown`` / ``plot`` as ``{stem}.json``, ``.md`` and ``.png``."""
+    folder = Path(output_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {"json": folder / f"{stem}.json", "markdown": folder / f"{stem}.md", "plot": folder / f"{stem}.png"}
+    report.to_json(paths["json"])
+    paths["markdown"].write_text(report.to_markdown(), encoding="utf-8")
+    report.plot(paths["plot"])
+    return paths
 
 
 def _finite(value: Any) -> Any:
