@@ -7,8 +7,9 @@ from typing import Any
 
 from transformers import TrainingArguments
 
-VARIANTS = ("supervised",)
-OBJECTIVES = ("paper", "information")
+VARIANTS = ("supervised", "unsupervised", "zero-shot")
+OBJECTIVES = ("paper", "information", "contrastive")
+LABEL_FREE_OBJECTIVES = ("contrastive",)  # objectives that never need (pseudo-)labels on the prohibited side
 SCORE_FUNCTIONS = ("gradient_ratio", "fisher_ratio", "taylor")
 ADVERSARY_KINDS = ("linear", "mlp")
 BEST_MODEL_CRITERIA = ("gap", "last")
@@ -43,7 +44,14 @@ class EncoderLockConfig(TrainingArguments):
     """
 
     # --- what is locked ----------------------------------------------------------------------------------
-    variant: str = field(default="supervised", metadata={"help": f"Lock variant: one of {VARIANTS}."})
+    variant: str = field(
+        default="supervised",
+        metadata={
+            "help": f"Lock variant: one of {VARIANTS}. supervised: labelled prohibited data; unsupervised: prohibited "
+            "images only (labels are never read; pseudo-labels come from clustering the unlocked encoder's "
+            "features); zero-shot: no prohibited data, synthetic prohibited-like data from `zero_shot_generators`."
+        },
+    )
     objective: str = field(default="paper", metadata={"help": f"Training objective: one of {OBJECTIVES}."})
     alpha: float = field(
         default=1e3, metadata={"help": "alpha in the paper's loss L_A + log(1 + alpha * L_A / L_P)."}
@@ -89,6 +97,46 @@ class EncoderLockConfig(TrainingArguments):
     )
     info_authorized_weight: float = field(
         default=1.0, metadata={"help": "objective='information': weight of the authorized head's cross-entropy."}
+    )
+
+    # --- unsupervised and zero-shot variants --------------------------------------------------------------
+    num_pseudo_classes: int = field(
+        default=10,
+        metadata={
+            "help": "variant='unsupervised' (and unlabelled zero-shot data): k of the k-means clustering of the "
+            "unlocked encoder's prohibited features whose clusters stand in for the missing labels."
+        },
+    )
+    pseudo_label_restarts: int = field(default=4, metadata={"help": "k-means restarts for the pseudo-labels."})
+    contrastive_temperature: float = field(
+        default=0.8, metadata={"help": "objective='contrastive': InfoNCE temperature (reference: 0.8)."}
+    )
+    augment_crop_scale: list[float] = field(
+        default_factory=lambda: [0.6, 1.0],
+        metadata={"help": "objective='contrastive': area range of the random resized crop of an augmented view."},
+    )
+    augment_brightness: float = field(
+        default=0.4, metadata={"help": "objective='contrastive': brightness jitter (multiplicative, +-)."}
+    )
+    augment_contrast: float = field(
+        default=0.4, metadata={"help": "objective='contrastive': contrast jitter (multiplicative, +-)."}
+    )
+    augment_saturation: float = field(
+        default=0.4, metadata={"help": "objective='contrastive': saturation jitter (multiplicative, +-)."}
+    )
+    augment_noise: float = field(
+        default=0.02, metadata={"help": "objective='contrastive': std of Gaussian pixel noise (raw 0-1 scale)."}
+    )
+    zero_shot_generators: list[str] = field(
+        default_factory=lambda: ["shifts", "shapes", "glyphs"],
+        metadata={
+            "help": "variant='zero-shot': generators of synthetic prohibited-like data (see "
+            "hf_encoderlock.generators.GENERATORS): shifts (colour/texture/background/frequency shifts of the "
+            "authorized images), shapes (procedural geometric shapes), glyphs (rendered symbols)."
+        },
+    )
+    zero_shot_images: int = field(
+        default=1500, metadata={"help": "variant='zero-shot': synthetic images generated in all (split over generators)."}
     )
 
     # --- weight selection ---------------------------------------------------------------------------------
@@ -197,11 +245,23 @@ class EncoderLockConfig(TrainingArguments):
             ),
             (self.info_preserve_weight >= 0, "info_preserve_weight must be >= 0"),
             (
-                not self.prohibited_poolings or self.objective == "information",
-                "prohibited_poolings needs objective='information' (the paper's adversary head sees one pooling)",
+                not self.prohibited_poolings or self.objective in ("information", "contrastive"),
+                "prohibited_poolings needs objective='information' or 'contrastive' (the paper's adversary head sees one "
+                "pooling)",
             ),
             (self.info_ridge > 0 and self.info_knn_temperature > 0, "info_ridge and info_knn_temperature must be > 0"),
             (len(self.info_mmd_bandwidths) >= 1 and min(self.info_mmd_bandwidths) > 0, "info_mmd_bandwidths > 0"),
+            (self.num_pseudo_classes >= 2 and self.pseudo_label_restarts >= 1, "num_pseudo_classes must be >= 2"),
+            (self.contrastive_temperature > 0, "contrastive_temperature must be > 0"),
+            (
+                len(self.augment_crop_scale) == 2 and 0 < self.augment_crop_scale[0] <= self.augment_crop_scale[1] <= 1,
+                "augment_crop_scale must be [low, high] with 0 < low <= high <= 1",
+            ),
+            (
+                min(self.augment_brightness, self.augment_contrast, self.augment_saturation, self.augment_noise) >= 0,
+                "augment_* strengths must be >= 0",
+            ),
+            (len(self.zero_shot_generators) >= 1 and self.zero_shot_images >= 16, "zero-shot needs a generator and >= 16 images"),
             (self.magnitude_gate is None or 0.0 <= self.magnitude_gate < 1.0, "magnitude_gate must be in [0, 1)"),
         ]
         problems = [message for ok, message in checks if not ok]

@@ -206,6 +206,17 @@ class EncoderAdapter(nn.Module):
         batch = self.image_processor(images=converted, return_tensors="pt")
         return batch["pixel_values"].float()
 
+    def normalization(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(mean, std)`` of shape ``(C, 1, 1)`` that the processor's normalisation applies to 0-1 pixels
+        (``pixel_values = (raw - mean) / std``); zeros and ones when the processor does not normalise."""
+        channels = self.input_shape()[0]
+        processor = self.image_processor
+        if processor is None or not getattr(processor, "do_normalize", False):
+            return torch.zeros(channels, 1, 1), torch.ones(channels, 1, 1)
+        mean = torch.as_tensor(processor.image_mean, dtype=torch.float32).reshape(-1, 1, 1)
+        std = torch.as_tensor(processor.image_std, dtype=torch.float32).reshape(-1, 1, 1)
+        return mean.expand(channels, 1, 1).clone(), std.expand(channels, 1, 1).clone()
+
     # ----------------------------------------------------------------------------------------- construction
     def random_init_twin(self, seed: int = 0) -> "EncoderAdapter":
         """The same architecture and preprocessing with freshly initialised weights."""

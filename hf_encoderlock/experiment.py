@@ -144,8 +144,13 @@ def run_lock_experiment(args: LockExperimentArguments, lock_config: EncoderLockC
         test_parts[name] = domains[name]["test"]
     lock_a, authorized_test = combine_labelled_domains(lock_parts), combine_labelled_domains(test_parts)
     authorized_name = "+".join(authorized_names)
-    lock_p, probe_p = split_for_lock(domains[prohibited_name], args.lock_share, args.max_lock_images, args.domain_seed)
-    probe_domains[prohibited_name] = probe_p
+    if lock_config.variant == "zero-shot":  # no prohibited data: every other domain is an unseen target
+        lock_p, prohibited_names = None, [name for name in domains if name not in authorized_names]
+    else:
+        lock_p, probe_p = split_for_lock(domains[prohibited_name], args.lock_share, args.max_lock_images, args.domain_seed)
+        probe_domains[prohibited_name], prohibited_names = probe_p, [prohibited_name]
+        if lock_config.variant == "unsupervised":
+            lock_p = lock_p.select_columns(["image"])  # the lock gets the prohibited images, never their labels
 
     encoder: EncoderAdapter = load_victim(args.cache_dir) if args.model is None else load_encoder(args.model, args.pooling)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -165,7 +170,7 @@ def run_lock_experiment(args: LockExperimentArguments, lock_config: EncoderLockC
             lock_a,
             lock_p,
             authorized_name=authorized_name,
-            prohibited_name=prohibited_name,
+            prohibited_name=prohibited_name if lock_p is not None else "synthetic",
             domain_specs={
                 "authorized": [args.public_spec(name) for name in args.authorized_domains()],
                 "prohibited": args.public_spec(args.prohibited),
@@ -175,9 +180,13 @@ def run_lock_experiment(args: LockExperimentArguments, lock_config: EncoderLockC
         trainer.train()
         timings["lock_s"] = time.perf_counter() - tick
         trainer.save_model(str(staging / "locked"))
-        own_heads = trainer.evaluate(
-            {"authorized": authorized_test, "prohibited": domains[prohibited_name]["test"]}
-        )
+        own_head_sets = {"authorized": authorized_test}
+        if lock_config.variant == "supervised":  # other variants' adversaries predict pseudo- or synthetic classes
+            own_head_sets["prohibited"] = domains[prohibited_name]["test"]
+        own_heads = trainer.evaluate(own_head_sets)
+        own_head_accuracy = {name: own_heads["eval_authorized_head_accuracy"] for name in authorized_names}
+        if "eval_prohibited_head_accuracy" in own_heads:
+            own_head_accuracy[prohibited_name] = own_heads["eval_prohibited_head_accuracy"]
 
         tick = time.perf_counter()
         after = run_probe_suite(encoder, probe_domains, probe_config, random_twin=False, cache_dir=args.cache_dir)
@@ -189,11 +198,8 @@ def run_lock_experiment(args: LockExperimentArguments, lock_config: EncoderLockC
             before=before,
             after=after,
             authorized=authorized_names,
-            prohibited=[prohibited_name],
-            own_head_accuracy={
-                **{name: own_heads["eval_authorized_head_accuracy"] for name in authorized_names},
-                prohibited_name: own_heads["eval_prohibited_head_accuracy"],
-            },
+            prohibited=prohibited_names,
+            own_head_accuracy=own_head_accuracy,
             lock_summary=trainer.lock_summary(),
             history=trainer.history,
             timings=timings,

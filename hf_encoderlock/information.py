@@ -167,10 +167,10 @@ class InformationObjective(LockObjective):
 
     def terms(
         self, authorized_features, authorized_labels, prohibited_features, prohibited_labels, heads: LockHeads,
-        authorized_reference: torch.Tensor | None = None,
+        authorized_reference: torch.Tensor | None = None, **views,
     ):
         if prohibited_labels is None:
-            raise ValueError("the information objective needs prohibited labels")
+            raise ValueError("the information objective needs prohibited labels (or pseudo-labels)")
         config = self.config
         loss_a = F.cross_entropy(heads.authorized(authorized_features), authorized_labels)
         logs = {}

@@ -77,6 +77,8 @@ def preprocess_domain(
     num_classes = check_labelled_dataset(dataset, name) if labelled else 0
     if not labelled and "image" not in dataset.column_names:
         raise LockDataError(f"domain {name!r}: no 'image' column (columns: {dataset.column_names})")
+    if not labelled and len(dataset) == 0:
+        raise LockDataError(f"domain {name!r}: the dataset is empty")
     parts = []
     for start in range(0, len(dataset), chunk_size):
         images = dataset[start : start + chunk_size]["image"]

@@ -42,6 +42,9 @@ class LockObjective(ABC):
     #: When True, the trainer passes ``authorized_reference``: the unlocked encoder's features of the authorized
     #: batch (a frozen copy is kept for it).
     uses_reference_features: bool = False
+    #: When True, the trainer also passes ``authorized_views`` and ``prohibited_views``: features of an augmented
+    #: view of each batch (see :mod:`hf_encoderlock.augmentations`).
+    uses_views: bool = False
 
     @abstractmethod
     def terms(
@@ -52,6 +55,7 @@ class LockObjective(ABC):
         prohibited_labels: torch.Tensor | None,
         heads: LockHeads,
         authorized_reference: torch.Tensor | None = None,
+        **views: torch.Tensor,
     ) -> ObjectiveTerms:
         """Evaluate the objective on one pair of batches."""
 
@@ -72,7 +76,7 @@ class PaperObjective(LockObjective):
 
     def terms(
         self, authorized_features, authorized_labels, prohibited_features, prohibited_labels, heads,
-        authorized_reference=None,
+        authorized_reference=None, **views,
     ):
         if prohibited_labels is None:
             raise ValueError("the paper's supervised objective needs prohibited labels")
@@ -91,4 +95,8 @@ def build_objective(config) -> LockObjective:
         from .information import InformationObjective, InformationTermsConfig
 
         return InformationObjective(InformationTermsConfig.from_lock_config(config))
+    if config.objective == "contrastive":
+        from .contrastive import ContrastiveObjective
+
+        return ContrastiveObjective(alpha=config.alpha, temperature=config.contrastive_temperature, eps=config.objective_eps)
     raise ValueError(f"unknown objective {config.objective!r}")

@@ -20,6 +20,7 @@ from typing import Any, Callable, Sequence
 import torch
 from transformers import Trainer
 
+from .augmentations import AugmentationConfig, augmented_view
 from .callbacks import SelfChallengeCallback, WeightSelectionCallback
 from .config import EncoderLockConfig
 from .encoders import EncoderAdapter
@@ -33,11 +34,13 @@ from .lock_data import (
     stratified_split,
 )
 from .objectives import LockHeads, LockObjective, build_objective
+from .pseudo_labels import cluster_pseudo_labels
 from .selection import load_mask, mask_stats, save_mask, select_candidate_parameters
 
 LOCK_CONFIG_FILE = "encoderlock_config.json"
 MASK_FILE = "encoderlock_mask.safetensors"
 MIN_IMAGES_PER_DOMAIN = 8  # below this, a validation split carved from the lock data is meaningless
+VIEW_SEED_OFFSET = 104_729  # augmented views draw from their own generator, seeded args.seed + this
 
 
 def package_versions() -> dict[str, str]:
@@ -65,7 +68,10 @@ class EncoderLockTrainer(Trainer):
         encoder: the encoder to lock (an :class:`EncoderAdapter`; weights change in place).
         args: an :class:`EncoderLockConfig`.
         authorized_dataset / prohibited_dataset: ``datasets.Dataset`` with ``image`` and ``label`` columns (the
-            lock's share of each domain; a validation part is carved from them, ``validation_fraction``).
+            lock's share of each domain; a validation part is carved from them, ``validation_fraction``). With
+            ``variant="unsupervised"`` only the prohibited ``image`` column is read; with ``variant="zero-shot"``
+            ``prohibited_dataset`` is ``None`` (synthetic data from ``args.zero_shot_generators``) or a synthetic
+            dataset of the caller's.
         authorized_name / prohibited_name: names recorded in reports and ``encoderlock_config.json``.
         eval_dataset: optional ``{"authorized": ds, "prohibited": ds}`` reported by :meth:`evaluate`.
         objective: override the objective built from ``args.objective``.
@@ -100,8 +106,10 @@ class EncoderLockTrainer(Trainer):
         self.objective = objective or build_objective(args)
         self.authorized_name, self.prohibited_name = authorized_name, prohibited_name
         self.domain_specs = domain_specs or {}
+        self.zero_shot_source: list[str] | None = None
+        self.pseudo_labelled = False
         authorized = preprocess_domain(encoder, authorized_dataset, authorized_name)
-        prohibited = preprocess_domain(encoder, prohibited_dataset, prohibited_name)
+        prohibited = self._prohibited_tensors(args, authorized_dataset, prohibited_dataset, prohibited_name)
         self._check_domains(authorized, prohibited)
         self.lock_authorized, self.val_authorized = stratified_split(authorized, args.validation_fraction, args.seed)
         self.lock_prohibited, self.val_prohibited = stratified_split(prohibited, args.validation_fraction, args.seed)
@@ -117,6 +125,9 @@ class EncoderLockTrainer(Trainer):
         self.reference_encoder = (
             copy.deepcopy(encoder).eval().requires_grad_(False) if self.objective.uses_reference_features else None
         )
+        self.augmentation = AugmentationConfig.from_lock_config(args)
+        self._normalization = encoder.normalization()
+        self._view_generator = torch.Generator().manual_seed(args.seed + VIEW_SEED_OFFSET)
         self.mask: dict[str, torch.Tensor] = {}
         self.rounds_completed_in_mask = 0
         self.heads: LockHeads | None = None
@@ -140,6 +151,52 @@ class EncoderLockTrainer(Trainer):
         )
         self.add_callback(SelfChallengeCallback(self))
         self.add_callback(WeightSelectionCallback(self))
+
+    # ------------------------------------------------------------------------------------ prohibited side
+    def _prohibited_tensors(self, args: EncoderLockConfig, authorized_dataset, prohibited_dataset, name: str) -> DomainTensors:
+        """The prohibited lock data of the variant: labelled (supervised), images only with pseudo-labels
+        (unsupervised), or synthetic (zero-shot: generated from the authorized data unless a dataset is given)."""
+        if args.variant == "zero-shot":
+            if prohibited_dataset is None:
+                from .generators import generate_prohibited
+
+                prohibited_dataset = generate_prohibited(
+                    args.zero_shot_generators, authorized_dataset, args.zero_shot_images, args.seed
+                )
+                self.zero_shot_source = list(args.zero_shot_generators)
+            else:
+                self.zero_shot_source = ["user-supplied"]
+            labelled = "label" in prohibited_dataset.column_names
+        elif prohibited_dataset is None:
+            raise LockDataError(f"variant {args.variant!r} needs a prohibited dataset (only variant='zero-shot' works without)")
+        else:
+            labelled = args.variant == "supervised"
+        if not labelled:
+            columns = getattr(prohibited_dataset, "column_names", None) or []
+            if "image" not in columns:
+                raise LockDataError(f"domain {name!r}: no 'image' column (columns: {columns})")
+            prohibited_dataset = prohibited_dataset.select_columns(["image"])  # prohibited labels are never read
+        data = preprocess_domain(self.encoder, prohibited_dataset, name, labelled=labelled)
+        if data.labels is None:
+            data = self._with_pseudo_labels(args, data)
+        return data
+
+    def _with_pseudo_labels(self, args: EncoderLockConfig, data: DomainTensors) -> DomainTensors:
+        """Cluster the unlocked encoder's features of unlabelled prohibited images (the poolings the objective sees)."""
+        poolings = [*(args.prohibited_poolings or [self.encoder.pooling])]
+        device, was_training = args.device, self.encoder.training
+        self.encoder.to(device).eval()
+        with torch.no_grad():
+            features = torch.cat(
+                [
+                    torch.cat(list(self.encoder.pooled_features(chunk.to(device), poolings).values()), dim=1).float().cpu()
+                    for chunk in data.pixel_values.split(args.per_device_train_batch_size)
+                ]
+            )
+        self.encoder.train(was_training)
+        labels = cluster_pseudo_labels(features, args.num_pseudo_classes, args.seed, args.pseudo_label_restarts)
+        self.pseudo_labelled = True
+        return DomainTensors(data.name, data.pixel_values, labels, args.num_pseudo_classes)
 
     # ----------------------------------------------------------------------------------------------- checks
     def _check_domains(self, authorized: DomainTensors, prohibited: DomainTensors) -> None:
@@ -172,12 +229,26 @@ class EncoderLockTrainer(Trainer):
         p_features = torch.cat([pooled[p][num_authorized:] for p in poolings], dim=1)
         return a_features, p_features
 
+    def _objective_features(self, model, a_pixels: torch.Tensor, p_pixels: torch.Tensor):
+        """(authorized features, prohibited features, extra keyword inputs of the objective) from ONE forward pass;
+        objectives with ``uses_views`` also get the features of an augmented view of each batch."""
+        if not self.objective.uses_views:
+            a_features, p_features = self._lock_features(model, torch.cat([a_pixels, p_pixels]), len(a_pixels))
+            return a_features, p_features, {}
+        n_a = len(a_pixels)
+        views = augmented_view(
+            torch.cat([a_pixels, p_pixels]), *self._normalization, self.augmentation, self._view_generator
+        )
+        a_both, p_both = self._lock_features(model, torch.cat([a_pixels, views[:n_a], p_pixels, views[n_a:]]), 2 * n_a)
+        (a_features, a_views), (p_features, p_views) = a_both.split(n_a), p_both.chunk(2)
+        return a_features, p_features, {"authorized_views": a_views, "prohibited_views": p_views}
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         a_pixels, a_labels = inputs["authorized_pixel_values"], inputs["authorized_labels"]
         p_pixels, p_labels = inputs["prohibited_pixel_values"], inputs.get("prohibited_labels")
-        a_features, p_features = self._lock_features(model, torch.cat([a_pixels, p_pixels]), len(a_pixels))
+        a_features, p_features, views = self._objective_features(model, a_pixels, p_pixels)
         terms = self.objective.terms(
-            a_features, a_labels, p_features, p_labels, self.heads, **self._reference_kwargs(a_pixels)
+            a_features, a_labels, p_features, p_labels, self.heads, **self._reference_kwargs(a_pixels), **views
         )
         self._last_logs = terms.logs
         return (terms.total, terms) if return_outputs else terms.total
@@ -195,12 +266,13 @@ class EncoderLockTrainer(Trainer):
         device = self.args.device
 
         def closure() -> torch.Tensor:
-            pixels = torch.cat([a.pixel_values, p.pixel_values]).to(device)
-            a_features, p_features = self._lock_features(self.encoder, pixels, len(a))
+            a_features, p_features, views = self._objective_features(
+                self.encoder, a.pixel_values.to(device), p.pixel_values.to(device)
+            )
             p_labels = None if p.labels is None else p.labels.to(device)
             terms = self.objective.terms(
                 a_features, a.labels.to(device), p_features, p_labels, self.heads,
-                **self._reference_kwargs(a.pixel_values.to(device)),
+                **self._reference_kwargs(a.pixel_values.to(device)), **views,
             )
             return getattr(terms, which)
 
@@ -320,6 +392,8 @@ class EncoderLockTrainer(Trainer):
             self.challenge(round_index=0)
         metrics = {}
         for key, dataset in datasets.items():
+            if key == "prohibited" and self.args.variant != "supervised":
+                continue  # the adversary predicts pseudo-classes or synthetic classes, not the domain's labels
             data = preprocess_domain(self.encoder, dataset, key)
             head = self.heads.authorized if key == "authorized" else self.heads.adversary
             metrics[f"{metric_key_prefix}_{key}_head_accuracy"] = accuracy(head.cpu(), self.encode(data), data.labels)
@@ -336,7 +410,7 @@ class EncoderLockTrainer(Trainer):
             "variant": self.args.variant,
             "objective": self.args.objective,
             "authorized": self._authorized_specs(),
-            "prohibited": [self.domain_specs.get("prohibited", self.prohibited_name)],
+            "prohibited": self._prohibited_specs(),
             "hyperparameters": self.args.lock_hyperparameters(),
             "mask": {
                 "count": stats["count"],
@@ -350,6 +424,14 @@ class EncoderLockTrainer(Trainer):
             "seed": self.args.seed,
             "versions": package_versions(),
         }
+
+    def _prohibited_specs(self) -> list[Any]:
+        if self.zero_shot_source is not None:
+            return [{"zero_shot_generators": self.zero_shot_source, "images": len(self.lock_prohibited) + len(self.val_prohibited)}]
+        spec = self.domain_specs.get("prohibited", self.prohibited_name)
+        if self.pseudo_labelled:
+            return [{"domain": spec, "labels": "none read", "pseudo_labels": f"k-means, k={self.args.num_pseudo_classes}"}]
+        return [spec]
 
     def _authorized_specs(self) -> list[Any]:
         specs = self.domain_specs.get("authorized", self.authorized_name)
