@@ -16,8 +16,10 @@ __version__ = "0.1.0.dev0"
 _EXPORTS: dict[str, tuple[str, ...]] = {
     "attacks": ("AttackConfig", "AttackError", "AttackReport", "learning_curve_auc", "run_attack_suite"),
     "audit": ("AuditReport", "audit_locked"),
+    "augmentations": ("AugmentationConfig", "augmented_view"),
     "callbacks": ("SelfChallengeCallback", "WeightSelectionCallback"),
     "config": ("EncoderLockConfig",),
+    "contrastive": ("ContrastiveObjective", "info_nce"),
     "domains": (
         "BUILTIN_DOMAINS",
         "DomainError",
@@ -31,6 +33,15 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "encoders": ("EncoderAdapter", "EncoderError", "load_encoder", "tiny_vit_encoder", "vit_image_processor"),
     "experiment": ("LockExperimentArguments", "run_lock_experiment"),
     "features": ("extract_features",),
+    "generators": (
+        "GENERATORS",
+        "DomainShiftGenerator",
+        "GlyphGenerator",
+        "ImageGenerator",
+        "ShapeGenerator",
+        "TextToImageGenerator",
+        "generate_prohibited",
+    ),
     "heads": ("HeadTrainingConfig", "TrainedHead", "accuracy", "best_head", "train_head_groups", "train_heads"),
     "hub": ("load_locked", "push_locked_to_hub", "push_trainer_to_hub"),
     "information": ("InformationObjective", "InformationTermsConfig"),
@@ -46,6 +57,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     ),
     "objectives": ("LockHeads", "LockObjective", "ObjectiveTerms", "PaperObjective", "build_objective"),
     "probes": ("ProbeConfig", "load_domains", "run_probe_suite"),
+    "pseudo_labels": ("cluster_pseudo_labels",),
     "reporting": ("ProbeReport", "load_encoderlock_metric", "lock_measures", "make_compute_metrics"),
     "selection": (
         "SCORE_FUNCTIONS",
