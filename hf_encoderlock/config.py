@@ -139,6 +139,15 @@ class EncoderLockConfig(TrainingArguments):
         default=1500, metadata={"help": "variant='zero-shot': synthetic images generated in all (split over generators)."}
     )
 
+    ddp_global_batch: bool = field(
+        default=True,
+        metadata={
+            "help": "Under several processes, gather every rank's features so the objective (which is not a "
+            "per-image mean) sees the global batch: the same result as one process with the same global batch. "
+            "False: each rank's objective on its own batch (the same as one process with gradient accumulation)."
+        },
+    )
+
     # --- weight selection ---------------------------------------------------------------------------------
     num_rounds: int = field(default=10, metadata={"help": "Selection + update rounds in the run."})
     weights_per_round: int = field(default=100, metadata={"help": "N: weights newly selected per round."})

@@ -165,7 +165,13 @@ class EncoderAdapter(nn.Module):
         chosen = self._resolve_pooling(pooling or self.pooling)
         return self._pool(self._backbone_outputs(pixel_values), chosen)
 
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, pixel_values: torch.Tensor, poolings: Sequence[str] | None = None
+    ) -> torch.Tensor | dict[str, torch.Tensor]:
+        """Default-pooling features; with ``poolings``, a dict of features per pooling from one pass (so a DDP
+        wrapper sees a single forward either way)."""
+        if poolings is not None:
+            return self.pooled_features(pixel_values, poolings)
         return self.features(pixel_values)
 
     @property

@@ -33,6 +33,7 @@ from .lock_data import (
     preprocess_domain,
     stratified_split,
 )
+from .distributed import gather_batch
 from .objectives import LockHeads, LockObjective, build_objective
 from .pseudo_labels import cluster_pseudo_labels
 from .selection import load_mask, mask_stats, save_mask, select_candidate_parameters
@@ -137,8 +138,6 @@ class EncoderLockTrainer(Trainer):
         self.best_state: dict[str, torch.Tensor] | None = None
         self.history: list[dict[str, Any]] = []
         self._phase_time = {"selection": 0.0, "update": 0.0, "challenge": 0.0}
-        if args.prohibited_poolings and args.world_size > 1:
-            raise ValueError("prohibited_poolings is single-process only (it bypasses the DDP-wrapped forward)")
         if max(len(self.lock_authorized), len(self.lock_prohibited)) < args.per_device_train_batch_size:
             args.dataloader_drop_last = False  # less than one batch: dropping it would leave nothing to train on
         super().__init__(
@@ -224,7 +223,7 @@ class EncoderLockTrainer(Trainer):
         if not poolings:
             features = self._features(model, pixel_values)  # one pass: DDP sees one forward
             return features.split([num_authorized, len(pixel_values) - num_authorized])
-        pooled = self.encoder.pooled_features(pixel_values, [self.encoder.pooling, *poolings])
+        pooled = model(pixel_values, poolings=[self.encoder.pooling, *poolings])  # one (DDP-visible) forward
         a_features = pooled[self.encoder.pooling][:num_authorized]
         p_features = torch.cat([pooled[p][num_authorized:] for p in poolings], dim=1)
         return a_features, p_features
@@ -243,13 +242,20 @@ class EncoderLockTrainer(Trainer):
         (a_features, a_views), (p_features, p_views) = a_both.split(n_a), p_both.chunk(2)
         return a_features, p_features, {"authorized_views": a_views, "prohibited_views": p_views}
 
+    def _objective_terms(self, model, a_pixels, a_labels, p_pixels, p_labels):
+        """The objective on one pair of batches; with ``ddp_global_batch`` under several processes, on the global
+        batch gathered from every rank (differentiably, see :func:`~hf_encoderlock.distributed.gather_batch`)."""
+        a_features, p_features, extra = self._objective_features(model, a_pixels, p_pixels)
+        extra.update(self._reference_kwargs(a_pixels))
+        if self.args.ddp_global_batch and self.args.world_size > 1:
+            a_features, a_labels, p_features, p_labels = map(gather_batch, (a_features, a_labels, p_features, p_labels))
+            extra = {key: gather_batch(value) for key, value in extra.items()}
+        return self.objective.terms(a_features, a_labels, p_features, p_labels, self.heads, **extra)
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         a_pixels, a_labels = inputs["authorized_pixel_values"], inputs["authorized_labels"]
         p_pixels, p_labels = inputs["prohibited_pixel_values"], inputs.get("prohibited_labels")
-        a_features, p_features, views = self._objective_features(model, a_pixels, p_pixels)
-        terms = self.objective.terms(
-            a_features, a_labels, p_features, p_labels, self.heads, **self._reference_kwargs(a_pixels), **views
-        )
+        terms = self._objective_terms(model, a_pixels, a_labels, p_pixels, p_labels)
         self._last_logs = terms.logs
         return (terms.total, terms) if return_outputs else terms.total
 
@@ -266,13 +272,9 @@ class EncoderLockTrainer(Trainer):
         device = self.args.device
 
         def closure() -> torch.Tensor:
-            a_features, p_features, views = self._objective_features(
-                self.encoder, a.pixel_values.to(device), p.pixel_values.to(device)
-            )
             p_labels = None if p.labels is None else p.labels.to(device)
-            terms = self.objective.terms(
-                a_features, a.labels.to(device), p_features, p_labels, self.heads,
-                **self._reference_kwargs(a.pixel_values.to(device)), **views,
+            terms = self._objective_terms(
+                self.encoder, a.pixel_values.to(device), a.labels.to(device), p.pixel_values.to(device), p_labels
             )
             return getattr(terms, which)
 
