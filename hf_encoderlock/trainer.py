@@ -13,6 +13,8 @@ import copy
 import json
 import os
 import platform
+import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -38,6 +40,36 @@ from .selection import load_mask, mask_stats, save_mask, select_candidate_parame
 LOCK_CONFIG_FILE = "encoderlock_config.json"
 MASK_FILE = "encoderlock_mask.safetensors"
 MIN_IMAGES_PER_DOMAIN = 8  # below this, a validation split carved from the lock data is meaningless
+SAVED_FOLDER_MODE = 0o755  # mkdtemp makes staging folders private; a published folder is readable like any other
+STAGING_INFIX = ".partial-"  # staging folders are hidden siblings: ``.{name}.partial-XXXX``
+RETIRED_INFIX = ".old-"  # a replaced folder briefly lives at ``.{name}.old-XXXX`` before it is deleted
+
+
+def staging_folder(target: Path) -> Path:
+    """A new empty hidden sibling of ``target`` (``.{name}.partial-XXXX``) to write a save into."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}{STAGING_INFIX}", dir=target.parent))
+    staging.chmod(SAVED_FOLDER_MODE)
+    return staging
+
+
+def publish_folder(staging: Path, target: Path) -> None:
+    """Put the fully written ``staging`` folder at ``target`` by renames (same file system).
+
+    An existing ``target`` is replaced; its entries that the new save did not write (checkpoints, logs, a user's
+    files) are moved over first, so replacing a save never deletes them. ``target`` is missing only between two
+    renames, and never holds a partly written save.
+    """
+    if target.exists():
+        for entry in target.iterdir():
+            if not (staging / entry.name).exists():
+                entry.rename(staging / entry.name)
+        retired = Path(tempfile.mkdtemp(prefix=f".{target.name}{RETIRED_INFIX}", dir=target.parent))
+        target.rename(retired)  # replaces the empty placeholder
+        staging.rename(target)
+        shutil.rmtree(retired)
+    else:
+        staging.rename(target)
 
 
 def package_versions() -> dict[str, str]:
@@ -356,15 +388,30 @@ class EncoderLockTrainer(Trainer):
         return list(specs) if isinstance(specs, (list, tuple)) else [specs]
 
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
-        """Write the encoder alone (``AutoModel.from_pretrained`` loads it), its processor, config and mask."""
-        output_dir = Path(output_dir or self.args.output_dir)
-        output_dir.mkdir(parents=True, exist_ok=True)
-        self.encoder.save_pretrained(output_dir)
-        (output_dir / LOCK_CONFIG_FILE).write_text(json.dumps(self.lock_summary(), indent=2, default=str))
-        save_mask({k.removeprefix("backbone."): v for k, v in self.mask.items()}, output_dir / MASK_FILE)
+        """Write the encoder alone (``AutoModel.from_pretrained`` loads it), its processor, config and mask.
+
+        Main process only. Everything is written into a hidden staging sibling first and renamed into place at the
+        end (see :func:`publish_folder`), so an interrupted save leaves no folder that loads as if complete.
+        """
+        if not self.args.should_save:
+            return
+        target = Path(output_dir or self.args.output_dir).resolve()
+        staging = staging_folder(target)
+        try:
+            self._write_saved_files(staging, target.name)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        publish_folder(staging, target)
+
+    def _write_saved_files(self, folder: Path, model_name: str) -> None:
+        """The files of one save, written into ``folder`` (the card names the model ``model_name``)."""
+        self.encoder.save_pretrained(folder)
+        (folder / LOCK_CONFIG_FILE).write_text(json.dumps(self.lock_summary(), indent=2, default=str))
+        save_mask({k.removeprefix("backbone."): v for k, v in self.mask.items()}, folder / MASK_FILE)
         from .model_card import write_model_card  # the card (README.md) is regenerated with every save
 
-        write_model_card(output_dir, report=None)
+        write_model_card(folder, report=None, model_name=model_name)
 
     def push_to_hub(
         self, commit_message="End of training", blocking=True, token=None, revision=None, private=None, **kwargs

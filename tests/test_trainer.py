@@ -167,3 +167,36 @@ def test_mask_is_checkpointed_and_restored_on_resume(tmp_path, domains):
     assert sum(int(m.sum()) for m in final.values()) == 30
     for name, m in saved.items():
         assert bool(final[name][m].all()), f"entries of {name} selected before the checkpoint were lost"
+
+
+def _files(folder):
+    return {path.name: path.read_bytes() for path in folder.iterdir() if path.is_file()}
+
+
+def test_interrupted_save_leaves_no_folder_that_looks_complete(tmp_path, domains, monkeypatch):
+    import hf_encoderlock.model_card as model_card
+
+    _, trainer = _trainer(tmp_path, domains)
+    out = tmp_path / "locked"
+    trainer.save_model(str(out))
+    (out / "checkpoint-1").mkdir()
+    (out / "checkpoint-1" / "optimizer.pt").write_text("kept")  # not written by _save: must survive a re-save
+    complete = _files(out)
+
+    def disk_full(*args, **kwargs):
+        raise OSError("disk full")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(model_card, "write_model_card", disk_full)  # the last file _save writes
+        with pytest.raises(OSError, match="disk full"):
+            trainer.save_model(str(tmp_path / "fresh"))
+        assert not (tmp_path / "fresh").exists()
+        with pytest.raises(OSError, match="disk full"):
+            trainer.save_model(str(out))
+        assert _files(out) == complete, "a failed save touched the earlier complete save"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+    trainer.save_model(str(out))  # replacing a save keeps what it does not write, and names the real folder
+    assert (out / "checkpoint-1" / "optimizer.pt").read_text() == "kept"
+    assert (out / "config.json").is_file() and "partial" not in (out / "README.md").read_text()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
