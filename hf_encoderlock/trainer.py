@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import os
 import platform
 import shutil
@@ -20,12 +21,13 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
+from safetensors.torch import load_file, save_file
 from transformers import Trainer
 
 from .callbacks import SelfChallengeCallback, WeightSelectionCallback
 from .config import EncoderLockConfig
 from .encoders import EncoderAdapter
-from .heads import HeadTrainingConfig, accuracy, best_head, train_heads
+from .heads import HeadTrainingConfig, accuracy, best_head, head_from_layout, head_layout, train_heads
 from .lock_data import (
     DomainTensors,
     LockDataError,
@@ -39,10 +41,17 @@ from .selection import load_mask, mask_stats, save_mask, select_candidate_parame
 
 LOCK_CONFIG_FILE = "encoderlock_config.json"
 MASK_FILE = "encoderlock_mask.safetensors"
+LOCK_STATE_FILE = "encoderlock_state.json"  # checkpoints only: what an exact resume needs beyond weights and mask
+LOCK_TENSORS_FILE = "encoderlock_state.safetensors"  # checkpoints only: heads and the best encoder's weights
+LOCK_STATE_FORMAT = "encoderlock-state/v1"
+HEAD_ROLES = ("authorized", "adversary")
 MIN_IMAGES_PER_DOMAIN = 8  # below this, a validation split carved from the lock data is meaningless
 SAVED_FOLDER_MODE = 0o755  # mkdtemp makes staging folders private; a published folder is readable like any other
 STAGING_INFIX = ".partial-"  # staging folders are hidden siblings: ``.{name}.partial-XXXX``
 RETIRED_INFIX = ".old-"  # a replaced folder briefly lives at ``.{name}.old-XXXX`` before it is deleted
+
+
+logger = logging.getLogger(__name__)
 
 
 def staging_folder(target: Path) -> Path:
@@ -158,6 +167,7 @@ class EncoderLockTrainer(Trainer):
         self.best_state: dict[str, torch.Tensor] | None = None
         self.history: list[dict[str, Any]] = []
         self._phase_time = {"selection": 0.0, "update": 0.0, "challenge": 0.0}
+        self._saving_checkpoint = False
         if args.prohibited_poolings and args.world_size > 1:
             raise ValueError("prohibited_poolings is single-process only (it bypasses the DDP-wrapped forward)")
         if max(len(self.lock_authorized), len(self.lock_prohibited)) < args.per_device_train_batch_size:
@@ -409,9 +419,95 @@ class EncoderLockTrainer(Trainer):
         self.encoder.save_pretrained(folder)
         (folder / LOCK_CONFIG_FILE).write_text(json.dumps(self.lock_summary(), indent=2, default=str))
         save_mask({k.removeprefix("backbone."): v for k, v in self.mask.items()}, folder / MASK_FILE)
+        if self._saving_checkpoint:
+            self._write_lock_state(folder)
         from .model_card import write_model_card  # the card (README.md) is regenerated with every save
 
         write_model_card(folder, report=None, model_name=model_name)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """A Trainer checkpoint that also holds the lock's state (see :meth:`lock_state`)."""
+        self._saving_checkpoint = True
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._saving_checkpoint = False
+
+    def lock_state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        """What an exact resume needs beyond encoder, optimizer, RNG and mask: (JSON part, tensors).
+
+        The current and best heads (layouts + weights), the best encoder's candidate weights, the challenge and
+        best-encoder bookkeeping, the objective's own state (e.g. the information objective's normalisation
+        reference), the per-round history and phase times.
+        """
+        layouts: dict[str, list[str]] = {}
+        tensors: dict[str, torch.Tensor] = {}
+        for key, heads in (("heads", self.heads), ("best_heads", getattr(self, "best_heads", None))):
+            for role in HEAD_ROLES if heads is not None else ():
+                module = getattr(heads, role)
+                layouts[f"{key}.{role}"] = head_layout(module)
+                tensors.update({f"{key}.{role}.{n}": t.detach().cpu().clone() for n, t in module.state_dict().items()})
+        for name, value in (self.best_state or {}).items():
+            tensors[f"best_state.{name}"] = value.detach().cpu().clone()
+        info = {
+            "format": LOCK_STATE_FORMAT,
+            "head_layouts": layouts,
+            "has_best_state": self.best_state is not None,
+            "adversary_val_accuracy": self.adversary_val_accuracy,
+            "last_challenge_round": self.last_challenge_round,
+            "best_gap": self.best_gap,
+            "best_round": getattr(self, "best_round", None),
+            "objective": self.objective.state_dict(),
+            "history": self.history,
+            "phase_time": self._phase_time,
+        }
+        return info, tensors
+
+    def _write_lock_state(self, folder: Path) -> None:
+        info, tensors = self.lock_state()
+        (folder / LOCK_STATE_FILE).write_text(json.dumps(info, indent=2, default=str))
+        save_file(tensors, str(folder / LOCK_TENSORS_FILE))
+
+    def _load_lock_state(self, folder: Path) -> None:
+        """Restore :meth:`lock_state` from a checkpoint (heads on the training device)."""
+        if not (folder / LOCK_STATE_FILE).is_file():
+            logger.warning(f"{folder} has no {LOCK_STATE_FILE}: heads are refitted and the resumed run is not exact")
+            return
+        info = json.loads((folder / LOCK_STATE_FILE).read_text())
+        if info.get("format") != LOCK_STATE_FORMAT:
+            raise ValueError(f"{folder / LOCK_STATE_FILE}: unknown format {info.get('format')!r}")
+        tensors = load_file(str(folder / LOCK_TENSORS_FILE))
+
+        def heads(key: str) -> LockHeads | None:
+            if f"{key}.{HEAD_ROLES[0]}" not in info["head_layouts"]:
+                return None
+            modules = {}
+            for role in HEAD_ROLES:
+                prefix = f"{key}.{role}."
+                state = {n[len(prefix) :]: t for n, t in tensors.items() if n.startswith(prefix)}
+                module = head_from_layout(info["head_layouts"][f"{key}.{role}"], state)
+                modules[role] = module.requires_grad_(False).to(self.args.device)
+            return LockHeads(**modules)
+
+        self.heads = heads("heads")
+        best_heads = heads("best_heads")
+        if best_heads is not None:
+            self.best_heads = best_heads
+        if info["has_best_state"]:
+            prefix = "best_state."
+            self.best_state = {
+                n[len(prefix) :]: t.to(self.candidates[n[len(prefix) :]].device)
+                for n, t in tensors.items()
+                if n.startswith(prefix)
+            }
+        if info["best_round"] is not None:
+            self.best_round = info["best_round"]
+        self.adversary_val_accuracy = float(info["adversary_val_accuracy"])
+        self.last_challenge_round = info["last_challenge_round"]
+        self.best_gap = float(info["best_gap"])
+        self.objective.load_state_dict(info["objective"])
+        self.history = list(info["history"])
+        self._phase_time = {k: float(v) for k, v in info["phase_time"].items()}
 
     def push_to_hub(
         self, commit_message="End of training", blocking=True, token=None, revision=None, private=None, **kwargs
@@ -428,6 +524,7 @@ class EncoderLockTrainer(Trainer):
             self.mask = {f"backbone.{k}": v for k, v in load_mask(mask_path).items()}
             summary = json.loads((Path(resume_from_checkpoint) / LOCK_CONFIG_FILE).read_text())
             self.rounds_completed_in_mask = int(summary.get("rounds_completed", 0))
+            self._load_lock_state(Path(resume_from_checkpoint))
         if (Path(resume_from_checkpoint) / "config.json").is_file():
             # from_pretrained maps the on-disk names (which can differ from in-memory names across transformers
             # releases) back to this model's; a strict load then guarantees every tensor was restored.

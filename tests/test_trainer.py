@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 import yaml
-from transformers import AutoImageProcessor, AutoModel, HfArgumentParser
+from transformers import AutoImageProcessor, AutoModel, HfArgumentParser, TrainerCallback
 
 from hf_encoderlock.config import EncoderLockConfig
 from hf_encoderlock.encoders import tiny_vit_encoder
@@ -200,3 +200,52 @@ def test_interrupted_save_leaves_no_folder_that_looks_complete(tmp_path, domains
     assert (out / "checkpoint-1" / "optimizer.pt").read_text() == "kept"
     assert (out / "config.json").is_file() and "partial" not in (out / "README.md").read_text()
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+class _StopAt(TrainerCallback):
+    """Stops training after ``step`` update steps, like a run killed right after its checkpoint."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            control.should_training_stop = True
+
+
+@pytest.mark.parametrize(
+    "objective, stop_step",
+    [("paper", 3), ("information", 2)],
+    ids=["paper-mid-round-end-of-epoch", "information-round-start-mid-epoch"],
+)
+def test_killed_run_resumes_to_the_same_mask_and_bit_identical_weights(tmp_path, domains, objective, stop_step):
+    """Mid-round (paper): the heads must come from the checkpoint; at a round start (information): the
+    objective's normalisation reference must. Each epoch is 3 steps, so both data-skipping paths are covered."""
+    config = dict(
+        num_rounds=3, update_steps_per_round=2, save_strategy="steps", save_steps=stop_step, challenge_every=1,
+        objective=objective, best_model_criterion="gap",
+    )
+    whole_encoder, whole = _trainer(tmp_path / "whole", domains, **config)
+    whole.train()
+
+    _, killed = _trainer(tmp_path / "killed", domains, **config)
+    killed.add_callback(_StopAt(stop_step))
+    killed.train()
+    checkpoint = tmp_path / "killed" / "run" / f"checkpoint-{stop_step}"
+    assert (checkpoint / "encoderlock_state.json").is_file()
+
+    resumed_encoder, resumed = _trainer(tmp_path / "killed", domains, **config)  # a fresh process: new encoder
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+
+    assert set(resumed.mask) == set(whole.mask)
+    for name, m in whole.mask.items():
+        assert torch.equal(resumed.mask[name], m), f"mask of {name} differs after resume"
+    for name, value in whole_encoder.state_dict().items():
+        assert torch.equal(resumed_encoder.state_dict()[name], value), f"{name} differs after resume"
+    assert resumed.best_round == whole.best_round and resumed.best_gap == whole.best_gap
+    for role in ("authorized", "adversary"):
+        whole_head, resumed_head = getattr(whole.heads, role).state_dict(), getattr(resumed.heads, role).state_dict()
+        assert all(torch.equal(resumed_head[k].cpu(), v.cpu()) for k, v in whole_head.items()), f"{role} head differs"
+    whole_losses = [e["loss"] for e in whole.state.log_history if "loss" in e]
+    resumed_losses = [e["loss"] for e in resumed.state.log_history if "loss" in e]
+    assert resumed_losses == whole_losses
