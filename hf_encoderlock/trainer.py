@@ -54,6 +54,10 @@ RETIRED_INFIX = ".old-"  # a replaced folder briefly lives at ``.{name}.old-XXXX
 logger = logging.getLogger(__name__)
 
 
+class NonFiniteLossError(FloatingPointError):
+    """The lock loss became NaN or infinite; the message names the update step and the objective's logged terms."""
+
+
 def staging_folder(target: Path) -> Path:
     """A new empty hidden sibling of ``target`` (``.{name}.partial-XXXX``) to write a save into."""
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -222,7 +226,20 @@ class EncoderLockTrainer(Trainer):
             a_features, a_labels, p_features, p_labels, self.heads, **self._reference_kwargs(a_pixels)
         )
         self._last_logs = terms.logs
+        if not bool(torch.isfinite(terms.total.detach()).all()):
+            self._stop_on_non_finite(terms)
         return (terms.total, terms) if return_outputs else terms.total
+
+    def _stop_on_non_finite(self, terms) -> None:
+        """Raise :class:`NonFiniteLossError` before the bad loss reaches backward (no update, no save)."""
+        step = self.state.global_step + 1  # the update being computed; checkpoint-N holds the state after step N
+        logged = ", ".join(f"{name}={value:.6g}" for name, value in terms.logs.items()) or "none logged"
+        raise NonFiniteLossError(
+            f"the lock loss is {float(terms.total.detach())} at update step {step} of {self.args.max_steps} "
+            f"(round {self.state.global_step // self.args.update_steps_per_round}); objective "
+            f"{self.objective.name!r} terms: {logged}. The run stopped before this update; nothing was saved for it. "
+            "Lower learning_rate, check the lock data, or raise objective_eps."
+        )
 
     def _reference_kwargs(self, authorized_pixels: torch.Tensor) -> dict[str, torch.Tensor]:
         """``authorized_reference`` for objectives that compare against the unlocked encoder."""

@@ -12,7 +12,7 @@ from hf_encoderlock.encoders import tiny_vit_encoder
 from hf_encoderlock.lock_data import LockDataError
 from hf_encoderlock.objectives import LockHeads, PaperObjective
 from hf_encoderlock.selection import load_mask
-from hf_encoderlock.trainer import LOCK_CONFIG_FILE, MASK_FILE, EncoderLockTrainer
+from hf_encoderlock.trainer import LOCK_CONFIG_FILE, MASK_FILE, EncoderLockTrainer, NonFiniteLossError
 
 from .helpers import toy_domain
 
@@ -249,3 +249,39 @@ def test_killed_run_resumes_to_the_same_mask_and_bit_identical_weights(tmp_path,
     whole_losses = [e["loss"] for e in whole.state.log_history if "loss" in e]
     resumed_losses = [e["loss"] for e in resumed.state.log_history if "loss" in e]
     assert resumed_losses == whole_losses
+
+
+class _PoisonableObjective(PaperObjective):
+    """The paper's objective whose prohibited term turns NaN once ``poisoned`` is set."""
+
+    poisoned = False
+
+    def terms(self, authorized_features, authorized_labels, prohibited_features, prohibited_labels, heads,
+              authorized_reference=None):
+        if self.poisoned:
+            prohibited_features = prohibited_features * float("nan")
+        return super().terms(authorized_features, authorized_labels, prohibited_features, prohibited_labels, heads)
+
+
+class _PoisonAt(TrainerCallback):
+    def __init__(self, objective: _PoisonableObjective, global_step: int) -> None:
+        self.objective, self.global_step = objective, global_step
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.objective.poisoned = state.global_step >= self.global_step
+
+
+def test_nan_loss_stops_the_run_naming_the_step_and_terms(tmp_path, domains):
+    objective = _PoisonableObjective()
+    encoder = tiny_vit_encoder(seed=0, image_size=16, patch_size=4)
+    args = _config(tmp_path, save_strategy="steps", save_steps=1)  # 2 rounds x 3 steps: step 3 is mid-round 0
+    trainer = EncoderLockTrainer(encoder, args, domains[0], domains[1], objective=objective)
+    trainer.add_callback(_PoisonAt(objective, global_step=2))
+    with pytest.raises(NonFiniteLossError, match=r"nan at update step 3 of 6 \(round 0\).*loss_prohibited=nan"):
+        trainer.train()
+    assert issubclass(NonFiniteLossError, FloatingPointError)
+    run = tmp_path / "run"
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint-1", "checkpoint-2"]  # nothing after the bad step
+    last_good = AutoModel.from_pretrained(run / "checkpoint-2").state_dict()
+    for name, value in encoder.backbone.state_dict().items():
+        assert torch.equal(value, last_good[name]), f"{name} was updated by the non-finite step"
