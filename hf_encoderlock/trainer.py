@@ -33,6 +33,8 @@ from .lock_data import (
     LockDataError,
     PairedDomainCollator,
     PairedDomainDataset,
+    check_labelled_dataset,
+    label_tensor,
     preprocess_domain,
     stratified_split,
 )
@@ -45,6 +47,7 @@ LOCK_STATE_FILE = "encoderlock_state.json"  # checkpoints only: what an exact re
 LOCK_TENSORS_FILE = "encoderlock_state.safetensors"  # checkpoints only: heads and the best encoder's weights
 LOCK_STATE_FORMAT = "encoderlock-state/v1"
 HEAD_ROLES = ("authorized", "adversary")
+EVAL_KEYS = ("authorized", "prohibited")  # the keys of eval_dataset: which lock head scores each set
 MIN_IMAGES_PER_DOMAIN = 8  # below this, a validation split carved from the lock data is meaningless
 SAVED_FOLDER_MODE = 0o755  # mkdtemp makes staging folders private; a published folder is readable like any other
 STAGING_INFIX = ".partial-"  # staging folders are hidden siblings: ``.{name}.partial-XXXX``
@@ -150,6 +153,7 @@ class EncoderLockTrainer(Trainer):
         self._check_domains(authorized, prohibited)
         self.lock_authorized, self.val_authorized = stratified_split(authorized, args.validation_fraction, args.seed)
         self.lock_prohibited, self.val_prohibited = stratified_split(prohibited, args.validation_fraction, args.seed)
+        self._check_eval_datasets(eval_dataset)
         self.candidates = select_candidate_parameters(
             encoder.backbone,
             module_types=tuple(args.candidate_module_types),
@@ -201,6 +205,24 @@ class EncoderLockTrainer(Trainer):
         for data in (authorized, prohibited):
             if len(data) < minimum:
                 raise LockDataError(f"domain {data.name!r}: {len(data)} images, at least {minimum} needed")
+
+    def _check_eval_datasets(self, datasets: dict[str, Any] | None) -> None:
+        """``{"authorized": ds, "prohibited": ds}`` whose labels the lock's heads can score (at most those keys)."""
+        if datasets is None:
+            return
+        if not isinstance(datasets, dict) or not datasets or not set(datasets) <= set(EVAL_KEYS):
+            got = sorted(datasets) if isinstance(datasets, dict) else type(datasets).__name__
+            raise LockDataError(f"eval_dataset must be a dict with keys among {EVAL_KEYS}, got {got}")
+        for key, dataset in datasets.items():
+            lock = self.lock_authorized if key == "authorized" else self.lock_prohibited
+            where = f"eval_dataset[{key!r}]"
+            check_labelled_dataset(dataset, where)
+            top = int(label_tensor(dataset, where).max())
+            if top >= lock.num_classes:
+                raise LockDataError(
+                    f"{where}: label {top} is out of range for the {lock.num_classes} classes of the lock's "
+                    f"{key} domain {lock.name!r}"
+                )
 
     # ------------------------------------------------------------------------------------------------ loss
     def _features(self, model, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -375,6 +397,7 @@ class EncoderLockTrainer(Trainer):
         datasets = eval_dataset if eval_dataset is not None else self.eval_dataset
         if datasets is None:
             raise ValueError("evaluate needs eval_dataset={'authorized': ..., 'prohibited': ...}")
+        self._check_eval_datasets(datasets)
         if self.heads is None:
             self.challenge(round_index=0)
         metrics = {}
