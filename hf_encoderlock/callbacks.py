@@ -149,8 +149,9 @@ class SelfChallengeCallback(TrainerCallback):
         return None
 
     def on_train_begin(self, args, state, control, **kwargs):
+        # A resumed run gets its heads from the checkpoint; one without them refits in the round it resumes in.
         if self.trainer.heads is None:
-            self.trainer.challenge(round_index=0)
+            self.trainer.challenge(round_index=state.global_step // args.update_steps_per_round)
 
     def on_step_begin(self, args, state, control, **kwargs):
         round_index = self._due(args, state.global_step)

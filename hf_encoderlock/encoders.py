@@ -23,6 +23,7 @@ from PIL import Image
 from torch import nn
 
 POOLINGS = ("auto", "cls", "mean", "pooler", "spatial_mean")
+PIL_MODE_FOR_CHANNELS = {1: "L", 3: "RGB"}  # input channel counts a PIL image can be converted to
 
 
 class EncoderError(ValueError):
@@ -207,7 +208,16 @@ class EncoderAdapter(nn.Module):
                 f"{self.name} has no image processor; pass image_processor= or preprocess_fn= to the adapter"
             )
         channels = self.input_shape()[0]
-        mode = "RGB" if channels == 3 else "L"
+        mode = PIL_MODE_FOR_CHANNELS.get(channels)
+        if mode is None:
+            raise EncoderError(
+                f"{self.name} expects {channels}-channel inputs; PIL images can only be prepared with "
+                f"{sorted(PIL_MODE_FOR_CHANNELS)} channels: pass preprocess_fn= to the adapter"
+            )
+        empty = next((i for i, img in enumerate(images) if 0 in img.size), None)
+        if empty is not None:
+            width, height = images[empty].size
+            raise EncoderError(f"image {empty} has no pixels ({width}x{height}): it cannot be resized for {self.name}")
         converted = [img.convert(mode) if img.mode != mode else img for img in images]
         batch = self.image_processor(images=converted, return_tensors="pt")
         return batch["pixel_values"].float()

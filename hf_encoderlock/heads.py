@@ -183,6 +183,38 @@ def _mlp_module(sizes: Sequence[int]) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+def head_layout(module: nn.Module) -> list[str]:
+    """The layer kinds of a linear or MLP head (an ``nn.Sequential`` of a normaliser, ``Linear`` and ``ReLU``), which
+    with its ``state_dict`` is all :func:`head_from_layout` needs to rebuild it (checkpoints store no pickles)."""
+    layers = list(module) if isinstance(module, nn.Sequential) else [module]
+    kinds = [type(layer).__name__ for layer in layers]
+    unknown = sorted(set(kinds) - set(_LAYOUT_BUILDERS))
+    if unknown:
+        raise ValueError(f"cannot describe a head with {unknown} layers; known: {sorted(_LAYOUT_BUILDERS)}")
+    return kinds
+
+
+def head_from_layout(layout: Sequence[str], state: dict[str, Tensor]) -> nn.Sequential:
+    """The head described by :func:`head_layout` with the weights ``state`` (in eval mode, bit-identical outputs)."""
+    layers = [_LAYOUT_BUILDERS[kind](state, f"{i}.") for i, kind in enumerate(layout)]
+    module = nn.Sequential(*layers)
+    module.load_state_dict(state, strict=True)
+    return module.eval()
+
+
+def _linear_like(state: dict[str, Tensor], prefix: str) -> nn.Linear:
+    fan_out, fan_in = state[f"{prefix}weight"].shape
+    return nn.utils.skip_init(nn.Linear, fan_in, fan_out)  # no random init: the global RNG stays untouched
+
+
+_LAYOUT_BUILDERS = {
+    "Standardize": lambda state, p: Standardize(state[f"{p}mean"], state[f"{p}std"]),
+    "Whiten": lambda state, p: Whiten(state[f"{p}mean"], state[f"{p}matrix"]),
+    "Linear": _linear_like,
+    "ReLU": lambda state, p: nn.ReLU(),
+}
+
+
 # ---------------------------------------------------------------------------------------------------- helpers
 @torch.no_grad()
 def predict(module: nn.Module, features: Tensor, chunk_size: int = 8192) -> Tensor:

@@ -19,6 +19,7 @@ authorized head's cross-entropy, as in the paper.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch.nn import functional as F
@@ -154,6 +155,13 @@ class InformationObjective(LockObjective):
         self.config = config or InformationTermsConfig()
         self.reference: dict[str, float] = {}
         self.uses_reference_features = self.config.preserve_weight > 0
+
+    def state_dict(self) -> dict[str, Any]:
+        """The normalisation reference (each term's value at the first call)."""
+        return {"reference": dict(self.reference)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.reference = {name: float(value) for name, value in state.get("reference", {}).items()}
 
     def measures(self, features: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         """The enabled raw information measures of one labelled batch (standardised inside)."""

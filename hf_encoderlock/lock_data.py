@@ -42,6 +42,29 @@ class DomainTensors:
         return self.subset(index if len(index) else torch.tensor([part % len(self)]))
 
 
+def label_tensor(dataset, name: str, label_column: str = "label") -> torch.Tensor:
+    """The label column as an integer tensor; missing, string, float or nested labels are refused, naming a row."""
+    values = dataset[label_column]
+    try:
+        labels = torch.as_tensor(values)
+    except (TypeError, ValueError, RuntimeError) as error:
+        for row, value in enumerate(values):
+            if value is None:
+                raise LockDataError(f"domain {name!r}: the {label_column!r} of row {row} is missing (None)") from error
+            if not isinstance(value, (int, float)):
+                raise LockDataError(
+                    f"domain {name!r}: labels must be integer class ids; row {row} of {label_column!r} holds "
+                    f"{type(value).__name__} {value!r} (hf_encoderlock.domains.load_domain encodes string labels)"
+                ) from error
+        problem = f"the {label_column!r} column is not a list of class ids ({error})"
+        raise LockDataError(f"domain {name!r}: {problem}") from error
+    if labels.dtype.is_floating_point:
+        raise LockDataError(f"domain {name!r}: labels must be integers, got {labels.dtype}")
+    if labels.dim() != 1:
+        raise LockDataError(f"domain {name!r}: labels must be one class id per image, got shape {tuple(labels.shape)}")
+    return labels
+
+
 def check_labelled_dataset(dataset, name: str, label_column: str = "label", image_column: str = "image") -> int:
     """Validate a labelled image dataset before any long work; returns its number of classes."""
     columns = getattr(dataset, "column_names", None) or []
@@ -52,9 +75,7 @@ def check_labelled_dataset(dataset, name: str, label_column: str = "label", imag
             raise LockDataError(f"domain {name!r}: no {column!r} column (columns: {columns})")
     feature = dataset.features[label_column]
     num_classes = getattr(feature, "num_classes", None)
-    labels = torch.as_tensor(dataset[label_column])
-    if labels.dtype.is_floating_point:
-        raise LockDataError(f"domain {name!r}: labels must be integers, got {labels.dtype}")
+    labels = label_tensor(dataset, name, label_column)
     if num_classes is None:
         num_classes = int(labels.max()) + 1
     if int(labels.min()) < 0 or int(labels.max()) >= num_classes:
@@ -81,12 +102,31 @@ def preprocess_domain(
         raise LockDataError(f"domain {name!r}: the dataset is empty")
     parts = []
     for start in range(0, len(dataset), chunk_size):
-        images = dataset[start : start + chunk_size]["image"]
-        if any(not hasattr(image, "convert") for image in images):
-            raise LockDataError(f"domain {name!r}: the 'image' column holds something that is not an image")
+        images = _decoded_images(dataset, start, min(start + chunk_size, len(dataset)), name)
+        bad = next((i for i, image in enumerate(images) if not hasattr(image, "convert")), None)
+        if bad is not None:
+            raise LockDataError(
+                f"domain {name!r}: row {start + bad} of the 'image' column holds {type(images[bad]).__name__}, "
+                "not an image"
+            )
         parts.append(encoder.preprocess(images))
     labels = torch.as_tensor(dataset["label"], dtype=torch.long) if labelled else None
     return DomainTensors(name, torch.cat(parts), labels, num_classes)
+
+
+def _decoded_images(dataset, start: int, stop: int, name: str) -> list:
+    """Rows ``start:stop`` of the ``image`` column, decoded; an undecodable image is reported by row."""
+    try:
+        return list(dataset[start:stop]["image"])
+    except (OSError, ValueError, SyntaxError) as error:  # PIL's UnidentifiedImageError is an OSError
+        for row in range(start, stop):
+            try:
+                dataset[row]["image"]
+            except (OSError, ValueError, SyntaxError) as row_error:
+                problem = f"the image in row {row} cannot be decoded ({row_error})"
+                raise LockDataError(f"domain {name!r}: {problem}") from row_error
+        problem = f"images in rows {start}-{stop - 1} cannot be decoded ({error})"
+        raise LockDataError(f"domain {name!r}: {problem}") from error
 
 
 def stratified_split(data: DomainTensors, fraction: float, seed: int) -> tuple[DomainTensors, DomainTensors]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -58,6 +59,13 @@ class LockObjective(ABC):
         **views: torch.Tensor,
     ) -> ObjectiveTerms:
         """Evaluate the objective on one pair of batches."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """What the objective learned during a run (JSON-serialisable), saved in checkpoints for an exact resume."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
 
 
 class PaperObjective(LockObjective):

@@ -11,25 +11,31 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import os
 import platform
+import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
+from safetensors.torch import load_file, save_file
 from transformers import Trainer
 
 from .augmentations import AugmentationConfig, augmented_view
 from .callbacks import SelfChallengeCallback, WeightSelectionCallback
 from .config import EncoderLockConfig
 from .encoders import EncoderAdapter
-from .heads import HeadTrainingConfig, accuracy, best_head, train_heads
+from .heads import HeadTrainingConfig, accuracy, best_head, head_from_layout, head_layout, train_heads
 from .lock_data import (
     DomainTensors,
     LockDataError,
     PairedDomainCollator,
     PairedDomainDataset,
+    check_labelled_dataset,
+    label_tensor,
     preprocess_domain,
     stratified_split,
 )
@@ -40,8 +46,50 @@ from .selection import load_mask, mask_stats, save_mask, select_candidate_parame
 
 LOCK_CONFIG_FILE = "encoderlock_config.json"
 MASK_FILE = "encoderlock_mask.safetensors"
+LOCK_STATE_FILE = "encoderlock_state.json"  # checkpoints only: what an exact resume needs beyond weights and mask
+LOCK_TENSORS_FILE = "encoderlock_state.safetensors"  # checkpoints only: heads and the best encoder's weights
+LOCK_STATE_FORMAT = "encoderlock-state/v1"
+HEAD_ROLES = ("authorized", "adversary")
+EVAL_KEYS = ("authorized", "prohibited")  # the keys of eval_dataset: which lock head scores each set
 MIN_IMAGES_PER_DOMAIN = 8  # below this, a validation split carved from the lock data is meaningless
 VIEW_SEED_OFFSET = 104_729  # augmented views draw from their own generator, seeded args.seed + this
+SAVED_FOLDER_MODE = 0o755  # mkdtemp makes staging folders private; a published folder is readable like any other
+STAGING_INFIX = ".partial-"  # staging folders are hidden siblings: ``.{name}.partial-XXXX``
+RETIRED_INFIX = ".old-"  # a replaced folder briefly lives at ``.{name}.old-XXXX`` before it is deleted
+
+
+logger = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The lock loss became NaN or infinite; the message names the update step and the objective's logged terms."""
+
+
+def staging_folder(target: Path) -> Path:
+    """A new empty hidden sibling of ``target`` (``.{name}.partial-XXXX``) to write a save into."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}{STAGING_INFIX}", dir=target.parent))
+    staging.chmod(SAVED_FOLDER_MODE)
+    return staging
+
+
+def publish_folder(staging: Path, target: Path) -> None:
+    """Put the fully written ``staging`` folder at ``target`` by renames (same file system).
+
+    An existing ``target`` is replaced; its entries that the new save did not write (checkpoints, logs, a user's
+    files) are moved over first, so replacing a save never deletes them. ``target`` is missing only between two
+    renames, and never holds a partly written save.
+    """
+    if target.exists():
+        for entry in target.iterdir():
+            if not (staging / entry.name).exists():
+                entry.rename(staging / entry.name)
+        retired = Path(tempfile.mkdtemp(prefix=f".{target.name}{RETIRED_INFIX}", dir=target.parent))
+        target.rename(retired)  # replaces the empty placeholder
+        staging.rename(target)
+        shutil.rmtree(retired)
+    else:
+        staging.rename(target)
 
 
 def package_versions() -> dict[str, str]:
@@ -114,6 +162,7 @@ class EncoderLockTrainer(Trainer):
         self._check_domains(authorized, prohibited)
         self.lock_authorized, self.val_authorized = stratified_split(authorized, args.validation_fraction, args.seed)
         self.lock_prohibited, self.val_prohibited = stratified_split(prohibited, args.validation_fraction, args.seed)
+        self._check_eval_datasets(eval_dataset)
         self.candidates = select_candidate_parameters(
             encoder.backbone,
             module_types=tuple(args.candidate_module_types),
@@ -138,6 +187,7 @@ class EncoderLockTrainer(Trainer):
         self.best_state: dict[str, torch.Tensor] | None = None
         self.history: list[dict[str, Any]] = []
         self._phase_time = {"selection": 0.0, "update": 0.0, "challenge": 0.0}
+        self._saving_checkpoint = False
         if max(len(self.lock_authorized), len(self.lock_prohibited)) < args.per_device_train_batch_size:
             args.dataloader_drop_last = False  # less than one batch: dropping it would leave nothing to train on
         super().__init__(
@@ -212,6 +262,24 @@ class EncoderLockTrainer(Trainer):
             if len(data) < minimum:
                 raise LockDataError(f"domain {data.name!r}: {len(data)} images, at least {minimum} needed")
 
+    def _check_eval_datasets(self, datasets: dict[str, Any] | None) -> None:
+        """``{"authorized": ds, "prohibited": ds}`` whose labels the lock's heads can score (at most those keys)."""
+        if datasets is None:
+            return
+        if not isinstance(datasets, dict) or not datasets or not set(datasets) <= set(EVAL_KEYS):
+            got = sorted(datasets) if isinstance(datasets, dict) else type(datasets).__name__
+            raise LockDataError(f"eval_dataset must be a dict with keys among {EVAL_KEYS}, got {got}")
+        for key, dataset in datasets.items():
+            lock = self.lock_authorized if key == "authorized" else self.lock_prohibited
+            where = f"eval_dataset[{key!r}]"
+            check_labelled_dataset(dataset, where)
+            top = int(label_tensor(dataset, where).max())
+            if top >= lock.num_classes:
+                raise LockDataError(
+                    f"{where}: label {top} is out of range for the {lock.num_classes} classes of the lock's "
+                    f"{key} domain {lock.name!r}"
+                )
+
     # ------------------------------------------------------------------------------------------------ loss
     def _features(self, model, pixel_values: torch.Tensor) -> torch.Tensor:
         return model(pixel_values)
@@ -257,7 +325,20 @@ class EncoderLockTrainer(Trainer):
         p_pixels, p_labels = inputs["prohibited_pixel_values"], inputs.get("prohibited_labels")
         terms = self._objective_terms(model, a_pixels, a_labels, p_pixels, p_labels)
         self._last_logs = terms.logs
+        if not bool(torch.isfinite(terms.total.detach()).all()):
+            self._stop_on_non_finite(terms)
         return (terms.total, terms) if return_outputs else terms.total
+
+    def _stop_on_non_finite(self, terms) -> None:
+        """Raise :class:`NonFiniteLossError` before the bad loss reaches backward (no update, no save)."""
+        step = self.state.global_step + 1  # the update being computed; checkpoint-N holds the state after step N
+        logged = ", ".join(f"{name}={value:.6g}" for name, value in terms.logs.items()) or "none logged"
+        raise NonFiniteLossError(
+            f"the lock loss is {float(terms.total.detach())} at update step {step} of {self.args.max_steps} "
+            f"(round {self.state.global_step // self.args.update_steps_per_round}); objective "
+            f"{self.objective.name!r} terms: {logged}. The run stopped before this update; nothing was saved for it. "
+            "Lower learning_rate, check the lock data, or raise objective_eps."
+        )
 
     def _reference_kwargs(self, authorized_pixels: torch.Tensor) -> dict[str, torch.Tensor]:
         """``authorized_reference`` for objectives that compare against the unlocked encoder."""
@@ -390,6 +471,7 @@ class EncoderLockTrainer(Trainer):
         datasets = eval_dataset if eval_dataset is not None else self.eval_dataset
         if datasets is None:
             raise ValueError("evaluate needs eval_dataset={'authorized': ..., 'prohibited': ...}")
+        self._check_eval_datasets(datasets)
         if self.heads is None:
             self.challenge(round_index=0)
         metrics = {}
@@ -440,15 +522,116 @@ class EncoderLockTrainer(Trainer):
         return list(specs) if isinstance(specs, (list, tuple)) else [specs]
 
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
-        """Write the encoder alone (``AutoModel.from_pretrained`` loads it), its processor, config and mask."""
-        output_dir = Path(output_dir or self.args.output_dir)
-        output_dir.mkdir(parents=True, exist_ok=True)
-        self.encoder.save_pretrained(output_dir)
-        (output_dir / LOCK_CONFIG_FILE).write_text(json.dumps(self.lock_summary(), indent=2, default=str))
-        save_mask({k.removeprefix("backbone."): v for k, v in self.mask.items()}, output_dir / MASK_FILE)
+        """Write the encoder alone (``AutoModel.from_pretrained`` loads it), its processor, config and mask.
+
+        Main process only. Everything is written into a hidden staging sibling first and renamed into place at the
+        end (see :func:`publish_folder`), so an interrupted save leaves no folder that loads as if complete.
+        """
+        if not self.args.should_save:
+            return
+        target = Path(output_dir or self.args.output_dir).resolve()
+        staging = staging_folder(target)
+        try:
+            self._write_saved_files(staging, target.name)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        publish_folder(staging, target)
+
+    def _write_saved_files(self, folder: Path, model_name: str) -> None:
+        """The files of one save, written into ``folder`` (the card names the model ``model_name``)."""
+        self.encoder.save_pretrained(folder)
+        (folder / LOCK_CONFIG_FILE).write_text(json.dumps(self.lock_summary(), indent=2, default=str))
+        save_mask({k.removeprefix("backbone."): v for k, v in self.mask.items()}, folder / MASK_FILE)
+        if self._saving_checkpoint:
+            self._write_lock_state(folder)
         from .model_card import write_model_card  # the card (README.md) is regenerated with every save
 
-        write_model_card(output_dir, report=None)
+        write_model_card(folder, report=None, model_name=model_name)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """A Trainer checkpoint that also holds the lock's state (see :meth:`lock_state`)."""
+        self._saving_checkpoint = True
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._saving_checkpoint = False
+
+    def lock_state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        """What an exact resume needs beyond encoder, optimizer, RNG and mask: (JSON part, tensors).
+
+        The current and best heads (layouts + weights), the best encoder's candidate weights, the challenge and
+        best-encoder bookkeeping, the objective's own state (e.g. the information objective's normalisation
+        reference), the per-round history and phase times.
+        """
+        layouts: dict[str, list[str]] = {}
+        tensors: dict[str, torch.Tensor] = {}
+        for key, heads in (("heads", self.heads), ("best_heads", getattr(self, "best_heads", None))):
+            for role in HEAD_ROLES if heads is not None else ():
+                module = getattr(heads, role)
+                layouts[f"{key}.{role}"] = head_layout(module)
+                tensors.update({f"{key}.{role}.{n}": t.detach().cpu().clone() for n, t in module.state_dict().items()})
+        for name, value in (self.best_state or {}).items():
+            tensors[f"best_state.{name}"] = value.detach().cpu().clone()
+        info = {
+            "format": LOCK_STATE_FORMAT,
+            "head_layouts": layouts,
+            "has_best_state": self.best_state is not None,
+            "adversary_val_accuracy": self.adversary_val_accuracy,
+            "last_challenge_round": self.last_challenge_round,
+            "best_gap": self.best_gap,
+            "best_round": getattr(self, "best_round", None),
+            "objective": self.objective.state_dict(),
+            "history": self.history,
+            "phase_time": self._phase_time,
+        }
+        return info, tensors
+
+    def _write_lock_state(self, folder: Path) -> None:
+        info, tensors = self.lock_state()
+        (folder / LOCK_STATE_FILE).write_text(json.dumps(info, indent=2, default=str))
+        save_file(tensors, str(folder / LOCK_TENSORS_FILE))
+
+    def _load_lock_state(self, folder: Path) -> None:
+        """Restore :meth:`lock_state` from a checkpoint (heads on the training device)."""
+        if not (folder / LOCK_STATE_FILE).is_file():
+            logger.warning(f"{folder} has no {LOCK_STATE_FILE}: heads are refitted and the resumed run is not exact")
+            return
+        info = json.loads((folder / LOCK_STATE_FILE).read_text())
+        if info.get("format") != LOCK_STATE_FORMAT:
+            raise ValueError(f"{folder / LOCK_STATE_FILE}: unknown format {info.get('format')!r}")
+        tensors = load_file(str(folder / LOCK_TENSORS_FILE))
+
+        def heads(key: str) -> LockHeads | None:
+            if f"{key}.{HEAD_ROLES[0]}" not in info["head_layouts"]:
+                return None
+            modules = {}
+            for role in HEAD_ROLES:
+                prefix = f"{key}.{role}."
+                state = {n[len(prefix) :]: t for n, t in tensors.items() if n.startswith(prefix)}
+                module = head_from_layout(info["head_layouts"][f"{key}.{role}"], state)
+                modules[role] = module.requires_grad_(False).to(self.args.device)
+            return LockHeads(**modules)
+
+        self.heads = heads("heads")
+        best_heads = heads("best_heads")
+        if best_heads is not None:
+            self.best_heads = best_heads
+        if info["has_best_state"]:
+            prefix = "best_state."
+            self.best_state = {
+                n[len(prefix) :]: t.to(self.candidates[n[len(prefix) :]].device)
+                for n, t in tensors.items()
+                if n.startswith(prefix)
+            }
+        if info["best_round"] is not None:
+            self.best_round = info["best_round"]
+        self.adversary_val_accuracy = float(info["adversary_val_accuracy"])
+        self.last_challenge_round = info["last_challenge_round"]
+        self.best_gap = float(info["best_gap"])
+        self.objective.load_state_dict(info["objective"])
+        self.history = list(info["history"])
+        self._phase_time = {k: float(v) for k, v in info["phase_time"].items()}
 
     def push_to_hub(
         self, commit_message="End of training", blocking=True, token=None, revision=None, private=None, **kwargs
@@ -465,6 +648,7 @@ class EncoderLockTrainer(Trainer):
             self.mask = {f"backbone.{k}": v for k, v in load_mask(mask_path).items()}
             summary = json.loads((Path(resume_from_checkpoint) / LOCK_CONFIG_FILE).read_text())
             self.rounds_completed_in_mask = int(summary.get("rounds_completed", 0))
+            self._load_lock_state(Path(resume_from_checkpoint))
         if (Path(resume_from_checkpoint) / "config.json").is_file():
             # from_pretrained maps the on-disk names (which can differ from in-memory names across transformers
             # releases) back to this model's; a strict load then guarantees every tensor was restored.

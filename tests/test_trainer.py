@@ -5,14 +5,14 @@ import json
 import pytest
 import torch
 import yaml
-from transformers import AutoImageProcessor, AutoModel, HfArgumentParser
+from transformers import AutoImageProcessor, AutoModel, HfArgumentParser, TrainerCallback
 
 from hf_encoderlock.config import EncoderLockConfig
 from hf_encoderlock.encoders import tiny_vit_encoder
 from hf_encoderlock.lock_data import LockDataError
 from hf_encoderlock.objectives import LockHeads, PaperObjective
 from hf_encoderlock.selection import load_mask
-from hf_encoderlock.trainer import LOCK_CONFIG_FILE, MASK_FILE, EncoderLockTrainer
+from hf_encoderlock.trainer import LOCK_CONFIG_FILE, MASK_FILE, EncoderLockTrainer, NonFiniteLossError
 
 from .helpers import toy_domain
 
@@ -167,3 +167,121 @@ def test_mask_is_checkpointed_and_restored_on_resume(tmp_path, domains):
     assert sum(int(m.sum()) for m in final.values()) == 30
     for name, m in saved.items():
         assert bool(final[name][m].all()), f"entries of {name} selected before the checkpoint were lost"
+
+
+def _files(folder):
+    return {path.name: path.read_bytes() for path in folder.iterdir() if path.is_file()}
+
+
+def test_interrupted_save_leaves_no_folder_that_looks_complete(tmp_path, domains, monkeypatch):
+    import hf_encoderlock.model_card as model_card
+
+    _, trainer = _trainer(tmp_path, domains)
+    out = tmp_path / "locked"
+    trainer.save_model(str(out))
+    (out / "checkpoint-1").mkdir()
+    (out / "checkpoint-1" / "optimizer.pt").write_text("kept")  # not written by _save: must survive a re-save
+    complete = _files(out)
+
+    def disk_full(*args, **kwargs):
+        raise OSError("disk full")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(model_card, "write_model_card", disk_full)  # the last file _save writes
+        with pytest.raises(OSError, match="disk full"):
+            trainer.save_model(str(tmp_path / "fresh"))
+        assert not (tmp_path / "fresh").exists()
+        with pytest.raises(OSError, match="disk full"):
+            trainer.save_model(str(out))
+        assert _files(out) == complete, "a failed save touched the earlier complete save"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+    trainer.save_model(str(out))  # replacing a save keeps what it does not write, and names the real folder
+    assert (out / "checkpoint-1" / "optimizer.pt").read_text() == "kept"
+    assert (out / "config.json").is_file() and "partial" not in (out / "README.md").read_text()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+class _StopAt(TrainerCallback):
+    """Stops training after ``step`` update steps, like a run killed right after its checkpoint."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            control.should_training_stop = True
+
+
+@pytest.mark.parametrize(
+    "objective, stop_step",
+    [("paper", 3), ("information", 2)],
+    ids=["paper-mid-round-end-of-epoch", "information-round-start-mid-epoch"],
+)
+def test_killed_run_resumes_to_the_same_mask_and_bit_identical_weights(tmp_path, domains, objective, stop_step):
+    """Mid-round (paper): the heads must come from the checkpoint; at a round start (information): the
+    objective's normalisation reference must. Each epoch is 3 steps, so both data-skipping paths are covered."""
+    config = dict(
+        num_rounds=3, update_steps_per_round=2, save_strategy="steps", save_steps=stop_step, challenge_every=1,
+        objective=objective, best_model_criterion="gap",
+    )
+    whole_encoder, whole = _trainer(tmp_path / "whole", domains, **config)
+    whole.train()
+
+    _, killed = _trainer(tmp_path / "killed", domains, **config)
+    killed.add_callback(_StopAt(stop_step))
+    killed.train()
+    checkpoint = tmp_path / "killed" / "run" / f"checkpoint-{stop_step}"
+    assert (checkpoint / "encoderlock_state.json").is_file()
+
+    resumed_encoder, resumed = _trainer(tmp_path / "killed", domains, **config)  # a fresh process: new encoder
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+
+    assert set(resumed.mask) == set(whole.mask)
+    for name, m in whole.mask.items():
+        assert torch.equal(resumed.mask[name], m), f"mask of {name} differs after resume"
+    for name, value in whole_encoder.state_dict().items():
+        assert torch.equal(resumed_encoder.state_dict()[name], value), f"{name} differs after resume"
+    assert resumed.best_round == whole.best_round and resumed.best_gap == whole.best_gap
+    for role in ("authorized", "adversary"):
+        whole_head, resumed_head = getattr(whole.heads, role).state_dict(), getattr(resumed.heads, role).state_dict()
+        assert all(torch.equal(resumed_head[k].cpu(), v.cpu()) for k, v in whole_head.items()), f"{role} head differs"
+    whole_losses = [e["loss"] for e in whole.state.log_history if "loss" in e]
+    resumed_losses = [e["loss"] for e in resumed.state.log_history if "loss" in e]
+    assert resumed_losses == whole_losses
+
+
+class _PoisonableObjective(PaperObjective):
+    """The paper's objective whose prohibited term turns NaN once ``poisoned`` is set."""
+
+    poisoned = False
+
+    def terms(self, authorized_features, authorized_labels, prohibited_features, prohibited_labels, heads,
+              authorized_reference=None):
+        if self.poisoned:
+            prohibited_features = prohibited_features * float("nan")
+        return super().terms(authorized_features, authorized_labels, prohibited_features, prohibited_labels, heads)
+
+
+class _PoisonAt(TrainerCallback):
+    def __init__(self, objective: _PoisonableObjective, global_step: int) -> None:
+        self.objective, self.global_step = objective, global_step
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.objective.poisoned = state.global_step >= self.global_step
+
+
+def test_nan_loss_stops_the_run_naming_the_step_and_terms(tmp_path, domains):
+    objective = _PoisonableObjective()
+    encoder = tiny_vit_encoder(seed=0, image_size=16, patch_size=4)
+    args = _config(tmp_path, save_strategy="steps", save_steps=1)  # 2 rounds x 3 steps: step 3 is mid-round 0
+    trainer = EncoderLockTrainer(encoder, args, domains[0], domains[1], objective=objective)
+    trainer.add_callback(_PoisonAt(objective, global_step=2))
+    with pytest.raises(NonFiniteLossError, match=r"nan at update step 3 of 6 \(round 0\).*loss_prohibited=nan"):
+        trainer.train()
+    assert issubclass(NonFiniteLossError, FloatingPointError)
+    run = tmp_path / "run"
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint-1", "checkpoint-2"]  # nothing after the bad step
+    last_good = AutoModel.from_pretrained(run / "checkpoint-2").state_dict()
+    for name, value in encoder.backbone.state_dict().items():
+        assert torch.equal(value, last_good[name]), f"{name} was updated by the non-finite step"
