@@ -412,6 +412,7 @@ class EncoderLockTrainer(Trainer):
             self.lock_prohibited.num_classes, offset + 500,
         )
         device = self.args.device
+        in_use = self.heads  # the heads the updates before this challenge trained against
         current_adv = (
             accuracy(self.heads.adversary.cpu(), p_val, self.val_prohibited.labels) if self.heads is not None else -1.0
         )
@@ -426,6 +427,7 @@ class EncoderLockTrainer(Trainer):
             self.best_gap = gap
             self.best_state = {n: p.detach().clone() for n, p in self.candidates.items()}
             self.best_heads = self.heads
+            self.best_stale_heads = in_use
             self.best_round = round_index
         self.last_challenge_round = round_index
         elapsed = time.perf_counter() - started
@@ -449,6 +451,7 @@ class EncoderLockTrainer(Trainer):
             for name, value in self.best_state.items():
                 self.candidates[name].copy_(value)
         self.heads = self.best_heads
+        self.stale_heads = self.best_stale_heads
         self.record_round({"round": self.args.num_rounds, "restored_best_round": self.best_round})
 
     def record_round(self, figures: dict[str, Any]) -> None:
@@ -466,8 +469,9 @@ class EncoderLockTrainer(Trainer):
 
     # ------------------------------------------------------------------------------------------- evaluate
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
-        """Accuracy of the lock's own heads on ``{"authorized": ds, "prohibited": ds}`` (stale heads: not the
-        lock's strength, which only the probe suite measures)."""
+        """Accuracy of the lock's own heads on ``{"authorized": ds, "prohibited": ds}``: the heads the last updates
+        of the kept encoder trained against, fitted before those updates (stale heads; the current ones when no
+        encoder was restored). Not the lock's strength, which only the probe suite measures."""
         datasets = eval_dataset if eval_dataset is not None else self.eval_dataset
         if datasets is None:
             raise ValueError("evaluate needs eval_dataset={'authorized': ..., 'prohibited': ...}")
@@ -479,7 +483,8 @@ class EncoderLockTrainer(Trainer):
             if key == "prohibited" and self.args.variant != "supervised":
                 continue  # the adversary predicts pseudo-classes or synthetic classes, not the domain's labels
             data = preprocess_domain(self.encoder, dataset, key)
-            head = self.heads.authorized if key == "authorized" else self.heads.adversary
+            own = getattr(self, "stale_heads", None) or self.heads
+            head = own.authorized if key == "authorized" else own.adversary
             metrics[f"{metric_key_prefix}_{key}_head_accuracy"] = accuracy(head.cpu(), self.encode(data), data.labels)
             head.to(self.args.device)
         self.log(metrics)
@@ -566,7 +571,11 @@ class EncoderLockTrainer(Trainer):
         """
         layouts: dict[str, list[str]] = {}
         tensors: dict[str, torch.Tensor] = {}
-        for key, heads in (("heads", self.heads), ("best_heads", getattr(self, "best_heads", None))):
+        for key, heads in (
+            ("heads", self.heads),
+            ("best_heads", getattr(self, "best_heads", None)),
+            ("best_stale_heads", getattr(self, "best_stale_heads", None)),
+        ):
             for role in HEAD_ROLES if heads is not None else ():
                 module = getattr(heads, role)
                 layouts[f"{key}.{role}"] = head_layout(module)
@@ -614,9 +623,10 @@ class EncoderLockTrainer(Trainer):
             return LockHeads(**modules)
 
         self.heads = heads("heads")
-        best_heads = heads("best_heads")
-        if best_heads is not None:
-            self.best_heads = best_heads
+        for key in ("best_heads", "best_stale_heads"):
+            restored = heads(key)
+            if restored is not None:
+                setattr(self, key, restored)
         if info["has_best_state"]:
             prefix = "best_state."
             self.best_state = {

@@ -285,3 +285,22 @@ def test_nan_loss_stops_the_run_naming_the_step_and_terms(tmp_path, domains):
     last_good = AutoModel.from_pretrained(run / "checkpoint-2").state_dict()
     for name, value in encoder.backbone.state_dict().items():
         assert torch.equal(value, last_good[name]), f"{name} was updated by the non-finite step"
+
+
+def test_own_heads_reported_are_the_stale_ones_the_kept_encoder_trained_against(tmp_path, domains):
+    """With challenges only at the start and the end, the kept encoder is the final one; its fresh heads come from
+    the final challenge, while the heads its updates trained against are the round-0 ones: evaluate reports those."""
+    encoder, trainer = _trainer(tmp_path, domains, challenge_every=0)
+    trainer.challenge(round_index=0)
+    round0 = trainer.heads
+    trainer.train()
+    assert trainer.best_round == trainer.args.num_rounds
+    assert trainer.stale_heads is round0 and trainer.heads is not round0
+    metrics = trainer.evaluate()
+    _, _, eval_a, eval_p = domains
+    from hf_encoderlock.heads import accuracy
+    from hf_encoderlock.lock_data import preprocess_domain
+
+    data = preprocess_domain(encoder, eval_p, "green")
+    expected = accuracy(round0.adversary.cpu(), trainer.encode(data), data.labels)
+    assert metrics["eval_prohibited_head_accuracy"] == pytest.approx(expected)
