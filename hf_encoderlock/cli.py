@@ -2,9 +2,12 @@
 
     encoderlock probe --encoder PATH_OR_HUB_ID --domains mnist digits --out DIR
     encoderlock probe --victim --domains mnist digits --out DIR --fractions 0.01 0.1 1 --seeds 0 1 2
+    encoderlock attack --encoder OUT/locked --domains mnist mnist-m --authorized mnist --prohibited mnist-m --out DIR
+    encoderlock audit OUT/locked --original OUT/victim --out DIR
+    encoderlock push OUT/locked user/vit-locked --gated
 
 Each command registers itself on the subparsers in :func:`build_parser` (``add_<command>_parser``) and sets a
-``handler(args) -> int``; ``lock``, ``push`` and ``audit`` plug in the same way.
+``handler(args) -> int``; ``attack``, ``push`` and ``audit`` plug in the same way.
 """
 
 from __future__ import annotations
@@ -110,7 +113,18 @@ def add_audit_parser(subparsers) -> None:
     add_locked_audit_parser(subparsers)
 
 
-COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (add_probe_parser, add_push_parser, add_audit_parser)
+def add_attack_parser(subparsers) -> None:
+    from .attacks import add_attack_parser as add_finetune_attack_parser
+
+    add_finetune_attack_parser(subparsers)
+
+
+COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
+    add_probe_parser,
+    add_attack_parser,
+    add_push_parser,
+    add_audit_parser,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
