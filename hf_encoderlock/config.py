@@ -139,6 +139,21 @@ class EncoderLockConfig(TrainingArguments):
         default=1500, metadata={"help": "variant='zero-shot': synthetic images generated in all (split over generators)."}
     )
 
+    finetune_aware_steps: int = field(
+        default=0,
+        metadata={
+            "help": "Fine-tuning-aware lock (beyond the paper; 0: off): each update also evaluates the objective "
+            "after this many simulated attacker fine-tuning steps (first-order, SOPHON-style: gradient steps of the "
+            "adversary head's cross-entropy on the prohibited batch over every encoder weight), so the lock also "
+            "holds after an attacker fine-tunes. Single-process; not with objective='contrastive'."
+        },
+    )
+    finetune_aware_lr: float = field(
+        default=1e-3, metadata={"help": "Step size of the simulated attacker's (SGD) fine-tuning steps."}
+    )
+    finetune_aware_weight: float = field(
+        default=1.0, metadata={"help": "Weight of the objective after simulated fine-tuning in the update's loss."}
+    )
     ddp_global_batch: bool = field(
         default=True,
         metadata={
@@ -271,6 +286,14 @@ class EncoderLockConfig(TrainingArguments):
                 "augment_* strengths must be >= 0",
             ),
             (len(self.zero_shot_generators) >= 1 and self.zero_shot_images >= 16, "zero-shot needs a generator and >= 16 images"),
+            (
+                self.finetune_aware_steps >= 0 and self.finetune_aware_lr > 0 and self.finetune_aware_weight >= 0,
+                "finetune_aware_steps must be >= 0, finetune_aware_lr > 0 and finetune_aware_weight >= 0",
+            ),
+            (
+                not (self.finetune_aware_steps and self.objective == "contrastive"),
+                "finetune_aware_steps does not support objective='contrastive'",
+            ),
             (self.magnitude_gate is None or 0.0 <= self.magnitude_gate < 1.0, "magnitude_gate must be in [0, 1)"),
         ]
         problems = [message for ok, message in checks if not ok]

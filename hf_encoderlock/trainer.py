@@ -187,6 +187,8 @@ class EncoderLockTrainer(Trainer):
         self.best_state: dict[str, torch.Tensor] | None = None
         self.history: list[dict[str, Any]] = []
         self._phase_time = {"selection": 0.0, "update": 0.0, "challenge": 0.0}
+        if args.finetune_aware_steps and args.world_size > 1:
+            raise NotImplementedError("finetune_aware_steps is single-process: its simulated steps bypass DDP")
         self._saving_checkpoint = False
         if max(len(self.lock_authorized), len(self.lock_prohibited)) < args.per_device_train_batch_size:
             args.dataloader_drop_last = False  # less than one batch: dropping it would leave nothing to train on
@@ -324,6 +326,10 @@ class EncoderLockTrainer(Trainer):
         a_pixels, a_labels = inputs["authorized_pixel_values"], inputs["authorized_labels"]
         p_pixels, p_labels = inputs["prohibited_pixel_values"], inputs.get("prohibited_labels")
         terms = self._objective_terms(model, a_pixels, a_labels, p_pixels, p_labels)
+        if self.args.finetune_aware_steps:
+            after = self._objective_after_simulated_finetuning(a_pixels, a_labels, p_pixels, p_labels)
+            terms.total = terms.total + self.args.finetune_aware_weight * after.total
+            terms.logs["finetune_aware_total"] = float(after.total.detach())
         self._last_logs = terms.logs
         if not bool(torch.isfinite(terms.total.detach()).all()):
             self._stop_on_non_finite(terms)
@@ -338,6 +344,48 @@ class EncoderLockTrainer(Trainer):
             f"(round {self.state.global_step // self.args.update_steps_per_round}); objective "
             f"{self.objective.name!r} terms: {logged}. The run stopped before this update; nothing was saved for it. "
             "Lower learning_rate, check the lock data, or raise objective_eps."
+        )
+
+    def _simulated_attacker_weights(self, p_pixels: torch.Tensor, p_labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Encoder weights after ``finetune_aware_steps`` first-order SGD steps of an attacker fine-tuning every
+        weight with the adversary head on the prohibited batch. Candidate weights stay differentiable (the steps
+        are constants added to them: first-order, as SOPHON); the others are detached."""
+        from torch.func import functional_call
+        from torch.nn import functional as F
+
+        weights = {
+            name: param if param.requires_grad else param.detach().requires_grad_(True)
+            for name, param in self.encoder.named_parameters()
+        }
+        for _ in range(self.args.finetune_aware_steps):
+            with torch.enable_grad():
+                features = functional_call(self.encoder, weights, (p_pixels,))
+                attack_loss = F.cross_entropy(self.heads.adversary(features), p_labels)
+                grads = torch.autograd.grad(attack_loss, list(weights.values()), allow_unused=True)
+            weights = {
+                name: value if grad is None else value - self.args.finetune_aware_lr * grad.detach()
+                for (name, value), grad in zip(weights.items(), grads)
+            }
+        return weights
+
+    def _objective_after_simulated_finetuning(self, a_pixels, a_labels, p_pixels, p_labels):
+        """The objective with the prohibited features of the encoder after simulated attacker fine-tuning (the
+        authorized features are the current encoder's, without gradient)."""
+        from torch.func import functional_call
+
+        if p_labels is None:
+            raise ValueError("finetune_aware_steps needs prohibited labels or pseudo-labels")
+        weights = self._simulated_attacker_weights(p_pixels, p_labels)
+        poolings = self.args.prohibited_poolings
+        if poolings:
+            pooled = functional_call(self.encoder, weights, (p_pixels,), {"poolings": list(poolings)})
+            p_features = torch.cat([pooled[p] for p in poolings], dim=1)
+        else:
+            p_features = functional_call(self.encoder, weights, (p_pixels,))
+        with torch.no_grad():
+            a_features = self.encoder(a_pixels)
+        return self.objective.terms(
+            a_features, a_labels, p_features, p_labels, self.heads, **self._reference_kwargs(a_pixels)
         )
 
     def _reference_kwargs(self, authorized_pixels: torch.Tensor) -> dict[str, torch.Tensor]:

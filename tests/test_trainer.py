@@ -304,3 +304,25 @@ def test_own_heads_reported_are_the_stale_ones_the_kept_encoder_trained_against(
     data = preprocess_domain(encoder, eval_p, "green")
     expected = accuracy(round0.adversary.cpu(), trainer.encode(data), data.labels)
     assert metrics["eval_prohibited_head_accuracy"] == pytest.approx(expected)
+
+
+def test_finetune_aware_lock_simulates_attacker_steps_and_changes_only_selected_weights(tmp_path, domains):
+    encoder, trainer = _trainer(
+        tmp_path, domains, finetune_aware_steps=2, finetune_aware_lr=0.05, best_model_criterion="last"
+    )
+    trainer.challenge(round_index=0)
+    pixels = trainer.lock_prohibited.pixel_values[:12]
+    labels = trainer.lock_prohibited.labels[:12]
+    weights = trainer._simulated_attacker_weights(pixels, labels)
+    moved = [name for name, param in encoder.named_parameters() if not torch.equal(weights[name].detach(), param.detach())]
+    unmoved = {name for name, _ in encoder.named_parameters()} - set(moved)
+    assert moved and all(".pooler." in name for name in unmoved)  # every weight the features use is fine-tuned
+    candidate = next(iter(trainer.candidates))
+    assert weights[candidate].requires_grad and weights[candidate].grad_fn is not None  # first-order path to the lock
+    before = {name: p.detach().clone() for name, p in encoder.named_parameters()}
+    trainer.train()
+    changed = sum(int((p.detach() != before[n]).sum()) for n, p in encoder.named_parameters())
+    assert 0 < changed <= sum(int(m.sum()) for m in trainer.mask.values())
+    assert any("lock/finetune_aware_total" in entry for entry in trainer.state.log_history)
+    with pytest.raises(ValueError, match="contrastive"):
+        _config(tmp_path, finetune_aware_steps=1, objective="contrastive")
