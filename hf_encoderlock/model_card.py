@@ -94,6 +94,10 @@ def _pct(value: Any) -> str:
 
 def _domain_name(entry: Any) -> str:
     """A short public name for a domain recorded as a string or a ``DomainSpec`` dict (no local paths)."""
+    if isinstance(entry, dict) and "zero_shot_generators" in entry:  # zero-shot: synthetic data, no real domain
+        return f"synthetic ({', '.join(map(str, entry['zero_shot_generators']))})"
+    if isinstance(entry, dict) and "domain" in entry:  # unsupervised: the domain, whose labels were never read
+        return _domain_name(entry["domain"])
     if isinstance(entry, dict):
         from .domains import DomainSpec
 

@@ -112,6 +112,7 @@ def test_unsupervised_trainer_never_reads_prohibited_labels(tmp_path):
     summary = json.loads((tmp_path / "out" / LOCK_CONFIG_FILE).read_text())
     assert summary["variant"] == "unsupervised"
     assert summary["prohibited"][0]["labels"] == "none read"
+    assert "- green" in (tmp_path / "out" / "README.md").read_text()  # the card names the domain
     with pytest.raises(LockDataError, match="needs a prohibited dataset"):
         EncoderLockTrainer(tiny_vit_encoder(seed=0, image_size=16, patch_size=4), _args(tmp_path, variant="unsupervised"),
                            toy_domain(48, 0, "red"), None)
@@ -198,6 +199,9 @@ def test_zero_shot_trainer_generates_its_prohibited_data_and_records_the_generat
     assert trainer.lock_prohibited.num_classes == 3 + 10 and not trainer.pseudo_labelled
     trainer.train()
     summary = trainer.lock_summary()
+    trainer.save_model(str(tmp_path / "zero-shot"))
+    card = (tmp_path / "zero-shot" / "README.md").read_text()
+    assert "variant: zero-shot" in card and "synthetic (shifts, shapes)" in card
     assert summary["variant"] == "zero-shot"
     assert summary["prohibited"] == [{"zero_shot_generators": ["shifts", "shapes"], "images": 60}]
     images_only = Dataset.from_dict(
