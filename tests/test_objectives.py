@@ -131,6 +131,19 @@ def _fresh_probe_accuracy(trainer: EncoderLockTrainer, train, test) -> float:
     return best_head(heads).val_accuracy
 
 
+def lock_between_fresh_probes(trainer: EncoderLockTrainer, probe_sets) -> tuple[float, float, float, float]:
+    """Fresh-probe accuracy (prohibited, authorized) before the lock, train the lock, then the same after it."""
+    def probe() -> tuple[float, float]:
+        return (
+            _fresh_probe_accuracy(trainer, probe_sets["p_train"], probe_sets["p_test"]),
+            _fresh_probe_accuracy(trainer, probe_sets["a_train"], probe_sets["a_test"]),
+        )
+
+    before = probe()
+    trainer.train()
+    return (*before, *probe())
+
+
 def test_tiny_lock_makes_fresh_probe_fail_on_prohibited_and_keeps_authorized(tmp_path):
     torch.manual_seed(0)
     encoder = tiny_vit_encoder(seed=0, image_size=16, patch_size=4)
@@ -146,11 +159,7 @@ def test_tiny_lock_makes_fresh_probe_fail_on_prohibited_and_keeps_authorized(tmp
         best_model_criterion="last", use_cpu=True, report_to="none", seed=0, disable_tqdm=True, logging_steps=100,
     )
     trainer = EncoderLockTrainer(encoder, args, authorized, prohibited, "red", "green")
-    before_p = _fresh_probe_accuracy(trainer, probe_sets["p_train"], probe_sets["p_test"])
-    before_a = _fresh_probe_accuracy(trainer, probe_sets["a_train"], probe_sets["a_test"])
-    trainer.train()
-    after_p = _fresh_probe_accuracy(trainer, probe_sets["p_train"], probe_sets["p_test"])
-    after_a = _fresh_probe_accuracy(trainer, probe_sets["a_train"], probe_sets["a_test"])
+    before_p, before_a, after_p, after_a = lock_between_fresh_probes(trainer, probe_sets)
     assert before_p > 0.9 and before_a > 0.9
     assert after_p < before_p - 0.3
     assert after_a > before_a - 0.1

@@ -26,7 +26,7 @@ from hf_encoderlock.pseudo_labels import cluster_pseudo_labels
 from hf_encoderlock.trainer import LOCK_CONFIG_FILE, EncoderLockTrainer
 
 from .helpers import toy_domain
-from .test_objectives import _fresh_probe_accuracy
+from .test_objectives import lock_between_fresh_probes
 
 
 def _args(tmp_path, **overrides) -> EncoderLockConfig:
@@ -143,11 +143,7 @@ def test_unsupervised_lock_makes_fresh_probe_fail_on_prohibited_and_keeps_author
         adversary_epochs=20, best_model_criterion="last",
     )
     trainer = EncoderLockTrainer(encoder, args, toy_domain(96, 0, "red"), _unlabelled(toy_domain(96, 1, "green")))
-    before_p = _fresh_probe_accuracy(trainer, probe_sets["p_train"], probe_sets["p_test"])
-    before_a = _fresh_probe_accuracy(trainer, probe_sets["a_train"], probe_sets["a_test"])
-    trainer.train()
-    after_p = _fresh_probe_accuracy(trainer, probe_sets["p_train"], probe_sets["p_test"])
-    after_a = _fresh_probe_accuracy(trainer, probe_sets["a_train"], probe_sets["a_test"])
+    before_p, before_a, after_p, after_a = lock_between_fresh_probes(trainer, probe_sets)
     assert before_p > 0.9 and before_a > 0.9
     assert after_p < before_p - 0.3, (before_p, after_p)
     assert after_a > before_a - 0.1, (before_a, after_a)
@@ -180,14 +176,12 @@ def test_generate_prohibited_combines_generators_and_rejects_bad_requests():
 
 
 def test_text_to_image_generator_explains_its_optional_dependency():
-    pytest.importorskip("torch")
-    try:
-        import diffusers  # noqa: F401  (only whether it imports matters)
-    except ImportError:
-        with pytest.raises(ImportError, match="pip install diffusers"):
-            TextToImageGenerator({"cat": "a photo of a cat"}).generate(2, 0)
-    else:  # pragma: no cover - only where diffusers is installed
-        pytest.skip("diffusers is installed; the generator would download a model")
+    import importlib.util
+
+    if importlib.util.find_spec("diffusers") is not None:  # pragma: no cover - it would download a model
+        pytest.skip("diffusers is installed")
+    with pytest.raises(ImportError, match="pip install diffusers"):
+        TextToImageGenerator({"cat": "a photo of a cat"}).generate(2, 0)
 
 
 def test_zero_shot_trainer_generates_its_prohibited_data_and_records_the_generators(tmp_path):
