@@ -5,6 +5,9 @@
     accelerate launch examples/lock_vit.py --model google/vit-base-patch16-224-in21k \\
         --authorized user/authorized-ds --prohibited user/prohibited-ds --output_dir out/vit-b
     accelerate launch examples/lock_vit.py examples/configs/default.yaml   # all arguments from a file
+    accelerate launch examples/lock_vit.py --variant unsupervised     # prohibited images only, labels never read
+    accelerate launch examples/lock_vit.py --variant zero-shot        # no prohibited data: synthetic stand-ins;
+                                                                 # every other domain is reported as a target
 
 Without a file, the defaults come from ``examples/configs/default.yaml`` (the tuned lock: the information
 objective, ~1% of the weights in the patch embedding and first block) and flags override them.
