@@ -144,12 +144,14 @@ class EncoderLockConfig(TrainingArguments):
         metadata={
             "help": "Fine-tuning-aware lock (beyond the paper; 0: off): each update also evaluates the objective "
             "after this many simulated attacker fine-tuning steps (first-order, SOPHON-style: gradient steps of the "
-            "adversary head's cross-entropy on the prohibited batch over every encoder weight), so the lock also "
+            "adversary head's cross-entropy on the prohibited batch over every encoder weight, each the size of "
+            "Adam's first step), so the lock also "
             "holds after an attacker fine-tunes. Single-process; not with objective='contrastive'."
         },
     )
     finetune_aware_lr: float = field(
-        default=1e-3, metadata={"help": "Step size of the simulated attacker's (SGD) fine-tuning steps."}
+        default=1e-3,
+        metadata={"help": "Learning rate of the simulated attacker: each step moves every weight by lr * sign(grad)."},
     )
     finetune_aware_weight: float = field(
         default=1.0, metadata={"help": "Weight of the objective after simulated fine-tuning in the update's loss."}

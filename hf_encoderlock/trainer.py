@@ -347,9 +347,11 @@ class EncoderLockTrainer(Trainer):
         )
 
     def _simulated_attacker_weights(self, p_pixels: torch.Tensor, p_labels: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Encoder weights after ``finetune_aware_steps`` first-order SGD steps of an attacker fine-tuning every
-        weight with the adversary head on the prohibited batch. Candidate weights stay differentiable (the steps
-        are constants added to them: first-order, as SOPHON); the others are detached."""
+        """Encoder weights after ``finetune_aware_steps`` simulated steps of an attacker fine-tuning every weight
+        with the adversary head on the prohibited batch. Each step is what Adam's first step would be,
+        ``-finetune_aware_lr * sign(gradient)`` (an attacker's Adam moves every weight by about its learning rate).
+        Candidate weights stay differentiable (the steps are constants added to them: first-order, as SOPHON); the
+        others are detached."""
         from torch.func import functional_call
         from torch.nn import functional as F
 
@@ -363,7 +365,7 @@ class EncoderLockTrainer(Trainer):
                 attack_loss = F.cross_entropy(self.heads.adversary(features), p_labels)
                 grads = torch.autograd.grad(attack_loss, list(weights.values()), allow_unused=True)
             weights = {
-                name: value if grad is None else value - self.args.finetune_aware_lr * grad.detach()
+                name: value if grad is None else value - self.args.finetune_aware_lr * grad.detach().sign()
                 for (name, value), grad in zip(weights.items(), grads)
             }
         return weights
