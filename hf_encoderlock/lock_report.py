@@ -14,10 +14,27 @@ from typing import Any, Sequence
 from .reporting import ENCODER_ROLE, ProbeReport, lock_measures
 
 HOLD_THRESHOLD = 0.9  # advantage removed at 100% data above which the report says the lock holds
+MIN_MEASURABLE_ADVANTAGE = 0.03  # victim minus twin accuracy below which the ratios are within probe noise
 
 
 def _pct(value: float | None) -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.1f}%"
+
+
+def prohibited_verdict(row: dict[str, Any]) -> str:
+    """One sentence on a prohibited domain's row (victim, random_twin, locked, advantage_removed)."""
+    removed = row.get("advantage_removed", float("nan"))
+    if removed is None or math.isnan(removed) or row["victim"] - row["random_twin"] < MIN_MEASURABLE_ADVANTAGE:
+        return (
+            "not measurable: the victim's advantage over its random-init twin on this domain is within probe noise "
+            f"(victim {100 * row['victim']:.1f}%, twin {100 * row['random_twin']:.1f}%, locked {100 * row['locked']:.1f}%)"
+        )
+    if removed >= HOLD_THRESHOLD:
+        return f"lock holds: {100 * removed:.0f}% of the victim's advantage removed"
+    return (
+        f"lock does NOT hold: only {100 * removed:.0f}% of the victim's advantage removed "
+        f"(fresh probes reach {100 * row['locked']:.1f}%, victim {100 * row['victim']:.1f}%)"
+    )
 
 
 def build_lock_report(
@@ -46,22 +63,7 @@ def build_lock_report(
                 "lock_own_head": own_head_accuracy.get(row["domain"]),
             }
         )
-    verdict = {}
-    for row in table:
-        if row["role"] == "prohibited":
-            removed = row.get("advantage_removed", float("nan"))
-            if removed is None or math.isnan(removed):
-                verdict[row["domain"]] = (
-                    "not measurable: the victim has no advantage over its random-init twin on this domain "
-                    f"(victim {100 * row['victim']:.1f}%, twin {100 * row['random_twin']:.1f}%)"
-                )
-                continue
-            verdict[row["domain"]] = (
-                f"lock holds: {100 * removed:.0f}% of the victim's advantage removed"
-                if removed >= HOLD_THRESHOLD
-                else f"lock does NOT hold: only {100 * removed:.0f}% of the victim's advantage removed "
-                f"(fresh probes reach {100 * row['locked']:.1f}%, victim {100 * row['victim']:.1f}%)"
-            )
+    verdict = {row["domain"]: prohibited_verdict(row) for row in table if row["role"] == "prohibited"}
     return {
         "authorized": list(authorized),
         "prohibited": list(prohibited),
