@@ -23,7 +23,7 @@ from typing import Any, Protocol, Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from .builtin_domains import draw_centred, find_fonts, font_factory
+from .builtin_domains import contrasting_colours, draw_centred, find_fonts, font_factory, luminance
 
 DEFAULT_IMAGE_SIZE = 32
 SUPERSAMPLE = 4  # shapes are drawn at this multiple of the image size and downsampled (anti-aliasing)
@@ -86,23 +86,11 @@ def procedural_backgrounds(rng: np.random.Generator, n: int, size: int) -> np.nd
     return np.clip(first[:, None, None] + (second - first)[:, None, None] * t[..., None], 0, 1)
 
 
-def _ink_colours(backgrounds: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Random ink colours whose luminance differs from the mean background luminance by >= MIN_INK_CONTRAST."""
-    lum = backgrounds.mean(axis=(1, 2)) @ np.array([0.299, 0.587, 0.114])
-    colours = rng.uniform(0, 1, size=(len(backgrounds), 3))
-    target = np.where(
-        lum > 0.5,
-        rng.uniform(0, 1, size=len(lum)) * np.maximum(lum - MIN_INK_CONTRAST, 0),
-        np.minimum(lum + MIN_INK_CONTRAST + rng.uniform(0, 1, size=len(lum)) * (1 - lum - MIN_INK_CONTRAST), 1),
-    )
-    return np.clip(colours + (target - colours @ np.array([0.299, 0.587, 0.114]))[:, None], 0, 1)
-
-
 def _compose(masks: np.ndarray, rng: np.random.Generator) -> list[Image.Image]:
     """Ink masks (``(n, size, size)`` in [0, 1]) painted in random colours over procedural backgrounds."""
     n, size = len(masks), masks.shape[1]
     backgrounds = procedural_backgrounds(rng, n, size)
-    ink = _ink_colours(backgrounds, rng)
+    ink = contrasting_colours(luminance(backgrounds.mean(axis=(1, 2))), MIN_INK_CONTRAST, rng)
     out = backgrounds * (1 - masks[..., None]) + ink[:, None, None] * masks[..., None]
     return [Image.fromarray((255 * image).round().astype(np.uint8), "RGB") for image in out]
 

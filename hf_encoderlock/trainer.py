@@ -232,6 +232,11 @@ class EncoderLockTrainer(Trainer):
             data = self._with_pseudo_labels(args, data)
         return data
 
+    @staticmethod
+    def _concat_poolings(pooled: dict[str, torch.Tensor], poolings) -> torch.Tensor:
+        """The prohibited view: features of ``poolings`` concatenated, in order."""
+        return torch.cat([pooled[p] for p in poolings], dim=1)
+
     def _with_pseudo_labels(self, args: EncoderLockConfig, data: DomainTensors) -> DomainTensors:
         """Cluster the unlocked encoder's features of unlabelled prohibited images (the poolings the objective sees)."""
         poolings = [*(args.prohibited_poolings or [self.encoder.pooling])]
@@ -240,7 +245,7 @@ class EncoderLockTrainer(Trainer):
         with torch.no_grad():
             features = torch.cat(
                 [
-                    torch.cat(list(self.encoder.pooled_features(chunk.to(device), poolings).values()), dim=1).float().cpu()
+                    self._concat_poolings(self.encoder.pooled_features(chunk.to(device), poolings), poolings).float().cpu()
                     for chunk in data.pixel_values.split(args.per_device_train_batch_size)
                 ]
             )
@@ -295,7 +300,7 @@ class EncoderLockTrainer(Trainer):
             return features.split([num_authorized, len(pixel_values) - num_authorized])
         pooled = model(pixel_values, poolings=[self.encoder.pooling, *poolings])  # one (DDP-visible) forward
         a_features = pooled[self.encoder.pooling][:num_authorized]
-        p_features = torch.cat([pooled[p][num_authorized:] for p in poolings], dim=1)
+        p_features = self._concat_poolings({p: pooled[p][num_authorized:] for p in poolings}, poolings)
         return a_features, p_features
 
     def _objective_features(self, model, a_pixels: torch.Tensor, p_pixels: torch.Tensor):
@@ -312,22 +317,32 @@ class EncoderLockTrainer(Trainer):
         (a_features, a_views), (p_features, p_views) = a_both.split(n_a), p_both.chunk(2)
         return a_features, p_features, {"authorized_views": a_views, "prohibited_views": p_views}
 
-    def _objective_terms(self, model, a_pixels, a_labels, p_pixels, p_labels):
-        """The objective on one pair of batches; with ``ddp_global_batch`` under several processes, on the global
-        batch gathered from every rank (differentiably, see :func:`~hf_encoderlock.distributed.gather_batch`)."""
+    def _objective_inputs(self, model, a_pixels, a_labels, p_pixels, p_labels):
+        """(authorized features, labels, prohibited features, labels, extra keyword inputs) of the objective; with
+        ``ddp_global_batch`` under several processes, the global batch gathered from every rank (differentiably,
+        see :func:`~hf_encoderlock.distributed.gather_batch`)."""
         a_features, p_features, extra = self._objective_features(model, a_pixels, p_pixels)
         extra.update(self._reference_kwargs(a_pixels))
         if self.args.ddp_global_batch and self.args.world_size > 1:
             a_features, a_labels, p_features, p_labels = map(gather_batch, (a_features, a_labels, p_features, p_labels))
             extra = {key: gather_batch(value) for key, value in extra.items()}
+        return a_features, a_labels, p_features, p_labels, extra
+
+    def _objective_terms(self, model, a_pixels, a_labels, p_pixels, p_labels):
+        """The objective on one pair of batches (see :meth:`_objective_inputs`)."""
+        a_features, a_labels, p_features, p_labels, extra = self._objective_inputs(model, a_pixels, a_labels, p_pixels, p_labels)
         return self.objective.terms(a_features, a_labels, p_features, p_labels, self.heads, **extra)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         a_pixels, a_labels = inputs["authorized_pixel_values"], inputs["authorized_labels"]
         p_pixels, p_labels = inputs["prohibited_pixel_values"], inputs.get("prohibited_labels")
-        terms = self._objective_terms(model, a_pixels, a_labels, p_pixels, p_labels)
-        if self.args.finetune_aware_steps:
-            after = self._objective_after_simulated_finetuning(a_pixels, a_labels, p_pixels, p_labels)
+        a_features, a_labels, p_features, p_labels, extra = self._objective_inputs(
+            model, a_pixels, a_labels, p_pixels, p_labels
+        )
+        terms = self.objective.terms(a_features, a_labels, p_features, p_labels, self.heads, **extra)
+        if self.args.finetune_aware_steps:  # single-process: the inputs above are this process's own batch
+            reference = {k: v for k, v in extra.items() if k == "authorized_reference"}
+            after = self._objective_after_simulated_finetuning(a_features.detach(), a_labels, p_pixels, p_labels, reference)
             terms.total = terms.total + self.args.finetune_aware_weight * after.total
             terms.logs["finetune_aware_total"] = float(after.total.detach())
         self._last_logs = terms.logs
@@ -370,9 +385,9 @@ class EncoderLockTrainer(Trainer):
             }
         return weights
 
-    def _objective_after_simulated_finetuning(self, a_pixels, a_labels, p_pixels, p_labels):
+    def _objective_after_simulated_finetuning(self, a_features, a_labels, p_pixels, p_labels, reference_kwargs):
         """The objective with the prohibited features of the encoder after simulated attacker fine-tuning (the
-        authorized features are the current encoder's, without gradient)."""
+        authorized features, given without gradient, and ``reference_kwargs`` come from the main pass)."""
         from torch.func import functional_call
 
         if p_labels is None:
@@ -381,14 +396,10 @@ class EncoderLockTrainer(Trainer):
         poolings = self.args.prohibited_poolings
         if poolings:
             pooled = functional_call(self.encoder, weights, (p_pixels,), {"poolings": list(poolings)})
-            p_features = torch.cat([pooled[p] for p in poolings], dim=1)
+            p_features = self._concat_poolings(pooled, poolings)
         else:
             p_features = functional_call(self.encoder, weights, (p_pixels,))
-        with torch.no_grad():
-            a_features = self.encoder(a_pixels)
-        return self.objective.terms(
-            a_features, a_labels, p_features, p_labels, self.heads, **self._reference_kwargs(a_pixels)
-        )
+        return self.objective.terms(a_features, a_labels, p_features, p_labels, self.heads, **reference_kwargs)
 
     def _reference_kwargs(self, authorized_pixels: torch.Tensor) -> dict[str, torch.Tensor]:
         """``authorized_reference`` for objectives that compare against the unlocked encoder."""
