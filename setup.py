@@ -19,9 +19,9 @@ setup(
     package_data={
         "hf_encoderlock": [
             "assets/victim/*",
-            "metrics/*/*.py",
-            "metrics/*/*.md",
-            "templates/*.md",
+            "probing/metrics/*/*.py",
+            "probing/metrics/*/*.md",
+            "hub/model_card_template.md",
         ]
     },
     install_requires=[
@@ -44,5 +44,5 @@ setup(
         "tqdm>=4.66",
     ],
     extras_require={"dev": ["pytest>=8.0"]},
-    entry_points={"console_scripts": ["encoderlock=hf_encoderlock.cli:main"]},
+    entry_points={"console_scripts": ["encoderlock=hf_encoderlock.cli.main:main"]},
 )

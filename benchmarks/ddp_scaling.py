@@ -25,9 +25,9 @@ from datasets import Image as ImageFeature
 from PIL import Image
 from torch.nn import functional as F
 
-from hf_encoderlock.config import EncoderLockConfig
+from hf_encoderlock.lock.config import EncoderLockConfig
 from hf_encoderlock.encoders import EncoderAdapter, tiny_vit_encoder
-from hf_encoderlock.trainer import EncoderLockTrainer
+from hf_encoderlock.lock.trainer import EncoderLockTrainer
 
 SMALL = dict(image_size=32, patch_size=4, hidden_size=128, num_layers=4, num_heads=4, intermediate_size=256)
 VIT_B = dict(image_size=224, patch_size=16, hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072)

@@ -22,8 +22,8 @@ from typing import Any
 import yaml
 from transformers import HfArgumentParser
 
-from hf_encoderlock.attacks import AttackConfig, run_attack_suite
-from hf_encoderlock.config import EncoderLockConfig
+from hf_encoderlock.probing.attacks import AttackConfig, run_attack_suite
+from hf_encoderlock.lock.config import EncoderLockConfig
 from hf_encoderlock.experiment import LockExperimentArguments, _load_domains, run_lock_experiment, split_for_lock
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "examples" / "configs" / "default.yaml"

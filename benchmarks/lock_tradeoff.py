@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 from transformers import HfArgumentParser
 
-from hf_encoderlock.config import EncoderLockConfig
+from hf_encoderlock.lock.config import EncoderLockConfig
 from hf_encoderlock.experiment import LockExperimentArguments, run_lock_experiment
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "examples" / "configs" / "default.yaml"
@@ -68,7 +68,7 @@ def _apply_budget(lock: EncoderLockConfig, budget: str, num_parameters: int, num
 
 def _encoder_sizes(experiment: LockExperimentArguments, lock: EncoderLockConfig) -> tuple[int, int]:
     from hf_encoderlock.encoders import load_encoder
-    from hf_encoderlock.selection import select_candidate_parameters
+    from hf_encoderlock.lock.selection import select_candidate_parameters
     from hf_encoderlock.victim import load_victim
 
     encoder = load_victim(experiment.cache_dir) if experiment.model is None else load_encoder(experiment.model)

@@ -20,9 +20,9 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from hf_encoderlock.domains import load_domain  # noqa: E402
-from hf_encoderlock.features import extract_features, resolve_poolings  # noqa: E402
-from hf_encoderlock.probes import ProbeConfig, run_probe_suite  # noqa: E402
+from hf_encoderlock.data.domains import load_domain  # noqa: E402
+from hf_encoderlock.probing.features import extract_features, resolve_poolings  # noqa: E402
+from hf_encoderlock.probing.suite import ProbeConfig, run_probe_suite  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -14,13 +14,13 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0.dev0"
 
 _EXPORTS: dict[str, tuple[str, ...]] = {
-    "attacks": ("AttackConfig", "AttackError", "AttackReport", "learning_curve_auc", "run_attack_suite"),
+    "probing.attacks": ("AttackConfig", "AttackError", "AttackReport", "learning_curve_auc", "run_attack_suite"),
     "audit": ("AuditReport", "audit_locked"),
-    "augmentations": ("AugmentationConfig", "augmented_view"),
-    "callbacks": ("SelfChallengeCallback", "WeightSelectionCallback"),
-    "config": ("EncoderLockConfig",),
-    "contrastive": ("ContrastiveObjective", "info_nce"),
-    "domains": (
+    "lock.variants.augmentations": ("AugmentationConfig", "augmented_view"),
+    "lock.callbacks": ("SelfChallengeCallback", "WeightSelectionCallback"),
+    "lock.config": ("EncoderLockConfig",),
+    "lock.objectives.contrastive": ("ContrastiveObjective", "info_nce"),
+    "data.domains": (
         "BUILTIN_DOMAINS",
         "DomainError",
         "DomainSpec",
@@ -32,8 +32,8 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     ),
     "encoders": ("EncoderAdapter", "EncoderError", "load_encoder", "tiny_vit_encoder", "vit_image_processor"),
     "experiment": ("LockExperimentArguments", "run_lock_experiment"),
-    "features": ("extract_features",),
-    "generators": (
+    "probing.features": ("extract_features",),
+    "lock.variants.generators": (
         "GENERATORS",
         "DomainShiftGenerator",
         "GlyphGenerator",
@@ -42,24 +42,24 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "TextToImageGenerator",
         "generate_prohibited",
     ),
-    "heads": ("HeadTrainingConfig", "TrainedHead", "accuracy", "best_head", "train_head_groups", "train_heads"),
-    "hub": ("load_locked", "push_locked_to_hub", "push_trainer_to_hub"),
-    "information": ("InformationObjective", "InformationTermsConfig"),
-    "lock_data": ("LockDataError", "combine_labelled_domains"),
-    "lock_report": ("build_lock_report", "lock_report_markdown", "plot_lock_report"),
-    "masking": ("MaskedParameterGuard", "changed_entries", "snapshot_state"),
-    "model_card": (
+    "probing.heads": ("HeadTrainingConfig", "TrainedHead", "accuracy", "best_head", "train_head_groups", "train_heads"),
+    "hub.push": ("load_locked", "push_locked_to_hub"),
+    "lock.objectives.information": ("InformationObjective", "InformationTermsConfig"),
+    "data.lock_tensors": ("LockDataError", "combine_labelled_domains"),
+    "probing.lock_report": ("build_lock_report", "lock_report_markdown", "plot_lock_report"),
+    "lock.masking": ("MaskedParameterGuard", "changed_entries", "snapshot_state"),
+    "hub.card": (
         "Authorization",
         "EncoderLockCardData",
         "LockVerificationError",
         "render_model_card",
         "write_model_card",
     ),
-    "objectives": ("LockHeads", "LockObjective", "ObjectiveTerms", "PaperObjective", "build_objective"),
-    "probes": ("ProbeConfig", "load_domains", "run_probe_suite"),
-    "pseudo_labels": ("cluster_pseudo_labels",),
-    "reporting": ("ProbeReport", "load_encoderlock_metric", "lock_measures", "make_compute_metrics"),
-    "selection": (
+    "lock.objectives": ("OBJECTIVES", "LockHeads", "LockObjective", "ObjectiveTerms", "PaperObjective", "build_objective"),
+    "probing.suite": ("ProbeConfig", "load_domains", "run_probe_suite"),
+    "lock.variants.pseudo_labels": ("cluster_pseudo_labels",),
+    "probing.probe_report": ("ProbeReport", "load_encoderlock_metric", "lock_measures", "make_compute_metrics"),
+    "lock.selection": (
         "SCORE_FUNCTIONS",
         "compute_scores",
         "load_mask",
@@ -69,7 +69,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "select_candidate_parameters",
         "select_top_weights",
     ),
-    "trainer": ("EncoderLockTrainer",),
+    "lock.trainer": ("EncoderLockTrainer", "NonFiniteLossError", "push_trainer_to_hub"),
     "victim": ("VictimConfig", "load_victim", "pretrain_victim", "victim_random_twin"),
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
@@ -91,10 +91,10 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
-    from .callbacks import SelfChallengeCallback, WeightSelectionCallback  # noqa: F401
-    from .config import EncoderLockConfig  # noqa: F401
     from .encoders import EncoderAdapter, load_encoder  # noqa: F401
     from .experiment import LockExperimentArguments, run_lock_experiment  # noqa: F401
-    from .hub import load_locked, push_locked_to_hub  # noqa: F401
-    from .probes import ProbeConfig, run_probe_suite  # noqa: F401
-    from .trainer import EncoderLockTrainer  # noqa: F401
+    from .hub.push import load_locked, push_locked_to_hub  # noqa: F401
+    from .lock.callbacks import SelfChallengeCallback, WeightSelectionCallback  # noqa: F401
+    from .lock.config import EncoderLockConfig  # noqa: F401
+    from .lock.trainer import EncoderLockTrainer  # noqa: F401
+    from .probing.suite import ProbeConfig, run_probe_suite  # noqa: F401

@@ -11,7 +11,6 @@ Checks, each recorded in :class:`AuditReport` (``problems`` lists every failed c
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -20,11 +19,17 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from .masking import _bits
-from .model_card import CARD_FILE, Authorization, LockVerificationError
+from ._files import AUDIT_JSON, AUDIT_MD, CARD_FILE, LOCK_CONFIG_FILE, MASK_FILE, MODEL_CONFIG_FILE
+from ._utils import finite, markdown_row, percent
+from .data.domains import BUILTIN_DOMAINS, DomainSpec
+from .encoders import load_encoder
+from .hub.card import Authorization, LockVerificationError, _domain_name
+from .lock.masking import _bits
+from .lock.selection import load_mask
+from .probing.probe_report import TWIN_ROLE
+from .probing.suite import ProbeConfig, run_probe_suite
+from .victim import load_victim
 
-LOCK_CONFIG_FILE = "encoderlock_config.json"  # as written by EncoderLockTrainer
-MASK_FILE = "encoderlock_mask.safetensors"
 VICTIM = "victim"
 
 
@@ -40,10 +45,7 @@ def load_state(source: str | os.PathLike | torch.nn.Module) -> dict[str, torch.T
         module = getattr(source, "backbone", source)
         return {n: t.detach().cpu() for n, t in module.state_dict().items()}
     if str(source) == VICTIM:
-        from .victim import load_victim
-
         return load_state(load_victim())
-    from .encoders import load_encoder
 
     return load_state(load_encoder(str(source)))
 
@@ -127,8 +129,6 @@ def check_card(folder: Path, mask_count: int | None) -> tuple[dict[str, Any], li
 
 def default_domains(config: Mapping[str, Any] | None) -> tuple[list[str], list[str]]:
     """The lock config's authorized and prohibited domains that are built-in names (others cannot be reloaded)."""
-    from .domains import BUILTIN_DOMAINS, DomainSpec
-
     def builtin(entries) -> list[str]:
         names = []
         for entry in entries or []:
@@ -167,16 +167,12 @@ class AuditReport:
         return dict(asdict(self), ok=self.ok)
 
     def to_json(self, path: str | os.PathLike | None = None) -> str:
-        from .reporting import _finite
-
-        text = json.dumps(_finite(self.to_dict()), indent=2, default=str)
+        text = json.dumps(finite(self.to_dict()), indent=2, default=str)
         if path is not None:
             Path(path).write_text(text + "\n", encoding="utf-8")
         return text
 
     def to_markdown(self) -> str:
-        from .reporting import _pct, _row
-
         lines = [f"# Audit: {self.locked}", "", f"**Result: {'OK' if self.ok else 'PROBLEMS FOUND'}**", ""]
         lines += [f"- problem: {p}" for p in self.problems] + [f"- note: {n}" for n in self.notes]
         if self.weights is not None:
@@ -184,8 +180,8 @@ class AuditReport:
             lines += ["", f"## Changed weights (vs {self.original})", "",
                       f"{w['changed']:,} of {w['total']:,} entries changed ({100 * w['fraction']:.4f}%)"
                       + (f"; {w['outside_mask']} outside the mask." if "outside_mask" in w else "."), ""]
-            lines += [_row(["Tensor", "Changed", "Size", "Outside mask"]), _row(["---"] * 4)]
-            lines += [_row([n, str(r["changed"]), str(r["size"]), str(r.get("outside_mask", "-"))])
+            lines += [markdown_row(["Tensor", "Changed", "Size", "Outside mask"]), markdown_row(["---"] * 4)]
+            lines += [markdown_row([n, str(r["changed"]), str(r["size"]), str(r.get("outside_mask", "-"))])
                       for n, r in w["per_layer"].items()]
         if self.mask is not None:
             lines += ["", "## Mask", "", f"{MASK_FILE}: {self.mask['count']:,} entries in {self.mask['layers']} tensor(s)."]
@@ -197,24 +193,22 @@ class AuditReport:
                       else f"Not verified: {self.card.get('error', 'mask count differs')}"]
         if self.probes is not None:
             lines += ["", "## Probes (attacker's best test accuracy, %)", "",
-                      _row(["Domain", "Role", "Fraction", "Locked", "Random twin"]), _row(["---"] * 5)]
+                      markdown_row(["Domain", "Role", "Fraction", "Locked", "Random twin"]), markdown_row(["---"] * 5)]
             for row in self.probes["best"]:
-                lines.append(_row([row["domain"], row["role"] or "-", f"{100 * row['fraction']:g}%",
-                                   _pct(row["locked"]), _pct(row.get("random_twin", float("nan")))]))
+                lines.append(markdown_row([row["domain"], row["role"] or "-", f"{100 * row['fraction']:g}%",
+                                   percent(row["locked"], suffix=""), percent(row.get("random_twin"), suffix="")]))
         return "\n".join(lines) + "\n"
 
     def save(self, output_dir: str | os.PathLike) -> dict[str, Path]:
         folder = Path(output_dir)
         folder.mkdir(parents=True, exist_ok=True)
-        paths = {"json": folder / "audit.json", "markdown": folder / "audit.md"}
+        paths = {"json": folder / AUDIT_JSON, "markdown": folder / AUDIT_MD}
         self.to_json(paths["json"])
         paths["markdown"].write_text(self.to_markdown(), encoding="utf-8")
         return paths
 
 
 def _probe_summary(report, authorized: Sequence[str], prohibited: Sequence[str]) -> dict[str, Any]:
-    from .reporting import TWIN_ROLE
-
     rows = []
     for best in report.best_scores():
         role = "authorized" if best.domain in authorized else "prohibited" if best.domain in prohibited else None
@@ -243,10 +237,8 @@ def audit_locked(
         probes: rerun the probe suite (slow); ``False`` checks files only.
         output_dir: if given, ``audit.json`` and ``audit.md`` (and the probe report) are written there.
     """
-    from .selection import load_mask
-
     folder = Path(locked)
-    if not (folder / "config.json").is_file():
+    if not (folder / MODEL_CONFIG_FILE).is_file():
         raise FileNotFoundError(f"{folder} is not a saved encoder folder (no config.json)")
     report = AuditReport(locked=str(folder), original=None if original is None else str(getattr(original, "name", original)))
     mask = load_mask(folder / MASK_FILE) if (folder / MASK_FILE).is_file() else None
@@ -274,9 +266,6 @@ def audit_locked(
             if not domains:
                 report.notes.append("no built-in domains in the lock config and none given: probes skipped")
         if domains:
-            from .encoders import load_encoder
-            from .probes import ProbeConfig, run_probe_suite
-
             probe_report = run_probe_suite(load_encoder(str(folder)), domains, probe_config or ProbeConfig(),
                                            random_twin=True, cache_dir=cache_dir)
             declared_a = authorized or _names((report.config or {}).get("authorized"))
@@ -290,50 +279,4 @@ def audit_locked(
 
 
 def _names(entries) -> list[str]:
-    from .model_card import _domain_name
-
     return [_domain_name(e) for e in entries or []]
-
-
-# ------------------------------------------------------------------------------------------------------- CLI
-def add_audit_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add ``audit`` to the ``encoderlock`` sub-commands (``args.handler`` is :func:`run_audit`)."""
-    parser = subparsers.add_parser(
-        "audit",
-        help="Audit a locked encoder folder: changed weights, mask, config, card hashes, probes.",
-        description="Report which weights changed against the original, check them against the lock's mask and "
-        "config, verify the weight hashes in the model card and rerun the probe suite. Exit status 1 when a check "
-        "fails.",
-    )
-    parser.add_argument("locked", help="A locked encoder folder.")
-    parser.add_argument("--original", help="The encoder before locking: a folder, 'victim' or a Hub id.")
-    parser.add_argument("--domains", nargs="+", metavar="DOMAIN",
-                        help="Domains to probe (default: the lock config's built-in domains).")
-    parser.add_argument("--out", type=Path, metavar="DIR", help="Write audit.json, audit.md (and the probe report).")
-    parser.add_argument("--no-probes", action="store_true", help="Check files only; do not rerun the probe suite.")
-    parser.add_argument("--fractions", type=float, nargs="+", help="Probe training fractions (default 0.01 0.1 1).")
-    parser.add_argument("--seeds", type=int, nargs="+", help="Probe seeds (default 0 1 2).")
-    parser.add_argument("--heads", nargs="+", help="Probe head kinds (default: all).")
-    parser.add_argument("--epochs", type=int, help="Maximum epochs per gradient-trained head.")
-    parser.add_argument("--cache-dir", type=Path, help="Cache folder for built-in domains and features.")
-    parser.add_argument("--quiet", action="store_true", help="No progress bars.")
-    parser.set_defaults(handler=run_audit)
-    return parser
-
-
-def run_audit(args: argparse.Namespace) -> int:
-    """Handler of ``encoderlock audit``: 0 when every check passes, 1 otherwise."""
-    import dataclasses
-
-    from .probes import ProbeConfig
-
-    overrides = {"fractions": args.fractions, "seeds": args.seeds, "heads": args.heads, "epochs": args.epochs}
-    config = dataclasses.replace(
-        ProbeConfig(progress=not args.quiet), **{k: v for k, v in overrides.items() if v is not None}
-    )
-    report = audit_locked(args.locked, original=args.original, domains=args.domains, probe_config=config,
-                          probes=not args.no_probes, cache_dir=args.cache_dir, output_dir=args.out)
-    print(report.to_markdown())
-    if args.out is not None:
-        print(f"wrote {args.out / 'audit.json'} and {args.out / 'audit.md'}")
-    return 0 if report.ok else 1

@@ -19,14 +19,14 @@ from typing import Any
 
 from datasets import DatasetDict
 
-from .config import EncoderLockConfig
-from .domains import BUILTIN_DOMAINS, DomainSpec, load_domain, train_validation_split
+from .lock.config import EncoderLockConfig
+from .data.domains import BUILTIN_DOMAINS, DomainSpec, load_domain, train_validation_split
 from .encoders import EncoderAdapter, load_encoder
-from .lock_report import build_lock_report, lock_report_markdown, plot_lock_report
-from .model_card import write_model_card
-from .probes import ProbeConfig, run_probe_suite
-from .lock_data import combine_labelled_domains
-from .trainer import EncoderLockTrainer
+from .probing.lock_report import build_lock_report, lock_report_markdown, plot_lock_report
+from .hub.card import write_model_card
+from .probing.suite import ProbeConfig, run_probe_suite
+from .data.lock_tensors import combine_labelled_domains
+from .lock.trainer import EncoderLockTrainer
 from .victim import load_victim
 
 REPORT_JSON, REPORT_MD, REPORT_PNG = "report.json", "report.md", "probe.png"

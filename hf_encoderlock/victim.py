@@ -26,6 +26,8 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from .encoders import EncoderAdapter, vit_image_processor
+from .data.domains import load_domain
+from .data.domains import default_cache_dir
 
 VICTIM_ASSET_DIR = Path(__file__).parent / "assets" / "victim"
 VICTIM_CACHE_NAME = "victim-v1"
@@ -107,8 +109,6 @@ def pretrain_victim(
     log: Callable[[str], None] = print,
 ) -> EncoderAdapter:
     """Pre-train the victim on the configured built-in domains; save it to ``output_dir`` if given."""
-    from .domains import load_domain
-
     config = config or VictimConfig()
     torch.manual_seed(config.seed)
     encoder = build_victim_architecture(config)
@@ -184,7 +184,6 @@ def victim_path(cache_dir: str | os.PathLike | None = None, build: bool = True) 
     """Folder of the default victim: the shipped asset, else a cached build (built now if ``build``)."""
     if (VICTIM_ASSET_DIR / "model.safetensors").is_file():
         return VICTIM_ASSET_DIR
-    from .domains import default_cache_dir
 
     cached = Path(cache_dir or default_cache_dir()) / VICTIM_CACHE_NAME
     if not (cached / "model.safetensors").is_file():

@@ -9,7 +9,7 @@ import pytest
 import torch
 from datasets import DatasetDict
 
-from hf_encoderlock.attacks import (
+from hf_encoderlock.probing.attacks import (
     SCRATCH,
     AttackConfig,
     AttackError,
@@ -112,7 +112,7 @@ def test_deterministic_for_a_seed(encoder, domains):
 def test_lora_wraps_attention_projections_and_freezes_base(encoder, domains):
     from peft.tuners.lora import LoraLayer
 
-    from hf_encoderlock.attacks import _Data, train_attack
+    from hf_encoderlock.probing.attacks import _Data, train_attack
 
     model = prepare_attack(encoder, "lora", _config())
     targets = attention_projections(encoder.backbone)

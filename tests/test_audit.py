@@ -11,10 +11,10 @@ import torch
 from datasets import DatasetDict
 
 from hf_encoderlock.audit import MASK_FILE, audit_locked, compare_weights, default_domains
-from hf_encoderlock.cli import main
+from hf_encoderlock.cli.main import main
 from hf_encoderlock.encoders import tiny_vit_encoder
-from hf_encoderlock.model_card import write_model_card
-from hf_encoderlock.selection import save_mask
+from hf_encoderlock.hub.card import write_model_card
+from hf_encoderlock.lock.selection import save_mask
 
 from .helpers import toy_domain
 

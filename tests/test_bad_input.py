@@ -17,11 +17,11 @@ from datasets import Image as ImageFeature
 from PIL import Image
 from transformers import ViTConfig, ViTModel
 
-from hf_encoderlock.config import EncoderLockConfig
-from hf_encoderlock.domains import DomainError, domain_from_folder
+from hf_encoderlock.lock.config import EncoderLockConfig
+from hf_encoderlock.data.domains import DomainError, domain_from_folder
 from hf_encoderlock.encoders import EncoderAdapter, EncoderError, load_encoder, tiny_vit_encoder, vit_image_processor
-from hf_encoderlock.lock_data import LockDataError
-from hf_encoderlock.trainer import LOCK_CONFIG_FILE, EncoderLockTrainer
+from hf_encoderlock.data.lock_tensors import LockDataError
+from hf_encoderlock.lock.trainer import LOCK_CONFIG_FILE, EncoderLockTrainer
 
 from .helpers import toy_domain
 

@@ -12,7 +12,7 @@ from datasets import ClassLabel, Dataset, DatasetDict, Features
 from datasets import Image as ImageFeature
 from PIL import Image
 
-from hf_encoderlock.cli import build_parser, main
+from hf_encoderlock.cli.main import build_parser, main
 from hf_encoderlock.encoders import tiny_vit_encoder
 
 REPO = Path(__file__).resolve().parents[1]
@@ -68,7 +68,7 @@ def test_cli_probe_in_process(encoder_dir, domain_dir, tmp_path, capsys):
 
 def test_cli_probe_as_subprocess(encoder_dir, domain_dir, tmp_path):
     out = tmp_path / "report"
-    command = [sys.executable, "-m", "hf_encoderlock.cli", "probe", "--encoder", str(encoder_dir), "--domains",
+    command = [sys.executable, "-m", "hf_encoderlock.cli.main", "probe", "--encoder", str(encoder_dir), "--domains",
                str(domain_dir), "--out", str(out), "--no-random-twin", "--heads", "linear", "knn",
                "--poolings", "cls", "--no-cache", *FAST]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}

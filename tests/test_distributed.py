@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 import torch
 
-from hf_encoderlock.config import EncoderLockConfig
+from hf_encoderlock.lock.config import EncoderLockConfig
 from hf_encoderlock.encoders import tiny_vit_encoder
-from hf_encoderlock.objectives import PaperObjective
-from hf_encoderlock.trainer import EncoderLockTrainer
+from hf_encoderlock.lock.objectives import PaperObjective
+from hf_encoderlock.lock.trainer import EncoderLockTrainer
 
 from .helpers import toy_domain
 

@@ -11,9 +11,9 @@ from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 from datasets import Image as ImageFeature
 from PIL import Image
 
-from hf_encoderlock import builtin_domains as bd
-from hf_encoderlock import domains
-from hf_encoderlock.domains import (
+from hf_encoderlock.data import builtin as bd
+from hf_encoderlock.data import domains
+from hf_encoderlock.data.domains import (
     BUILTIN_DOMAINS,
     DomainError,
     DomainSpec,
@@ -91,14 +91,14 @@ def test_rendered_domains_are_balanced(builtins, name):
 
 
 def test_builtin_same_seed_is_bit_identical(builtins):
-    again = bd.build_builtin_domain("digits", seed=0)
+    again = domains.build_builtin_domain("digits", seed=0)
     for split in ("train", "test"):
         assert raw_image_bytes(again[split]) == raw_image_bytes(builtins["digits"][split])
         assert again[split]["label"][:] == builtins["digits"][split]["label"][:]
 
 
 def test_builtin_different_seed_changes_split(builtins):
-    other = bd.build_builtin_domain("digits", seed=1)
+    other = domains.build_builtin_domain("digits", seed=1)
     assert raw_image_bytes(other["test"]) != raw_image_bytes(builtins["digits"]["test"])
     assert sorted(raw_image_bytes(other["train"]) + raw_image_bytes(other["test"])) == sorted(
         raw_image_bytes(builtins["digits"]["train"]) + raw_image_bytes(builtins["digits"]["test"])
@@ -339,7 +339,7 @@ def test_unknown_name_suggests_builtin():
     with pytest.raises(DomainError, match="Did you mean the built-in 'mnist'"):
         load_domain("mnsit")
     with pytest.raises(DomainError, match="unknown built-in domain"):
-        bd.build_builtin_domain("nope")
+        domains.build_builtin_domain("nope")
     with pytest.raises(DomainError, match="unknown domain spec key"):
         load_domain({"name": "mnist", "colour": "red"})
     with pytest.raises(DomainError, match="test_size"):

@@ -61,7 +61,7 @@ def test_lock_vit_example_writes_loadable_folders_and_honest_report(tmp_path):
 
 
 def test_verdict_says_holds_fails_or_not_measurable():
-    from hf_encoderlock.lock_report import prohibited_verdict
+    from hf_encoderlock.probing.lock_report import prohibited_verdict
 
     row = {"victim": 0.72, "random_twin": 0.24, "locked": 0.26, "advantage_removed": (0.72 - 0.26) / (0.72 - 0.24)}
     assert prohibited_verdict(row).startswith("lock holds: 96%")

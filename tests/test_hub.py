@@ -14,11 +14,11 @@ from huggingface_hub.errors import GatedRepoError
 from safetensors.torch import load_file
 from transformers import AutoImageProcessor, AutoModel
 
-from hf_encoderlock.cli import main as cli_main
-from hf_encoderlock.config import EncoderLockConfig
+from hf_encoderlock.cli.main import main as cli_main
+from hf_encoderlock.lock.config import EncoderLockConfig
 from hf_encoderlock.encoders import tiny_vit_encoder
-from hf_encoderlock.hub import load_locked, push_locked_to_hub
-from hf_encoderlock.model_card import (
+from hf_encoderlock.hub.push import load_locked, push_locked_to_hub
+from hf_encoderlock.hub.card import (
     CARD_FILE,
     CITATION,
     METADATA_KEY,
@@ -29,7 +29,7 @@ from hf_encoderlock.model_card import (
     sha256_file,
     write_model_card,
 )
-from hf_encoderlock.trainer import LOCK_CONFIG_FILE, MASK_FILE, EncoderLockTrainer
+from hf_encoderlock.lock.trainer import LOCK_CONFIG_FILE, MASK_FILE, EncoderLockTrainer
 
 from .helpers import toy_domain
 from .hub_server import FakeHubServer
@@ -178,7 +178,7 @@ def test_gated_card_asks_to_acknowledge_each_prohibited_use(locked_folder):
     data = EncoderLockCardData.from_folder(locked_folder, report=_report(), gated=True,
                                            prohibited_uses=["face recognition", "weapon detection"])  # fmt: skip
     path = locked_folder / CARD_FILE
-    from hf_encoderlock.model_card import render_model_card
+    from hf_encoderlock.hub.card import render_model_card
 
     render_model_card(data).save(path)
     meta = _front_matter(path)

@@ -1,4 +1,4 @@
-"""Tests for hf_encoderlock.masking: only selected entries ever change, under AdamW with every complication."""
+"""Tests for hf_encoderlock.lock.masking: only selected entries ever change, under AdamW with every complication."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from hf_encoderlock.masking import MaskedParameterGuard, _bits, changed_entries, snapshot_state
-from hf_encoderlock.selection import (
+from hf_encoderlock.lock.masking import MaskedParameterGuard, _bits, changed_entries, snapshot_state
+from hf_encoderlock.lock.selection import (
     accumulate_gradient_stats,
     compute_scores,
     merge_masks,

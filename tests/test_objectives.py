@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from hf_encoderlock.config import EncoderLockConfig
+from hf_encoderlock.lock.config import EncoderLockConfig
 from hf_encoderlock.encoders import tiny_vit_encoder
-from hf_encoderlock.heads import HeadTrainingConfig, best_head, train_heads
-from hf_encoderlock.information import (
+from hf_encoderlock.probing.heads import HeadTrainingConfig, best_head, train_heads
+from hf_encoderlock.lock.objectives.information import (
     InformationObjective,
     InformationTermsConfig,
     class_mmd,
@@ -14,10 +14,10 @@ from hf_encoderlock.information import (
     soft_knn_excess,
     standardize,
 )
-from hf_encoderlock.lock_data import preprocess_domain
-from hf_encoderlock.masking import MaskedParameterGuard
-from hf_encoderlock.objectives import LockHeads, PaperObjective, build_objective
-from hf_encoderlock.trainer import EncoderLockTrainer
+from hf_encoderlock.data.lock_tensors import preprocess_domain
+from hf_encoderlock.lock.masking import MaskedParameterGuard
+from hf_encoderlock.lock.objectives import LockHeads, PaperObjective, build_objective
+from hf_encoderlock.lock.trainer import EncoderLockTrainer
 
 from .helpers import toy_domain
 
@@ -166,7 +166,7 @@ def test_tiny_lock_makes_fresh_probe_fail_on_prohibited_and_keeps_authorized(tmp
 
 
 def test_combined_authorized_domains_keep_each_domains_classes_apart():
-    from hf_encoderlock.lock_data import combine_labelled_domains
+    from hf_encoderlock.data.lock_tensors import combine_labelled_domains
 
     combined = combine_labelled_domains(
         {"red": toy_domain(6, 0, "red"), "green": toy_domain(4, 1, "green", num_classes=2)}

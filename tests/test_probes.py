@@ -11,12 +11,12 @@ from datasets import ClassLabel, Dataset, DatasetDict, Features
 from datasets import Image as ImageFeature
 from PIL import Image
 
-from hf_encoderlock import probes as probes_module
+from hf_encoderlock.probing import suite as probes_module
 from hf_encoderlock.encoders import tiny_vit_encoder
-from hf_encoderlock.features import FeatureError, extract_features
-from hf_encoderlock.heads import HeadGroup, HeadTrainingConfig, accuracy, best_head, train_head_groups, train_heads
-from hf_encoderlock.probes import ProbeConfig, run_probe_suite, split_training_rows
-from hf_encoderlock.reporting import (
+from hf_encoderlock.probing.features import FeatureError, extract_features
+from hf_encoderlock.probing.heads import HeadGroup, HeadTrainingConfig, accuracy, best_head, train_head_groups, train_heads
+from hf_encoderlock.probing.suite import ProbeConfig, run_probe_suite, split_training_rows
+from hf_encoderlock.probing.probe_report import (
     ProbeReport,
     ProbeScore,
     load_encoderlock_metric,
@@ -323,7 +323,7 @@ def test_probe_features_are_deterministic(encoder, domains):
 def test_whitening_uses_ledoit_wolf_shrinkage_and_fixes_ill_conditioned_features():
     from sklearn.covariance import ledoit_wolf
 
-    from hf_encoderlock.heads import _fit_normalizer, _ledoit_wolf_shrinkage
+    from hf_encoderlock.probing.heads import _fit_normalizer, _ledoit_wolf_shrinkage
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, 60, 12, generator=g, dtype=torch.float64) @ torch.randn(12, 12, generator=g, dtype=torch.float64)

@@ -1,4 +1,4 @@
-"""Tests for hf_encoderlock.selection: candidates, scores, exact top-M/top-N selection, masks, multi-process sync."""
+"""Tests for hf_encoderlock.lock.selection: candidates, scores, exact top-M/top-N selection, masks, multi-process sync."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from hf_encoderlock.selection import (
+from hf_encoderlock.lock.selection import (
     SCORE_FUNCTIONS,
     GradientStats,
     GradMoments,

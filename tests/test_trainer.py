@@ -7,12 +7,12 @@ import torch
 import yaml
 from transformers import AutoImageProcessor, AutoModel, HfArgumentParser, TrainerCallback
 
-from hf_encoderlock.config import EncoderLockConfig
+from hf_encoderlock.lock.config import EncoderLockConfig
 from hf_encoderlock.encoders import tiny_vit_encoder
-from hf_encoderlock.lock_data import LockDataError
-from hf_encoderlock.objectives import LockHeads, PaperObjective
-from hf_encoderlock.selection import load_mask
-from hf_encoderlock.trainer import LOCK_CONFIG_FILE, MASK_FILE, EncoderLockTrainer, NonFiniteLossError
+from hf_encoderlock.data.lock_tensors import LockDataError
+from hf_encoderlock.lock.objectives import LockHeads, PaperObjective
+from hf_encoderlock.lock.selection import load_mask
+from hf_encoderlock.lock.trainer import LOCK_CONFIG_FILE, MASK_FILE, EncoderLockTrainer, NonFiniteLossError
 
 from .helpers import toy_domain
 
@@ -174,7 +174,7 @@ def _files(folder):
 
 
 def test_interrupted_save_leaves_no_folder_that_looks_complete(tmp_path, domains, monkeypatch):
-    import hf_encoderlock.model_card as model_card
+    import hf_encoderlock.lock.trainer as trainer_module
 
     _, trainer = _trainer(tmp_path, domains)
     out = tmp_path / "locked"
@@ -187,7 +187,7 @@ def test_interrupted_save_leaves_no_folder_that_looks_complete(tmp_path, domains
         raise OSError("disk full")
 
     with monkeypatch.context() as patch:
-        patch.setattr(model_card, "write_model_card", disk_full)  # the last file _save writes
+        patch.setattr(trainer_module, "write_model_card", disk_full)  # the last file _save writes
         with pytest.raises(OSError, match="disk full"):
             trainer.save_model(str(tmp_path / "fresh"))
         assert not (tmp_path / "fresh").exists()
@@ -298,8 +298,8 @@ def test_own_heads_reported_are_the_stale_ones_the_kept_encoder_trained_against(
     assert trainer.stale_heads is round0 and trainer.heads is not round0
     metrics = trainer.evaluate()
     _, _, eval_a, eval_p = domains
-    from hf_encoderlock.heads import accuracy
-    from hf_encoderlock.lock_data import preprocess_domain
+    from hf_encoderlock.probing.heads import accuracy
+    from hf_encoderlock.data.lock_tensors import preprocess_domain
 
     data = preprocess_domain(encoder, eval_p, "green")
     expected = accuracy(round0.adversary.cpu(), trainer.encode(data), data.labels)

@@ -8,11 +8,11 @@ import torch
 from datasets import Dataset, Features, Value
 from datasets import Image as ImageFeature
 
-from hf_encoderlock.augmentations import AugmentationConfig, augmented_view
-from hf_encoderlock.config import EncoderLockConfig
-from hf_encoderlock.contrastive import ContrastiveObjective, info_nce
+from hf_encoderlock.lock.variants.augmentations import AugmentationConfig, augmented_view
+from hf_encoderlock.lock.config import EncoderLockConfig
+from hf_encoderlock.lock.objectives.contrastive import ContrastiveObjective, info_nce
 from hf_encoderlock.encoders import tiny_vit_encoder
-from hf_encoderlock.generators import (
+from hf_encoderlock.lock.variants.generators import (
     GENERATORS,
     DomainShiftGenerator,
     GlyphGenerator,
@@ -20,10 +20,10 @@ from hf_encoderlock.generators import (
     TextToImageGenerator,
     generate_prohibited,
 )
-from hf_encoderlock.lock_data import LockDataError, preprocess_domain
-from hf_encoderlock.objectives import LockHeads
-from hf_encoderlock.pseudo_labels import cluster_pseudo_labels
-from hf_encoderlock.trainer import LOCK_CONFIG_FILE, EncoderLockTrainer
+from hf_encoderlock.data.lock_tensors import LockDataError, preprocess_domain
+from hf_encoderlock.lock.objectives import LockHeads
+from hf_encoderlock.lock.variants.pseudo_labels import cluster_pseudo_labels
+from hf_encoderlock.lock.trainer import LOCK_CONFIG_FILE, EncoderLockTrainer
 
 from .helpers import toy_domain
 from .test_objectives import lock_between_fresh_probes

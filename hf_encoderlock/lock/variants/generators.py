@@ -23,7 +23,8 @@ from typing import Any, Protocol, Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from .builtin_domains import contrasting_colours, draw_centred, find_fonts, font_factory, luminance
+from ...data.builtin import contrasting_colours, draw_centred, find_fonts, font_factory, luminance
+from ...data.lock_tensors import combine_labelled_domains
 
 DEFAULT_IMAGE_SIZE = 32
 SUPERSAMPLE = 4  # shapes are drawn at this multiple of the image size and downsampled (anti-aliasing)
@@ -285,7 +286,6 @@ def generate_prohibited(generators: Sequence[str | ImageGenerator], authorized, 
     (:func:`~hf_encoderlock.lock_data.combine_labelled_domains`); if any part is unlabelled, all labels are dropped."""
     from datasets import concatenate_datasets
 
-    from .lock_data import combine_labelled_domains
 
     if not generators:
         raise ValueError("zero-shot needs at least one generator")

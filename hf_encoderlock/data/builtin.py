@@ -31,6 +31,8 @@ from typing import Callable, Mapping
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
+from .errors import DomainError
+
 BUILTIN_VERSION = 1
 BUILTIN_DOMAINS: tuple[str, ...] = ("mnist", "digits", "mnist-m", "syn-digits", "letters")
 IMAGE_SIZE = 32
@@ -389,15 +391,5 @@ BUILDERS: Mapping[str, Callable[[int], Arrays]] = MappingProxyType({
 def builtin_arrays(name: str, seed: int = 0) -> Arrays:
     """``(uint8 images (N, 32, 32, 3), int64 labels (N,), class names)`` of a built-in domain."""
     if name not in BUILDERS:
-        from .domains import DomainError  # lazy: domains.py imports this module
-
         raise DomainError(f"unknown built-in domain {name!r}; built-ins are: {', '.join(BUILTIN_DOMAINS)}")
     return BUILDERS[name](seed)
-
-
-def build_builtin_domain(name: str, seed: int = 0):
-    """Build (uncached) a built-in domain as a ``DatasetDict`` with ``train``/``test`` (stratified 80/20 split)."""
-    from .domains import domain_from_arrays  # lazy: domains.py imports this module
-
-    images, labels, class_names = builtin_arrays(name, seed)
-    return domain_from_arrays(images, labels, class_names, test_size=TEST_FRACTION, seed=seed)

@@ -11,14 +11,11 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
-from .reporting import ENCODER_ROLE, ProbeReport, lock_measures
+from .._utils import percent
+from .probe_report import ENCODER_ROLE, ProbeReport, lock_measures
 
 HOLD_THRESHOLD = 0.9  # advantage removed at 100% data above which the report says the lock holds
 MIN_MEASURABLE_ADVANTAGE = 0.03  # victim minus twin accuracy below which the ratios are within probe noise
-
-
-def _pct(value: float | None) -> str:
-    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.1f}%"
 
 
 def prohibited_verdict(row: dict[str, Any]) -> str:
@@ -99,9 +96,9 @@ def lock_report_markdown(report: dict[str, Any]) -> str:
     ]
     for row in report["table"]:
         lines.append(
-            f"| {row['domain']} | {row['role'] or 'other'} | {_pct(row['random_twin'])} | {_pct(row['victim'])} "
-            f"| {_pct(row['locked'])} | {_pct(row['lock_own_head'])} | {_pct(row.get('advantage_removed'))} "
-            f"| {_pct(row.get('advantage_kept'))} |"
+            f"| {row['domain']} | {row['role'] or 'other'} | {percent(row['random_twin'], missing='-')} | {percent(row['victim'], missing='-')} "
+            f"| {percent(row['locked'], missing='-')} | {percent(row['lock_own_head'], missing='-')} | {percent(row.get('advantage_removed'), missing='-')} "
+            f"| {percent(row.get('advantage_kept'), missing='-')} |"
         )
     lines += [
         "",

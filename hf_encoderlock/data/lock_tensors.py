@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import Dataset
 
-from .encoders import EncoderAdapter
+from ..encoders import EncoderAdapter
 
 
 class LockDataError(ValueError):

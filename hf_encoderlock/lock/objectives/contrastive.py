@@ -2,17 +2,19 @@
 
 ``total = L_A + log(1 + alpha * C_A / C_P)``: ``L_A`` is the authorized head's cross-entropy, ``C_A`` and ``C_P``
 the InfoNCE losses of the authorized and prohibited batches against their augmented views (made in raw pixel
-space by :mod:`hf_encoderlock.augmentations`). Minimising it pushes ``C_P`` up (a prohibited image's features
+space by :mod:`hf_encoderlock.lock.variants.augmentations`). Minimising it pushes ``C_P`` up (a prohibited image's features
 stop identifying its augmented view) while ``C_A`` and ``L_A`` stay low. Weight scores use the gradient of
 ``C_P`` against that of ``L_A``. No prohibited label is ever read.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch.nn import functional as F
 
-from .objectives import LockHeads, LockObjective, ObjectiveTerms
+from .base import LockHeads, LockObjective, ObjectiveTerms
 
 
 def info_nce(features: torch.Tensor, views: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -35,6 +37,10 @@ class ContrastiveObjective(LockObjective):
         self.alpha = alpha
         self.temperature = temperature
         self.eps = eps
+
+    @classmethod
+    def from_config(cls, config: Any) -> "ContrastiveObjective":
+        return cls(alpha=config.alpha, temperature=config.contrastive_temperature, eps=config.objective_eps)
 
     def terms(
         self, authorized_features, authorized_labels, prohibited_features, prohibited_labels, heads: LockHeads,

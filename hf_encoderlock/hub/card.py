@@ -17,17 +17,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .trainer import LOCK_CONFIG_FILE, MASK_FILE
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-TEMPLATE_PATH = Path(__file__).parent / "templates" / "model_card_template.md"
-CARD_FILE = "README.md"
-REPORT_FILE = "report.json"
+from .._files import CARD_FILE, CARD_FORMAT, LOCK_CONFIG_FILE, MASK_FILE, REPORT_JSON, TRAINER_STATE_FILES
+from .._utils import as_finite_float, percent
+from ..data.domains import DomainSpec
+
+# The top-level model_card_template.md of the repository; the package ships it through a link (see setup.py).
+TEMPLATE_PATH = Path(__file__).parent / "model_card_template.md"
+REPORT_FILE = REPORT_JSON
 METADATA_KEY = "encoderlock"
-CARD_FORMAT = "encoderlock-card/v1"
 HASH_ALGORITHM = "sha256"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf", ".onnx")
 # the lock's mask and Trainer state are not part of the released model (file-name patterns)
-NON_MODEL_WEIGHT_FILES = (MASK_FILE, "training_args.bin", "optimizer.pt", "scheduler.pt", "scaler.pt", "rng_state*.pth")
+NON_MODEL_WEIGHT_FILES = (MASK_FILE, *TRAINER_STATE_FILES)
 PROBE_HEADS = ("linear", "mlp", "knn")
 PAPER_ARXIV = "2411.12508"
 PAPER_URL = f"https://arxiv.org/abs/{PAPER_ARXIV}"
@@ -76,22 +79,6 @@ def weight_hashes(folder: str | Path) -> dict[str, str]:
     return {name: sha256_file(Path(folder) / name) for name in weight_files(folder)}
 
 
-def _finite(value: Any) -> float | None:
-    """A float for YAML/JSON, ``None`` for missing or NaN values."""
-    if value is None:
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(number) or math.isinf(number) else number
-
-
-def _pct(value: Any) -> str:
-    number = _finite(value)
-    return "n/a" if number is None else f"{100 * number:.1f}%"
-
-
 def _domain_name(entry: Any) -> str:
     """A short public name for a domain recorded as a string or a ``DomainSpec`` dict (no local paths)."""
     if isinstance(entry, dict) and "zero_shot_generators" in entry:  # zero-shot: synthetic data, no real domain
@@ -99,8 +86,6 @@ def _domain_name(entry: Any) -> str:
     if isinstance(entry, dict) and "domain" in entry:  # unsupervised: the domain, whose labels were never read
         return _domain_name(entry["domain"])
     if isinstance(entry, dict):
-        from .domains import DomainSpec
-
         try:
             entry = DomainSpec(**entry).display_name
         except Exception:  # a spec written by another version: fall back to its name
@@ -133,7 +118,7 @@ def _head_results(report: dict[str, Any]) -> list[dict[str, Any]]:
         if score.get("role") != "encoder" or full is None or not math.isclose(score.get("fraction", -1), full):
             continue
         key = (score["domain"], score["head"])
-        validation = _finite(sum(score["validation_accuracy"]) / max(1, len(score["validation_accuracy"])))
+        validation = as_finite_float(sum(score["validation_accuracy"]) / max(1, len(score["validation_accuracy"])))
         if key not in best or (validation or 0.0) > best[key]["validation"]:
             best[key] = {"validation": validation or 0.0, "score": score}
     rows = []
@@ -143,7 +128,7 @@ def _head_results(report: dict[str, Any]) -> list[dict[str, Any]]:
                 "domain": domain,
                 "head": head,
                 "pooling": entry["score"].get("pooling"),
-                "accuracy": _finite(entry["score"].get("mean")),
+                "accuracy": as_finite_float(entry["score"].get("mean")),
             }
         )
     return sorted(rows, key=lambda r: PROBE_HEADS.index(r["head"]) if r["head"] in PROBE_HEADS else len(PROBE_HEADS))
@@ -213,7 +198,7 @@ class EncoderLockCardData:
                 results=[_clean_row(row) for row in report.get("table", [])],
                 head_results=_head_results(report),
                 verdict=dict(report.get("verdict", {})),
-                probe_fraction=_finite(report.get("fraction")),
+                probe_fraction=as_finite_float(report.get("fraction")),
             )
             model = (report.get("experiment") or {}).get("model")
             if isinstance(model, str) and _HUB_ID.match(model) and not Path(model).exists():
@@ -232,7 +217,7 @@ class EncoderLockCardData:
             "prohibited": list(self.prohibited),
             "variant": self.variant,
             "objective": self.objective,
-            "mask_fraction": _finite(self.mask.get("fraction")),
+            "mask_fraction": as_finite_float(self.mask.get("fraction")),
             "mask_count": self.mask.get("count"),
             "num_parameters": self.mask.get("num_parameters"),
             "rounds_completed": self.rounds_completed,
@@ -275,8 +260,6 @@ class EncoderLockCardData:
 
     def eval_results(self) -> list[Any]:
         """``EvalResult`` per domain and head for the locked encoder (the best fresh probe, then each head kind)."""
-        from huggingface_hub import EvalResult
-
         split = "test"
         results = []
         for row in self.results:
@@ -301,8 +284,6 @@ class EncoderLockCardData:
 
     def to_model_card_data(self):
         """A ``huggingface_hub.ModelCardData`` with the standard keys, ``model-index``, gating and ``encoderlock:``."""
-        from huggingface_hub import ModelCardData
-
         eval_results = self.eval_results()
         return ModelCardData(
             model_name=self.model_name,
@@ -328,7 +309,7 @@ class EncoderLockCardData:
             "objective": self.objective or "n/a",
             "mask_count": mask.get("count", "n/a"),
             "mask_total": mask.get("num_parameters", "n/a"),
-            "mask_percent": "n/a" if _finite(mask.get("fraction")) is None else f"{100 * mask['fraction']:.4f}%",
+            "mask_percent": "n/a" if as_finite_float(mask.get("fraction")) is None else f"{100 * mask['fraction']:.4f}%",
             "mask_layers": mask.get("per_layer", {}),
             "rounds_completed": self.rounds_completed,
             "best_round": self.best_round,
@@ -338,14 +319,14 @@ class EncoderLockCardData:
                 {
                     "domain": row["domain"],
                     "role": row.get("role") or "other",
-                    **{k: _pct(row.get(k)) for k in ("random_twin", "victim", "locked", "lock_own_head")},
-                    "advantage": _pct(row.get("advantage_removed", row.get("advantage_kept"))),
+                    **{k: percent(row.get(k)) for k in ("random_twin", "victim", "locked", "lock_own_head")},
+                    "advantage": percent(row.get("advantage_removed", row.get("advantage_kept"))),
                     "choice": row.get("attacker_choice_locked") or "n/a",
                 }
                 for row in self.results
             ],
             "head_results": [
-                {**h, "accuracy": _pct(h["accuracy"])}
+                {**h, "accuracy": percent(h["accuracy"])}
                 for row in self.results
                 for h in self.head_results
                 if h["domain"] == row["domain"]
@@ -366,14 +347,12 @@ class EncoderLockCardData:
 
 def _clean_row(row: dict[str, Any]) -> dict[str, Any]:
     """A report table row with NaN turned into ``None`` (YAML- and Hub-safe)."""
-    return {k: (_finite(v) if isinstance(v, float) else v) for k, v in row.items()}
+    return {k: (as_finite_float(v) if isinstance(v, float) else v) for k, v in row.items()}
 
 
 # ------------------------------------------------------------------------------------------------ rendering
 def render_model_card(card_data: EncoderLockCardData, template_path: str | Path | None = None):
     """The ``huggingface_hub.ModelCard`` for ``card_data``, rendered from the package template."""
-    from huggingface_hub import ModelCard
-
     return ModelCard.from_template(
         card_data.to_model_card_data(),
         template_path=str(template_path or TEMPLATE_PATH),
@@ -421,7 +400,7 @@ class Authorization:
             prohibited=tuple(metadata["prohibited"]),
             variant=str(metadata["variant"]),
             objective=metadata.get("objective"),
-            mask_fraction=_finite(metadata.get("mask_fraction")),
+            mask_fraction=as_finite_float(metadata.get("mask_fraction")),
             mask_count=metadata.get("mask_count"),
             weights=dict(metadata["weights"]),
             accuracy=dict(metadata.get("accuracy") or {}),
@@ -431,8 +410,6 @@ class Authorization:
     @classmethod
     def from_card(cls, card_path: str | Path) -> "Authorization":
         """Parse the ``README.md`` at ``card_path``."""
-        from huggingface_hub import ModelCard
-
         path = Path(card_path)
         if not path.is_file():
             raise LockVerificationError(f"no model card ({CARD_FILE}) found at {path.parent}")

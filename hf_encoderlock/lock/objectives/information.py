@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch.nn import functional as F
 
-from .objectives import LockHeads, LockObjective, ObjectiveTerms
+from .base import LockHeads, LockObjective, ObjectiveTerms
 
 TERM_NAMES = ("r2", "mmd", "knn")
 
@@ -155,6 +155,10 @@ class InformationObjective(LockObjective):
         self.config = config or InformationTermsConfig()
         self.reference: dict[str, float] = {}
         self.uses_reference_features = self.config.preserve_weight > 0
+
+    @classmethod
+    def from_config(cls, config: Any) -> "InformationObjective":
+        return cls(InformationTermsConfig.from_lock_config(config))
 
     def state_dict(self) -> dict[str, Any]:
         """The normalisation reference (each term's value at the first call)."""

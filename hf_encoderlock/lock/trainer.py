@@ -13,23 +13,34 @@ import copy
 import json
 import logging
 import os
-import platform
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import Trainer
+from transformers import AutoModel, Trainer
 
-from .augmentations import AugmentationConfig, augmented_view
+from .._files import (
+    LOCK_CONFIG_FILE,
+    LOCK_CONFIG_FORMAT,
+    LOCK_STATE_FILE,
+    LOCK_STATE_FORMAT,
+    LOCK_TENSORS_FILE,
+    MASK_FILE,
+    MODEL_CONFIG_FILE,
+)
+from .._utils import atomic_folder, package_versions
+
+from .variants.augmentations import AugmentationConfig, augmented_view
+from .variants.generators import generate_prohibited
 from .callbacks import SelfChallengeCallback, WeightSelectionCallback
 from .config import EncoderLockConfig
-from .encoders import EncoderAdapter
-from .heads import HeadTrainingConfig, accuracy, best_head, head_from_layout, head_layout, train_heads
-from .lock_data import (
+from ..encoders import EncoderAdapter
+from ..hub.card import write_model_card
+from ..hub.push import DEFAULT_COMMIT_MESSAGE, push_locked_to_hub
+from ..probing.heads import HeadTrainingConfig, accuracy, best_head, head_from_layout, head_layout, train_heads
+from ..data.lock_tensors import (
     DomainTensors,
     LockDataError,
     PairedDomainCollator,
@@ -41,21 +52,13 @@ from .lock_data import (
 )
 from .distributed import gather_batch
 from .objectives import LockHeads, LockObjective, build_objective
-from .pseudo_labels import cluster_pseudo_labels
+from .variants.pseudo_labels import cluster_pseudo_labels
 from .selection import load_mask, mask_stats, save_mask, select_candidate_parameters
 
-LOCK_CONFIG_FILE = "encoderlock_config.json"
-MASK_FILE = "encoderlock_mask.safetensors"
-LOCK_STATE_FILE = "encoderlock_state.json"  # checkpoints only: what an exact resume needs beyond weights and mask
-LOCK_TENSORS_FILE = "encoderlock_state.safetensors"  # checkpoints only: heads and the best encoder's weights
-LOCK_STATE_FORMAT = "encoderlock-state/v1"
 HEAD_ROLES = ("authorized", "adversary")
 EVAL_KEYS = ("authorized", "prohibited")  # the keys of eval_dataset: which lock head scores each set
 MIN_IMAGES_PER_DOMAIN = 8  # below this, a validation split carved from the lock data is meaningless
 VIEW_SEED_OFFSET = 104_729  # augmented views draw from their own generator, seeded args.seed + this
-SAVED_FOLDER_MODE = 0o755  # mkdtemp makes staging folders private; a published folder is readable like any other
-STAGING_INFIX = ".partial-"  # staging folders are hidden siblings: ``.{name}.partial-XXXX``
-RETIRED_INFIX = ".old-"  # a replaced folder briefly lives at ``.{name}.old-XXXX`` before it is deleted
 
 
 logger = logging.getLogger(__name__)
@@ -63,51 +66,6 @@ logger = logging.getLogger(__name__)
 
 class NonFiniteLossError(FloatingPointError):
     """The lock loss became NaN or infinite; the message names the update step and the objective's logged terms."""
-
-
-def staging_folder(target: Path) -> Path:
-    """A new empty hidden sibling of ``target`` (``.{name}.partial-XXXX``) to write a save into."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}{STAGING_INFIX}", dir=target.parent))
-    staging.chmod(SAVED_FOLDER_MODE)
-    return staging
-
-
-def publish_folder(staging: Path, target: Path) -> None:
-    """Put the fully written ``staging`` folder at ``target`` by renames (same file system).
-
-    An existing ``target`` is replaced; its entries that the new save did not write (checkpoints, logs, a user's
-    files) are moved over first, so replacing a save never deletes them. ``target`` is missing only between two
-    renames, and never holds a partly written save.
-    """
-    if target.exists():
-        for entry in target.iterdir():
-            if not (staging / entry.name).exists():
-                entry.rename(staging / entry.name)
-        retired = Path(tempfile.mkdtemp(prefix=f".{target.name}{RETIRED_INFIX}", dir=target.parent))
-        target.rename(retired)  # replaces the empty placeholder
-        staging.rename(target)
-        shutil.rmtree(retired)
-    else:
-        staging.rename(target)
-
-
-def package_versions() -> dict[str, str]:
-    """Versions of the packages a lock run depends on."""
-    import accelerate
-    import datasets
-    import transformers
-
-    from . import __version__
-
-    return {
-        "hf_encoderlock": __version__,
-        "transformers": transformers.__version__,
-        "torch": torch.__version__,
-        "datasets": datasets.__version__,
-        "accelerate": accelerate.__version__,
-        "python": platform.python_version(),
-    }
 
 
 class EncoderLockTrainer(Trainer):
@@ -209,8 +167,6 @@ class EncoderLockTrainer(Trainer):
         (unsupervised), or synthetic (zero-shot: generated from the authorized data unless a dataset is given)."""
         if args.variant == "zero-shot":
             if prohibited_dataset is None:
-                from .generators import generate_prohibited
-
                 prohibited_dataset = generate_prohibited(
                     args.zero_shot_generators, authorized_dataset, args.zero_shot_images, args.seed
                 )
@@ -556,7 +512,7 @@ class EncoderLockTrainer(Trainer):
         """The content of ``encoderlock_config.json``."""
         stats = mask_stats(self.mask, self.encoder, candidates=self.candidates)
         return {
-            "format": "encoderlock/v1",
+            "format": LOCK_CONFIG_FORMAT,
             "variant": self.args.variant,
             "objective": self.args.objective,
             "authorized": self._authorized_specs(),
@@ -591,18 +547,13 @@ class EncoderLockTrainer(Trainer):
         """Write the encoder alone (``AutoModel.from_pretrained`` loads it), its processor, config and mask.
 
         Main process only. Everything is written into a hidden staging sibling first and renamed into place at the
-        end (see :func:`publish_folder`), so an interrupted save leaves no folder that loads as if complete.
+        end (see :func:`hf_encoderlock._utils.atomic_folder`), so an interrupted save leaves no folder that loads as if complete.
         """
         if not self.args.should_save:
             return
         target = Path(output_dir or self.args.output_dir).resolve()
-        staging = staging_folder(target)
-        try:
+        with atomic_folder(target) as staging:
             self._write_saved_files(staging, target.name)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-        publish_folder(staging, target)
 
     def _write_saved_files(self, folder: Path, model_name: str) -> None:
         """The files of one save, written into ``folder`` (the card names the model ``model_name``)."""
@@ -611,8 +562,6 @@ class EncoderLockTrainer(Trainer):
         save_mask({k.removeprefix("backbone."): v for k, v in self.mask.items()}, folder / MASK_FILE)
         if self._saving_checkpoint:
             self._write_lock_state(folder)
-        from .model_card import write_model_card  # the card (README.md) is regenerated with every save
-
         write_model_card(folder, report=None, model_name=model_name)
 
     def _save_checkpoint(self, model, trial) -> None:
@@ -708,9 +657,7 @@ class EncoderLockTrainer(Trainer):
         self, commit_message="End of training", blocking=True, token=None, revision=None, private=None, **kwargs
     ):
         """Save, then push the encoder, processor, lock config and model card (not a wrapper module); extra keywords
-        ``repo_id``, ``gated``, ``report``, ``include_mask`` (see :func:`hf_encoderlock.hub.push_trainer_to_hub`)."""
-        from .hub import push_trainer_to_hub
-
+        ``repo_id``, ``gated``, ``report``, ``include_mask`` (see :func:`push_trainer_to_hub`)."""
         return push_trainer_to_hub(self, commit_message, token=token, revision=revision, private=private, **kwargs)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
@@ -720,11 +667,9 @@ class EncoderLockTrainer(Trainer):
             summary = json.loads((Path(resume_from_checkpoint) / LOCK_CONFIG_FILE).read_text())
             self.rounds_completed_in_mask = int(summary.get("rounds_completed", 0))
             self._load_lock_state(Path(resume_from_checkpoint))
-        if (Path(resume_from_checkpoint) / "config.json").is_file():
+        if (Path(resume_from_checkpoint) / MODEL_CONFIG_FILE).is_file():
             # from_pretrained maps the on-disk names (which can differ from in-memory names across transformers
             # releases) back to this model's; a strict load then guarantees every tensor was restored.
-            from transformers import AutoModel
-
             saved = AutoModel.from_pretrained(resume_from_checkpoint).state_dict()
             self.encoder.backbone.load_state_dict(saved, strict=True)
             return
@@ -733,3 +678,37 @@ class EncoderLockTrainer(Trainer):
     def phase_times(self) -> dict[str, float]:
         """Seconds spent in selection, masked updates and challenges so far."""
         return dict(self._phase_time)
+
+
+def push_trainer_to_hub(
+    trainer: "EncoderLockTrainer",
+    commit_message: str | None = None,
+    token: str | None = None,
+    revision: str | None = None,
+    private: bool | None = None,
+    *,
+    repo_id: str | None = None,
+    gated: bool | str = False,
+    report: dict[str, Any] | None = None,
+    include_mask: bool = False,
+) -> Any:
+    """What :meth:`EncoderLockTrainer.push_to_hub` does: save the locked encoder, then push it (main process only).
+
+    ``repo_id`` defaults to ``args.hub_model_id``, then to the output folder's name; ``private`` and ``token`` default
+    to ``args.hub_private_repo`` and ``args.hub_token``.
+    """
+    args = trainer.args
+    trainer.save_model(args.output_dir)  # every process: saving may synchronise them
+    if not trainer.is_world_process_zero():
+        return None
+    return push_locked_to_hub(
+        args.output_dir,
+        repo_id or args.hub_model_id or Path(args.output_dir).resolve().name,
+        private=private if private is not None else args.hub_private_repo,
+        gated=gated,
+        token=token or args.hub_token,
+        commit_message=commit_message or DEFAULT_COMMIT_MESSAGE,
+        revision=revision,
+        report=report,
+        include_mask=include_mask,
+    )

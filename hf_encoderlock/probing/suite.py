@@ -11,7 +11,6 @@ scores the chosen heads. The same suite on the encoder's random-init twin gives 
 from __future__ import annotations
 
 import os
-import platform
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -22,9 +21,10 @@ import numpy as np
 import torch
 from datasets import ClassLabel, Dataset, DatasetDict
 
+from .._utils import package_versions
 from .features import FeatureSet, extract_features, resolve_poolings
 from .heads import HEAD_KINDS, HeadGroup, HeadTrainingConfig, best_head, predict, torch_threads, train_head_groups
-from .reporting import (
+from .probe_report import (
     ENCODER_ROLE,
     TWIN_ROLE,
     ProbeReport,
@@ -32,6 +32,9 @@ from .reporting import (
     load_encoderlock_metric,
     metric_functions,
 )
+from ..data.domains import train_validation_split
+from ..data.domains import DomainSpec, load_domain
+from ..encoders import load_encoder
 
 
 @dataclass
@@ -171,8 +174,6 @@ def _column(dataset: Dataset, name: str) -> np.ndarray:
 def split_training_rows(labels: np.ndarray, config: ProbeConfig) -> list[SeedSplit]:
     """Per seed: a stratified validation split carved from train (via ``train_validation_split``) and nested,
     stratified training subsets at every fraction. Depends on labels and seeds only (shared by encoder and twin)."""
-    from .domains import train_validation_split
-
     rows = Dataset.from_dict({"label": labels.astype(np.int64), "row": np.arange(labels.size)})
     splits = []
     for seed in config.seeds:
@@ -197,8 +198,6 @@ def load_domains(
     if isinstance(domains, Mapping):
         resolved = dict(domains)
     else:
-        from .domains import DomainSpec, load_domain
-
         if isinstance(domains, (str, os.PathLike)):
             domains = [domains]
         resolved = {}
@@ -222,21 +221,7 @@ def _num_classes(dataset: DatasetDict, config: ProbeConfig, labels: Sequence[tor
 
 
 def _load(encoder: Any) -> Any:
-    from .encoders import load_encoder
-
     return load_encoder(encoder)
-
-
-def _versions() -> dict[str, str]:
-    import datasets
-    import transformers
-
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "datasets": datasets.__version__,
-    }
 
 
 # ------------------------------------------------------------------------------------------------- the suite
@@ -390,7 +375,7 @@ def run_probe_suite(
         config=config_dict,
         scores=scores,
         timings=timings,
-        versions=_versions(),
+        versions=package_versions(),
     )
     if output_dir is not None:
         report.save(output_dir)

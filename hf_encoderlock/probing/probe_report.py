@@ -18,11 +18,13 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
+from .._files import PROBE_REPORT_STEM, REPORT_FORMAT_VERSION
+from .._utils import finite, markdown_row, percent
+
 ENCODER_ROLE = "encoder"
 TWIN_ROLE = "random_twin"
 ROLES = (ENCODER_ROLE, TWIN_ROLE)
 METRIC_DIR = Path(__file__).parent / "metrics" / "encoderlock_metrics"
-REPORT_FORMAT_VERSION = 1
 
 
 # ---------------------------------------------------------------------------------------------------- metric
@@ -231,7 +233,7 @@ class ProbeReport:
 
     def to_json(self, path: str | os.PathLike | None = None) -> str:
         """The report as JSON (NaN written as null); also written to ``path`` when given."""
-        text = json.dumps(_finite(self.to_dict()), indent=2)
+        text = json.dumps(finite(self.to_dict()), indent=2)
         if path is not None:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             Path(path).write_text(text + "\n", encoding="utf-8")
@@ -248,7 +250,7 @@ class ProbeReport:
     def plot(self, path: str | os.PathLike) -> Path:
         return plot_report(self, path)
 
-    def save(self, output_dir: str | os.PathLike, stem: str = "probe_report") -> dict[str, Path]:
+    def save(self, output_dir: str | os.PathLike, stem: str = PROBE_REPORT_STEM) -> dict[str, Path]:
         """Write ``{stem}.json``, ``{stem}.md`` and ``{stem}.png`` into ``output_dir``."""
         return save_report_files(self, output_dir, stem)
 
@@ -264,17 +266,6 @@ def save_report_files(report: Any, output_dir: str | os.PathLike, stem: str) -> 
     return paths
 
 
-def _finite(value: Any) -> Any:
-    """Replace NaN/inf floats by None so the JSON is strict."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
-
-
 def _nan_from_null(data: dict[str, Any]) -> dict[str, Any]:
     for score in data.get("scores", []):
         for key in ("test_accuracy", "validation_accuracy"):
@@ -283,12 +274,8 @@ def _nan_from_null(data: dict[str, Any]) -> dict[str, Any]:
 
 
 # -------------------------------------------------------------------------------------------------- markdown
-def _pct(value: float, digits: int = 1) -> str:
-    return "n/a" if value is None or not math.isfinite(value) else f"{100 * value:.{digits}f}"
-
-
 def _cell(mean: float, std: float) -> str:
-    return f"{_pct(mean)} ± {_pct(std)}" if math.isfinite(mean) else "n/a"
+    return f"{percent(mean, suffix='')} ± {percent(std, suffix='')}" if math.isfinite(mean) else "n/a"
 
 
 def _fraction_label(fraction: float) -> str:
@@ -314,7 +301,7 @@ def report_to_markdown(report: ProbeReport) -> str:
             f"Random twin: {report.random_twin} (same architecture, random weights): the attacker's no-encoder baseline."
         )
     header = ["Domain", "Classes (chance %)", "Train fraction", "Train size", *(role_names[r] for r in roles)]
-    lines += ["", "## Attacker's best", "", _row(header), _row(["---"] * len(header))]
+    lines += ["", "## Attacker's best", "", markdown_row(header), markdown_row(["---"] * len(header))]
     for domain in report.domain_names:
         info = report.domains.get(domain, {})
         for fraction in report.fractions:
@@ -322,11 +309,11 @@ def report_to_markdown(report: ProbeReport) -> str:
             if not bests:
                 continue
             cells = [f"{_cell(b.mean, b.std)} ({b.usual_choice})" for b in bests]
-            classes = f"{info.get('num_classes', '?')} ({_pct(info.get('chance', float('nan')))})"
-            lines.append(_row([domain, classes, _fraction_label(fraction), str(bests[0].n_train), *cells]))
+            classes = f"{info.get('num_classes', '?')} ({percent(info.get('chance', float('nan')), suffix='')})"
+            lines.append(markdown_row([domain, classes, _fraction_label(fraction), str(bests[0].n_train), *cells]))
     lines += ["", "## Per head (best pooling on validation)", ""]
     header = ["Domain", "Head", *(f"{role_names[r]} {_fraction_label(f)}" for r in roles for f in report.fractions)]
-    lines += [_row(header), _row(["---"] * len(header))]
+    lines += [markdown_row(header), markdown_row(["---"] * len(header))]
     per_head = {(role, h, b.domain, b.fraction): b for role in roles for h, b in report.best_per_head(role)}
     for domain in report.domain_names:
         for head in dict.fromkeys(s.head for s in report.select(ENCODER_ROLE, domain)):
@@ -335,12 +322,12 @@ def report_to_markdown(report: ProbeReport) -> str:
                 for fraction in report.fractions:
                     b = per_head.get((role, head, domain, fraction))
                     cells.append(_cell(b.mean, b.std) if b else "")
-            lines.append(_row([domain, head, *cells]))
+            lines.append(markdown_row([domain, head, *cells]))
     lines += ["", "## Every head and pooling", ""]
     fractions = report.fractions
     for domain in report.domain_names:
         header = ["Encoder", "Head", "Pooling", *(_fraction_label(f) for f in fractions)]
-        lines += [f"### {domain}", "", _row(header), _row(["---"] * len(header))]
+        lines += [f"### {domain}", "", markdown_row(header), markdown_row(["---"] * len(header))]
         for role in roles:
             keys = list(dict.fromkeys((s.head, s.pooling) for s in report.select(role, domain)))
             for head, pooling in keys:
@@ -348,17 +335,13 @@ def report_to_markdown(report: ProbeReport) -> str:
                 for fraction in fractions:
                     match = [s for s in report.select(role, domain, fraction) if (s.head, s.pooling) == (head, pooling)]
                     cells.append(_cell(match[0].mean, match[0].std) if match else "")
-                lines.append(_row([role_names[role], head, pooling, *cells]))
+                lines.append(markdown_row([role_names[role], head, pooling, *cells]))
         lines.append("")
     if report.timings:
-        lines += ["## Timings (s)", "", _row(["Step", "Seconds"]), _row(["---", "---"])]
-        lines += [_row([name, f"{seconds:.2f}"]) for name, seconds in report.timings.items()]
+        lines += ["## Timings (s)", "", markdown_row(["Step", "Seconds"]), markdown_row(["---", "---"])]
+        lines += [markdown_row([name, f"{seconds:.2f}"]) for name, seconds in report.timings.items()]
         lines.append("")
     return "\n".join(lines)
-
-
-def _row(cells: Iterable[str]) -> str:
-    return "| " + " | ".join(cells) + " |"
 
 
 # ------------------------------------------------------------------------------------------------------ plot
@@ -469,19 +452,19 @@ def lock_measures(
 def lock_measures_markdown(measures: dict[str, Any]) -> str:
     """A Markdown table of :func:`lock_measures` rows."""
     header = ["Domain", "Role", "Train fraction", "Victim", "Locked", "Random twin", "Advantage removed", "Advantage kept"]
-    lines = [_row(header), _row(["---"] * len(header))]
+    lines = [markdown_row(header), markdown_row(["---"] * len(header))]
     for row in measures["rows"]:
         lines.append(
-            _row(
+            markdown_row(
                 [
                     row["domain"],
                     row["role"] or "-",
                     _fraction_label(row["fraction"]),
-                    _pct(row["victim"]),
-                    _pct(row["locked"]),
-                    _pct(row["random_twin"]),
-                    _pct(row.get("advantage_removed", float("nan"))),
-                    _pct(row.get("advantage_kept", float("nan"))),
+                    percent(row["victim"], suffix=""),
+                    percent(row["locked"], suffix=""),
+                    percent(row["random_twin"], suffix=""),
+                    percent(row.get("advantage_removed", float("nan")), suffix=""),
+                    percent(row.get("advantage_kept", float("nan")), suffix=""),
                 ]
             )
         )

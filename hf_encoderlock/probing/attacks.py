@@ -16,7 +16,6 @@ fractions is summarised by its area (:func:`learning_curve_auc`, NTP's SLC-AUC).
 
 from __future__ import annotations
 
-import argparse
 import copy
 import math
 import os
@@ -30,10 +29,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from .reporting import _fraction_label, _mean_std, _pct, _row
+from .._files import ATTACK_REPORT_STEM, REPORT_FORMAT_VERSION
+from .._utils import finite, markdown_row, package_versions, percent
+
+from .probe_report import _fraction_label, _mean_std
 from .heads import torch_threads
-from .reporting import _finite as _json_finite
-from .reporting import save_report_files
+from .probe_report import save_report_files
+from ..data.domains import train_validation_split
+from ..data.lock_tensors import preprocess_domain
+from ..encoders import load_encoder
+from .suite import ProbeConfig, load_domains, split_training_rows
+from ..victim import load_victim
 
 ATTACKS = ("full", "last_k", "lora", "frozen")
 SCRATCH = "scratch"
@@ -41,7 +47,6 @@ ATTENTION_PROJECTION = re.compile(
     r"(^|\.)(attention|attn|self_attn|self_attention)(\.(attention|self|output))?\."
     r"(q_proj|k_proj|v_proj|o_proj|out_proj|query|key|value|qkv|proj|dense)$"
 )
-REPORT_FORMAT_VERSION = 1
 
 
 class AttackError(ValueError):
@@ -431,7 +436,7 @@ class AttackReport:
         """The report as strict JSON (NaN as null); also written to ``path`` when given."""
         import json
 
-        text = json.dumps(_json_finite(self.to_dict()), indent=2)
+        text = json.dumps(finite(self.to_dict()), indent=2)
         if path is not None:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             Path(path).write_text(text + "\n", encoding="utf-8")
@@ -443,7 +448,7 @@ class AttackReport:
     def plot(self, path: str | os.PathLike) -> Path:
         return plot_attack_report(self, path)
 
-    def save(self, output_dir: str | os.PathLike, stem: str = "attack_report") -> dict[str, Path]:
+    def save(self, output_dir: str | os.PathLike, stem: str = ATTACK_REPORT_STEM) -> dict[str, Path]:
         """Write ``{stem}.json``, ``{stem}.md`` and ``{stem}.png`` into ``output_dir``."""
         return save_report_files(self, output_dir, stem)
 
@@ -461,27 +466,27 @@ def attack_report_markdown(report: AttackReport) -> str:
         "",
         "## SLC-AUC",
         "",
-        _row(["Domain", "Role", "Attack", "SLC-AUC (%)", "Above scratch (points)"]),
-        _row(["---"] * 5),
+        markdown_row(["Domain", "Role", "Attack", "SLC-AUC (%)", "Above scratch (points)"]),
+        markdown_row(["---"] * 5),
     ]
     for row in report.auc_table():
-        lines.append(_row([row["domain"], row["role"] or "-", row["attack"], _pct(row["slc_auc"]),
-                           _pct(row["above_scratch"])]))
+        lines.append(markdown_row([row["domain"], row["role"] or "-", row["attack"], percent(row["slc_auc"], suffix=""),
+                           percent(row["above_scratch"], suffix="")]))
     fractions = report.fractions
     header = ["Domain", "Classes (chance %)", "Attack", *(_fraction_label(f) for f in fractions), "Trainable params"]
-    lines += ["", "## Test accuracy per training fraction", "", _row(header), _row(["---"] * len(header))]
+    lines += ["", "## Test accuracy per training fraction", "", markdown_row(header), markdown_row(["---"] * len(header))]
     for domain, info in report.domains.items():
         for attack in report.attacks:
             cells, trainable = [], ""
             for fraction in fractions:
                 found = report.select(attack, domain, fraction)
-                cells.append(f"{_pct(found[0].mean)} ± {_pct(found[0].std)}" if found else "")
+                cells.append(f"{percent(found[0].mean, suffix='')} ± {percent(found[0].std, suffix='')}" if found else "")
                 trainable = f"{found[0].trainable_parameters:,}" if found else trainable
-            classes = f"{info.get('num_classes', '?')} ({_pct(info.get('chance', float('nan')))})"
-            lines.append(_row([domain, classes, attack, *cells, trainable]))
+            classes = f"{info.get('num_classes', '?')} ({percent(info.get('chance', float('nan')), suffix='')})"
+            lines.append(markdown_row([domain, classes, attack, *cells, trainable]))
     if report.timings:
-        lines += ["", "## Timings (s)", "", _row(["Step", "Seconds"]), _row(["---", "---"])]
-        lines += [_row([name, f"{seconds:.2f}"]) for name, seconds in report.timings.items()]
+        lines += ["", "## Timings (s)", "", markdown_row(["Step", "Seconds"]), markdown_row(["---", "---"])]
+        lines += [markdown_row([name, f"{seconds:.2f}"]) for name, seconds in report.timings.items()]
     return "\n".join(lines) + "\n"
 
 
@@ -502,7 +507,7 @@ def plot_attack_report(report: AttackReport, path: str | os.PathLike) -> Path:
             axes.errorbar(
                 [s.fraction for s in scores], [s.mean for s in scores], yerr=[s.std for s in scores],
                 color=f"C{j % 10}", linestyle="--" if attack == SCRATCH else "-", marker="o", capsize=3,
-                label=f"{attack} (AUC {_pct(report.slc_auc(attack, domain))})",
+                label=f"{attack} (AUC {percent(report.slc_auc(attack, domain), suffix='')})",
             )
         chance = report.domains[domain].get("chance")
         if chance is not None and math.isfinite(chance):
@@ -532,15 +537,12 @@ def _capped(dataset, cap: int | None, seed: int):
     """A stratified subset of at most ``cap`` rows (the whole dataset when ``cap`` is None or large enough)."""
     if cap is None or len(dataset) <= cap:
         return dataset
-    from .domains import train_validation_split
 
     _, kept = train_validation_split(dataset, cap / len(dataset), seed)
     return kept
 
 
 def _tensors(encoder, dataset, name: str) -> tuple[_Data, int]:
-    from .lock_data import preprocess_domain
-
     data = preprocess_domain(encoder, dataset, name)
     return _Data(data.pixel_values, data.labels), data.num_classes
 
@@ -567,8 +569,6 @@ def run_attack_suite(
     """
     from tqdm.auto import tqdm
 
-    from .encoders import load_encoder
-    from .probes import ProbeConfig, _versions, load_domains, split_training_rows
 
     config = config or AttackConfig()
     authorized, prohibited = set(authorized), set(prohibited)
@@ -637,61 +637,7 @@ def run_attack_suite(
     if config.lora_targets is None and "lora" in config.attacks:
         config_dict["lora_targets_resolved"] = attention_projections(encoder.backbone)
     report = AttackReport(getattr(encoder, "name", type(encoder).__name__), info, config_dict, scores, timings,
-                          _versions())
+                          package_versions())
     if output_dir is not None:
         report.save(output_dir)
     return report
-
-
-# ------------------------------------------------------------------------------------------------ command line
-def add_attack_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add ``attack`` to the ``encoderlock`` sub-commands (``args.handler`` is :func:`run_attack_command`)."""
-    parser = subparsers.add_parser(
-        "attack",
-        help="Fine-tuning attacks on an encoder: full, last-k blocks, LoRA, against training from scratch.",
-        description="Fine-tune the encoder with a fresh head on each domain (full, last-k blocks, LoRA), choosing "
-        "learning rate and epoch on a validation split of the training images, and compare with the same "
-        "architecture trained from scratch; writes attack_report.json, .md and .png.",
-    )
-    parser.add_argument("--encoder", required=True, metavar="PATH_OR_HUB_ID", help="Encoder folder, Hub id or 'victim'.")
-    parser.add_argument("--domains", nargs="+", required=True, metavar="DOMAIN", help="Domains to attack on.")
-    parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="Output folder for the report.")
-    parser.add_argument("--authorized", nargs="*", default=[], metavar="DOMAIN", help="Domains recorded as authorized.")
-    parser.add_argument("--prohibited", nargs="*", default=[], metavar="DOMAIN", help="Domains recorded as prohibited.")
-    parser.add_argument("--attacks", nargs="+", choices=ATTACKS, help="Attacks (default: full last_k lora).")
-    parser.add_argument("--fractions", type=float, nargs="+", help="Training fractions (default 0.01 0.1 1).")
-    parser.add_argument("--seeds", type=int, nargs="+", help="Seeds (default 0).")
-    parser.add_argument("--epochs", type=int, help="Maximum epochs per attack run.")
-    parser.add_argument("--max-train", type=int, help="Cap on each domain's training split (stratified).")
-    parser.add_argument("--max-test", type=int, help="Cap on each domain's test split.")
-    parser.add_argument("--no-scratch", action="store_true", help="Skip training the random-init twin from scratch.")
-    parser.add_argument("--threads", type=int, help="torch threads.")
-    parser.add_argument("--quiet", action="store_true", help="No progress bars.")
-    parser.set_defaults(handler=run_attack_command)
-    return parser
-
-
-def run_attack_command(args: argparse.Namespace) -> int:
-    """Handler of ``encoderlock attack``: run :func:`run_attack_suite` and print where the report went."""
-    overrides = {
-        "attacks": args.attacks,
-        "fractions": args.fractions,
-        "seeds": args.seeds,
-        "epochs": args.epochs,
-        "max_train_examples": args.max_train,
-        "max_test_examples": args.max_test,
-        "num_threads": args.threads,
-    }
-    config = AttackConfig(progress=not args.quiet, **{k: v for k, v in overrides.items() if v is not None})
-    encoder = args.encoder
-    if encoder == "victim":
-        from .victim import load_victim
-
-        encoder = load_victim()
-    report = run_attack_suite(
-        encoder, args.domains, config, random_twin=not args.no_scratch, authorized=args.authorized,
-        prohibited=args.prohibited, output_dir=args.out,
-    )
-    print(attack_report_markdown(report))
-    print(f"wrote {args.out}/attack_report.json, .md and .png")
-    return 0

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from .information import standardize
+from ..objectives.information import standardize
 
 
 def cluster_pseudo_labels(features: torch.Tensor, num_classes: int, seed: int, restarts: int) -> torch.Tensor:

@@ -7,11 +7,16 @@ from typing import Any
 
 from transformers import TrainingArguments
 
+from ..probing.heads import GRADIENT_KINDS
+from .objectives import OBJECTIVES, InformationTermsConfig
+from .selection import SCORE_FUNCTIONS
+from .variants.augmentations import AugmentationConfig
+
 VARIANTS = ("supervised", "unsupervised", "zero-shot")
-OBJECTIVES = ("paper", "information", "contrastive")
-LABEL_FREE_OBJECTIVES = ("contrastive",)  # objectives that never need (pseudo-)labels on the prohibited side
-SCORE_FUNCTIONS = ("gradient_ratio", "fisher_ratio", "taylor")
-ADVERSARY_KINDS = ("linear", "mlp")
+ADVERSARY_KINDS = GRADIENT_KINDS  # the self-challenge trains heads by gradient descent (no kNN)
+# Defaults of the objective's and augmentation's own knobs are declared once, on their dataclasses.
+_INFO = InformationTermsConfig
+_AUG = AugmentationConfig
 BEST_MODEL_CRITERIA = ("gap", "last")
 
 # The reference research code's values (METHOD.md): N=100 weights and M=1 layer per round, alpha=1e3,
@@ -52,36 +57,36 @@ class EncoderLockConfig(TrainingArguments):
             "features); zero-shot: no prohibited data, synthetic prohibited-like data from `zero_shot_generators`."
         },
     )
-    objective: str = field(default="paper", metadata={"help": f"Training objective: one of {OBJECTIVES}."})
+    objective: str = field(default="paper", metadata={"help": f"Training objective: one of {tuple(OBJECTIVES)}."})
     alpha: float = field(
         default=1e3, metadata={"help": "alpha in the paper's loss L_A + log(1 + alpha * L_A / L_P)."}
     )
     objective_eps: float = field(default=1e-8, metadata={"help": "Guard against division by zero in objectives."})
     info_r2_weight: float = field(
-        default=1.0,
+        default=_INFO.r2_weight,
         metadata={"help": "objective='information': weight of the prohibited features' ridge R^2 of the labels."},
     )
     info_mmd_weight: float = field(
-        default=1.0,
+        default=_INFO.mmd_weight,
         metadata={"help": "objective='information': weight of the class-vs-all MMD of the prohibited features."},
     )
     info_knn_weight: float = field(
-        default=0.0,
+        default=_INFO.knn_weight,
         metadata={"help": "objective='information': weight of the soft-nearest-neighbour agreement above chance."},
     )
     info_ridge: float = field(
-        default=1e-2, metadata={"help": "objective='information': ridge penalty of the R^2 (features standardised)."}
+        default=_INFO.ridge, metadata={"help": "objective='information': ridge penalty of the R^2 (features standardised)."}
     )
     info_mmd_bandwidths: list[float] = field(
-        default_factory=lambda: [0.5, 1.0, 2.0],
+        default_factory=lambda: list(_INFO.mmd_bandwidths),
         metadata={"help": "objective='information': Gaussian MMD bandwidths, as multiples of the median distance."},
     )
     info_knn_temperature: float = field(
-        default=0.1,
+        default=_INFO.knn_temperature,
         metadata={"help": "objective='information': soft-neighbour temperature, relative to the median sq. distance."},
     )
     info_preserve_weight: float = field(
-        default=0.0,
+        default=_INFO.preserve_weight,
         metadata={
             "help": "objective='information': weight of the authorized features' drift from the unlocked encoder "
             "(0: off; > 0 keeps a frozen copy of the encoder)."
@@ -96,7 +101,7 @@ class EncoderLockConfig(TrainingArguments):
         },
     )
     info_authorized_weight: float = field(
-        default=1.0, metadata={"help": "objective='information': weight of the authorized head's cross-entropy."}
+        default=_INFO.authorized_weight, metadata={"help": "objective='information': weight of the authorized head's cross-entropy."}
     )
 
     # --- unsupervised and zero-shot variants --------------------------------------------------------------
@@ -112,20 +117,20 @@ class EncoderLockConfig(TrainingArguments):
         default=0.8, metadata={"help": "objective='contrastive': InfoNCE temperature (reference: 0.8)."}
     )
     augment_crop_scale: list[float] = field(
-        default_factory=lambda: [0.6, 1.0],
+        default_factory=lambda: list(_AUG.crop_scale),
         metadata={"help": "objective='contrastive': area range of the random resized crop of an augmented view."},
     )
     augment_brightness: float = field(
-        default=0.4, metadata={"help": "objective='contrastive': brightness jitter (multiplicative, +-)."}
+        default=_AUG.brightness, metadata={"help": "objective='contrastive': brightness jitter (multiplicative, +-)."}
     )
     augment_contrast: float = field(
-        default=0.4, metadata={"help": "objective='contrastive': contrast jitter (multiplicative, +-)."}
+        default=_AUG.contrast, metadata={"help": "objective='contrastive': contrast jitter (multiplicative, +-)."}
     )
     augment_saturation: float = field(
-        default=0.4, metadata={"help": "objective='contrastive': saturation jitter (multiplicative, +-)."}
+        default=_AUG.saturation, metadata={"help": "objective='contrastive': saturation jitter (multiplicative, +-)."}
     )
     augment_noise: float = field(
-        default=0.02, metadata={"help": "objective='contrastive': std of Gaussian pixel noise (raw 0-1 scale)."}
+        default=_AUG.noise, metadata={"help": "objective='contrastive': std of Gaussian pixel noise (raw 0-1 scale)."}
     )
     zero_shot_generators: list[str] = field(
         default_factory=lambda: ["shifts", "shapes", "glyphs"],
@@ -174,7 +179,7 @@ class EncoderLockConfig(TrainingArguments):
     )
     score_function: str = field(
         default="gradient_ratio",
-        metadata={"help": f"Weight score: one of {SCORE_FUNCTIONS} (paper: gradient_ratio)."},
+        metadata={"help": f"Weight score: one of {tuple(SCORE_FUNCTIONS)} (paper: gradient_ratio)."},
     )
     score_eps: float = field(default=1e-8, metadata={"help": "eps in |dL_P/dw| / (|dL_A/dw| + eps)."})
     score_batches: int = field(
@@ -201,7 +206,7 @@ class EncoderLockConfig(TrainingArguments):
         default=5, metadata={"help": "Train fresh adversary heads every this many rounds (0: only at start)."}
     )
     adversary_kinds: list[str] = field(
-        default_factory=lambda: ["linear", "mlp"], metadata={"help": f"Adversary head kinds from {ADVERSARY_KINDS}."}
+        default_factory=lambda: list(ADVERSARY_KINDS), metadata={"help": f"Adversary head kinds from {ADVERSARY_KINDS}."}
     )
     adversary_seeds: int = field(default=2, metadata={"help": "Seeds per adversary head kind."})
     adversary_learning_rates: list[float] = field(
@@ -250,8 +255,8 @@ class EncoderLockConfig(TrainingArguments):
     def _check_choices(self) -> None:
         checks = [
             (self.variant in VARIANTS, f"variant must be one of {VARIANTS}, got {self.variant!r}"),
-            (self.objective in OBJECTIVES, f"objective must be one of {OBJECTIVES}, got {self.objective!r}"),
-            (self.score_function in SCORE_FUNCTIONS, f"score_function must be one of {SCORE_FUNCTIONS}"),
+            (self.objective in OBJECTIVES, f"objective must be one of {tuple(OBJECTIVES)}, got {self.objective!r}"),
+            (self.score_function in SCORE_FUNCTIONS, f"score_function must be one of {tuple(SCORE_FUNCTIONS)}"),
             (set(self.adversary_kinds) <= set(ADVERSARY_KINDS), f"adversary_kinds must be in {ADVERSARY_KINDS}"),
             (self.best_model_criterion in BEST_MODEL_CRITERIA, f"best_model_criterion in {BEST_MODEL_CRITERIA}"),
             (self.num_rounds >= 1, "num_rounds must be >= 1"),

@@ -8,10 +8,8 @@ trainer by ``transformers``) and act at round boundaries: global step ``r * upda
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
-
 import torch
-from transformers import TrainerCallback
+from transformers import Trainer, TrainerCallback
 
 from .masking import MaskedParameterGuard
 from .selection import (
@@ -23,9 +21,6 @@ from .selection import (
     sync_gradient_stats,
     sync_mask_across_processes,
 )
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .trainer import EncoderLockTrainer
 
 
 def _round_starting_at(step: int, steps_per_round: int) -> int | None:
@@ -42,7 +37,7 @@ class WeightSelectionCallback(TrainerCallback):
     gradients and restores every unselected entry after each optimiser step.
     """
 
-    def __init__(self, trainer: "EncoderLockTrainer") -> None:
+    def __init__(self, trainer: Trainer) -> None:
         self.trainer = trainer
         self.guard: MaskedParameterGuard | None = None
         self.rounds_done = 0
@@ -137,7 +132,7 @@ class SelfChallengeCallback(TrainerCallback):
     prohibited fresh-head accuracy) is restored at the end of training.
     """
 
-    def __init__(self, trainer: "EncoderLockTrainer") -> None:
+    def __init__(self, trainer: Trainer) -> None:
         self.trainer = trainer
 
     def _due(self, args, step: int) -> int | None:

@@ -34,7 +34,8 @@ import numpy as np
 from datasets import ClassLabel, Dataset, DatasetDict, Features, load_dataset, load_from_disk
 from PIL import Image as PILImage
 
-from .builtin_domains import BUILTIN_DOMAINS, BUILTIN_VERSION, build_builtin_domain
+from .builtin import BUILTIN_DOMAINS, BUILTIN_VERSION, TEST_FRACTION, builtin_arrays
+from .errors import DomainError
 
 __all__ = [
     "BUILTIN_DOMAINS",
@@ -53,10 +54,6 @@ logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})
 IMAGE_FEATURE = datasets.Image(mode="RGB")
-
-
-class DomainError(ValueError):
-    """A domain spec cannot be resolved or its data is unusable (names the domain and the problem)."""
 
 
 @dataclass
@@ -598,3 +595,9 @@ def describe_domain(dd: DatasetDict) -> dict[str, Any]:
         "class_names": names,
         "class_counts": counts,
     }
+
+
+def build_builtin_domain(name: str, seed: int = 0) -> DatasetDict:
+    """Build (uncached) a built-in domain as a ``DatasetDict`` with ``train``/``test`` (stratified 80/20 split)."""
+    images, labels, class_names = builtin_arrays(name, seed)
+    return domain_from_arrays(images, labels, class_names, test_size=TEST_FRACTION, seed=seed)

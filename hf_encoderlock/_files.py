@@ -1,0 +1,41 @@
+"""Every file name and format tag the package reads or writes, in one module that imports nothing of ours.
+
+Kept apart so that the trainer, the Hub code, the audit and the CLI can all name the same files without importing
+each other (the same role as ``peft.utils.constants``).
+"""
+
+from __future__ import annotations
+
+# ----------------------------------------------------------------------------------------- a locked encoder folder
+LOCK_CONFIG_FILE = "encoderlock_config.json"  # how the lock was made: domains, variant, mask size, versions
+LOCK_CONFIG_FORMAT = "encoderlock/v1"
+MASK_FILE = "encoderlock_mask.safetensors"  # the changed weights: private, pushed only when asked
+CARD_FILE = "README.md"  # the model card
+CARD_FORMAT = "encoderlock-card/v1"
+MODEL_CONFIG_FILE = "config.json"  # written by transformers' save_pretrained
+MODEL_WEIGHTS_FILE = "model.safetensors"
+# Files a Trainer checkpoint holds besides the model: never counted as model weights (globs).
+TRAINER_STATE_FILES = ("training_args.bin", "optimizer.pt", "scheduler.pt", "scaler.pt", "rng_state*.pth")
+
+# ------------------------------------------------------------------------------------------- checkpoints only
+LOCK_STATE_FILE = "encoderlock_state.json"  # what an exact resume needs beyond weights and mask
+LOCK_TENSORS_FILE = "encoderlock_state.safetensors"  # heads and the best encoder's weights
+LOCK_STATE_FORMAT = "encoderlock-state/v1"
+
+# ------------------------------------------------------------------------------------------------------ reports
+REPORT_FORMAT_VERSION = 1  # probe and attack reports (``format_version`` in their JSON)
+PROBE_REPORT_STEM = "probe_report"  # probe_report.json / .md / .png
+ATTACK_REPORT_STEM = "attack_report"
+AUDIT_JSON, AUDIT_MD = "audit.json", "audit.md"
+# The main job's output folder
+REPORT_JSON, REPORT_MD, REPORT_PNG = "report.json", "report.md", "probe.png"
+VICTIM_SUBDIR, LOCKED_SUBDIR = "victim", "locked"
+
+# ------------------------------------------------------------------------------------------------ victim asset
+VICTIM_RECIPE_FILE = "victim_recipe.json"
+VICTIM_CACHE_NAME = "victim-v1"
+
+# --------------------------------------------------------------------------------------------- atomic folders
+STAGING_INFIX = ".partial-"  # a save is written into the hidden sibling ``.{name}.partial-XXXX`` first
+RETIRED_INFIX = ".old-"  # a replaced folder briefly lives at ``.{name}.old-XXXX`` before it is deleted
+SAVED_FOLDER_MODE = 0o755  # mkdtemp makes staging folders private; a published folder is readable like any other

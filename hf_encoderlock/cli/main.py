@@ -1,0 +1,83 @@
+"""Command line: ``encoderlock <command> ...``.
+
+    encoderlock probe --encoder PATH_OR_HUB_ID --domains mnist digits --out DIR
+    encoderlock probe --victim --domains mnist digits --out DIR --fractions 0.01 0.1 1 --seeds 0 1 2
+    encoderlock attack --encoder OUT/locked --domains mnist mnist-m --authorized mnist --prohibited mnist-m --out DIR
+    encoderlock audit OUT/locked --original OUT/victim --out DIR
+    encoderlock push OUT/locked user/vit-locked --gated
+
+One module per command (``hf_encoderlock.cli.<command>``) with ``add_arguments(parser)``, ``run(args) -> int`` and
+``USER_ERRORS``. Only the chosen command's module is imported, so ``encoderlock --help`` does not load torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+from types import ModuleType
+
+PROG = "encoderlock"
+EXIT_USER_ERROR = 2
+
+#: command -> (module under hf_encoderlock.cli, one-line help, description)
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "probe": (
+        "probe",
+        "Probe an encoder: fresh heads on frozen features, per domain and training fraction.",
+        "Train fresh linear / MLP / kNN heads on an encoder's frozen features (and on its random-init twin, the "
+        "no-encoder baseline) and report test accuracy per domain, head and training fraction.",
+    ),
+    "attack": (
+        "attack",
+        "Fine-tuning attacks on an encoder: full, last-k blocks, LoRA, against training from scratch.",
+        "Fine-tune the encoder with a fresh head on each domain (full, last-k blocks, LoRA), choosing learning rate "
+        "and epoch on a validation split of the training images, and compare with the same architecture trained "
+        "from scratch; writes attack_report.json, .md and .png.",
+    ),
+    "push": (
+        "push",
+        "Push a locked encoder folder (weights, processor, lock config, model card) to the Hugging Face Hub.",
+        "Regenerate the model card of a locked encoder folder and upload the folder to a Hub repository.",
+    ),
+    "audit": (
+        "audit",
+        "Audit a locked encoder folder: changed weights, mask, config, card hashes, probes.",
+        "Report which weights changed against the original, check them against the lock's mask and config, verify "
+        "the weight hashes in the model card and rerun the probe suite. Exit status 1 when a check fails.",
+    ),
+}
+
+
+def command_module(command: str) -> ModuleType:
+    """The module implementing ``command`` (imported on demand: commands pull in torch and datasets)."""
+    return importlib.import_module(f"{__package__}.{COMMANDS[command][0]}")
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The ``encoderlock`` parser; every command's arguments, or only those of ``only`` (the others list their help)."""
+    parser = argparse.ArgumentParser(prog=PROG, description="EncoderLock: lock pre-trained encoders against probing.")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (_, help_text, description) in COMMANDS.items():
+        command_parser = subparsers.add_parser(name, help=help_text, description=description)
+        if only is None or only == name:
+            command_module(name).add_arguments(command_parser)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``encoderlock`` console script; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(only=chosen if chosen in COMMANDS else "").parse_args(argv)
+    module = command_module(args.command)
+    try:
+        return int(module.run(args) or 0)
+    except (*module.USER_ERRORS, ValueError, FileNotFoundError) as error:
+        print(f"{PROG} {args.command}: error: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,48 @@
+"""``encoderlock push``: upload a locked encoder folder (not its mask, unless asked) to the Hub."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from .._files import MASK_FILE
+from ..hub.push import DEFAULT_COMMIT_MESSAGE, push_locked_to_hub
+
+USER_ERRORS = ()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments of ``encoderlock push``."""
+    parser.add_argument("folder", help="A locked encoder folder (written by EncoderLockTrainer.save_model).")
+    parser.add_argument("repo_id", help="Target repository, e.g. user/vit-locked.")
+    parser.add_argument("--private", action="store_true", help="Create the repository as private.")
+    parser.add_argument(
+        "--gated", action="store_true", help="Gate access: requesters must acknowledge the prohibited uses first."
+    )
+    parser.add_argument(
+        "--manual-approval", action="store_true", help="Gate access, the owner approving each request by hand (implies --gated)."
+    )
+    parser.add_argument("--token", default=None, help="Hub token (default: the logged-in token or HF_TOKEN).")
+    parser.add_argument("--revision", default=None, help="Branch to push to (default: main).")
+    parser.add_argument("--commit-message", default=DEFAULT_COMMIT_MESSAGE, help="Commit message.")
+    parser.add_argument("--report", default=None, help="report.json with probe results (default: found next to FOLDER).")
+    parser.add_argument("--include-mask", action="store_true", help=f"Also upload {MASK_FILE} (kept local by default).")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Handler of ``encoderlock push``."""
+    report = json.loads(Path(args.report).read_text()) if args.report else None
+    info = push_locked_to_hub(
+        args.folder,
+        args.repo_id,
+        private=args.private or None,
+        gated="manual" if args.manual_approval else ("auto" if args.gated else False),
+        token=args.token,
+        commit_message=args.commit_message,
+        revision=args.revision,
+        report=report,
+        include_mask=args.include_mask,
+    )
+    print(f"pushed {args.folder} to {args.repo_id}: {getattr(info, 'commit_url', info)}")
+    return 0

@@ -1,0 +1,116 @@
+"""Publish locked encoders to the Hugging Face Hub and load them back with their authorization verified.
+
+- :func:`push_locked_to_hub` regenerates the model card of a locked folder (``README.md``, with the ``encoderlock:``
+  block and optional gating), creates the repository, gates it when asked and uploads the encoder, its image
+  processor, ``encoderlock_config.json`` and the card in one commit.
+- :func:`load_locked` downloads (or opens) a locked encoder, checks the SHA-256 of every weight file against the
+  card and returns the encoder adapter, its image processor and the parsed :class:`Authorization`.
+
+Any Hub-compatible server works: the ``huggingface_hub`` client honours ``HF_ENDPOINT``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import HfApi, snapshot_download
+
+from .._files import CARD_FILE, LOCK_CONFIG_FILE, MASK_FILE, MODEL_CONFIG_FILE
+from ..encoders import EncoderAdapter
+from .card import NON_MODEL_WEIGHT_FILES, Authorization, LockVerificationError, weight_files, write_model_card
+
+DEFAULT_COMMIT_MESSAGE = "Upload locked encoder (hf_encoderlock)"
+GATING_MODES = ("auto", "manual")
+PUSH_IGNORE_PATTERNS = ("*/*", ".*", *NON_MODEL_WEIGHT_FILES)  # top-level files only; no mask, no training state
+
+__all__ = [
+    "Authorization",
+    "LockVerificationError",
+    "load_locked",
+    "push_locked_to_hub",
+]
+
+
+def _gating_mode(gated: bool | str) -> str | None:
+    if gated is False or gated is None:
+        return None
+    if gated is True:
+        return "auto"
+    if gated not in GATING_MODES:
+        raise ValueError(f"gated must be True, False or one of {GATING_MODES}, got {gated!r}")
+    return str(gated)
+
+
+def _check_locked_folder(folder: Path) -> None:
+    missing = [name for name in (MODEL_CONFIG_FILE, LOCK_CONFIG_FILE) if not (folder / name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{folder} is not a locked encoder folder: {', '.join(missing)} missing")
+    if not weight_files(folder):
+        raise FileNotFoundError(f"{folder} holds no weight file")
+
+
+def push_locked_to_hub(
+    folder: str | Path,
+    repo_id: str,
+    *,
+    private: bool | None = None,
+    gated: bool | str = False,
+    token: str | None = None,
+    commit_message: str = DEFAULT_COMMIT_MESSAGE,
+    revision: str | None = None,
+    report: dict[str, Any] | None = None,
+    include_mask: bool = False,
+) -> Any:
+    """Push a locked encoder folder to ``repo_id``; returns the ``CommitInfo``.
+
+    The card is rendered again first (with this ``repo_id`` and the gating choice) so that it always matches the
+    weights being uploaded. ``gated`` is ``True`` (= ``"auto"``), ``"auto"``, ``"manual"`` or ``False``; the gate is
+    set before any file is uploaded. The lock's mask (which weights changed) stays local unless ``include_mask``.
+    """
+    folder = Path(folder)
+    _check_locked_folder(folder)
+    mode = _gating_mode(gated)
+    write_model_card(folder, report=report, repo_id=repo_id, gated=mode is not None)
+    api = HfApi(token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+    if mode is not None:
+        api.update_repo_settings(repo_id, gated=mode, repo_type="model")
+    ignore = [p for p in PUSH_IGNORE_PATTERNS if not (include_mask and p == MASK_FILE)]
+    return api.upload_folder(
+        repo_id=repo_id,
+        folder_path=folder,
+        repo_type="model",
+        revision=revision,
+        commit_message=commit_message,
+        ignore_patterns=ignore,
+    )
+
+
+def load_locked(
+    repo_id_or_path: str | Path,
+    revision: str | None = None,
+    token: str | None = None,
+    *,
+    cache_dir: str | Path | None = None,
+    pooling: str = "auto",
+) -> tuple[EncoderAdapter, Any, Authorization]:
+    """``(encoder adapter, image processor, Authorization)`` of a locked encoder on the Hub or in a folder.
+
+    The weights are loaded only after every weight file's SHA-256 matches the card's ``encoderlock:`` block;
+    :class:`LockVerificationError` otherwise (also when the card or the block is missing).
+    """
+    local = Path(repo_id_or_path)
+    if local.is_dir():
+        folder = local
+    else:
+        folder = Path(
+            snapshot_download(
+                str(repo_id_or_path), revision=revision, token=token, cache_dir=cache_dir, repo_type="model"
+            )
+        )
+    authorization = Authorization.from_card(folder / CARD_FILE)
+    authorization.verify(folder)
+    adapter = EncoderAdapter.from_pretrained(folder, pooling=pooling)
+    adapter.name = str(repo_id_or_path)
+    return adapter, adapter.image_processor, authorization
