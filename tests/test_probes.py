@@ -171,7 +171,7 @@ def test_features_are_cached_by_encoder_weights_and_dataset(encoder, domains, tm
 def test_training_rows_are_stratified_nested_and_disjoint_from_validation():
     labels = np.repeat(np.arange(5), [40, 30, 20, 20, 10])
     config = ProbeConfig(fractions=(0.05, 0.5, 1.0), seeds=(0, 1, 2), validation_fraction=0.2)
-    splits = split_training_rows(labels, config)
+    splits = split_training_rows(labels, config.split_plan())
     for split in splits:
         assert len(split.validation) == 24 and np.bincount(labels[split.validation]).tolist() == [8, 6, 4, 4, 2]
         full = split.train[1.0]

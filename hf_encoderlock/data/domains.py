@@ -36,6 +36,7 @@ from PIL import Image as PILImage
 
 from .builtin import BUILTIN_DOMAINS, BUILTIN_VERSION, TEST_FRACTION, builtin_arrays
 from .errors import DomainError
+from .splits import stratified_indices
 
 __all__ = [
     "BUILTIN_DOMAINS",
@@ -206,27 +207,6 @@ def _label_array(dataset: Dataset, column: str = "label") -> np.ndarray:
     return np.asarray(dataset.select_columns([column]).with_format("numpy")[:][column])
 
 
-def _stratified_test_indices(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(train_idx, test_idx)``: per class, round(fraction * n_c) by largest remainder, >= 1 kept for train."""
-    rng = np.random.default_rng(seed)
-    classes, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
-    exact = counts * fraction
-    take = np.floor(exact).astype(int)
-    spare = int(round(fraction * labels.size)) - int(take.sum())
-    order = np.lexsort((np.arange(classes.size), -(exact - take)))  # largest remainder first, ties by class
-    for k in order[: max(spare, 0)]:
-        take[k] += 1
-    take = np.minimum(take, counts - 1)
-    train_parts, test_parts = [], []
-    for k in range(classes.size):
-        members = rng.permutation(np.flatnonzero(inverse == k))
-        test_parts.append(members[: take[k]])
-        train_parts.append(members[take[k] :])
-    train_idx = rng.permutation(np.concatenate(train_parts))
-    test_idx = rng.permutation(np.concatenate(test_parts))
-    return train_idx, test_idx
-
-
 def train_validation_split(dataset: Dataset, validation_fraction: float, seed: int) -> tuple[Dataset, Dataset]:
     """Split ``dataset`` into ``(train, validation)``, stratified by ``label`` and deterministic for ``seed``.
 
@@ -239,7 +219,7 @@ def train_validation_split(dataset: Dataset, validation_fraction: float, seed: i
         raise DomainError(f"cannot stratify: no 'label' column (columns: {dataset.column_names})")
     if dataset.num_rows < 2:
         raise DomainError(f"cannot split a dataset of {dataset.num_rows} example(s)")
-    train_idx, val_idx = _stratified_test_indices(_label_array(dataset), float(validation_fraction), int(seed))
+    train_idx, val_idx = stratified_indices(_label_array(dataset), float(validation_fraction), int(seed))
     return dataset.select(train_idx), dataset.select(val_idx)
 
 

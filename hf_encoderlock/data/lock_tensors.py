@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from ..encoders import EncoderAdapter
+from .splits import stratified_indices
 
 
 class LockDataError(ValueError):
@@ -130,20 +132,11 @@ def _decoded_images(dataset, start: int, stop: int, name: str) -> list:
 
 
 def stratified_split(data: DomainTensors, fraction: float, seed: int) -> tuple[DomainTensors, DomainTensors]:
-    """Split into (lock-train, validation), stratified by label when labels exist; deterministic for a seed."""
-    generator = torch.Generator().manual_seed(seed)
-    if data.labels is None:
-        order = torch.randperm(len(data), generator=generator)
-        cut = max(1, int(round(fraction * len(data))))
-        return data.subset(order[cut:]), data.subset(order[:cut])
-    held, kept = [], []
-    for label in torch.unique(data.labels):
-        rows = torch.nonzero(data.labels == label).flatten()
-        rows = rows[torch.randperm(len(rows), generator=generator)]
-        cut = max(1, int(round(fraction * len(rows)))) if len(rows) > 1 else 0
-        held.append(rows[:cut])
-        kept.append(rows[cut:])
-    return data.subset(torch.cat(kept).sort().values), data.subset(torch.cat(held).sort().values)
+    """Split into (lock-train, validation) with :func:`~hf_encoderlock.data.splits.stratified_indices` (by label
+    when labels exist); rows keep their original order within each part."""
+    labels = None if data.labels is None else data.labels.numpy()
+    kept, held = stratified_indices(labels, fraction, seed, size=len(data))
+    return data.subset(torch.as_tensor(np.sort(kept))), data.subset(torch.as_tensor(np.sort(held)))
 
 
 class PairedDomainDataset(Dataset):

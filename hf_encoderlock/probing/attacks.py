@@ -38,7 +38,7 @@ from .probe_report import save_report_files
 from ..data.domains import train_validation_split
 from ..data.lock_tensors import preprocess_domain
 from ..encoders import load_encoder
-from .suite import ProbeConfig, load_domains, split_training_rows
+from .suite import ProbeConfig, SplitPlan, load_domains, split_training_rows
 from ..victim import load_victim
 
 ATTACKS = ("full", "last_k", "lora", "frozen")
@@ -122,6 +122,10 @@ class AttackConfig:
         for ok, message in checks:
             if not ok:
                 raise AttackError(f"AttackConfig: {message}")
+
+    def split_plan(self) -> SplitPlan:
+        """The validation part and training fractions of the attacker's training split."""
+        return SplitPlan(tuple(self.seeds), tuple(self.fractions), self.validation_fraction, self.min_train_per_class)
 
     def lrs(self, attack: str) -> tuple[float, ...]:
         """The learning-rate grid of ``attack`` (``"scratch"`` included)."""
@@ -595,7 +599,7 @@ def run_attack_suite(
             train, num_classes = _tensors(encoder, train_set, name)
             test, _ = _tensors(encoder, test_set, name)
             timings[f"preprocess/{name}"] = time.perf_counter() - tick
-            splits = split_training_rows(train.labels.numpy(), config)
+            splits = split_training_rows(train.labels.numpy(), config.split_plan())
             counts = np.bincount(test.labels.numpy(), minlength=num_classes)
             role = "authorized" if name in authorized else "prohibited" if name in prohibited else None
             info[name] = {"role": role, "num_classes": num_classes, "chance": float(counts.max() / max(len(test.labels), 1)),

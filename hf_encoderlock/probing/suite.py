@@ -3,7 +3,7 @@
 Given an encoder and labelled domains, :func:`run_probe_suite` extracts features once per split (every pooling the
 encoder offers, one encoder pass, cached), then trains fresh heads (linear, MLP, kNN) over a small hyper-parameter
 grid and several seeds at chosen fractions of the training split. Per seed, a stratified validation split is carved
-from train (:func:`hf_encoderlock.domains.train_validation_split`); the training fraction is a stratified, seeded,
+from train (:func:`hf_encoderlock.data.splits.stratified_indices`); the training fraction is a stratified, seeded,
 nested subsample of the rest. Hyper-parameters, head kind and pooling are chosen on validation; test data only ever
 scores the chosen heads. The same suite on the encoder's random-init twin gives the attacker's no-encoder baseline.
 """
@@ -32,9 +32,19 @@ from .probe_report import (
     load_encoderlock_metric,
     metric_functions,
 )
-from ..data.domains import train_validation_split
 from ..data.domains import DomainSpec, load_domain
+from ..data.splits import stratified_indices
 from ..encoders import load_encoder
+
+
+@dataclass(frozen=True)
+class SplitPlan:
+    """How an attacker's training split is divided: a validation part, then nested training fractions, per seed."""
+
+    seeds: tuple[int, ...]
+    fractions: tuple[float, ...]
+    validation_fraction: float
+    min_train_per_class: int
 
 
 @dataclass
@@ -119,6 +129,10 @@ class ProbeConfig:
             if not ok:
                 raise ValueError(f"ProbeConfig: {message}")
 
+    def split_plan(self) -> SplitPlan:
+        """The validation part and training fractions of the attacker's training split."""
+        return SplitPlan(tuple(self.seeds), tuple(self.fractions), self.validation_fraction, self.min_train_per_class)
+
     def head_training(self) -> HeadTrainingConfig:
         return HeadTrainingConfig(
             epochs=self.epochs,
@@ -166,24 +180,17 @@ def _stratified_subsample(labels: np.ndarray, fraction: float, minimum: int, ord
     return np.sort(np.concatenate(parts))
 
 
-def _column(dataset: Dataset, name: str) -> np.ndarray:
-    """A whole integer column at once (iterating a ``Column`` row by row is ~100x slower)."""
-    return np.asarray(dataset.with_format("numpy")[:][name], dtype=np.int64)
-
-
-def split_training_rows(labels: np.ndarray, config: ProbeConfig) -> list[SeedSplit]:
-    """Per seed: a stratified validation split carved from train (via ``train_validation_split``) and nested,
+def split_training_rows(labels: np.ndarray, plan: SplitPlan) -> list[SeedSplit]:
+    """Per seed: a stratified validation split carved from train (:func:`~hf_encoderlock.data.splits.stratified_indices`) and nested,
     stratified training subsets at every fraction. Depends on labels and seeds only (shared by encoder and twin)."""
-    rows = Dataset.from_dict({"label": labels.astype(np.int64), "row": np.arange(labels.size)})
     splits = []
-    for seed in config.seeds:
-        train, validation = train_validation_split(rows, config.validation_fraction, seed)
-        pool = _column(train, "row")
+    for seed in plan.seeds:
+        pool, validation = stratified_indices(labels.astype(np.int64), plan.validation_fraction, seed)
         order = np.random.default_rng([seed, 1]).permutation(pool.size)
         subsets = {
-            f: pool[_stratified_subsample(labels[pool], f, config.min_train_per_class, order)] for f in config.fractions
+            f: pool[_stratified_subsample(labels[pool], f, plan.min_train_per_class, order)] for f in plan.fractions
         }
-        splits.append(SeedSplit(seed, _column(validation, "row"), subsets))
+        splits.append(SeedSplit(seed, validation, subsets))
     return splits
 
 
@@ -352,7 +359,7 @@ def run_probe_suite(
                 if role == ENCODER_ROLE:
                     encoder_keys[name] = (train.cache_key,)
                 if name not in splits:
-                    splits[name] = split_training_rows(train.labels.numpy(), config)
+                    splits[name] = split_training_rows(train.labels.numpy(), config.split_plan())
                     classes = _num_classes(dataset, config, [train.labels, test.labels])
                     domain_info[name] = {
                         "num_classes": classes,
