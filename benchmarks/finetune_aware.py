@@ -22,9 +22,9 @@ from typing import Any
 import yaml
 from transformers import HfArgumentParser
 
-from hf_encoderlock.probing.attacks import AttackConfig, run_attack_suite
-from hf_encoderlock.lock.config import EncoderLockConfig
 from hf_encoderlock.experiment import LockExperimentArguments, _load_domains, run_lock_experiment, split_for_lock
+from hf_encoderlock.lock.config import EncoderLockConfig
+from hf_encoderlock.probing.attacks import AttackConfig, run_attack_suite
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "examples" / "configs" / "default.yaml"
 
@@ -34,7 +34,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--output", default="benchmarks/results/finetune_aware")
     parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="Base YAML of lock_vit.py arguments.")
     parser.add_argument("--steps", type=int, default=2, help="finetune_aware_steps of the fine-tuning-aware lock.")
-    parser.add_argument("--lr", type=float, default=1e-3, help="finetune_aware_lr (sign step of the simulated attacker).")
+    parser.add_argument(
+        "--lr", type=float, default=1e-3, help="finetune_aware_lr (sign step of the simulated attacker)."
+    )
     parser.add_argument("--weight", type=float, default=1.0, help="finetune_aware_weight.")
     parser.add_argument("--fraction", type=float, default=0.1, help="Attacker's training fraction.")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
@@ -53,11 +55,14 @@ def _configs(options: argparse.Namespace, name: str, output: Path, **lock_overri
 
 
 def _attacker_domains(experiment: LockExperimentArguments) -> dict[str, Any]:
-    """Each lock domain's attacker share of train (never seen by the lock) + its test split, as the lock run split them."""
+    """Each lock domain's attacker share of train (never seen by the lock) + its test split, as the lock run split
+    them."""
     domains = _load_domains(experiment)
     names = [*experiment.authorized_domains(), experiment.prohibited]
     return {
-        name: split_for_lock(domains[name], experiment.lock_share, experiment.max_lock_images, experiment.domain_seed)[1]
+        name: split_for_lock(domains[name], experiment.lock_share, experiment.max_lock_images, experiment.domain_seed)[
+            1
+        ]
         for name in names
     }
 
@@ -69,7 +74,9 @@ def main() -> None:
     runs = {
         "default": {},
         "finetune_aware": {
-            "finetune_aware_steps": options.steps, "finetune_aware_lr": options.lr, "finetune_aware_weight": options.weight,
+            "finetune_aware_steps": options.steps,
+            "finetune_aware_lr": options.lr,
+            "finetune_aware_weight": options.weight,
         },
     }
     results: dict[str, Any] = {"options": vars(options), "locks": {}, "attacks": {}}
@@ -93,8 +100,12 @@ def main() -> None:
     }
     for name, folder in encoders.items():
         report = run_attack_suite(
-            str(folder), domains, config, random_twin=(name == "victim"),
-            authorized=experiment.authorized_domains(), prohibited=[experiment.prohibited],
+            str(folder),
+            domains,
+            config,
+            random_twin=(name == "victim"),
+            authorized=experiment.authorized_domains(),
+            prohibited=[experiment.prohibited],
             output_dir=output / "attacks" / name,
         )
         results["attacks"][name] = [
@@ -128,7 +139,8 @@ def markdown(results: dict[str, Any]) -> str:
             removed, kept = row.get("advantage_removed"), row.get("advantage_kept")
             lines.append(
                 f"| {name} | {lock['lock_seconds']:.0f} | {row['domain']} "
-                f"| {'-' if removed is None else f'{100 * removed:.1f}%'} | {'-' if kept is None else f'{100 * kept:.1f}%'} |"
+                f"| {'-' if removed is None else f'{100 * removed:.1f}%'} "
+                f"| {'-' if kept is None else f'{100 * kept:.1f}%'} |"
             )
     return "\n".join(lines) + "\n"
 

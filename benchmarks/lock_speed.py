@@ -18,10 +18,10 @@ import time
 import torch
 from torch.nn import functional as F
 
-from hf_encoderlock.lock.config import EncoderLockConfig
 from hf_encoderlock.data.domains import load_domain
-from hf_encoderlock.experiment import split_for_lock
 from hf_encoderlock.data.lock_tensors import preprocess_domain
+from hf_encoderlock.experiment import split_for_lock
+from hf_encoderlock.lock.config import EncoderLockConfig
 from hf_encoderlock.lock.trainer import EncoderLockTrainer
 from hf_encoderlock.victim import load_victim
 

@@ -22,8 +22,8 @@ from typing import Any
 import yaml
 from transformers import HfArgumentParser
 
-from hf_encoderlock.lock.config import EncoderLockConfig
 from hf_encoderlock.experiment import LockExperimentArguments, run_lock_experiment
+from hf_encoderlock.lock.config import EncoderLockConfig
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "examples" / "configs" / "default.yaml"
 

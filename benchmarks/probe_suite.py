@@ -54,8 +54,10 @@ def main(argv=None) -> None:
     config = ProbeConfig(batch_size=args.batch_size, progress=False, **overrides)
     poolings = resolve_poolings(encoder, config.poolings)
     images = sum(d[s].num_rows for d in domains.values() for s in ("train", "test"))
-    print(f"encoder {encoder.name}: poolings {poolings}; {images} images in {list(domains)}; "
-          f"torch threads {torch.get_num_threads()}")
+    print(
+        f"encoder {encoder.name}: poolings {poolings}; {images} images in {list(domains)}; "
+        f"torch threads {torch.get_num_threads()}"
+    )
 
     tick = time.perf_counter()
     for dataset in domains.values():
@@ -70,13 +72,17 @@ def main(argv=None) -> None:
     heads = sum(v for k, v in report.timings.items() if k.startswith("heads/"))
     encoders = len(report.roles)
     cells = len(report.scores)
-    print(f"probe suite: {suite:.2f} s total = {extraction:.2f} s extraction + {heads:.2f} s heads "
-          f"({cells} (domain, pooling, fraction, head) cells x {len(config.seeds)} seeds, {encoders} encoder(s))")
+    print(
+        f"probe suite: {suite:.2f} s total = {extraction:.2f} s extraction + {heads:.2f} s heads "
+        f"({cells} (domain, pooling, fraction, head) cells x {len(config.seeds)} seeds, {encoders} encoder(s))"
+    )
     print(f"ratio suite / one extraction pass: {suite / one_pass:.2f}")
     print(f"ratio per encoder probed: {suite / encoders / one_pass:.2f}  (goal <= 1.5)")
     for best in report.best_scores():
-        print(f"  best {best.domain} @ {best.fraction:g}: {100 * best.mean:.1f} ± {100 * best.std:.1f} "
-              f"({best.usual_choice})")
+        print(
+            f"  best {best.domain} @ {best.fraction:g}: {100 * best.mean:.1f} ± {100 * best.std:.1f} "
+            f"({best.usual_choice})"
+        )
 
 
 if __name__ == "__main__":

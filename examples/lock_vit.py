@@ -25,10 +25,9 @@ from pathlib import Path
 import yaml
 from transformers import HfArgumentParser
 
-from hf_encoderlock.lock.config import EncoderLockConfig
 from hf_encoderlock.experiment import LockExperimentArguments, run_lock_experiment
+from hf_encoderlock.lock.config import EncoderLockConfig
 from hf_encoderlock.probing.lock_report import lock_report_markdown
-
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "default.yaml"
 

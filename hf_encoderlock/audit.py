@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -77,8 +78,12 @@ def compare_weights(
             row["outside_mask"] = out
             outside += out
         per_layer[name] = row
-    summary: dict[str, Any] = {"changed": changed, "total": total, "fraction": changed / total if total else 0.0,
-                               "per_layer": per_layer}
+    summary: dict[str, Any] = {
+        "changed": changed,
+        "total": total,
+        "fraction": changed / total if total else 0.0,
+        "per_layer": per_layer,
+    }
     if mask is not None:
         summary["outside_mask"] = outside
         summary["subset_of_mask"] = outside == 0
@@ -95,8 +100,12 @@ def check_config(folder: Path, mask: Mapping[str, torch.Tensor] | None) -> tuple
         return None, []
     lock = json.loads(path.read_text())
     declared = (lock.get("mask") or {}).get("count")
-    result: dict[str, Any] = {"declared_mask_count": declared, "authorized": lock.get("authorized", []),
-                              "prohibited": lock.get("prohibited", []), "variant": lock.get("variant")}
+    result: dict[str, Any] = {
+        "declared_mask_count": declared,
+        "authorized": lock.get("authorized", []),
+        "prohibited": lock.get("prohibited", []),
+        "variant": lock.get("variant"),
+    }
     problems = []
     if mask is not None:
         actual = sum(int(m.sum()) for m in mask.values())
@@ -119,8 +128,12 @@ def check_card(folder: Path, mask_count: int | None) -> tuple[dict[str, Any], li
         authorization.verify(folder)
     except LockVerificationError as error:
         return {"verified": False, "error": str(error)}, [f"model card: {error}"]
-    result = {"verified": True, "authorized": list(authorization.authorized),
-              "prohibited": list(authorization.prohibited), "mask_count": authorization.mask_count}
+    result = {
+        "verified": True,
+        "authorized": list(authorization.authorized),
+        "prohibited": list(authorization.prohibited),
+        "mask_count": authorization.mask_count,
+    }
     if mask_count is not None and authorization.mask_count is not None and authorization.mask_count != mask_count:
         result["verified"] = False
         return result, [f"the card declares {authorization.mask_count} masked weights, {MASK_FILE} holds {mask_count}"]
@@ -129,11 +142,14 @@ def check_card(folder: Path, mask_count: int | None) -> tuple[dict[str, Any], li
 
 def default_domains(config: Mapping[str, Any] | None) -> tuple[list[str], list[str]]:
     """The lock config's authorized and prohibited domains that are built-in names (others cannot be reloaded)."""
+
     def builtin(entries) -> list[str]:
         names = []
         for entry in entries or []:
             try:
-                name = DomainSpec(**entry).display_name if isinstance(entry, dict) else DomainSpec(str(entry)).display_name
+                name = (
+                    DomainSpec(**entry).display_name if isinstance(entry, dict) else DomainSpec(str(entry)).display_name
+                )
             except Exception:
                 continue
             if name in BUILTIN_DOMAINS:
@@ -177,26 +193,63 @@ class AuditReport:
         lines += [f"- problem: {p}" for p in self.problems] + [f"- note: {n}" for n in self.notes]
         if self.weights is not None:
             w = self.weights
-            lines += ["", f"## Changed weights (vs {self.original})", "",
-                      f"{w['changed']:,} of {w['total']:,} entries changed ({100 * w['fraction']:.4f}%)"
-                      + (f"; {w['outside_mask']} outside the mask." if "outside_mask" in w else "."), ""]
+            lines += [
+                "",
+                f"## Changed weights (vs {self.original})",
+                "",
+                f"{w['changed']:,} of {w['total']:,} entries changed ({100 * w['fraction']:.4f}%)"
+                + (f"; {w['outside_mask']} outside the mask." if "outside_mask" in w else "."),
+                "",
+            ]
             lines += [markdown_row(["Tensor", "Changed", "Size", "Outside mask"]), markdown_row(["---"] * 4)]
-            lines += [markdown_row([n, str(r["changed"]), str(r["size"]), str(r.get("outside_mask", "-"))])
-                      for n, r in w["per_layer"].items()]
+            lines += [
+                markdown_row([n, str(r["changed"]), str(r["size"]), str(r.get("outside_mask", "-"))])
+                for n, r in w["per_layer"].items()
+            ]
         if self.mask is not None:
-            lines += ["", "## Mask", "", f"{MASK_FILE}: {self.mask['count']:,} entries in {self.mask['layers']} tensor(s)."]
+            lines += [
+                "",
+                "## Mask",
+                "",
+                f"{MASK_FILE}: {self.mask['count']:,} entries in {self.mask['layers']} tensor(s).",
+            ]
         if self.config is not None:
-            lines += ["", "## Lock config", "", f"Declared mask count: {self.config.get('declared_mask_count')}; "
-                      f"matches the mask file: {self.config.get('matches_mask', 'n/a')}."]
+            lines += [
+                "",
+                "## Lock config",
+                "",
+                f"Declared mask count: {self.config.get('declared_mask_count')}; "
+                f"matches the mask file: {self.config.get('matches_mask', 'n/a')}.",
+            ]
         if self.card is not None:
-            lines += ["", "## Model card", "", "Weight hashes verified." if self.card["verified"]
-                      else f"Not verified: {self.card.get('error', 'mask count differs')}"]
+            lines += [
+                "",
+                "## Model card",
+                "",
+                "Weight hashes verified."
+                if self.card["verified"]
+                else f"Not verified: {self.card.get('error', 'mask count differs')}",
+            ]
         if self.probes is not None:
-            lines += ["", "## Probes (attacker's best test accuracy, %)", "",
-                      markdown_row(["Domain", "Role", "Fraction", "Locked", "Random twin"]), markdown_row(["---"] * 5)]
+            lines += [
+                "",
+                "## Probes (attacker's best test accuracy, %)",
+                "",
+                markdown_row(["Domain", "Role", "Fraction", "Locked", "Random twin"]),
+                markdown_row(["---"] * 5),
+            ]
             for row in self.probes["best"]:
-                lines.append(markdown_row([row["domain"], row["role"] or "-", f"{100 * row['fraction']:g}%",
-                                   percent(row["locked"], suffix=""), percent(row.get("random_twin"), suffix="")]))
+                lines.append(
+                    markdown_row(
+                        [
+                            row["domain"],
+                            row["role"] or "-",
+                            f"{100 * row['fraction']:g}%",
+                            percent(row["locked"], suffix=""),
+                            percent(row.get("random_twin"), suffix=""),
+                        ]
+                    )
+                )
         return "\n".join(lines) + "\n"
 
     def save(self, output_dir: str | os.PathLike) -> dict[str, Path]:
@@ -240,7 +293,9 @@ def audit_locked(
     folder = Path(locked)
     if not (folder / MODEL_CONFIG_FILE).is_file():
         raise FileNotFoundError(f"{folder} is not a saved encoder folder (no config.json)")
-    report = AuditReport(locked=str(folder), original=None if original is None else str(getattr(original, "name", original)))
+    report = AuditReport(
+        locked=str(folder), original=None if original is None else str(getattr(original, "name", original))
+    )
     mask = load_mask(folder / MASK_FILE) if (folder / MASK_FILE).is_file() else None
     mask_count = None
     if mask is not None:
@@ -266,8 +321,9 @@ def audit_locked(
             if not domains:
                 report.notes.append("no built-in domains in the lock config and none given: probes skipped")
         if domains:
-            probe_report = run_probe_suite(load_encoder(str(folder)), domains, probe_config or ProbeConfig(),
-                                           random_twin=True, cache_dir=cache_dir)
+            probe_report = run_probe_suite(
+                load_encoder(str(folder)), domains, probe_config or ProbeConfig(), random_twin=True, cache_dir=cache_dir
+            )
             declared_a = authorized or _names((report.config or {}).get("authorized"))
             declared_p = prohibited or _names((report.config or {}).get("prohibited"))
             report.probes = _probe_summary(probe_report, declared_a, declared_p)

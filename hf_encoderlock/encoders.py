@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import copy
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 from PIL import Image
@@ -154,7 +155,11 @@ class EncoderAdapter(nn.Module):
 
     # ----------------------------------------------------------------------------------------------- forward
     def _backbone_outputs(self, pixel_values: torch.Tensor) -> Any:
-        return self.backbone(pixel_values=pixel_values) if hasattr(self.backbone, "config") else self.backbone(pixel_values)
+        return (
+            self.backbone(pixel_values=pixel_values)
+            if hasattr(self.backbone, "config")
+            else self.backbone(pixel_values)
+        )
 
     def pooled_features(self, pixel_values: torch.Tensor, poolings: Sequence[str]) -> dict[str, torch.Tensor]:
         """Features under several poolings from ONE backbone pass."""
@@ -234,7 +239,7 @@ class EncoderAdapter(nn.Module):
         return mean.expand(channels, 1, 1).clone(), std.expand(channels, 1, 1).clone()
 
     # ----------------------------------------------------------------------------------------- construction
-    def random_init_twin(self, seed: int = 0) -> "EncoderAdapter":
+    def random_init_twin(self, seed: int = 0) -> EncoderAdapter:
         """The same architecture and preprocessing with freshly initialised weights."""
         torch.manual_seed(seed)
         config = getattr(self.backbone, "config", None)
@@ -267,7 +272,7 @@ class EncoderAdapter(nn.Module):
         self.image_processor.save_pretrained(folder)
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike, pooling: str = "auto", **kwargs: Any) -> "EncoderAdapter":
+    def from_pretrained(cls, name_or_path: str | os.PathLike, pooling: str = "auto", **kwargs: Any) -> EncoderAdapter:
         """Load a backbone and its image processor from a folder or the Hub."""
         from transformers import AutoImageProcessor, AutoModel
 

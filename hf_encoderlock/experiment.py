@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,17 +18,17 @@ from typing import Any
 
 from datasets import DatasetDict
 
-from .lock.config import EncoderLockConfig
+from ._files import LOCKED_SUBDIR, REPORT_JSON, REPORT_MD, REPORT_PNG, VICTIM_SUBDIR
+from ._utils import atomic_folder
 from .data.domains import BUILTIN_DOMAINS, DomainSpec, load_domain, train_validation_split
-from .encoders import EncoderAdapter, load_encoder
-from .probing.lock_report import build_lock_report, lock_report_markdown, plot_lock_report
-from .hub.card import write_model_card
-from .probing.suite import ProbeConfig, run_probe_suite
 from .data.lock_tensors import combine_labelled_domains
+from .encoders import EncoderAdapter, load_encoder
+from .hub.card import write_model_card
+from .lock.config import EncoderLockConfig
 from .lock.trainer import EncoderLockTrainer
+from .probing.lock_report import build_lock_report, lock_report_markdown, plot_lock_report
+from .probing.suite import ProbeConfig, run_probe_suite
 from .victim import load_victim
-
-REPORT_JSON, REPORT_MD, REPORT_PNG = "report.json", "report.md", "probe.png"
 
 
 @dataclass
@@ -106,7 +105,10 @@ def split_for_lock(dataset: DatasetDict, share: float, cap: int, seed: int):
 
 def _load_domains(args: LockExperimentArguments) -> dict[str, DatasetDict]:
     names = [*args.authorized_domains(), args.prohibited, *args.other_domains()]
-    return {args.spec(name).display_name: load_domain(args.spec(name), seed=args.domain_seed, cache_dir=args.cache_dir) for name in names}
+    return {
+        args.spec(name).display_name: load_domain(args.spec(name), seed=args.domain_seed, cache_dir=args.cache_dir)
+        for name in names
+    }
 
 
 def _probe_config(args: LockExperimentArguments) -> ProbeConfig:
@@ -118,14 +120,6 @@ def _probe_config(args: LockExperimentArguments) -> ProbeConfig:
     )
 
 
-def _swap_into_place(staging: Path, target: Path) -> None:
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{int(time.time())}")
-        target.rename(old)
-        shutil.rmtree(old)
-    staging.rename(target)
-
-
 def run_lock_experiment(args: LockExperimentArguments, lock_config: EncoderLockConfig) -> dict[str, Any]:
     """Victim -> probes -> lock -> probes -> ``report.json``/``report.md``/``probe.png`` under ``output_dir``."""
     started = time.perf_counter()
@@ -134,7 +128,9 @@ def run_lock_experiment(args: LockExperimentArguments, lock_config: EncoderLockC
     authorized_names = [args.spec(name).display_name for name in args.authorized_domains()]
     prohibited_name = args.spec(args.prohibited).display_name
     if prohibited_name in authorized_names or len(set(authorized_names)) != len(authorized_names):
-        raise ValueError(f"a domain is listed twice among authorized {authorized_names} and prohibited {prohibited_name!r}")
+        raise ValueError(
+            f"a domain is listed twice among authorized {authorized_names} and prohibited {prohibited_name!r}"
+        )
     probe_domains = dict(domains)
     lock_parts, test_parts = {}, {}
     for name in authorized_names:
@@ -147,23 +143,25 @@ def run_lock_experiment(args: LockExperimentArguments, lock_config: EncoderLockC
     if lock_config.variant == "zero-shot":  # no prohibited data: every other domain is an unseen target
         lock_p, prohibited_names = None, [name for name in domains if name not in authorized_names]
     else:
-        lock_p, probe_p = split_for_lock(domains[prohibited_name], args.lock_share, args.max_lock_images, args.domain_seed)
+        lock_p, probe_p = split_for_lock(
+            domains[prohibited_name], args.lock_share, args.max_lock_images, args.domain_seed
+        )
         probe_domains[prohibited_name], prohibited_names = probe_p, [prohibited_name]
         if lock_config.variant == "unsupervised":
             lock_p = lock_p.select_columns(["image"])  # the lock gets the prohibited images, never their labels
 
-    encoder: EncoderAdapter = load_victim(args.cache_dir) if args.model is None else load_encoder(args.model, args.pooling)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
-    try:
-        encoder.save_pretrained(staging / "victim")
+    encoder: EncoderAdapter = (
+        load_victim(args.cache_dir) if args.model is None else load_encoder(args.model, args.pooling)
+    )
+    with atomic_folder(target) as staging:  # nothing appears at output_dir until the report is written
+        encoder.save_pretrained(staging / VICTIM_SUBDIR)
         probe_config = _probe_config(args)
         timings: dict[str, float] = {}
         tick = time.perf_counter()
         before = run_probe_suite(encoder, probe_domains, probe_config, random_twin=True, cache_dir=args.cache_dir)
         timings["probe_before_s"] = time.perf_counter() - tick
 
-        lock_config.output_dir = str(staging / "locked")
+        lock_config.output_dir = str(staging / LOCKED_SUBDIR)
         trainer = EncoderLockTrainer(
             encoder,
             lock_config,
@@ -179,7 +177,7 @@ def run_lock_experiment(args: LockExperimentArguments, lock_config: EncoderLockC
         tick = time.perf_counter()
         trainer.train()
         timings["lock_s"] = time.perf_counter() - tick
-        trainer.save_model(str(staging / "locked"))
+        trainer.save_model(str(staging / LOCKED_SUBDIR))
         own_head_sets = {"authorized": authorized_test}
         if lock_config.variant == "supervised":  # other variants' adversaries predict pseudo- or synthetic classes
             own_head_sets["prohibited"] = domains[prohibited_name]["test"]
@@ -206,15 +204,10 @@ def run_lock_experiment(args: LockExperimentArguments, lock_config: EncoderLockC
             experiment=asdict(args),
         )
         (staging / REPORT_JSON).write_text(json.dumps(report, indent=2, default=str))
-        write_model_card(staging / "locked", report)
+        write_model_card(staging / LOCKED_SUBDIR, report)
         (staging / REPORT_MD).write_text(lock_report_markdown(report))
         plot_lock_report(report, staging / REPORT_PNG)
-        for leftover in (staging / "locked").glob("checkpoint-*"):
+        for leftover in (staging / LOCKED_SUBDIR).glob("checkpoint-*"):
             shutil.rmtree(leftover)
-        staging.chmod(0o755)  # mkdtemp makes the folder private
-        _swap_into_place(staging, target)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
     lock_config.output_dir = str(target)
     return report

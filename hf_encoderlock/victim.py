@@ -13,25 +13,22 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
-import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
+from ._files import MODEL_WEIGHTS_FILE, VICTIM_CACHE_NAME, VICTIM_RECIPE_FILE
+from ._utils import atomic_folder
+from .data.domains import default_cache_dir, load_domain
 from .encoders import EncoderAdapter, vit_image_processor
-from .data.domains import load_domain
-from .data.domains import default_cache_dir
 
 VICTIM_ASSET_DIR = Path(__file__).parent / "assets" / "victim"
-VICTIM_CACHE_NAME = "victim-v1"
-VICTIM_RECIPE_FILE = "victim_recipe.json"
 
 
 @dataclass
@@ -165,28 +162,18 @@ def pretrain_victim(
 
 def save_victim(encoder: EncoderAdapter, config: VictimConfig, output_dir: str | os.PathLike) -> None:
     """Save the victim folder atomically (written aside, then renamed into place)."""
-    target = Path(output_dir)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
+    with atomic_folder(output_dir) as staging:
         encoder.save_pretrained(staging)
         (staging / VICTIM_RECIPE_FILE).write_text(json.dumps(asdict(config), indent=2))
-        if target.exists():
-            shutil.rmtree(target)
-        staging.chmod(0o755)  # mkdtemp makes the folder private; a published encoder folder is not
-        staging.rename(target)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
 
 
 def victim_path(cache_dir: str | os.PathLike | None = None, build: bool = True) -> Path:
     """Folder of the default victim: the shipped asset, else a cached build (built now if ``build``)."""
-    if (VICTIM_ASSET_DIR / "model.safetensors").is_file():
+    if (VICTIM_ASSET_DIR / MODEL_WEIGHTS_FILE).is_file():
         return VICTIM_ASSET_DIR
 
     cached = Path(cache_dir or default_cache_dir()) / VICTIM_CACHE_NAME
-    if not (cached / "model.safetensors").is_file():
+    if not (cached / MODEL_WEIGHTS_FILE).is_file():
         if not build:
             raise FileNotFoundError(f"no shipped victim and no cached build at {cached}")
         pretrain_victim(VictimConfig(), output_dir=cached)

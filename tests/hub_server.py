@@ -64,11 +64,11 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def json(cls, data: Any, status: int = 200, **headers: str) -> "Reply":
+    def json(cls, data: Any, status: int = 200, **headers: str) -> Reply:
         return cls(status, json.dumps(data).encode(), {"Content-Type": "application/json", **headers})
 
     @classmethod
-    def error(cls, status: int, code: str, message: str) -> "Reply":
+    def error(cls, status: int, code: str, message: str) -> Reply:
         return cls.json({"error": message}, status, **{"X-Error-Code": code, "X-Error-Message": message})
 
 

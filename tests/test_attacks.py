@@ -9,6 +9,7 @@ import pytest
 import torch
 from datasets import DatasetDict
 
+from hf_encoderlock.encoders import tiny_vit_encoder
 from hf_encoderlock.probing.attacks import (
     SCRATCH,
     AttackConfig,
@@ -21,7 +22,6 @@ from hf_encoderlock.probing.attacks import (
     prepare_attack,
     run_attack_suite,
 )
-from hf_encoderlock.encoders import tiny_vit_encoder
 
 from .helpers import toy_domain
 
@@ -127,8 +127,15 @@ def test_lora_wraps_attention_projections_and_freezes_base(encoder, domains):
     data = domains["red"]["train"]
     pixels = encoder.preprocess(data["image"])
     labels = torch.as_tensor(data["label"])
-    train_attack(model, _Data(pixels[:40], labels[:40]), _Data(pixels[40:], labels[40:]), 3, 1e-2,
-                 _config(patience=None, epochs=2), seed=0)
+    train_attack(
+        model,
+        _Data(pixels[:40], labels[:40]),
+        _Data(pixels[40:], labels[40:]),
+        3,
+        1e-2,
+        _config(patience=None, epochs=2),
+        seed=0,
+    )
     after = dict(model.backbone.named_parameters())
     assert all(torch.equal(base[n], after[n]) for n in base)
     assert any(not torch.equal(lora_before[n], after[n]) for n in lora_before)

@@ -38,7 +38,10 @@ def _build(root, domain_paths=None):
     save_mask(mask, root / "locked" / MASK_FILE)
     paths = domain_paths or {"authorized": ["red"], "prohibited": ["green"]}
     config = {
-        "format": "encoderlock/v1", "variant": "supervised", "objective": "paper", **paths,
+        "format": "encoderlock/v1",
+        "variant": "supervised",
+        "objective": "paper",
+        **paths,
         "mask": {"count": 7, "per_layer": {n: int(m.sum()) for n, m in mask.items()}},
     }
     (root / "locked" / "encoderlock_config.json").write_text(json.dumps(config))
@@ -130,9 +133,30 @@ def test_cli_with_probes_on_saved_toy_domains(tmp_path):
     DatasetDict(train=toy_domain(30, 2, "green"), test=toy_domain(15, 3, "green")).save_to_disk(str(green))
     original, locked = _build(tmp_path / "lock", {"authorized": [str(red)], "prohibited": [str(green)]})
     out = tmp_path / "audit"
-    status = main(["audit", str(locked), "--original", str(original), "--domains", str(red), str(green),
-                   "--out", str(out), "--fractions", "1", "--seeds", "0", "--heads", "linear", "--epochs", "2",
-                   "--cache-dir", str(tmp_path / "cache"), "--quiet"])
+    status = main(
+        [
+            "audit",
+            str(locked),
+            "--original",
+            str(original),
+            "--domains",
+            str(red),
+            str(green),
+            "--out",
+            str(out),
+            "--fractions",
+            "1",
+            "--seeds",
+            "0",
+            "--heads",
+            "linear",
+            "--epochs",
+            "2",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--quiet",
+        ]
+    )
     assert status == 0
     data = json.loads((out / "audit.json").read_text())
     rows = {row["domain"]: row for row in data["probes"]["best"]}

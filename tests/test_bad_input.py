@@ -7,8 +7,9 @@ are checked and preprocessed there, before ``train()``).
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -17,10 +18,10 @@ from datasets import Image as ImageFeature
 from PIL import Image
 from transformers import ViTConfig, ViTModel
 
-from hf_encoderlock.lock.config import EncoderLockConfig
 from hf_encoderlock.data.domains import DomainError, domain_from_folder
-from hf_encoderlock.encoders import EncoderAdapter, EncoderError, load_encoder, tiny_vit_encoder, vit_image_processor
 from hf_encoderlock.data.lock_tensors import LockDataError
+from hf_encoderlock.encoders import EncoderAdapter, EncoderError, load_encoder, tiny_vit_encoder, vit_image_processor
+from hf_encoderlock.lock.config import EncoderLockConfig
 from hf_encoderlock.lock.trainer import LOCK_CONFIG_FILE, EncoderLockTrainer
 
 from .helpers import toy_domain
@@ -31,9 +32,19 @@ NUM_IMAGES = 24
 
 def _config(out: Path, **overrides: Any) -> EncoderLockConfig:
     values: dict[str, Any] = dict(
-        output_dir=str(out), num_rounds=1, update_steps_per_round=1, weights_per_round=5, per_device_train_batch_size=8,
-        score_batches=1, adversary_epochs=1, adversary_seeds=1, adversary_kinds=["linear"],
-        adversary_learning_rates=[1e-2], use_cpu=True, report_to="none", disable_tqdm=True,
+        output_dir=str(out),
+        num_rounds=1,
+        update_steps_per_round=1,
+        weights_per_round=5,
+        per_device_train_batch_size=8,
+        score_batches=1,
+        adversary_epochs=1,
+        adversary_seeds=1,
+        adversary_kinds=["linear"],
+        adversary_learning_rates=[1e-2],
+        use_cpu=True,
+        report_to="none",
+        disable_tqdm=True,
     )
     return EncoderLockConfig(**{**values, **overrides})
 
@@ -53,8 +64,13 @@ def _green() -> Dataset:
 def _lock(out: Path, authorized: Any = None, prohibited: Any = None, encoder: EncoderAdapter | None = None, **kwargs):
     """Build (never train) a lock; the construction is where data are checked."""
     return EncoderLockTrainer(
-        encoder or _encoder(), _config(out), _red() if authorized is None else authorized,
-        _green() if prohibited is None else prohibited, "red", "green", **kwargs,
+        encoder or _encoder(),
+        _config(out),
+        _red() if authorized is None else authorized,
+        _green() if prohibited is None else prohibited,
+        "red",
+        "green",
+        **kwargs,
     )
 
 
@@ -83,8 +99,15 @@ def _corrupt_image_dataset() -> Dataset:
 
 
 def _four_channel_encoder() -> EncoderAdapter:
-    config = ViTConfig(image_size=16, patch_size=4, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                       intermediate_size=64, num_channels=4)
+    config = ViTConfig(
+        image_size=16,
+        patch_size=4,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        num_channels=4,
+    )
     return EncoderAdapter(ViTModel(config), pooling="cls", image_processor=vit_image_processor(16), name="rgba-vit")
 
 
@@ -106,49 +129,129 @@ def _empty_model_folder(out: Path) -> Path:
 
 # (id, call building the bad input and making the refusing call, error type, message pattern)
 CASES: list[tuple[str, Callable[[Path], Any], type[Exception], str]] = [
-    ("missing-label-column", lambda out: _lock(out, authorized=_red().remove_columns("label")),
-     LockDataError, r"domain 'red': no 'label' column"),
-    ("missing-image-column", lambda out: _lock(out, prohibited=_green().remove_columns("image")),
-     LockDataError, r"domain 'green': no 'image' column"),
-    ("image-column-holds-strings",
-     lambda out: _lock(out, authorized=Dataset.from_dict({"image": ["a.png"] * NUM_IMAGES, "label": _cycled([0, 1])})),
-     LockDataError, r"domain 'red': row 0 of the 'image' column holds str, not an image"),
-    ("undecodable-image-bytes", lambda out: _lock(out, authorized=_corrupt_image_dataset()),
-     LockDataError, r"domain 'red': the image in row 5 cannot be decoded"),
-    ("model-takes-4-channel-images", lambda out: _lock(out, encoder=_four_channel_encoder()),
-     EncoderError, r"rgba-vit expects 4-channel inputs"),
-    ("image-without-pixels", lambda out: _encoder().preprocess([Image.new("RGB", (0, 0))]),
-     EncoderError, r"image 0 has no pixels \(0x0\)"),
-    ("empty-split", lambda out: _lock(out, prohibited=_green().select([])),
-     LockDataError, r"domain 'green': the dataset is empty"),
-    ("single-class-split", lambda out: _lock(out, authorized=_red().filter(lambda row: row["label"] == 0)),
-     LockDataError, r"domain 'red': needs at least two classes, found 1"),
-    ("too-few-images", lambda out: _lock(out, prohibited=_green().select(range(6))),
-     LockDataError, r"domain 'green': 6 images, at least 8 needed"),
-    ("negative-labels", lambda out: _lock(out, authorized=_with_labels(_cycled([-1, 0, 1]), Value("int64"))),
-     LockDataError, r"domain 'red': labels must lie in \[0, 1\], got \[-1, 1\]"),
-    ("float-labels", lambda out: _lock(out, authorized=_with_labels(_cycled([0.0, 1.5]), Value("float32"))),
-     LockDataError, r"domain 'red': labels must be integers, got torch.float32"),
-    ("string-labels", lambda out: _lock(out, authorized=_with_labels(_cycled(["cat", "dog"]), Value("string"))),
-     LockDataError, r"domain 'red': labels must be integer class ids; row 0 of 'label' holds str 'cat'"),
-    ("missing-label", lambda out: _lock(out, authorized=_with_labels(_cycled([0, 1, None]), Value("int64"))),
-     LockDataError, r"domain 'red': the 'label' of row 2 is missing \(None\)"),
-    ("eval-labels-beyond-the-heads-classes",
-     lambda out: _lock(out, eval_dataset={"authorized": toy_domain(12, 5, "red", num_classes=4)}),
-     LockDataError, r"eval_dataset\['authorized'\]: label 3 is out of range for the 3 classes .* 'red'"),
-    ("eval-dataset-unknown-key", lambda out: _lock(out, eval_dataset={"test": _red()}),
-     LockDataError, r"eval_dataset must be a dict with keys among \('authorized', 'prohibited'\), got \['test'\]"),
-    ("prohibited-identical-to-authorized", lambda out: _lock(out, authorized=_red(), prohibited=_red()),
-     LockDataError, r"the prohibited domain is identical to the authorized domain"),
-    ("unreadable-image-file-in-folder-domain", lambda out: domain_from_folder(_folder_with_corrupt_png(out)),
-     DomainError, r"broken\.png is not a readable image"),
-    ("missing-encoder-files", lambda out: load_encoder(_empty_model_folder(out)),
-     EncoderError, r"empty_model has no config.json: it is not a saved encoder folder"),
+    (
+        "missing-label-column",
+        lambda out: _lock(out, authorized=_red().remove_columns("label")),
+        LockDataError,
+        r"domain 'red': no 'label' column",
+    ),
+    (
+        "missing-image-column",
+        lambda out: _lock(out, prohibited=_green().remove_columns("image")),
+        LockDataError,
+        r"domain 'green': no 'image' column",
+    ),
+    (
+        "image-column-holds-strings",
+        lambda out: _lock(
+            out, authorized=Dataset.from_dict({"image": ["a.png"] * NUM_IMAGES, "label": _cycled([0, 1])})
+        ),
+        LockDataError,
+        r"domain 'red': row 0 of the 'image' column holds str, not an image",
+    ),
+    (
+        "undecodable-image-bytes",
+        lambda out: _lock(out, authorized=_corrupt_image_dataset()),
+        LockDataError,
+        r"domain 'red': the image in row 5 cannot be decoded",
+    ),
+    (
+        "model-takes-4-channel-images",
+        lambda out: _lock(out, encoder=_four_channel_encoder()),
+        EncoderError,
+        r"rgba-vit expects 4-channel inputs",
+    ),
+    (
+        "image-without-pixels",
+        lambda out: _encoder().preprocess([Image.new("RGB", (0, 0))]),
+        EncoderError,
+        r"image 0 has no pixels \(0x0\)",
+    ),
+    (
+        "empty-split",
+        lambda out: _lock(out, prohibited=_green().select([])),
+        LockDataError,
+        r"domain 'green': the dataset is empty",
+    ),
+    (
+        "single-class-split",
+        lambda out: _lock(out, authorized=_red().filter(lambda row: row["label"] == 0)),
+        LockDataError,
+        r"domain 'red': needs at least two classes, found 1",
+    ),
+    (
+        "too-few-images",
+        lambda out: _lock(out, prohibited=_green().select(range(6))),
+        LockDataError,
+        r"domain 'green': 6 images, at least 8 needed",
+    ),
+    (
+        "negative-labels",
+        lambda out: _lock(out, authorized=_with_labels(_cycled([-1, 0, 1]), Value("int64"))),
+        LockDataError,
+        r"domain 'red': labels must lie in \[0, 1\], got \[-1, 1\]",
+    ),
+    (
+        "float-labels",
+        lambda out: _lock(out, authorized=_with_labels(_cycled([0.0, 1.5]), Value("float32"))),
+        LockDataError,
+        r"domain 'red': labels must be integers, got torch.float32",
+    ),
+    (
+        "string-labels",
+        lambda out: _lock(out, authorized=_with_labels(_cycled(["cat", "dog"]), Value("string"))),
+        LockDataError,
+        r"domain 'red': labels must be integer class ids; row 0 of 'label' holds str 'cat'",
+    ),
+    (
+        "missing-label",
+        lambda out: _lock(out, authorized=_with_labels(_cycled([0, 1, None]), Value("int64"))),
+        LockDataError,
+        r"domain 'red': the 'label' of row 2 is missing \(None\)",
+    ),
+    (
+        "eval-labels-beyond-the-heads-classes",
+        lambda out: _lock(out, eval_dataset={"authorized": toy_domain(12, 5, "red", num_classes=4)}),
+        LockDataError,
+        r"eval_dataset\['authorized'\]: label 3 is out of range for the 3 classes .* 'red'",
+    ),
+    (
+        "eval-dataset-unknown-key",
+        lambda out: _lock(out, eval_dataset={"test": _red()}),
+        LockDataError,
+        r"eval_dataset must be a dict with keys among \('authorized', 'prohibited'\), got \['test'\]",
+    ),
+    (
+        "prohibited-identical-to-authorized",
+        lambda out: _lock(out, authorized=_red(), prohibited=_red()),
+        LockDataError,
+        r"the prohibited domain is identical to the authorized domain",
+    ),
+    (
+        "unreadable-image-file-in-folder-domain",
+        lambda out: domain_from_folder(_folder_with_corrupt_png(out)),
+        DomainError,
+        r"broken\.png is not a readable image",
+    ),
+    (
+        "missing-encoder-files",
+        lambda out: load_encoder(_empty_model_folder(out)),
+        EncoderError,
+        r"empty_model has no config.json: it is not a saved encoder folder",
+    ),
     ("zero-rounds", lambda out: _config(out, num_rounds=0), ValueError, r"num_rounds must be >= 1"),
-    ("validation-fraction-above-one", lambda out: _config(out, validation_fraction=1.5),
-     ValueError, r"validation_fraction must be in \(0, 1\)"),
-    ("zero-weights-per-round", lambda out: _config(out, weights_per_round=0),
-     ValueError, r"weights_per_round must be >= 1"),
+    (
+        "validation-fraction-above-one",
+        lambda out: _config(out, validation_fraction=1.5),
+        ValueError,
+        r"validation_fraction must be in \(0, 1\)",
+    ),
+    (
+        "zero-weights-per-round",
+        lambda out: _config(out, weights_per_round=0),
+        ValueError,
+        r"weights_per_round must be >= 1",
+    ),
 ]
 
 

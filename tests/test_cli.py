@@ -68,9 +68,26 @@ def test_cli_probe_in_process(encoder_dir, domain_dir, tmp_path, capsys):
 
 def test_cli_probe_as_subprocess(encoder_dir, domain_dir, tmp_path):
     out = tmp_path / "report"
-    command = [sys.executable, "-m", "hf_encoderlock.cli.main", "probe", "--encoder", str(encoder_dir), "--domains",
-               str(domain_dir), "--out", str(out), "--no-random-twin", "--heads", "linear", "knn",
-               "--poolings", "cls", "--no-cache", *FAST]
+    command = [
+        sys.executable,
+        "-m",
+        "hf_encoderlock.cli.main",
+        "probe",
+        "--encoder",
+        str(encoder_dir),
+        "--domains",
+        str(domain_dir),
+        "--out",
+        str(out),
+        "--no-random-twin",
+        "--heads",
+        "linear",
+        "knn",
+        "--poolings",
+        "cls",
+        "--no-cache",
+        *FAST,
+    ]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
     assert result.returncode == 0, result.stderr
@@ -98,11 +115,30 @@ def test_cli_bad_encoder_and_arguments(domain_dir, tmp_path, capsys):
 
 def test_cli_attack_writes_the_fine_tuning_report(encoder_dir, domain_dir, tmp_path, capsys):
     out = tmp_path / "attack"
-    code = main([
-        "attack", "--encoder", str(encoder_dir), "--domains", str(domain_dir), "--prohibited", "colours",
-        "--out", str(out), "--attacks", "lora", "--fractions", "1", "--seeds", "0", "--epochs", "1", "--threads", "1",
-        "--quiet",
-    ])
+    code = main(
+        [
+            "attack",
+            "--encoder",
+            str(encoder_dir),
+            "--domains",
+            str(domain_dir),
+            "--prohibited",
+            "colours",
+            "--out",
+            str(out),
+            "--attacks",
+            "lora",
+            "--fractions",
+            "1",
+            "--seeds",
+            "0",
+            "--epochs",
+            "1",
+            "--threads",
+            "1",
+            "--quiet",
+        ]
+    )
     assert code == 0
     data = json.loads((out / "attack_report.json").read_text())
     assert {score["attack"] for score in data["scores"]} == {"lora", "scratch"}

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 import torch
 
-from hf_encoderlock.lock.config import EncoderLockConfig
 from hf_encoderlock.encoders import tiny_vit_encoder
+from hf_encoderlock.lock.config import EncoderLockConfig
 from hf_encoderlock.lock.objectives import PaperObjective
 from hf_encoderlock.lock.trainer import EncoderLockTrainer
 
@@ -52,7 +52,12 @@ def _lock(output_dir: str, objective_override: Any = None, **overrides: Any) -> 
     """One tiny lock; returns what every rank must agree on."""
     encoder = tiny_vit_encoder(seed=0, image_size=16, patch_size=4)
     trainer = EncoderLockTrainer(
-        encoder, _config(output_dir, **overrides), toy_domain(48, 0, "red"), toy_domain(48, 1, "green"), "red", "green",
+        encoder,
+        _config(output_dir, **overrides),
+        toy_domain(48, 0, "red"),
+        toy_domain(48, 1, "green"),
+        "red",
+        "green",
         objective=objective_override,
     )
     trainer.train()
@@ -77,8 +82,14 @@ def _free_port() -> int:
 def _rank_main(rank: int, port: int, out_dir: str, overrides: dict[str, Any]) -> None:
     """One rank, set up the way ``torchrun`` + ``ACCELERATE_USE_CPU`` would."""
     os.environ.update(
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(WORLD), RANK=str(rank),
-        LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(WORLD), ACCELERATE_USE_CPU="true", GLOO_SOCKET_IFNAME="lo",
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        WORLD_SIZE=str(WORLD),
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        LOCAL_WORLD_SIZE=str(WORLD),
+        ACCELERATE_USE_CPU="true",
+        GLOO_SOCKET_IFNAME="lo",
     )
     torch.set_num_threads(1)
     result = _lock(os.path.join(out_dir, "run"), **overrides)
@@ -169,8 +180,9 @@ def test_bf16_autocast_lock_is_exact_and_close_to_fp32(tmp_path):
     assert sum(int(m.sum()) for m in bf16["mask"].values()) == 15
     assert bf16["losses"][0] == pytest.approx(fp32["losses"][0], rel=0.02)
     update = _update(bf16)
-    selected = torch.cat([bf16["mask"].get(n, torch.zeros_like(w, dtype=torch.bool)).flatten()
-                          for n, w in bf16["weights"].items()])
+    selected = torch.cat(
+        [bf16["mask"].get(n, torch.zeros_like(w, dtype=torch.bool)).flatten() for n, w in bf16["weights"].items()]
+    )
     assert torch.isfinite(update).all() and not update[~selected].any() and update[selected].ne(0).all()
 
 
@@ -185,8 +197,16 @@ def test_fp16_is_not_applied_on_cpu(tmp_path):
 class _MeanObjective(PaperObjective):
     """A per-image mean (``L_A - L_P``): accumulating micro-batches then equals one big batch exactly."""
 
-    def terms(self, authorized_features, authorized_labels, prohibited_features, prohibited_labels, heads,
-              authorized_reference=None, **views):
+    def terms(
+        self,
+        authorized_features,
+        authorized_labels,
+        prohibited_features,
+        prohibited_labels,
+        heads,
+        authorized_reference=None,
+        **views,
+    ):
         terms = super().terms(authorized_features, authorized_labels, prohibited_features, prohibited_labels, heads)
         terms.total = terms.authorized - terms.prohibited
         return terms

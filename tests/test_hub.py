@@ -15,9 +15,7 @@ from safetensors.torch import load_file
 from transformers import AutoImageProcessor, AutoModel
 
 from hf_encoderlock.cli.main import main as cli_main
-from hf_encoderlock.lock.config import EncoderLockConfig
 from hf_encoderlock.encoders import tiny_vit_encoder
-from hf_encoderlock.hub.push import load_locked, push_locked_to_hub
 from hf_encoderlock.hub.card import (
     CARD_FILE,
     CITATION,
@@ -29,6 +27,8 @@ from hf_encoderlock.hub.card import (
     sha256_file,
     write_model_card,
 )
+from hf_encoderlock.hub.push import load_locked, push_locked_to_hub
+from hf_encoderlock.lock.config import EncoderLockConfig
 from hf_encoderlock.lock.trainer import LOCK_CONFIG_FILE, MASK_FILE, EncoderLockTrainer
 
 from .helpers import toy_domain
@@ -66,10 +66,26 @@ def _report() -> dict:
         "prohibited": ["green"],
         "fraction": 1.0,
         "table": [
-            {"domain": "red", "role": "authorized", "random_twin": 0.4, "victim": 0.95, "locked": 0.94,
-             "lock_own_head": 0.97, "advantage_kept": 0.98, "attacker_choice_locked": "mlp/cls"},
-            {"domain": "green", "role": "prohibited", "random_twin": 0.35, "victim": 0.9, "locked": 0.36,
-             "lock_own_head": 0.1, "advantage_removed": float("nan"), "attacker_choice_locked": "linear/mean"},
+            {
+                "domain": "red",
+                "role": "authorized",
+                "random_twin": 0.4,
+                "victim": 0.95,
+                "locked": 0.94,
+                "lock_own_head": 0.97,
+                "advantage_kept": 0.98,
+                "attacker_choice_locked": "mlp/cls",
+            },
+            {
+                "domain": "green",
+                "role": "prohibited",
+                "random_twin": 0.35,
+                "victim": 0.9,
+                "locked": 0.36,
+                "lock_own_head": 0.1,
+                "advantage_removed": float("nan"),
+                "attacker_choice_locked": "linear/mean",
+            },
         ],  # fmt: skip
         "verdict": {"green": "lock holds: 98% of the victim's advantage removed"},
         "lock": {"mask": MASK, "seed": 7},
@@ -105,7 +121,9 @@ def fake_hub(monkeypatch, tmp_path):
         monkeypatch.setenv("HF_ENDPOINT", hub.url)
         monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
         monkeypatch.setattr(constants, "ENDPOINT", hub.url)
-        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", hub.url + "/{repo_id}/resolve/{revision}/{filename}")
+        monkeypatch.setattr(
+            constants, "HUGGINGFACE_CO_URL_TEMPLATE", hub.url + "/{repo_id}/resolve/{revision}/{filename}"
+        )
         monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
         yield hub
     assert hub.unhandled == [], f"the client called endpoints the fake hub does not serve: {hub.unhandled}"
@@ -315,5 +333,9 @@ def test_trainer_save_writes_card_and_push_to_hub(tmp_path, fake_hub):
 
 
 def test_offline_settings_are_restored_after_the_server_tests():
-    assert (constants.HF_HUB_OFFLINE, os.environ.get("HF_HUB_OFFLINE"), os.environ.get("HF_ENDPOINT")) == OFFLINE_AT_IMPORT
+    assert (
+        constants.HF_HUB_OFFLINE,
+        os.environ.get("HF_HUB_OFFLINE"),
+        os.environ.get("HF_ENDPOINT"),
+    ) == OFFLINE_AT_IMPORT
     assert constants.ENDPOINT != "" and "127.0.0.1" not in constants.HUGGINGFACE_CO_URL_TEMPLATE

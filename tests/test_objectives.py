@@ -3,9 +3,11 @@
 import pytest
 import torch
 
-from hf_encoderlock.lock.config import EncoderLockConfig
+from hf_encoderlock.data.lock_tensors import preprocess_domain
 from hf_encoderlock.encoders import tiny_vit_encoder
-from hf_encoderlock.probing.heads import HeadTrainingConfig, best_head, train_heads
+from hf_encoderlock.lock.config import EncoderLockConfig
+from hf_encoderlock.lock.masking import MaskedParameterGuard
+from hf_encoderlock.lock.objectives import LockHeads, PaperObjective, build_objective
 from hf_encoderlock.lock.objectives.information import (
     InformationObjective,
     InformationTermsConfig,
@@ -14,10 +16,8 @@ from hf_encoderlock.lock.objectives.information import (
     soft_knn_excess,
     standardize,
 )
-from hf_encoderlock.data.lock_tensors import preprocess_domain
-from hf_encoderlock.lock.masking import MaskedParameterGuard
-from hf_encoderlock.lock.objectives import LockHeads, PaperObjective, build_objective
 from hf_encoderlock.lock.trainer import EncoderLockTrainer
+from hf_encoderlock.probing.heads import HeadTrainingConfig, best_head, train_heads
 
 from .helpers import toy_domain
 
@@ -124,8 +124,16 @@ def test_information_gradients_reach_only_selected_weights():
 def _fresh_probe_accuracy(trainer: EncoderLockTrainer, train, test) -> float:
     features_train, features_test = trainer.encode(train), trainer.encode(test)
     heads = train_heads(
-        features_train, train.labels, features_test, test.labels, kind="linear", lrs=(3e-2,),
-        weight_decays=(0.0,), seeds=(0,), hidden=(32,), num_classes=train.num_classes,
+        features_train,
+        train.labels,
+        features_test,
+        test.labels,
+        kind="linear",
+        lrs=(3e-2,),
+        weight_decays=(0.0,),
+        seeds=(0,),
+        hidden=(32,),
+        num_classes=train.num_classes,
         config=HeadTrainingConfig(epochs=150),
     )
     return best_head(heads).val_accuracy
@@ -133,6 +141,7 @@ def _fresh_probe_accuracy(trainer: EncoderLockTrainer, train, test) -> float:
 
 def lock_between_fresh_probes(trainer: EncoderLockTrainer, probe_sets) -> tuple[float, float, float, float]:
     """Fresh-probe accuracy (prohibited, authorized) before the lock, train the lock, then the same after it."""
+
     def probe() -> tuple[float, float]:
         return (
             _fresh_probe_accuracy(trainer, probe_sets["p_train"], probe_sets["p_test"]),
@@ -150,13 +159,32 @@ def test_tiny_lock_makes_fresh_probe_fail_on_prohibited_and_keeps_authorized(tmp
     authorized, prohibited = toy_domain(96, 0, "red"), toy_domain(96, 1, "green")
     probe_sets = {
         key: preprocess_domain(encoder, toy_domain(60, seed, style), key)
-        for key, seed, style in (("a_train", 10, "red"), ("a_test", 11, "red"), ("p_train", 12, "green"), ("p_test", 13, "green"))
+        for key, seed, style in (
+            ("a_train", 10, "red"),
+            ("a_test", 11, "red"),
+            ("p_train", 12, "green"),
+            ("p_test", 13, "green"),
+        )
     }
     args = EncoderLockConfig(
-        output_dir=str(tmp_path / "run"), objective="information", num_rounds=6, update_steps_per_round=10,
-        weights_per_round=300, layers_per_round=3, per_device_train_batch_size=64, score_batches=1,
-        challenge_every=0, adversary_epochs=20, adversary_seeds=1, adversary_kinds=["linear"],
-        best_model_criterion="last", use_cpu=True, report_to="none", seed=0, disable_tqdm=True, logging_steps=100,
+        output_dir=str(tmp_path / "run"),
+        objective="information",
+        num_rounds=6,
+        update_steps_per_round=10,
+        weights_per_round=300,
+        layers_per_round=3,
+        per_device_train_batch_size=64,
+        score_batches=1,
+        challenge_every=0,
+        adversary_epochs=20,
+        adversary_seeds=1,
+        adversary_kinds=["linear"],
+        best_model_criterion="last",
+        use_cpu=True,
+        report_to="none",
+        seed=0,
+        disable_tqdm=True,
+        logging_steps=100,
     )
     trainer = EncoderLockTrainer(encoder, args, authorized, prohibited, "red", "green")
     before_p, before_a, after_p, after_a = lock_between_fresh_probes(trainer, probe_sets)

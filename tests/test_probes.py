@@ -11,11 +11,17 @@ from datasets import ClassLabel, Dataset, DatasetDict, Features
 from datasets import Image as ImageFeature
 from PIL import Image
 
-from hf_encoderlock.probing import suite as probes_module
 from hf_encoderlock.encoders import tiny_vit_encoder
+from hf_encoderlock.probing import suite as probes_module
 from hf_encoderlock.probing.features import FeatureError, extract_features
-from hf_encoderlock.probing.heads import HeadGroup, HeadTrainingConfig, accuracy, best_head, train_head_groups, train_heads
-from hf_encoderlock.probing.suite import ProbeConfig, run_probe_suite, split_training_rows
+from hf_encoderlock.probing.heads import (
+    HeadGroup,
+    HeadTrainingConfig,
+    accuracy,
+    best_head,
+    train_head_groups,
+    train_heads,
+)
 from hf_encoderlock.probing.probe_report import (
     ProbeReport,
     ProbeScore,
@@ -23,6 +29,7 @@ from hf_encoderlock.probing.probe_report import (
     lock_measures,
     make_compute_metrics,
 )
+from hf_encoderlock.probing.suite import ProbeConfig, run_probe_suite, split_training_rows
 
 FAST = HeadTrainingConfig(epochs=30, batch_size=64, patience=None)
 GRID = {"lrs": (1e-2, 3e-2), "weight_decays": (0.0, 1e-3)}
@@ -119,7 +126,7 @@ def test_heads_keep_their_best_validation_epoch_and_grid_metadata():
     heads = train_heads(train_x, train_y, val_x, val_y, kind="linear", seeds=(0, 1), config=FAST, **GRID)
     assert len(heads) == 2 * 2 * 2
     assert {(h.hyperparameters["seed"], h.hyperparameters["lr"], h.hyperparameters["weight_decay"]) for h in heads} == {
-        (s, l, w) for s in (0, 1) for l in GRID["lrs"] for w in GRID["weight_decays"]
+        (s, rate, w) for s in (0, 1) for rate in GRID["lrs"] for w in GRID["weight_decays"]
     }
     for head in heads:  # the module holds the weights of the epoch its validation accuracy was measured at
         assert accuracy(head.module, val_x, val_y) == pytest.approx(head.val_accuracy)
@@ -207,8 +214,18 @@ def test_metric_module_computes_lock_measures():
 
 def _score(role, domain, accuracy_by_seed, head="linear", pooling="cls", fraction=1.0, val=None):
     return ProbeScore(
-        role, domain, head, pooling, fraction, 100, 10, 50, [0, 1], list(accuracy_by_seed),
-        list(val or accuracy_by_seed), [{"lr": 0.01}, {"lr": 0.01}],
+        role,
+        domain,
+        head,
+        pooling,
+        fraction,
+        100,
+        10,
+        50,
+        [0, 1],
+        list(accuracy_by_seed),
+        list(val or accuracy_by_seed),
+        [{"lr": 0.01}, {"lr": 0.01}],
     )
 
 
@@ -218,12 +235,17 @@ def _report(name, scores):
 
 
 def test_attacker_best_is_chosen_on_validation_and_lock_measures_follow():
-    victim = _report("victim", [
-        _score("encoder", "auth", [0.8, 0.8]), _score("encoder", "proh", [0.9, 0.9]),
-        # a head that is better on test but worse on validation must not be chosen
-        _score("encoder", "proh", [0.99, 0.99], head="mlp", val=[0.5, 0.5]),
-        _score("random_twin", "auth", [0.3, 0.3]), _score("random_twin", "proh", [0.1, 0.1]),
-    ])
+    victim = _report(
+        "victim",
+        [
+            _score("encoder", "auth", [0.8, 0.8]),
+            _score("encoder", "proh", [0.9, 0.9]),
+            # a head that is better on test but worse on validation must not be chosen
+            _score("encoder", "proh", [0.99, 0.99], head="mlp", val=[0.5, 0.5]),
+            _score("random_twin", "auth", [0.3, 0.3]),
+            _score("random_twin", "proh", [0.1, 0.1]),
+        ],
+    )
     locked = _report("locked", [_score("encoder", "auth", [0.74, 0.76]), _score("encoder", "proh", [0.2, 0.2])])
     best = victim.best("proh", 1.0)
     assert best.mean == pytest.approx(0.9) and best.choices[0]["head"] == "linear"
@@ -250,7 +272,12 @@ def test_probe_suite_report_structure(report, encoder):
         assert score.n_test == (24 if score.domain == "alpha" else 21)
     alpha = report.select("encoder", "alpha", 0.5)
     assert {s.n_train for s in alpha} == {27}  # half of the 54 rows left after a 10% validation split
-    assert report.domains["alpha"] == {"num_classes": 3, "chance": pytest.approx(1 / 3), "n_train_split": 60, "n_test": 24}
+    assert report.domains["alpha"] == {
+        "num_classes": 3,
+        "chance": pytest.approx(1 / 3),
+        "n_train_split": 60,
+        "n_test": 24,
+    }
     for role in report.roles:
         for best in report.best_scores(role):
             assert 0.0 <= best.mean <= 1.0 and len(best.choices) == 2
@@ -341,8 +368,9 @@ def test_whitening_uses_ledoit_wolf_shrinkage_and_fixes_ill_conditioned_features
     train, val = slice(0, 400), slice(400, 500)
     scores = {}
     for name, config in (("standardize", replace(whiten, normalization="standardize")), ("whiten", whiten)):
-        heads = train_heads(features[train], labels[train], features[val], labels[val], lrs=(3e-2,),
-                            weight_decays=(0.0,), config=config)
+        heads = train_heads(
+            features[train], labels[train], features[val], labels[val], lrs=(3e-2,), weight_decays=(0.0,), config=config
+        )
         scores[name] = heads[0].val_accuracy
     assert scores["whiten"] >= 0.95 and scores["standardize"] <= 0.85
 

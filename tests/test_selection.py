@@ -1,4 +1,4 @@
-"""Tests for hf_encoderlock.lock.selection: candidates, scores, exact top-M/top-N selection, masks, multi-process sync."""
+"""Tests for hf_encoderlock.lock.selection: candidates, scores, exact top-M/top-N selection, masks, process sync."""
 
 from __future__ import annotations
 
@@ -53,9 +53,9 @@ def test_vit_candidates_are_block_weights_and_patch_embedding():
     model = tiny_vit()
     cands = select_candidate_parameters(model)
     params = dict(model.named_parameters())
-    linear_or_conv = {
-        f"{n}.weight" for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))
-    } - {"pooler.dense.weight"}
+    linear_or_conv = {f"{n}.weight" for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))} - {
+        "pooler.dense.weight"
+    }
     assert set(cands) == linear_or_conv
     assert len(cands) == 13  # 6 Linear weights x 2 blocks + patch projection
     for name, p in cands.items():
@@ -229,7 +229,11 @@ def assert_same_mask(a, b):
 
 def random_scores(gen, discrete=False):
     shapes = {
-        "l0.weight": (6, 5), "l1.weight": (4, 3, 2, 2), "l2.weight": (7,), "l3.weight": (3, 9), "l4.weight": (2, 2)
+        "l0.weight": (6, 5),
+        "l1.weight": (4, 3, 2, 2),
+        "l2.weight": (7,),
+        "l3.weight": (3, 9),
+        "l4.weight": (2, 2),
     }
     out = {}
     for name, shape in shapes.items():

@@ -7,9 +7,9 @@ import torch
 import yaml
 from transformers import AutoImageProcessor, AutoModel, HfArgumentParser, TrainerCallback
 
-from hf_encoderlock.lock.config import EncoderLockConfig
-from hf_encoderlock.encoders import tiny_vit_encoder
 from hf_encoderlock.data.lock_tensors import LockDataError
+from hf_encoderlock.encoders import tiny_vit_encoder
+from hf_encoderlock.lock.config import EncoderLockConfig
 from hf_encoderlock.lock.objectives import LockHeads, PaperObjective
 from hf_encoderlock.lock.selection import load_mask
 from hf_encoderlock.lock.trainer import LOCK_CONFIG_FILE, MASK_FILE, EncoderLockTrainer, NonFiniteLossError
@@ -222,8 +222,13 @@ def test_killed_run_resumes_to_the_same_mask_and_bit_identical_weights(tmp_path,
     """Mid-round (paper): the heads must come from the checkpoint; at a round start (information): the
     objective's normalisation reference must. Each epoch is 3 steps, so both data-skipping paths are covered."""
     config = dict(
-        num_rounds=3, update_steps_per_round=2, save_strategy="steps", save_steps=stop_step, challenge_every=1,
-        objective=objective, best_model_criterion="gap",
+        num_rounds=3,
+        update_steps_per_round=2,
+        save_strategy="steps",
+        save_steps=stop_step,
+        challenge_every=1,
+        objective=objective,
+        best_model_criterion="gap",
     )
     whole_encoder, whole = _trainer(tmp_path / "whole", domains, **config)
     whole.train()
@@ -256,8 +261,15 @@ class _PoisonableObjective(PaperObjective):
 
     poisoned = False
 
-    def terms(self, authorized_features, authorized_labels, prohibited_features, prohibited_labels, heads,
-              authorized_reference=None):
+    def terms(
+        self,
+        authorized_features,
+        authorized_labels,
+        prohibited_features,
+        prohibited_labels,
+        heads,
+        authorized_reference=None,
+    ):
         if self.poisoned:
             prohibited_features = prohibited_features * float("nan")
         return super().terms(authorized_features, authorized_labels, prohibited_features, prohibited_labels, heads)
@@ -298,8 +310,8 @@ def test_own_heads_reported_are_the_stale_ones_the_kept_encoder_trained_against(
     assert trainer.stale_heads is round0 and trainer.heads is not round0
     metrics = trainer.evaluate()
     _, _, eval_a, eval_p = domains
-    from hf_encoderlock.probing.heads import accuracy
     from hf_encoderlock.data.lock_tensors import preprocess_domain
+    from hf_encoderlock.probing.heads import accuracy
 
     data = preprocess_domain(encoder, eval_p, "green")
     expected = accuracy(round0.adversary.cpu(), trainer.encode(data), data.labels)
@@ -314,7 +326,9 @@ def test_finetune_aware_lock_simulates_attacker_steps_and_changes_only_selected_
     pixels = trainer.lock_prohibited.pixel_values[:12]
     labels = trainer.lock_prohibited.labels[:12]
     weights = trainer._simulated_attacker_weights(pixels, labels)
-    moved = [name for name, param in encoder.named_parameters() if not torch.equal(weights[name].detach(), param.detach())]
+    moved = [
+        name for name, param in encoder.named_parameters() if not torch.equal(weights[name].detach(), param.detach())
+    ]
     unmoved = {name for name, _ in encoder.named_parameters()} - set(moved)
     assert moved and all(".pooler." in name for name in unmoved)  # every weight the features use is fine-tuned
     candidate = next(iter(trainer.candidates))

@@ -8,10 +8,13 @@ import torch
 from datasets import Dataset, Features, Value
 from datasets import Image as ImageFeature
 
-from hf_encoderlock.lock.variants.augmentations import AugmentationConfig, augmented_view
-from hf_encoderlock.lock.config import EncoderLockConfig
-from hf_encoderlock.lock.objectives.contrastive import ContrastiveObjective, info_nce
+from hf_encoderlock.data.lock_tensors import LockDataError, preprocess_domain
 from hf_encoderlock.encoders import tiny_vit_encoder
+from hf_encoderlock.lock.config import EncoderLockConfig
+from hf_encoderlock.lock.objectives import LockHeads
+from hf_encoderlock.lock.objectives.contrastive import ContrastiveObjective, info_nce
+from hf_encoderlock.lock.trainer import LOCK_CONFIG_FILE, EncoderLockTrainer
+from hf_encoderlock.lock.variants.augmentations import AugmentationConfig, augmented_view
 from hf_encoderlock.lock.variants.generators import (
     GENERATORS,
     DomainShiftGenerator,
@@ -20,10 +23,7 @@ from hf_encoderlock.lock.variants.generators import (
     TextToImageGenerator,
     generate_prohibited,
 )
-from hf_encoderlock.data.lock_tensors import LockDataError, preprocess_domain
-from hf_encoderlock.lock.objectives import LockHeads
 from hf_encoderlock.lock.variants.pseudo_labels import cluster_pseudo_labels
-from hf_encoderlock.lock.trainer import LOCK_CONFIG_FILE, EncoderLockTrainer
 
 from .helpers import toy_domain
 from .test_objectives import lock_between_fresh_probes
@@ -31,10 +31,24 @@ from .test_objectives import lock_between_fresh_probes
 
 def _args(tmp_path, **overrides) -> EncoderLockConfig:
     values = dict(
-        output_dir=str(tmp_path / "run"), num_rounds=2, update_steps_per_round=2, weights_per_round=20,
-        layers_per_round=2, per_device_train_batch_size=16, score_batches=1, challenge_every=1, adversary_epochs=5,
-        adversary_seeds=1, adversary_kinds=["linear"], adversary_learning_rates=[1e-2], use_cpu=True,
-        report_to="none", seed=0, disable_tqdm=True, logging_steps=100, num_pseudo_classes=3,
+        output_dir=str(tmp_path / "run"),
+        num_rounds=2,
+        update_steps_per_round=2,
+        weights_per_round=20,
+        layers_per_round=2,
+        per_device_train_batch_size=16,
+        score_batches=1,
+        challenge_every=1,
+        adversary_epochs=5,
+        adversary_seeds=1,
+        adversary_kinds=["linear"],
+        adversary_learning_rates=[1e-2],
+        use_cpu=True,
+        report_to="none",
+        seed=0,
+        disable_tqdm=True,
+        logging_steps=100,
+        num_pseudo_classes=3,
     )
     values.update(overrides)
     return EncoderLockConfig(**values)
@@ -51,7 +65,9 @@ def test_info_nce_is_low_for_matching_views_and_high_for_unrelated_ones():
     matching = info_nce(features, features + 0.01 * torch.randn(32, 16, generator=generator), 0.1)
     unrelated = info_nce(features, torch.randn(32, 16, generator=generator), 0.1)
     assert float(matching) < 0.1 < np.log(32) - 1 < float(unrelated)
-    assert float(info_nce(3.0 * features, features, 0.1)) == pytest.approx(float(info_nce(features, features, 0.1)), rel=1e-5)
+    assert float(info_nce(3.0 * features, features, 0.1)) == pytest.approx(
+        float(info_nce(features, features, 0.1)), rel=1e-5
+    )
 
 
 def test_contrastive_objective_reads_no_prohibited_labels_and_scores_the_prohibited_contrast():
@@ -102,8 +118,12 @@ def test_unsupervised_trainer_never_reads_prohibited_labels(tmp_path):
     for dataset in (_unlabelled(prohibited), poisoned):
         encoder = tiny_vit_encoder(seed=0, image_size=16, patch_size=4)
         trainer = EncoderLockTrainer(
-            encoder, _args(tmp_path, variant="unsupervised", objective="information"),
-            toy_domain(48, 0, "red"), dataset, "red", "green",
+            encoder,
+            _args(tmp_path, variant="unsupervised", objective="information"),
+            toy_domain(48, 0, "red"),
+            dataset,
+            "red",
+            "green",
         )
         assert trainer.pseudo_labelled and trainer.lock_prohibited.num_classes == 3
         assert set(trainer.lock_prohibited.labels.tolist()) | set(trainer.val_prohibited.labels.tolist()) == {0, 1, 2}
@@ -114,8 +134,12 @@ def test_unsupervised_trainer_never_reads_prohibited_labels(tmp_path):
     assert summary["prohibited"][0]["labels"] == "none read"
     assert "- green" in (tmp_path / "out" / "README.md").read_text()  # the card names the domain
     with pytest.raises(LockDataError, match="needs a prohibited dataset"):
-        EncoderLockTrainer(tiny_vit_encoder(seed=0, image_size=16, patch_size=4), _args(tmp_path, variant="unsupervised"),
-                           toy_domain(48, 0, "red"), None)
+        EncoderLockTrainer(
+            tiny_vit_encoder(seed=0, image_size=16, patch_size=4),
+            _args(tmp_path, variant="unsupervised"),
+            toy_domain(48, 0, "red"),
+            None,
+        )
 
 
 def test_contrastive_reference_variant_trains_on_unlabelled_data(tmp_path):
@@ -135,12 +159,25 @@ def test_unsupervised_lock_makes_fresh_probe_fail_on_prohibited_and_keeps_author
     encoder = tiny_vit_encoder(seed=0, image_size=16, patch_size=4)
     probe_sets = {
         key: preprocess_domain(encoder, toy_domain(60, seed, style), key)
-        for key, seed, style in (("a_train", 10, "red"), ("a_test", 11, "red"), ("p_train", 12, "green"), ("p_test", 13, "green"))
+        for key, seed, style in (
+            ("a_train", 10, "red"),
+            ("a_test", 11, "red"),
+            ("p_train", 12, "green"),
+            ("p_test", 13, "green"),
+        )
     }
     args = _args(
-        tmp_path, variant="unsupervised", objective="information", num_rounds=6, update_steps_per_round=10,
-        weights_per_round=300, layers_per_round=3, per_device_train_batch_size=64, challenge_every=0,
-        adversary_epochs=20, best_model_criterion="last",
+        tmp_path,
+        variant="unsupervised",
+        objective="information",
+        num_rounds=6,
+        update_steps_per_round=10,
+        weights_per_round=300,
+        layers_per_round=3,
+        per_device_train_batch_size=64,
+        challenge_every=0,
+        adversary_epochs=20,
+        best_model_criterion="last",
     )
     trainer = EncoderLockTrainer(encoder, args, toy_domain(96, 0, "red"), _unlabelled(toy_domain(96, 1, "green")))
     before_p, before_a, after_p, after_a = lock_between_fresh_probes(trainer, probe_sets)
@@ -186,8 +223,13 @@ def test_text_to_image_generator_explains_its_optional_dependency():
 
 def test_zero_shot_trainer_generates_its_prohibited_data_and_records_the_generators(tmp_path):
     encoder = tiny_vit_encoder(seed=0, image_size=16, patch_size=4)
-    args = _args(tmp_path, variant="zero-shot", objective="information", zero_shot_images=60,
-                 zero_shot_generators=["shifts", "shapes"])
+    args = _args(
+        tmp_path,
+        variant="zero-shot",
+        objective="information",
+        zero_shot_images=60,
+        zero_shot_generators=["shifts", "shapes"],
+    )
     trainer = EncoderLockTrainer(encoder, args, toy_domain(48, 0, "red"), None, "red")
     assert len(trainer.lock_prohibited) + len(trainer.val_prohibited) == 60
     assert trainer.lock_prohibited.num_classes == 3 + 10 and not trainer.pseudo_labelled
@@ -201,5 +243,7 @@ def test_zero_shot_trainer_generates_its_prohibited_data_and_records_the_generat
     images_only = Dataset.from_dict(
         {"image": list(toy_domain(40, 5, "green")["image"])}, features=Features({"image": ImageFeature()})
     )
-    user = EncoderLockTrainer(tiny_vit_encoder(seed=0, image_size=16, patch_size=4), args, toy_domain(48, 0, "red"), images_only)
+    user = EncoderLockTrainer(
+        tiny_vit_encoder(seed=0, image_size=16, patch_size=4), args, toy_domain(48, 0, "red"), images_only
+    )
     assert user.pseudo_labelled and user.lock_summary()["prohibited"][0]["zero_shot_generators"] == ["user-supplied"]

@@ -16,7 +16,9 @@ USER_ERRORS = (DomainError, EncoderError, AttackError)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The arguments of ``encoderlock attack``."""
-    parser.add_argument("--encoder", required=True, metavar="PATH_OR_HUB_ID", help="Encoder folder, Hub id or 'victim'.")
+    parser.add_argument(
+        "--encoder", required=True, metavar="PATH_OR_HUB_ID", help="Encoder folder, Hub id or 'victim'."
+    )
     parser.add_argument("--domains", nargs="+", required=True, metavar="DOMAIN", help="Domains to attack on.")
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="Output folder for the report.")
     parser.add_argument("--authorized", nargs="*", default=[], metavar="DOMAIN", help="Domains recorded as authorized.")
@@ -48,8 +50,13 @@ def run(args: argparse.Namespace) -> int:
     if encoder == "victim":
         encoder = load_victim()
     report = run_attack_suite(
-        encoder, args.domains, config, random_twin=not args.no_scratch, authorized=args.authorized,
-        prohibited=args.prohibited, output_dir=args.out,
+        encoder,
+        args.domains,
+        config,
+        random_twin=not args.no_scratch,
+        authorized=args.authorized,
+        prohibited=args.prohibited,
+        output_dir=args.out,
     )
     print(attack_report_markdown(report))
     print(f"wrote {args.out}/{ATTACK_REPORT_STEM}.json, .md and .png")

@@ -19,8 +19,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The arguments of ``encoderlock audit``."""
     parser.add_argument("locked", help="A locked encoder folder.")
     parser.add_argument("--original", help="The encoder before locking: a folder, 'victim' or a Hub id.")
-    parser.add_argument("--domains", nargs="+", metavar="DOMAIN",
-                        help="Domains to probe (default: the lock config's built-in domains).")
+    parser.add_argument(
+        "--domains", nargs="+", metavar="DOMAIN", help="Domains to probe (default: the lock config's built-in domains)."
+    )
     parser.add_argument("--out", type=Path, metavar="DIR", help="Write audit.json, audit.md (and the probe report).")
     parser.add_argument("--no-probes", action="store_true", help="Check files only; do not rerun the probe suite.")
     parser.add_argument("--fractions", type=float, nargs="+", help="Probe training fractions (default 0.01 0.1 1).")
@@ -33,15 +34,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Handler of ``encoderlock audit``: 0 when every check passes, 1 otherwise."""
-    import dataclasses
-
 
     overrides = {"fractions": args.fractions, "seeds": args.seeds, "heads": args.heads, "epochs": args.epochs}
     config = dataclasses.replace(
         ProbeConfig(progress=not args.quiet), **{k: v for k, v in overrides.items() if v is not None}
     )
-    report = audit_locked(args.locked, original=args.original, domains=args.domains, probe_config=config,
-                          probes=not args.no_probes, cache_dir=args.cache_dir, output_dir=args.out)
+    report = audit_locked(
+        args.locked,
+        original=args.original,
+        domains=args.domains,
+        probe_config=config,
+        probes=not args.no_probes,
+        cache_dir=args.cache_dir,
+        output_dir=args.out,
+    )
     print(report.to_markdown())
     if args.out is not None:
         print(f"wrote {args.out / AUDIT_JSON} and {args.out / AUDIT_MD}")

@@ -63,8 +63,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--encoder", metavar="PATH_OR_HUB_ID", help="Saved encoder folder or Hub model id.")
     source.add_argument("--victim", action="store_true", help="Use the built-in default victim encoder.")
-    parser.add_argument("--domains", nargs="+", required=True, metavar="DOMAIN",
-                        help="Built-in domain names, dataset folders or Hub dataset ids.")
+    parser.add_argument(
+        "--domains",
+        nargs="+",
+        required=True,
+        metavar="DOMAIN",
+        help="Built-in domain names, dataset folders or Hub dataset ids.",
+    )
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="Output folder for the report.")
     parser.add_argument("--fractions", type=float, nargs="+", help="Training fractions (default 0.01 0.1 1).")
     parser.add_argument("--seeds", type=int, nargs="+", help="Seeds (default 0 1 2).")

@@ -21,12 +21,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--gated", action="store_true", help="Gate access: requesters must acknowledge the prohibited uses first."
     )
     parser.add_argument(
-        "--manual-approval", action="store_true", help="Gate access, the owner approving each request by hand (implies --gated)."
+        "--manual-approval",
+        action="store_true",
+        help="Gate access, the owner approving each request by hand (implies --gated).",
     )
     parser.add_argument("--token", default=None, help="Hub token (default: the logged-in token or HF_TOKEN).")
     parser.add_argument("--revision", default=None, help="Branch to push to (default: main).")
     parser.add_argument("--commit-message", default=DEFAULT_COMMIT_MESSAGE, help="Commit message.")
-    parser.add_argument("--report", default=None, help="report.json with probe results (default: found next to FOLDER).")
+    parser.add_argument(
+        "--report", default=None, help="report.json with probe results (default: found next to FOLDER)."
+    )
     parser.add_argument("--include-mask", action="store_true", help=f"Also upload {MASK_FILE} (kept local by default).")
 
 

@@ -22,11 +22,11 @@ Recipes:
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from types import MappingProxyType
-from typing import Callable, Mapping
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
@@ -172,10 +172,7 @@ def digits_arrays(seed: int) -> Arrays:
     bunch = load_digits()
     small = np.clip(np.rint(bunch.images * (255.0 / 16.0)), 0, 255).astype(np.uint8)
     big = np.stack(
-        [
-            np.asarray(Image.fromarray(img).resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR))
-            for img in small
-        ]
+        [np.asarray(Image.fromarray(img).resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR)) for img in small]
     )
     return grey_to_rgb(big), bunch.target.astype(np.int64), DIGIT_CLASSES
 
@@ -309,7 +306,9 @@ def draw_centred(draw: ImageDraw.ImageDraw, text: str, centre: tuple[float, floa
     draw.text((x, y), text, fill=255, font=font, **kwargs)
 
 
-def render_glyph_masks(recipe: GlyphRecipe, labels: np.ndarray, rng: np.random.Generator, font_paths: tuple[Path, ...]) -> np.ndarray:
+def render_glyph_masks(
+    recipe: GlyphRecipe, labels: np.ndarray, rng: np.random.Generator, font_paths: tuple[Path, ...]
+) -> np.ndarray:
     """Coverage masks ``(N, 32, 32)`` in [0, 1], one centred glyph of class ``labels[i]`` each."""
     n = labels.size
     canvas = 2 * IMAGE_SIZE
@@ -379,13 +378,15 @@ def letters_arrays(seed: int) -> Arrays:
     return glyph_arrays("letters", LETTERS_RECIPE, seed)
 
 
-BUILDERS: Mapping[str, Callable[[int], Arrays]] = MappingProxyType({
-    "mnist": mnist_arrays,
-    "digits": digits_arrays,
-    "mnist-m": mnist_m_arrays,
-    "syn-digits": syn_digits_arrays,
-    "letters": letters_arrays,
-})
+BUILDERS: Mapping[str, Callable[[int], Arrays]] = MappingProxyType(
+    {
+        "mnist": mnist_arrays,
+        "digits": digits_arrays,
+        "mnist-m": mnist_m_arrays,
+        "syn-digits": syn_digits_arrays,
+        "letters": letters_arrays,
+    }
+)
 
 
 def builtin_arrays(name: str, seed: int = 0) -> Arrays:

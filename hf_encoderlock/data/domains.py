@@ -23,7 +23,6 @@ import difflib
 import logging
 import os
 import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -34,6 +33,7 @@ import numpy as np
 from datasets import ClassLabel, Dataset, DatasetDict, Features, load_dataset, load_from_disk
 from PIL import Image as PILImage
 
+from .._utils import atomic_folder
 from .builtin import BUILTIN_DOMAINS, BUILTIN_VERSION, TEST_FRACTION, builtin_arrays
 from .errors import DomainError
 from .splits import stratified_indices
@@ -183,17 +183,8 @@ def _cached_builtin(name: str, seed: int, cache_dir: Path) -> DatasetDict:
             logger.warning("cached domain %s is unreadable (%s); rebuilding", final, err)
             shutil.rmtree(final, ignore_errors=True)
     dd = build_builtin_domain(name, seed)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-    try:
-        dd.save_to_disk(str(tmp / "data"))
-        try:
-            os.rename(tmp / "data", final)
-        except OSError:
-            if not final.is_dir():  # lost a race only if someone else completed the same entry
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with atomic_folder(final) as staging:  # a concurrent builder of the same entry writes identical files
+        dd.save_to_disk(str(staging))
     return load_from_disk(str(final))
 
 
@@ -282,14 +273,18 @@ def _to_pil(image: Any, index: int) -> PILImage.Image:
 
 def _to_pil_list(images: Sequence[Any] | np.ndarray) -> list[PILImage.Image]:
     """PIL images from a stacked uint8 array (fast path) or from a sequence of images."""
-    if isinstance(images, np.ndarray) and images.dtype == np.uint8 and (
-        images.ndim == 3 or (images.ndim == 4 and images.shape[-1] in (3, 4))
+    if (
+        isinstance(images, np.ndarray)
+        and images.dtype == np.uint8
+        and (images.ndim == 3 or (images.ndim == 4 and images.shape[-1] in (3, 4)))
     ):
         return [PILImage.fromarray(image) for image in images]
     return [_to_pil(image, i) for i, image in enumerate(images)]
 
 
-def _encode_labels(labels: Sequence[Any] | np.ndarray, class_names: Sequence[str] | None, where: str) -> tuple[np.ndarray, list[str]]:
+def _encode_labels(
+    labels: Sequence[Any] | np.ndarray, class_names: Sequence[str] | None, where: str
+) -> tuple[np.ndarray, list[str]]:
     """Integer codes and class names for raw labels (ints, or strings encoded by sorted unique value)."""
     array = np.asarray(labels)
     if array.ndim != 1:
@@ -467,7 +462,9 @@ def _select_splits(raw: DatasetDict, spec: DomainSpec) -> tuple[Dataset, Dataset
             raise DomainError(f"domain {where}: train_split and test_split are both {spec.train_split!r}")
         return raw[spec.train_split], raw[spec.test_split]
     if spec.test_split == "test":
-        logger.info("domain %s has no 'test' split; carving %.0f%% of %r", where, 100 * spec.test_size, spec.train_split)
+        logger.info(
+            "domain %s has no 'test' split; carving %.0f%% of %r", where, 100 * spec.test_size, spec.train_split
+        )
         return raw[spec.train_split], None
     raise DomainError(f"domain {where}: split {spec.test_split!r} not found; available splits: {available}")
 
@@ -519,10 +516,13 @@ def _as_image_split(split: Dataset, split_name: str, spec: DomainSpec) -> Datase
             first = split[0][spec.image_column]
         except Exception as err:
             raise DomainError(
-                f"domain {where}: column {spec.image_column!r} in split {split_name!r} does not hold readable images ({err})"
+                f"domain {where}: column {spec.image_column!r} in split {split_name!r} "
+                f"does not hold readable images ({err})"
             ) from err
         if not isinstance(first, PILImage.Image):
-            raise DomainError(f"domain {where}: column {spec.image_column!r} decodes to {type(first).__name__}, not images")
+            raise DomainError(
+                f"domain {where}: column {spec.image_column!r} decodes to {type(first).__name__}, not images"
+            )
     return split
 
 
@@ -550,9 +550,7 @@ def _normalise_dataset_dict(raw: DatasetDict, spec: DomainSpec, seed: int) -> Da
         if split.num_rows == 0:
             raise DomainError(f"domain {where}: split {split_name!r} is empty")
     label, from_strings = _label_names([s for _, s in named], spec)
-    ready = [
-        _standardise(_as_image_split(split, name, spec), name, spec, label, from_strings) for name, split in named
-    ]
+    ready = [_standardise(_as_image_split(split, name, spec), name, spec, label, from_strings) for name, split in named]
     if test is None:
         return _finish(*_carve_test(ready[0], spec.test_size, seed, where), where)
     return _finish(ready[0], ready[1], where)

@@ -28,7 +28,7 @@ class DomainTensors:
     def __len__(self) -> int:
         return len(self.pixel_values)
 
-    def subset(self, index: torch.Tensor) -> "DomainTensors":
+    def subset(self, index: torch.Tensor) -> DomainTensors:
         labels = None if self.labels is None else self.labels[index]
         return DomainTensors(self.name, self.pixel_values[index], labels, self.num_classes)
 
@@ -38,8 +38,9 @@ class DomainTensors:
             index = torch.randperm(len(self), generator=generator)[:batch_size]
             yield self.subset(index)
 
-    def shard(self, part: int, parts: int) -> "DomainTensors":
-        """Rows ``part, part + parts, ...``: one of ``parts`` near-equal slices (a batch split over ranks / micro-batches)."""
+    def shard(self, part: int, parts: int) -> DomainTensors:
+        """Rows ``part, part + parts, ...``: one of ``parts`` near-equal slices (a batch split over ranks or
+        micro-batches)."""
         index = torch.arange(part, len(self), parts)
         return self.subset(index if len(index) else torch.tensor([part % len(self)]))
 
@@ -82,7 +83,8 @@ def check_labelled_dataset(dataset, name: str, label_column: str = "label", imag
         num_classes = int(labels.max()) + 1
     if int(labels.min()) < 0 or int(labels.max()) >= num_classes:
         raise LockDataError(
-            f"domain {name!r}: labels must lie in [0, {num_classes - 1}], got [{int(labels.min())}, {int(labels.max())}]"
+            f"domain {name!r}: labels must lie in [0, {num_classes - 1}], "
+            f"got [{int(labels.min())}, {int(labels.max())}]"
         )
     if len(torch.unique(labels)) < 2:
         raise LockDataError(f"domain {name!r}: needs at least two classes, found {len(torch.unique(labels))}")

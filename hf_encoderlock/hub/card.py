@@ -164,7 +164,7 @@ class EncoderLockCardData:
     @classmethod
     def from_folder(
         cls, folder: str | Path, report: dict[str, Any] | None = None, **overrides: Any
-    ) -> "EncoderLockCardData":
+    ) -> EncoderLockCardData:
         """Read ``encoderlock_config.json`` and hash the weights in ``folder``; ``report`` adds measured results
         (default: a matching ``report.json`` in the folder or its parent)."""
         folder = Path(folder)
@@ -205,7 +205,9 @@ class EncoderLockCardData:
                 values["base_model"] = model
         values.update(overrides)
         if not values.get("prohibited_uses"):
-            values["prohibited_uses"] = [f"recognising or classifying images of the {d!r} domain" for d in values["prohibited"]]
+            values["prohibited_uses"] = [
+                f"recognising or classifying images of the {d!r} domain" for d in values["prohibited"]
+            ]
         return cls(**values)
 
     # --------------------------------------------------------------------------------------- metadata
@@ -225,7 +227,15 @@ class EncoderLockCardData:
             "accuracy": {
                 row["domain"]: {
                     key: row.get(key)
-                    for key in ("role", "random_twin", "victim", "locked", "lock_own_head", "advantage_removed", "advantage_kept")
+                    for key in (
+                        "role",
+                        "random_twin",
+                        "victim",
+                        "locked",
+                        "lock_own_head",
+                        "advantage_removed",
+                        "advantage_kept",
+                    )
                     if key in row
                 }
                 for row in self.results
@@ -264,7 +274,9 @@ class EncoderLockCardData:
         results = []
         for row in self.results:
             entries = [("best fresh probe", row.get("locked"))]
-            entries += [(f"fresh {h['head']} probe", h["accuracy"]) for h in self.head_results if h["domain"] == row["domain"]]
+            entries += [
+                (f"fresh {h['head']} probe", h["accuracy"]) for h in self.head_results if h["domain"] == row["domain"]
+            ]
             for head, value in entries:
                 if value is None:
                     continue
@@ -309,7 +321,9 @@ class EncoderLockCardData:
             "objective": self.objective or "n/a",
             "mask_count": mask.get("count", "n/a"),
             "mask_total": mask.get("num_parameters", "n/a"),
-            "mask_percent": "n/a" if as_finite_float(mask.get("fraction")) is None else f"{100 * mask['fraction']:.4f}%",
+            "mask_percent": "n/a"
+            if as_finite_float(mask.get("fraction")) is None
+            else f"{100 * mask['fraction']:.4f}%",
             "mask_layers": mask.get("per_layer", {}),
             "rounds_completed": self.rounds_completed,
             "best_round": self.best_round,
@@ -360,9 +374,7 @@ def render_model_card(card_data: EncoderLockCardData, template_path: str | Path 
     )
 
 
-def write_model_card(
-    output_dir: str | Path, report: dict[str, Any] | None = None, **overrides: Any
-) -> Path:
+def write_model_card(output_dir: str | Path, report: dict[str, Any] | None = None, **overrides: Any) -> Path:
     """Render the card of the locked folder ``output_dir`` and save it as ``README.md`` there."""
     card = render_model_card(EncoderLockCardData.from_folder(output_dir, report=report, **overrides))
     path = Path(output_dir) / CARD_FILE
@@ -386,7 +398,7 @@ class Authorization:
     format: str = CARD_FORMAT
 
     @classmethod
-    def from_metadata(cls, metadata: dict[str, Any] | None) -> "Authorization":
+    def from_metadata(cls, metadata: dict[str, Any] | None) -> Authorization:
         """Parse an ``encoderlock:`` block; :class:`LockVerificationError` when it is missing or incomplete."""
         if not isinstance(metadata, dict):
             raise LockVerificationError(f"the model card has no '{METADATA_KEY}:' block in its YAML front matter")
@@ -408,7 +420,7 @@ class Authorization:
         )
 
     @classmethod
-    def from_card(cls, card_path: str | Path) -> "Authorization":
+    def from_card(cls, card_path: str | Path) -> Authorization:
         """Parse the ``README.md`` at ``card_path``."""
         path = Path(card_path)
         if not path.is_file():
@@ -439,4 +451,3 @@ class Authorization:
             raise LockVerificationError(
                 "the weights do not match the model card's encoderlock metadata: " + "; ".join(problems)
             )
-

@@ -58,9 +58,7 @@ class EncoderLockConfig(TrainingArguments):
         },
     )
     objective: str = field(default="paper", metadata={"help": f"Training objective: one of {tuple(OBJECTIVES)}."})
-    alpha: float = field(
-        default=1e3, metadata={"help": "alpha in the paper's loss L_A + log(1 + alpha * L_A / L_P)."}
-    )
+    alpha: float = field(default=1e3, metadata={"help": "alpha in the paper's loss L_A + log(1 + alpha * L_A / L_P)."})
     objective_eps: float = field(default=1e-8, metadata={"help": "Guard against division by zero in objectives."})
     info_r2_weight: float = field(
         default=_INFO.r2_weight,
@@ -75,7 +73,8 @@ class EncoderLockConfig(TrainingArguments):
         metadata={"help": "objective='information': weight of the soft-nearest-neighbour agreement above chance."},
     )
     info_ridge: float = field(
-        default=_INFO.ridge, metadata={"help": "objective='information': ridge penalty of the R^2 (features standardised)."}
+        default=_INFO.ridge,
+        metadata={"help": "objective='information': ridge penalty of the R^2 (features standardised)."},
     )
     info_mmd_bandwidths: list[float] = field(
         default_factory=lambda: list(_INFO.mmd_bandwidths),
@@ -101,7 +100,8 @@ class EncoderLockConfig(TrainingArguments):
         },
     )
     info_authorized_weight: float = field(
-        default=_INFO.authorized_weight, metadata={"help": "objective='information': weight of the authorized head's cross-entropy."}
+        default=_INFO.authorized_weight,
+        metadata={"help": "objective='information': weight of the authorized head's cross-entropy."},
     )
 
     # --- unsupervised and zero-shot variants --------------------------------------------------------------
@@ -141,7 +141,8 @@ class EncoderLockConfig(TrainingArguments):
         },
     )
     zero_shot_images: int = field(
-        default=1500, metadata={"help": "variant='zero-shot': synthetic images generated in all (split over generators)."}
+        default=1500,
+        metadata={"help": "variant='zero-shot': synthetic images generated in all (split over generators)."},
     )
 
     finetune_aware_steps: int = field(
@@ -174,9 +175,7 @@ class EncoderLockConfig(TrainingArguments):
     num_rounds: int = field(default=10, metadata={"help": "Selection + update rounds in the run."})
     weights_per_round: int = field(default=100, metadata={"help": "N: weights newly selected per round."})
     layers_per_round: int = field(default=1, metadata={"help": "M: layers whose weights compete each round."})
-    update_steps_per_round: int = field(
-        default=20, metadata={"help": "Masked optimiser steps after each selection."}
-    )
+    update_steps_per_round: int = field(default=20, metadata={"help": "Masked optimiser steps after each selection."})
     score_function: str = field(
         default="gradient_ratio",
         metadata={"help": f"Weight score: one of {tuple(SCORE_FUNCTIONS)} (paper: gradient_ratio)."},
@@ -206,7 +205,8 @@ class EncoderLockConfig(TrainingArguments):
         default=5, metadata={"help": "Train fresh adversary heads every this many rounds (0: only at start)."}
     )
     adversary_kinds: list[str] = field(
-        default_factory=lambda: list(ADVERSARY_KINDS), metadata={"help": f"Adversary head kinds from {ADVERSARY_KINDS}."}
+        default_factory=lambda: list(ADVERSARY_KINDS),
+        metadata={"help": f"Adversary head kinds from {ADVERSARY_KINDS}."},
     )
     adversary_seeds: int = field(default=2, metadata={"help": "Seeds per adversary head kind."})
     adversary_learning_rates: list[float] = field(
@@ -277,8 +277,8 @@ class EncoderLockConfig(TrainingArguments):
             (self.info_preserve_weight >= 0, "info_preserve_weight must be >= 0"),
             (
                 not self.prohibited_poolings or self.objective in ("information", "contrastive"),
-                "prohibited_poolings needs objective='information' or 'contrastive' (the paper's adversary head sees one "
-                "pooling)",
+                "prohibited_poolings needs objective='information' or 'contrastive' "
+                "(the paper's adversary head sees one pooling)",
             ),
             (self.info_ridge > 0 and self.info_knn_temperature > 0, "info_ridge and info_knn_temperature must be > 0"),
             (len(self.info_mmd_bandwidths) >= 1 and min(self.info_mmd_bandwidths) > 0, "info_mmd_bandwidths > 0"),
@@ -292,7 +292,10 @@ class EncoderLockConfig(TrainingArguments):
                 min(self.augment_brightness, self.augment_contrast, self.augment_saturation, self.augment_noise) >= 0,
                 "augment_* strengths must be >= 0",
             ),
-            (len(self.zero_shot_generators) >= 1 and self.zero_shot_images >= 16, "zero-shot needs a generator and >= 16 images"),
+            (
+                len(self.zero_shot_generators) >= 1 and self.zero_shot_images >= 16,
+                "zero-shot needs a generator and >= 16 images",
+            ),
             (
                 self.finetune_aware_steps >= 0 and self.finetune_aware_lr > 0 and self.finetune_aware_weight >= 0,
                 "finetune_aware_steps must be >= 0, finetune_aware_lr > 0 and finetune_aware_weight >= 0",
@@ -308,7 +311,7 @@ class EncoderLockConfig(TrainingArguments):
             raise ValueError("invalid EncoderLockConfig: " + "; ".join(problems))
 
     @classmethod
-    def reference(cls, **overrides: Any) -> "EncoderLockConfig":
+    def reference(cls, **overrides: Any) -> EncoderLockConfig:
         """The research code's reference hyper-parameters (N=100, M=1, alpha=1e3, update lr 1e-2, ...)."""
         return cls(**{**REFERENCE_PRESET, **overrides})
 

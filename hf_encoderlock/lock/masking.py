@@ -254,8 +254,10 @@ def changed_entries(
             raise KeyError(f"{name!r} missing from the model after")
         now = after[name]
         if before.shape != now.shape or before.dtype != now.dtype:
-            raise ValueError(f"{name!r} changed shape or dtype: {tuple(before.shape)}/{before.dtype} -> "
-                             f"{tuple(now.shape)}/{now.dtype}")
+            raise ValueError(
+                f"{name!r} changed shape or dtype: {tuple(before.shape)}/{before.dtype} -> "
+                f"{tuple(now.shape)}/{now.dtype}"
+            )
         count = int((_bits(before) != _bits(now.to(before.device))).sum())
         if count or include_unchanged:
             out[name] = count

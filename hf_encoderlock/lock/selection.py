@@ -546,8 +546,11 @@ def sync_mask_across_processes(mask: Mapping[str, torch.Tensor], src: int = 0) -
     device = _comm_device()
     total = sum(math.prod(shape) for _, shape in layout[0])
     if dist.get_rank() == src:
-        flat = torch.cat([m.detach().reshape(-1).to(device=device, dtype=torch.uint8) for m in mask.values()]) \
-            if mask else torch.zeros(0, dtype=torch.uint8, device=device)
+        flat = (
+            torch.cat([m.detach().reshape(-1).to(device=device, dtype=torch.uint8) for m in mask.values()])
+            if mask
+            else torch.zeros(0, dtype=torch.uint8, device=device)
+        )
     else:
         flat = torch.zeros(total, dtype=torch.uint8, device=device)
     if total:

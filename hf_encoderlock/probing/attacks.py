@@ -21,9 +21,10 @@ import math
 import os
 import re
 import time
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,15 +32,12 @@ from torch import nn
 
 from .._files import ATTACK_REPORT_STEM, REPORT_FORMAT_VERSION
 from .._utils import finite, markdown_row, package_versions, percent
-
-from .probe_report import _fraction_label, _mean_std
-from .heads import torch_threads
-from .probe_report import save_report_files
 from ..data.domains import train_validation_split
 from ..data.lock_tensors import preprocess_domain
 from ..encoders import load_encoder
+from .heads import torch_threads
+from .probe_report import _fraction_label, _mean_std, save_report_files
 from .suite import ProbeConfig, SplitPlan, load_domains, split_training_rows
-from ..victim import load_victim
 
 ATTACKS = ("full", "last_k", "lora", "frozen")
 SCRATCH = "scratch"
@@ -59,7 +57,8 @@ class AttackConfig:
 
     attacks: tuple[str, ...] = field(default=("full", "last_k", "lora"), metadata={"help": f"Attacks, of {ATTACKS}."})
     fractions: tuple[float, ...] = field(
-        default=(0.01, 0.1, 1.0), metadata={"help": "Fractions of the training split (after validation) to attack with."}
+        default=(0.01, 0.1, 1.0),
+        metadata={"help": "Fractions of the training split (after validation) to attack with."},
     )
     seeds: tuple[int, ...] = field(
         default=(0,), metadata={"help": "Seeds: each draws its own validation split, subsample, head init and order."}
@@ -67,12 +66,16 @@ class AttackConfig:
     validation_fraction: float = field(
         default=0.1, metadata={"help": "Fraction of the training split carved out (stratified) for validation."}
     )
-    min_train_per_class: int = field(default=1, metadata={"help": "Fewest training examples per class at any fraction."})
+    min_train_per_class: int = field(
+        default=1, metadata={"help": "Fewest training examples per class at any fraction."}
+    )
     full_lrs: tuple[float, ...] = field(default=(1e-4, 1e-3), metadata={"help": "Adam lrs for full fine-tuning."})
     last_k_lrs: tuple[float, ...] = field(default=(1e-4, 1e-3), metadata={"help": "Adam lrs for last-k fine-tuning."})
     lora_lrs: tuple[float, ...] = field(default=(1e-3, 1e-2), metadata={"help": "Adam lrs for the LoRA adapters."})
     frozen_lrs: tuple[float, ...] = field(default=(1e-2,), metadata={"help": "Adam lrs for the frozen attack's head."})
-    scratch_lrs: tuple[float, ...] = field(default=(3e-4, 1e-3), metadata={"help": "Adam lrs for training from scratch."})
+    scratch_lrs: tuple[float, ...] = field(
+        default=(3e-4, 1e-3), metadata={"help": "Adam lrs for training from scratch."}
+    )
     head_lr: float = field(default=3e-3, metadata={"help": "Adam lr of the fresh linear head in every attack."})
     weight_decay: float = field(default=0.0, metadata={"help": "Adam(W) weight decay on the encoder weights."})
     epochs: int = field(default=10, metadata={"help": "Maximum epochs; the epoch is chosen on validation."})
@@ -88,7 +91,9 @@ class AttackConfig:
     lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA branch."})
     lora_targets: tuple[str, ...] | None = field(
         default=None,
-        metadata={"help": "Module names (or regex) wrapped by LoRA; None: the attention projections, found by pattern."},
+        metadata={
+            "help": "Module names (or regex) wrapped by LoRA; None: the attention projections, found by pattern."
+        },
     )
     max_train_examples: int | None = field(
         default=None, metadata={"help": "Cap on each domain's training split before splitting (stratified; speed)."}
@@ -184,9 +189,7 @@ def attention_projections(backbone: nn.Module) -> list[str]:
     """Names of the ``nn.Linear`` attention projections (q/k/v/o, query/key/value/dense, qkv/proj ...)."""
     names = [n for n, m in backbone.named_modules() if isinstance(m, nn.Linear) and ATTENTION_PROJECTION.search(n)]
     if not names:
-        raise AttackError(
-            f"no attention projections found in {type(backbone).__name__}; set AttackConfig.lora_targets"
-        )
+        raise AttackError(f"no attention projections found in {type(backbone).__name__}; set AttackConfig.lora_targets")
     return names
 
 
@@ -298,7 +301,9 @@ def train_attack(
         steps = max(config.min_steps_per_epoch, math.ceil(n / config.batch_size))
         for epoch in range(1, config.epochs + 1):
             classifier.train()
-            order = torch.cat([torch.randperm(n, generator=generator) for _ in range(math.ceil(steps * config.batch_size / n))])
+            order = torch.cat(
+                [torch.randperm(n, generator=generator) for _ in range(math.ceil(steps * config.batch_size / n))]
+            )
             for step in range(steps):
                 index = order[step * config.batch_size : (step + 1) * config.batch_size]
                 if len(index) == 0:
@@ -397,8 +402,13 @@ class AttackReport:
                 if self.select(attack, domain):
                     auc = self.slc_auc(attack, domain)
                     rows.append(
-                        {"domain": domain, "role": info.get("role"), "attack": attack, "slc_auc": auc,
-                         "above_scratch": auc - floor}
+                        {
+                            "domain": domain,
+                            "role": info.get("role"),
+                            "attack": attack,
+                            "slc_auc": auc,
+                            "above_scratch": auc - floor,
+                        }
                     )
         return rows
 
@@ -425,7 +435,7 @@ class AttackReport:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "AttackReport":
+    def from_dict(cls, data: dict[str, Any]) -> AttackReport:
         names = set(AttackScore.__dataclass_fields__)
         scores = []
         for raw in data.get("scores", []):
@@ -433,8 +443,14 @@ class AttackReport:
             for key in ("test_accuracy", "validation_accuracy"):
                 values[key] = [float("nan") if v is None else v for v in values[key]]
             scores.append(AttackScore(**values))
-        return cls(data["encoder"], data.get("domains", {}), data.get("config", {}), scores,
-                   data.get("timings", {}), data.get("versions", {}))
+        return cls(
+            data["encoder"],
+            data.get("domains", {}),
+            data.get("config", {}),
+            scores,
+            data.get("timings", {}),
+            data.get("versions", {}),
+        )
 
     def to_json(self, path: str | os.PathLike | None = None) -> str:
         """The report as strict JSON (NaN as null); also written to ``path`` when given."""
@@ -465,7 +481,8 @@ def attack_report_markdown(report: AttackReport) -> str:
         "",
         "Each attack trains a fresh linear head together with part of the encoder on labelled images; learning rate "
         "and epoch are chosen on a validation split carved from train, never on test. `scratch` trains the same "
-        f"architecture from random weights (the floor). Test accuracy (%), mean ± std over {len(config.get('seeds', []))} "
+        "architecture from random weights (the floor). "
+        f"Test accuracy (%), mean ± std over {len(config.get('seeds', []))} "
         "seed(s). SLC-AUC: area under accuracy against log training fraction (normalised to [0, 1]).",
         "",
         "## SLC-AUC",
@@ -474,17 +491,34 @@ def attack_report_markdown(report: AttackReport) -> str:
         markdown_row(["---"] * 5),
     ]
     for row in report.auc_table():
-        lines.append(markdown_row([row["domain"], row["role"] or "-", row["attack"], percent(row["slc_auc"], suffix=""),
-                           percent(row["above_scratch"], suffix="")]))
+        lines.append(
+            markdown_row(
+                [
+                    row["domain"],
+                    row["role"] or "-",
+                    row["attack"],
+                    percent(row["slc_auc"], suffix=""),
+                    percent(row["above_scratch"], suffix=""),
+                ]
+            )
+        )
     fractions = report.fractions
     header = ["Domain", "Classes (chance %)", "Attack", *(_fraction_label(f) for f in fractions), "Trainable params"]
-    lines += ["", "## Test accuracy per training fraction", "", markdown_row(header), markdown_row(["---"] * len(header))]
+    lines += [
+        "",
+        "## Test accuracy per training fraction",
+        "",
+        markdown_row(header),
+        markdown_row(["---"] * len(header)),
+    ]
     for domain, info in report.domains.items():
         for attack in report.attacks:
             cells, trainable = [], ""
             for fraction in fractions:
                 found = report.select(attack, domain, fraction)
-                cells.append(f"{percent(found[0].mean, suffix='')} ± {percent(found[0].std, suffix='')}" if found else "")
+                cells.append(
+                    f"{percent(found[0].mean, suffix='')} ± {percent(found[0].std, suffix='')}" if found else ""
+                )
                 trainable = f"{found[0].trainable_parameters:,}" if found else trainable
             classes = f"{info.get('num_classes', '?')} ({percent(info.get('chance', float('nan')), suffix='')})"
             lines.append(markdown_row([domain, classes, attack, *cells, trainable]))
@@ -509,8 +543,13 @@ def plot_attack_report(report: AttackReport, path: str | os.PathLike) -> Path:
             if not scores:
                 continue
             axes.errorbar(
-                [s.fraction for s in scores], [s.mean for s in scores], yerr=[s.std for s in scores],
-                color=f"C{j % 10}", linestyle="--" if attack == SCRATCH else "-", marker="o", capsize=3,
+                [s.fraction for s in scores],
+                [s.mean for s in scores],
+                yerr=[s.std for s in scores],
+                color=f"C{j % 10}",
+                linestyle="--" if attack == SCRATCH else "-",
+                marker="o",
+                capsize=3,
                 label=f"{attack} (AUC {percent(report.slc_auc(attack, domain), suffix='')})",
             )
         chance = report.domains[domain].get("chance")
@@ -573,7 +612,6 @@ def run_attack_suite(
     """
     from tqdm.auto import tqdm
 
-
     config = config or AttackConfig()
     authorized, prohibited = set(authorized), set(prohibited)
     started = time.perf_counter()
@@ -586,7 +624,9 @@ def run_attack_suite(
         resolved = load_domains(domains, probe_config)
         runs: list[tuple[str, Any]] = [(a, encoder) for a in config.attacks]
         if random_twin is not False and random_twin is not None:
-            twin = encoder.random_init_twin(config.random_twin_seed) if random_twin is True else load_encoder(random_twin)
+            twin = (
+                encoder.random_init_twin(config.random_twin_seed) if random_twin is True else load_encoder(random_twin)
+            )
             runs.append((SCRATCH, twin))
         total = len(resolved) * len(config.fractions) * len(config.seeds) * sum(len(config.lrs(a)) for a, _ in runs)
         bar = tqdm(total=total, desc="fine-tuning attacks", disable=not config.progress)
@@ -602,8 +642,13 @@ def run_attack_suite(
             splits = split_training_rows(train.labels.numpy(), config.split_plan())
             counts = np.bincount(test.labels.numpy(), minlength=num_classes)
             role = "authorized" if name in authorized else "prohibited" if name in prohibited else None
-            info[name] = {"role": role, "num_classes": num_classes, "chance": float(counts.max() / max(len(test.labels), 1)),
-                          "n_train_split": len(train.labels), "n_test": len(test.labels)}
+            info[name] = {
+                "role": role,
+                "num_classes": num_classes,
+                "chance": float(counts.max() / max(len(test.labels), 1)),
+                "n_train_split": len(train.labels),
+                "n_test": len(test.labels),
+            }
             for attack, source in runs:
                 tick = time.perf_counter()
                 for fraction in config.fractions:
@@ -627,10 +672,16 @@ def run_attack_suite(
                         per_seed.append(best)
                     scores.append(
                         AttackScore(
-                            attack=attack, domain=name, fraction=fraction, n_train=len(splits[0].train[fraction]),
-                            n_validation=len(splits[0].validation), n_test=len(test.labels),
-                            seeds=[s.seed for s in splits], test_accuracy=[b[1] for b in per_seed],
-                            validation_accuracy=[b[0] for b in per_seed], hyperparameters=[b[2] for b in per_seed],
+                            attack=attack,
+                            domain=name,
+                            fraction=fraction,
+                            n_train=len(splits[0].train[fraction]),
+                            n_validation=len(splits[0].validation),
+                            n_test=len(test.labels),
+                            seeds=[s.seed for s in splits],
+                            test_accuracy=[b[1] for b in per_seed],
+                            validation_accuracy=[b[0] for b in per_seed],
+                            hyperparameters=[b[2] for b in per_seed],
                             trainable_parameters=trainable + num_classes * (encoder.feature_dim + 1),
                         )
                     )
@@ -640,8 +691,9 @@ def run_attack_suite(
     config_dict = asdict(config)
     if config.lora_targets is None and "lora" in config.attacks:
         config_dict["lora_targets_resolved"] = attention_projections(encoder.backbone)
-    report = AttackReport(getattr(encoder, "name", type(encoder).__name__), info, config_dict, scores, timings,
-                          package_versions())
+    report = AttackReport(
+        getattr(encoder, "name", type(encoder).__name__), info, config_dict, scores, timings, package_versions()
+    )
     if output_dir is not None:
         report.save(output_dir)
     return report

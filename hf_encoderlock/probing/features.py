@@ -10,9 +10,10 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from datasets import Dataset
@@ -58,7 +59,7 @@ def resolve_poolings(encoder: Any, poolings: Sequence[str] | None) -> tuple[str,
     return requested
 
 
-def _hash_tensor(digest: "hashlib._Hash", name: str, tensor: Tensor) -> None:
+def _hash_tensor(digest: hashlib._Hash, name: str, tensor: Tensor) -> None:
     data = tensor.detach().to("cpu").contiguous().reshape(-1)
     digest.update(f"{name}:{data.dtype}:{tuple(tensor.shape)};".encode())
     digest.update(data.view(torch.uint8).numpy().tobytes())
@@ -176,9 +177,10 @@ def extract_features(
     was_training = encoder.training
     encoder.eval()
     try:
-        with torch.inference_mode(), tqdm(
-            total=dataset.num_rows, desc=desc or "features", unit="img", disable=not progress, leave=False
-        ) as bar:
+        with (
+            torch.inference_mode(),
+            tqdm(total=dataset.num_rows, desc=desc or "features", unit="img", disable=not progress, leave=False) as bar,
+        ):
             for start in range(0, dataset.num_rows, batch_size):
                 batch = images[start : start + batch_size][image_column]
                 pixels = encoder.preprocess(batch).to(device)

@@ -3,8 +3,8 @@
 A whole hyper-parameter grid (learning rates x weight decays x seeds) is trained as ONE batched model: the weights
 of every grid point are stacked and applied with ``bmm``, so a grid costs a few large matrix products per step
 instead of a Python loop of tiny fits (Adam with per-grid-point learning rates and L2 penalties, cosine schedule,
-mini-batches sliced from the cached feature tensor). Several independent datasets of equal shape (e.g. one training subsample per
-seed) can be trained in the same batch with :func:`train_head_groups`.
+mini-batches sliced from the cached feature tensor). Several independent datasets of equal shape (e.g. one training
+subsample per seed) can be trained in the same batch with :func:`train_head_groups`.
 
 Every head normalises its input with statistics of *its own* training data, as an attacker would: by default
 linear and MLP heads whiten it (standardise, then ZCA-whiten with a Ledoit-Wolf-shrunk correlation matrix; encoder
@@ -20,9 +20,10 @@ The lock trainer's self-challenge reuses :func:`train_heads` to train adversary 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -369,7 +370,10 @@ def _init_layers(sizes: Sequence[int], group_seeds: Sequence[Sequence[int]], per
         weights = torch.stack([torch.stack([cache[int(s)][i][0] for s in seeds]) for seeds in group_seeds])
         biases = torch.stack([torch.stack([cache[int(s)][i][1] for s in seeds]) for seeds in group_seeds])
         stacked.append(
-            [weights.repeat_interleave(per_seed, dim=1).contiguous(), biases.repeat_interleave(per_seed, dim=1).contiguous()]
+            [
+                weights.repeat_interleave(per_seed, dim=1).contiguous(),
+                biases.repeat_interleave(per_seed, dim=1).contiguous(),
+            ]
         )
     return stacked
 
@@ -432,7 +436,7 @@ def _fit_grid(
     """
     per_seed = len(lrs) * len(weight_decays)
     num_seeds = len(group_seeds[0])
-    lr = torch.tensor([l for l in lrs for _ in weight_decays] * num_seeds).view(1, -1, 1, 1)
+    lr = torch.tensor([rate for rate in lrs for _ in weight_decays] * num_seeds).view(1, -1, 1, 1)
     wd = torch.tensor([w for _ in lrs for w in weight_decays] * num_seeds).view(1, -1, 1, 1)
     layers = _init_layers(sizes, group_seeds, per_seed)
     params = [p for layer in layers for p in layer]
@@ -512,7 +516,7 @@ def _gradient_heads(
     )
     heads: list[list[TrainedHead]] = []
     for g in range(len(groups)):
-        grid = [(s, l, w) for s in group_seeds[g] for l in lrs for w in weight_decays]
+        grid = [(s, rate, w) for s in group_seeds[g] for rate in lrs for w in weight_decays]
         per_group = []
         for k, (seed, lr, wd) in enumerate(grid):
             net = _mlp_module(sizes)
@@ -614,6 +618,4 @@ def train_heads(
     Each grid point keeps its best-validation-epoch weights; pick one with :func:`best_head`.
     """
     group = HeadGroup(train_x, train_y, val_x, val_y, tuple(int(s) for s in seeds))
-    return train_head_groups(
-        [group], kind, lrs, weight_decays, epochs, hidden, ks, num_classes, config
-    )[0]
+    return train_head_groups([group], kind, lrs, weight_decays, epochs, hidden, ks, num_classes, config)[0]

@@ -8,13 +8,15 @@ only to expose the gap: it is never the lock's strength.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-from .._utils import percent
+from .._utils import markdown_row, percent
 from .probe_report import ENCODER_ROLE, ProbeReport, lock_measures
 
 HOLD_THRESHOLD = 0.9  # advantage removed at 100% data above which the report says the lock holds
+TABLE_COLUMNS = ("random_twin", "victim", "locked", "lock_own_head", "advantage_removed", "advantage_kept")
 MIN_MEASURABLE_ADVANTAGE = 0.03  # victim minus twin accuracy below which the ratios are within probe noise
 
 
@@ -24,7 +26,8 @@ def prohibited_verdict(row: dict[str, Any]) -> str:
     if removed is None or math.isnan(removed) or row["victim"] - row["random_twin"] < MIN_MEASURABLE_ADVANTAGE:
         return (
             "not measurable: the victim's advantage over its random-init twin on this domain is within probe noise "
-            f"(victim {100 * row['victim']:.1f}%, twin {100 * row['random_twin']:.1f}%, locked {100 * row['locked']:.1f}%)"
+            f"(victim {100 * row['victim']:.1f}%, twin {100 * row['random_twin']:.1f}%, "
+            f"locked {100 * row['locked']:.1f}%)"
         )
     if removed >= HOLD_THRESHOLD:
         return f"lock holds: {100 * removed:.0f}% of the victim's advantage removed"
@@ -95,11 +98,8 @@ def lock_report_markdown(report: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for row in report["table"]:
-        lines.append(
-            f"| {row['domain']} | {row['role'] or 'other'} | {percent(row['random_twin'], missing='-')} | {percent(row['victim'], missing='-')} "
-            f"| {percent(row['locked'], missing='-')} | {percent(row['lock_own_head'], missing='-')} | {percent(row.get('advantage_removed'), missing='-')} "
-            f"| {percent(row.get('advantage_kept'), missing='-')} |"
-        )
+        cells = [percent(row.get(key), missing="-") for key in TABLE_COLUMNS]
+        lines.append(markdown_row([row["domain"], row["role"] or "other", *cells]))
     lines += [
         "",
         "Fresh probe = the attacker's best of linear, MLP and kNN heads over CLS and mean pooling, chosen on a "
@@ -149,4 +149,3 @@ def plot_lock_report(report: dict[str, Any], path: str | Path) -> Path:
     figure.savefig(target, dpi=100)
     plt.close(figure)
     return target
-

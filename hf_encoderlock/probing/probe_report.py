@@ -12,9 +12,10 @@ import json
 import math
 import os
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -152,7 +153,9 @@ class ProbeReport:
     def domain_names(self) -> tuple[str, ...]:
         return tuple(self.domains)
 
-    def select(self, role: str = ENCODER_ROLE, domain: str | None = None, fraction: float | None = None) -> list[ProbeScore]:
+    def select(
+        self, role: str = ENCODER_ROLE, domain: str | None = None, fraction: float | None = None
+    ) -> list[ProbeScore]:
         """Scores matching the given role / domain / fraction."""
         return [
             s
@@ -197,9 +200,7 @@ class ProbeReport:
 
     # ---------------------------------------------------------------------------------------- serialisation
     def to_dict(self) -> dict[str, Any]:
-        best = {
-            role: [dict(asdict(b), mean=b.mean, std=b.std) for b in self.best_scores(role)] for role in self.roles
-        }
+        best = {role: [dict(asdict(b), mean=b.mean, std=b.std) for b in self.best_scores(role)] for role in self.roles}
         per_head = {
             role: [dict(asdict(b), head=h, mean=b.mean, std=b.std) for h, b in self.best_per_head(role)]
             for role in self.roles
@@ -218,7 +219,7 @@ class ProbeReport:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ProbeReport":
+    def from_dict(cls, data: dict[str, Any]) -> ProbeReport:
         names = {f for f in ProbeScore.__dataclass_fields__}
         scores = [ProbeScore(**{k: v for k, v in s.items() if k in names}) for s in data.get("scores", [])]
         return cls(
@@ -240,7 +241,7 @@ class ProbeReport:
         return text
 
     @classmethod
-    def from_json(cls, path: str | os.PathLike) -> "ProbeReport":
+    def from_json(cls, path: str | os.PathLike) -> ProbeReport:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
         return cls.from_dict(_nan_from_null(data))
 
@@ -298,7 +299,8 @@ def report_to_markdown(report: ProbeReport) -> str:
     ]
     if TWIN_ROLE in roles:
         lines.append(
-            f"Random twin: {report.random_twin} (same architecture, random weights): the attacker's no-encoder baseline."
+            f"Random twin: {report.random_twin} (same architecture, random weights): "
+            "the attacker's no-encoder baseline."
         )
     header = ["Domain", "Classes (chance %)", "Train fraction", "Train size", *(role_names[r] for r in roles)]
     lines += ["", "## Attacker's best", "", markdown_row(header), markdown_row(["---"] * len(header))]
@@ -451,7 +453,16 @@ def lock_measures(
 
 def lock_measures_markdown(measures: dict[str, Any]) -> str:
     """A Markdown table of :func:`lock_measures` rows."""
-    header = ["Domain", "Role", "Train fraction", "Victim", "Locked", "Random twin", "Advantage removed", "Advantage kept"]
+    header = [
+        "Domain",
+        "Role",
+        "Train fraction",
+        "Victim",
+        "Locked",
+        "Random twin",
+        "Advantage removed",
+        "Advantage kept",
+    ]
     lines = [markdown_row(header), markdown_row(["---"] * len(header))]
     for row in measures["rows"]:
         lines.append(

@@ -13,15 +13,19 @@ from __future__ import annotations
 import os
 import time
 import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
-from datasets import ClassLabel, Dataset, DatasetDict
+from datasets import ClassLabel, DatasetDict
 
 from .._utils import package_versions
+from ..data.domains import DomainSpec, load_domain
+from ..data.splits import stratified_indices
+from ..encoders import load_encoder
 from .features import FeatureSet, extract_features, resolve_poolings
 from .heads import HEAD_KINDS, HeadGroup, HeadTrainingConfig, best_head, predict, torch_threads, train_head_groups
 from .probe_report import (
@@ -32,9 +36,6 @@ from .probe_report import (
     load_encoderlock_metric,
     metric_functions,
 )
-from ..data.domains import DomainSpec, load_domain
-from ..data.splits import stratified_indices
-from ..encoders import load_encoder
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,9 @@ class ProbeConfig:
     )
     normalization: str = field(
         default="whiten",
-        metadata={"help": "Linear/MLP input normalisation fit on the probe's training data: 'whiten' or 'standardize'."},
+        metadata={
+            "help": "Linear/MLP input normalisation fit on the probe's training data: 'whiten' or 'standardize'."
+        },
     )
     whiten_shrinkage: float | None = field(
         default=None, metadata={"help": "Whitening shrinkage towards standardisation in [0, 1]; None: Ledoit-Wolf."}
@@ -116,7 +119,10 @@ class ProbeConfig:
             (bool(self.fractions) and all(0.0 < f <= 1.0 for f in self.fractions), "fractions must be in (0, 1]"),
             (bool(self.seeds), "seeds must not be empty"),
             (len(set(self.seeds)) == len(self.seeds), "seeds must be distinct"),
-            (bool(self.heads) and set(self.heads) <= set(HEAD_KINDS), f"heads must be a non-empty subset of {HEAD_KINDS}"),
+            (
+                bool(self.heads) and set(self.heads) <= set(HEAD_KINDS),
+                f"heads must be a non-empty subset of {HEAD_KINDS}",
+            ),
             (0.0 < self.validation_fraction < 1.0, "validation_fraction must be in (0, 1)"),
             (self.min_train_per_class >= 1, "min_train_per_class must be >= 1"),
             (bool(self.linear_lrs) and bool(self.linear_weight_decays), "the linear grid must not be empty"),
@@ -181,7 +187,8 @@ def _stratified_subsample(labels: np.ndarray, fraction: float, minimum: int, ord
 
 
 def split_training_rows(labels: np.ndarray, plan: SplitPlan) -> list[SeedSplit]:
-    """Per seed: a stratified validation split carved from train (:func:`~hf_encoderlock.data.splits.stratified_indices`) and nested,
+    """Per seed: a stratified validation split carved from train
+    (:func:`~hf_encoderlock.data.splits.stratified_indices`) and nested,
     stratified training subsets at every fraction. Depends on labels and seeds only (shared by encoder and twin)."""
     splits = []
     for seed in plan.seeds:
@@ -224,7 +231,7 @@ def _num_classes(dataset: DatasetDict, config: ProbeConfig, labels: Sequence[tor
     feature = dataset[config.train_split].features.get(config.label_column)
     if isinstance(feature, ClassLabel):
         return int(feature.num_classes)
-    return int(max(int(l.max()) for l in labels if l.numel()) + 1)
+    return int(max(int(part.max()) for part in labels if part.numel()) + 1)
 
 
 def _load(encoder: Any) -> Any:
@@ -265,13 +272,9 @@ def _probe_cells(train, test, splits, num_classes, config, role, domain, accurac
                 for s in splits
             ]
             for kind in config.heads:
-                fitted = train_head_groups(
-                    groups, kind, num_classes=num_classes, config=training, **config.grid(kind)
-                )
+                fitted = train_head_groups(groups, kind, num_classes=num_classes, config=training, **config.grid(kind))
                 chosen = [best_head(heads) for heads in fitted]
-                test_acc = [
-                    accuracy_fn(predict(head.module, test_x).numpy(), test.labels.numpy()) for head in chosen
-                ]
+                test_acc = [accuracy_fn(predict(head.module, test_x).numpy(), test.labels.numpy()) for head in chosen]
                 scores.append(
                     ProbeScore(
                         role=role,

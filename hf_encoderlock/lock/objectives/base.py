@@ -16,7 +16,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 
 @dataclass
@@ -49,7 +48,7 @@ class LockObjective(ABC):
     uses_views: bool = False
 
     @classmethod
-    def from_config(cls, config: Any) -> "LockObjective":
+    def from_config(cls, config: Any) -> LockObjective:
         """The objective configured from an :class:`~hf_encoderlock.lock.config.EncoderLockConfig`'s fields."""
         return cls()
 
@@ -70,5 +69,5 @@ class LockObjective(ABC):
         """What the objective learned during a run (JSON-serialisable), saved in checkpoints for an exact resume."""
         return {}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:  # noqa: B027 - optional hook, stateless by default
         """Restore what :meth:`state_dict` returned."""

@@ -2,7 +2,8 @@
 
 ``total = L_A + log(1 + alpha * C_A / C_P)``: ``L_A`` is the authorized head's cross-entropy, ``C_A`` and ``C_P``
 the InfoNCE losses of the authorized and prohibited batches against their augmented views (made in raw pixel
-space by :mod:`hf_encoderlock.lock.variants.augmentations`). Minimising it pushes ``C_P`` up (a prohibited image's features
+space by :mod:`hf_encoderlock.lock.variants.augmentations`). Minimising it pushes ``C_P`` up (a prohibited image's
+features
 stop identifying its augmented view) while ``C_A`` and ``L_A`` stay low. Weight scores use the gradient of
 ``C_P`` against that of ``L_A``. No prohibited label is ever read.
 """
@@ -39,12 +40,19 @@ class ContrastiveObjective(LockObjective):
         self.eps = eps
 
     @classmethod
-    def from_config(cls, config: Any) -> "ContrastiveObjective":
+    def from_config(cls, config: Any) -> ContrastiveObjective:
         return cls(alpha=config.alpha, temperature=config.contrastive_temperature, eps=config.objective_eps)
 
     def terms(
-        self, authorized_features, authorized_labels, prohibited_features, prohibited_labels, heads: LockHeads,
-        authorized_reference=None, authorized_views=None, prohibited_views=None,
+        self,
+        authorized_features,
+        authorized_labels,
+        prohibited_features,
+        prohibited_labels,
+        heads: LockHeads,
+        authorized_reference=None,
+        authorized_views=None,
+        prohibited_views=None,
     ):
         if authorized_views is None or prohibited_views is None:
             raise ValueError("the contrastive objective needs the features of augmented views of both batches")

@@ -126,7 +126,7 @@ class InformationTermsConfig:
         self.weights = {"r2": self.r2_weight, "mmd": self.mmd_weight, "knn": self.knn_weight}
 
     @classmethod
-    def from_lock_config(cls, config) -> "InformationTermsConfig":
+    def from_lock_config(cls, config) -> InformationTermsConfig:
         return cls(
             r2_weight=config.info_r2_weight,
             mmd_weight=config.info_mmd_weight,
@@ -157,7 +157,7 @@ class InformationObjective(LockObjective):
         self.uses_reference_features = self.config.preserve_weight > 0
 
     @classmethod
-    def from_config(cls, config: Any) -> "InformationObjective":
+    def from_config(cls, config: Any) -> InformationObjective:
         return cls(InformationTermsConfig.from_lock_config(config))
 
     def state_dict(self) -> dict[str, Any]:
@@ -178,8 +178,14 @@ class InformationObjective(LockObjective):
         return {name: compute[name]() for name in TERM_NAMES if config.weights[name] > 0}
 
     def terms(
-        self, authorized_features, authorized_labels, prohibited_features, prohibited_labels, heads: LockHeads,
-        authorized_reference: torch.Tensor | None = None, **views,
+        self,
+        authorized_features,
+        authorized_labels,
+        prohibited_features,
+        prohibited_labels,
+        heads: LockHeads,
+        authorized_reference: torch.Tensor | None = None,
+        **views,
     ):
         if prohibited_labels is None:
             raise ValueError("the information objective needs prohibited labels (or pseudo-labels)")

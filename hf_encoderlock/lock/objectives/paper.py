@@ -25,12 +25,18 @@ class PaperObjective(LockObjective):
         self.eps = eps
 
     @classmethod
-    def from_config(cls, config: Any) -> "PaperObjective":
+    def from_config(cls, config: Any) -> PaperObjective:
         return cls(alpha=config.alpha, eps=config.objective_eps)
 
     def terms(
-        self, authorized_features, authorized_labels, prohibited_features, prohibited_labels, heads,
-        authorized_reference=None, **views,
+        self,
+        authorized_features,
+        authorized_labels,
+        prohibited_features,
+        prohibited_labels,
+        heads,
+        authorized_reference=None,
+        **views,
     ):
         if prohibited_labels is None:
             raise ValueError("the paper's supervised objective needs prohibited labels")

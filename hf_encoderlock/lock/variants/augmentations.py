@@ -27,7 +27,7 @@ class AugmentationConfig:
     noise: float = 0.02
 
     @classmethod
-    def from_lock_config(cls, config) -> "AugmentationConfig":
+    def from_lock_config(cls, config) -> AugmentationConfig:
         return cls(
             crop_scale=tuple(config.augment_crop_scale),
             brightness=config.augment_brightness,

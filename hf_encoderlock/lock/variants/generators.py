@@ -17,8 +17,9 @@ deliberately not the built-in domains' recipes, so no built-in domain is seen by
 from __future__ import annotations
 
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
@@ -79,7 +80,9 @@ def procedural_backgrounds(rng: np.random.Generator, n: int, size: int) -> np.nd
         elif kind == "plaid":
             u = np.cos(angle[i]) * xx + np.sin(angle[i]) * yy
             v = -np.sin(angle[i]) * xx + np.cos(angle[i]) * yy
-            t[i] = (0.5 + 0.5 * np.cos(2 * np.pi * u / period[i])) * (0.5 + 0.5 * np.cos(2 * np.pi * v / (1.7 * period[i])))
+            t[i] = (0.5 + 0.5 * np.cos(2 * np.pi * u / period[i])) * (
+                0.5 + 0.5 * np.cos(2 * np.pi * v / (1.7 * period[i]))
+            )
         elif kind == "speckle":
             t[i] = rng.uniform(0, 1, size=(size, size))
         else:  # vignette
@@ -113,7 +116,9 @@ class DomainShiftGenerator:
 
     def generate(self, num_images: int, seed: int, authorized=None):
         if authorized is None or len(authorized) == 0:
-            raise ValueError("the 'shifts' generator moves authorized images to other domains: it needs authorized data")
+            raise ValueError(
+                "the 'shifts' generator moves authorized images to other domains: it needs authorized data"
+            )
         rng = _rng(self.name, seed)
         rows = rng.integers(len(authorized), size=num_images)
         source = authorized.select(rows.tolist())
@@ -130,11 +135,15 @@ class DomainShiftGenerator:
         images = _compose(masks, rng)
         noisy = rng.uniform(size=num_images) < self.noise_probability
         for i in np.flatnonzero(noisy):
-            pixels = np.asarray(images[i], dtype=np.float64) / 255.0 + rng.normal(0, self.noise_std, size=(size, size, 3))
+            pixels = np.asarray(images[i], dtype=np.float64) / 255.0 + rng.normal(
+                0, self.noise_std, size=(size, size, 3)
+            )
             images[i] = Image.fromarray((255 * np.clip(pixels, 0, 1)).round().astype(np.uint8), "RGB")
         names = authorized.features["label"].names if hasattr(authorized.features["label"], "names") else None
         num_classes = int(max(authorized["label"])) + 1
-        return _dataset(images, [int(label) for label in source["label"]], names or [str(c) for c in range(num_classes)])
+        return _dataset(
+            images, [int(label) for label in source["label"]], names or [str(c) for c in range(num_classes)]
+        )
 
 
 def _shape_polygon(kind: str, rng: np.random.Generator) -> list[tuple[float, float]] | None:
@@ -148,12 +157,26 @@ def _shape_polygon(kind: str, rng: np.random.Generator) -> list[tuple[float, flo
     if kind == "hexagon":
         return [(0.9 * np.cos(a), 0.9 * np.sin(a)) for a in np.arange(6) * np.pi / 3]
     if kind == "star":
-        return [((0.95 if k % 2 == 0 else 0.4) * np.cos(a), (0.95 if k % 2 == 0 else 0.4) * np.sin(a))
-                for k, a in enumerate(np.arange(10) * np.pi / 5 - np.pi / 2)]
+        return [
+            ((0.95 if k % 2 == 0 else 0.4) * np.cos(a), (0.95 if k % 2 == 0 else 0.4) * np.sin(a))
+            for k, a in enumerate(np.arange(10) * np.pi / 5 - np.pi / 2)
+        ]
     if kind == "cross":
         w = rng.uniform(0.2, 0.35)
-        return [(-w, -0.9), (w, -0.9), (w, -w), (0.9, -w), (0.9, w), (w, w), (w, 0.9), (-w, 0.9), (-w, w),
-                (-0.9, w), (-0.9, -w), (-w, -w)]
+        return [
+            (-w, -0.9),
+            (w, -0.9),
+            (w, -w),
+            (0.9, -w),
+            (0.9, w),
+            (w, w),
+            (w, 0.9),
+            (-w, 0.9),
+            (-w, w),
+            (-0.9, w),
+            (-0.9, -w),
+            (-w, -w),
+        ]
     if kind == "bar":
         h = rng.uniform(0.15, 0.3)
         return [(-0.95, -h), (0.95, -h), (0.95, h), (-0.95, h)]
@@ -185,7 +208,7 @@ class ShapeGenerator:
             draw.ellipse(box, fill=255)
             if kind in ("ring", "crescent"):
                 inner = scale * (0.6 if kind == "ring" else 0.85)
-                offset = (np.zeros(2) if kind == "ring" else rotation @ np.array([0.45 * scale, 0.0]))
+                offset = np.zeros(2) if kind == "ring" else rotation @ np.array([0.45 * scale, 0.0])
                 c = centre + offset
                 draw.ellipse([c[0] - inner, c[1] - inner, c[0] + inner, c[1] + inner], fill=0)
         small = canvas.resize((self.image_size, self.image_size), Image.Resampling.LANCZOS)
@@ -221,7 +244,9 @@ class GlyphGenerator:
             centre = (big / 2 + rng.uniform(-0.1, 0.1) * big, big / 2 + rng.uniform(-0.1, 0.1) * big)
             draw_centred(ImageDraw.Draw(canvas), self.classes[label], centre, font)
             canvas = canvas.rotate(rng.uniform(-30, 30), resample=Image.Resampling.BILINEAR)
-            masks[i] = np.asarray(canvas.resize((self.image_size,) * 2, Image.Resampling.LANCZOS), dtype=np.float64) / 255.0
+            masks[i] = (
+                np.asarray(canvas.resize((self.image_size,) * 2, Image.Resampling.LANCZOS), dtype=np.float64) / 255.0
+            )
         return _dataset(_compose(masks, rng), labels, self.classes)
 
 
@@ -264,7 +289,9 @@ class TextToImageGenerator:
         for start in range(0, num_images, self.batch_size):
             batch = [self.prompts[names[label]] for label in labels[start : start + self.batch_size]]
             out = pipeline(
-                prompt=batch, num_inference_steps=self.num_inference_steps, guidance_scale=self.guidance_scale,
+                prompt=batch,
+                num_inference_steps=self.num_inference_steps,
+                guidance_scale=self.guidance_scale,
                 generator=generator,
             ).images
             images += [image.convert("RGB").resize((self.image_size, self.image_size)) for image in out]
@@ -286,7 +313,6 @@ def generate_prohibited(generators: Sequence[str | ImageGenerator], authorized, 
     (:func:`~hf_encoderlock.lock_data.combine_labelled_domains`); if any part is unlabelled, all labels are dropped."""
     from datasets import concatenate_datasets
 
-
     if not generators:
         raise ValueError("zero-shot needs at least one generator")
     unknown = [g for g in generators if isinstance(g, str) and g not in GENERATORS]
@@ -295,8 +321,10 @@ def generate_prohibited(generators: Sequence[str | ImageGenerator], authorized, 
     size = _image_size(authorized)
     parts = {}
     for k, spec in enumerate(generators):
-        generator = spec if not isinstance(spec, str) else (
-            GENERATORS[spec]() if spec == "shifts" else GENERATORS[spec](image_size=size)
+        generator = (
+            spec
+            if not isinstance(spec, str)
+            else (GENERATORS[spec]() if spec == "shifts" else GENERATORS[spec](image_size=size))
         )
         count = num_images // len(generators) + (1 if k < num_images % len(generators) else 0)
         parts[generator.name] = generator.generate(count, seed, authorized)

@@ -19,7 +19,8 @@ def cluster_pseudo_labels(features: torch.Tensor, num_classes: int, seed: int, r
 
     if len(features) < 2 * num_classes:
         raise ValueError(
-            f"{len(features)} unlabelled images are too few for {num_classes} pseudo-classes (need >= {2 * num_classes}); "
+            f"{len(features)} unlabelled images are too few for {num_classes} pseudo-classes "
+            f"(need >= {2 * num_classes}); "
             "lower num_pseudo_classes or add images"
         )
     z = standardize(features.float()).numpy()
