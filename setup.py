@@ -1,14 +1,17 @@
 """Packaging for hf_encoderlock."""
 
+import re
 from pathlib import Path
 
 from setuptools import find_packages, setup
 
 HERE = Path(__file__).parent
+# One version: the package's own __version__.
+VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "hf_encoderlock" / "__init__.py").read_text()).group(1)
 
 setup(
     name="hf_encoderlock",
-    version="0.1.0.dev0",
+    version=VERSION,
     description="EncoderLock for the Hugging Face ecosystem: lock pre-trained encoders against malicious probing.",
     long_description=(HERE / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",

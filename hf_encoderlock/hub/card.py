@@ -1,6 +1,6 @@
 """Model cards for locked encoders: what was locked, how well, and the machine-readable authorization block.
 
-The card is rendered from the template shipped with the package (``templates/model_card_template.md``) with
+The card is rendered from the repository's ``model_card_template.md`` (shipped in the package, see setup.py) with
 ``huggingface_hub.ModelCard.from_template``. Its YAML front matter carries an ``encoderlock:`` block (authorized and
 prohibited domains, variant, mask size, measured accuracies, SHA-256 of every weight file) that
 :func:`hf_encoderlock.hub.load_locked` parses back into an :class:`Authorization` and checks against the files.

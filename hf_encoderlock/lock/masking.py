@@ -158,12 +158,6 @@ class MaskedParameterGuard:
         self.restore_unselected()
         return result
 
-    @torch.no_grad()
-    def refresh_snapshots(self) -> None:
-        """Re-take snapshots from the current weights (e.g. after loading a checkpoint into the model)."""
-        for name in self._partial:
-            self._snapshots[name] = self._params[name].detach().clone()
-
     # ---------------------------------------------------------------------------------------------- utilities
     @contextmanager
     def suspended(self) -> Iterator[None]:

@@ -449,34 +449,3 @@ def lock_measures(
                         summary_row[f"mean_{name}"] = result[name]
         summary[_fraction_label(fraction)] = summary_row
     return {"rows": rows, "summary": summary}
-
-
-def lock_measures_markdown(measures: dict[str, Any]) -> str:
-    """A Markdown table of :func:`lock_measures` rows."""
-    header = [
-        "Domain",
-        "Role",
-        "Train fraction",
-        "Victim",
-        "Locked",
-        "Random twin",
-        "Advantage removed",
-        "Advantage kept",
-    ]
-    lines = [markdown_row(header), markdown_row(["---"] * len(header))]
-    for row in measures["rows"]:
-        lines.append(
-            markdown_row(
-                [
-                    row["domain"],
-                    row["role"] or "-",
-                    _fraction_label(row["fraction"]),
-                    percent(row["victim"], suffix=""),
-                    percent(row["locked"], suffix=""),
-                    percent(row["random_twin"], suffix=""),
-                    percent(row.get("advantage_removed", float("nan")), suffix=""),
-                    percent(row.get("advantage_kept", float("nan")), suffix=""),
-                ]
-            )
-        )
-    return "\n".join(lines) + "\n"
