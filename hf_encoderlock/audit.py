@@ -286,7 +286,7 @@ def audit_locked(
     Args:
         original: the encoder before locking (folder, ``"victim"``, Hub id or module); ``None`` skips the weight diff.
         domains: domains to probe; default: the built-in authorized/prohibited domains of the lock config.
-        probe_config: a :class:`hf_encoderlock.probes.ProbeConfig` (default settings when ``None``).
+        probe_config: a :class:`hf_encoderlock.probing.suite.ProbeConfig` (default settings when ``None``).
         probes: rerun the probe suite (slow); ``False`` checks files only.
         output_dir: if given, ``audit.json`` and ``audit.md`` (and the probe report) are written there.
     """

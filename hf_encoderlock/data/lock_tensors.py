@@ -57,7 +57,7 @@ def label_tensor(dataset, name: str, label_column: str = "label") -> torch.Tenso
             if not isinstance(value, (int, float)):
                 raise LockDataError(
                     f"domain {name!r}: labels must be integer class ids; row {row} of {label_column!r} holds "
-                    f"{type(value).__name__} {value!r} (hf_encoderlock.domains.load_domain encodes string labels)"
+                    f"{type(value).__name__} {value!r} (hf_encoderlock.data.domains.load_domain encodes string labels)"
                 ) from error
         problem = f"the {label_column!r} column is not a list of class ids ({error})"
         raise LockDataError(f"domain {name!r}: {problem}") from error

@@ -1,1 +1,14 @@
-"""hf_encoderlock.hub."""
+"""The Hub side of a lock: model card and authorization metadata, gated push, verified pull."""
+
+from .card import Authorization, EncoderLockCardData, LockVerificationError, render_model_card, write_model_card
+from .push import load_locked, push_locked_to_hub
+
+__all__ = [
+    "Authorization",
+    "EncoderLockCardData",
+    "LockVerificationError",
+    "load_locked",
+    "push_locked_to_hub",
+    "render_model_card",
+    "write_model_card",
+]

@@ -10,7 +10,7 @@ images of one domain, at several fractions of that domain's training split:
 
 The same architecture trained from scratch (``random_twin``) on the same data is the floor no lock can push an
 attacker below. Learning rate and epoch count are chosen on a validation split carved from train (the probe
-suite's splits, :func:`hf_encoderlock.probes.split_training_rows`), never on test. A learning curve over training
+suite's splits, :func:`hf_encoderlock.probing.suite.split_training_rows`), never on test. A learning curve over training
 fractions is summarised by its area (:func:`learning_curve_auc`, NTP's SLC-AUC).
 """
 
@@ -603,7 +603,7 @@ def run_attack_suite(
 
     Args:
         encoder: an ``EncoderAdapter``, a saved encoder folder or a Hub id.
-        domains: ``{name: DatasetDict}`` or domain specs for :func:`hf_encoderlock.domains.load_domain`.
+        domains: ``{name: DatasetDict}`` or domain specs for :func:`hf_encoderlock.data.domains.load_domain`.
         config: the attacker's settings (:class:`AttackConfig`).
         random_twin: ``True`` to also train ``encoder.random_init_twin(config.random_twin_seed)`` from scratch
             (the ``"scratch"`` floor), ``False`` to skip, or an encoder to train from scratch instead.

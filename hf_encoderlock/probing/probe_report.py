@@ -129,7 +129,7 @@ class BestScore:
 
 @dataclass
 class ProbeReport:
-    """Everything one probe-suite run measured; see :func:`hf_encoderlock.probes.run_probe_suite`."""
+    """Everything one probe-suite run measured; see :func:`hf_encoderlock.probing.suite.run_probe_suite`."""
 
     encoder: str
     random_twin: str | None

@@ -306,7 +306,7 @@ def run_probe_suite(
 
     Args:
         encoder: an ``EncoderAdapter``, a saved encoder folder or a Hub id.
-        domains: ``{name: DatasetDict}`` or domain specs for :func:`hf_encoderlock.domains.load_domain`.
+        domains: ``{name: DatasetDict}`` or domain specs for :func:`hf_encoderlock.data.domains.load_domain`.
         config: the attacker's settings (:class:`ProbeConfig`).
         random_twin: ``True`` to also probe ``encoder.random_init_twin(config.random_twin_seed)``, ``False`` to
             skip, or an encoder to use as the baseline.

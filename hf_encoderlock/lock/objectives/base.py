@@ -44,7 +44,7 @@ class LockObjective(ABC):
     #: batch (a frozen copy is kept for it).
     uses_reference_features: bool = False
     #: When True, the trainer also passes ``authorized_views`` and ``prohibited_views``: features of an augmented
-    #: view of each batch (see :mod:`hf_encoderlock.augmentations`).
+    #: view of each batch (see :mod:`hf_encoderlock.lock.variants.augmentations`).
     uses_views: bool = False
 
     @classmethod
