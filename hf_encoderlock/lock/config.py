@@ -136,8 +136,8 @@ class EncoderLockConfig(TrainingArguments):
         default_factory=lambda: ["shifts", "shapes", "glyphs"],
         metadata={
             "help": "variant='zero-shot': generators of synthetic prohibited-like data (see "
-            "hf_encoderlock.lock.variants.generators.GENERATORS): shifts (colour/texture/background/frequency shifts of the "
-            "authorized images), shapes (procedural geometric shapes), glyphs (rendered symbols)."
+            "hf_encoderlock.lock.variants.generators.GENERATORS): shifts (colour/texture/background/frequency "
+            "shifts of the authorized images), shapes (procedural geometric shapes), glyphs (rendered symbols)."
         },
     )
     zero_shot_images: int = field(

@@ -310,7 +310,8 @@ def _image_size(authorized) -> int:
 def generate_prohibited(generators: Sequence[str | ImageGenerator], authorized, num_images: int, seed: int):
     """Synthetic prohibited-like data from several generators (names in :data:`GENERATORS` or objects), the
     images split evenly between them; labelled parts are combined with class offsets
-    (:func:`~hf_encoderlock.data.lock_tensors.combine_labelled_domains`); if any part is unlabelled, all labels are dropped."""
+    (:func:`~hf_encoderlock.data.lock_tensors.combine_labelled_domains`); if any part is unlabelled, all labels are
+    dropped."""
     from datasets import concatenate_datasets
 
     if not generators:
