@@ -17,7 +17,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "probing.attacks": ("AttackConfig", "AttackError", "AttackReport", "learning_curve_auc", "run_attack_suite"),
     "audit": ("AuditReport", "audit_locked"),
     "lock.variants.augmentations": ("AugmentationConfig", "augmented_view"),
-    "lock.callbacks": ("SelfChallengeCallback", "WeightSelectionCallback"),
+    "lock.callbacks": ("LockRoundCallback",),
     "lock.config": ("EncoderLockConfig",),
     "lock.objectives.contrastive": ("ContrastiveObjective", "info_nce"),
     "data.domains": (
@@ -76,6 +76,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "select_candidate_parameters",
         "select_top_weights",
     ),
+    "lock.state": ("LockState",),
     "lock.trainer": ("EncoderLockTrainer", "NonFiniteLossError", "push_trainer_to_hub"),
     "victim": ("VictimConfig", "load_victim", "pretrain_victim", "victim_random_twin"),
 }
@@ -101,7 +102,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from .encoders import EncoderAdapter, load_encoder  # noqa: F401
     from .experiment import LockExperimentArguments, run_lock_experiment  # noqa: F401
     from .hub.push import load_locked, push_locked_to_hub  # noqa: F401
-    from .lock.callbacks import SelfChallengeCallback, WeightSelectionCallback  # noqa: F401
+    from .lock.callbacks import LockRoundCallback  # noqa: F401
     from .lock.config import EncoderLockConfig  # noqa: F401
     from .lock.trainer import EncoderLockTrainer  # noqa: F401
     from .probing.suite import ProbeConfig, run_probe_suite  # noqa: F401

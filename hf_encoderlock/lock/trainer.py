@@ -1,45 +1,32 @@
 """``EncoderLockTrainer``: the EncoderLock loop on ``transformers.Trainer``.
 
 One Trainer optimiser step is one masked update of the encoder on a pair of batches (authorized + prohibited),
-minimising the configured :mod:`objective <hf_encoderlock.objectives>` through the current heads. Rounds
-(selection, then ``update_steps_per_round`` updates) and the self-challenge are driven by the callbacks in
-:mod:`hf_encoderlock.callbacks`. The model handed to the Trainer is the :class:`EncoderAdapter` itself, so the
-optimiser, DDP and mixed precision only ever see encoder weights; heads live on the trainer.
+minimising the configured :mod:`objective <hf_encoderlock.lock.objectives>` through the current heads. A round
+(self-challenge when due, weight selection, then ``update_steps_per_round`` updates) starts in
+:meth:`EncoderLockTrainer.start_round`, called by :class:`~hf_encoderlock.lock.callbacks.LockRoundCallback`;
+everything a run carries between steps is one :class:`~hf_encoderlock.lock.state.LockState`. The model handed to the
+Trainer is the :class:`EncoderAdapter` itself, so the optimiser, DDP and mixed precision only ever see encoder
+weights; heads live on the trainer.
 """
 
 from __future__ import annotations
 
 import copy
 import json
-import logging
 import os
 import time
+from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from torch.func import functional_call
+from torch.nn import functional as F
 from transformers import AutoModel, Trainer
 
-from .._files import (
-    LOCK_CONFIG_FILE,
-    LOCK_CONFIG_FORMAT,
-    LOCK_STATE_FILE,
-    LOCK_STATE_FORMAT,
-    LOCK_TENSORS_FILE,
-    MASK_FILE,
-    MODEL_CONFIG_FILE,
-)
+from .._files import LOCK_CONFIG_FILE, LOCK_CONFIG_FORMAT, MASK_FILE, MODEL_CONFIG_FILE
 from .._utils import atomic_folder, package_versions
-
-from .variants.augmentations import AugmentationConfig, augmented_view
-from .variants.generators import generate_prohibited
-from .callbacks import SelfChallengeCallback, WeightSelectionCallback
-from .config import EncoderLockConfig
-from ..encoders import EncoderAdapter
-from ..hub.card import write_model_card
-from ..hub.push import DEFAULT_COMMIT_MESSAGE, push_locked_to_hub
-from ..probing.heads import HeadTrainingConfig, accuracy, best_head, head_from_layout, head_layout, train_heads
 from ..data.lock_tensors import (
     DomainTensors,
     LockDataError,
@@ -50,18 +37,39 @@ from ..data.lock_tensors import (
     preprocess_domain,
     stratified_split,
 )
+from ..encoders import EncoderAdapter
+from ..hub.card import write_model_card
+from ..hub.push import DEFAULT_COMMIT_MESSAGE, push_locked_to_hub
+from ..probing.heads import HeadTrainingConfig, accuracy, best_head, train_heads
+from .callbacks import LockRoundCallback
+from .config import EncoderLockConfig
 from .distributed import gather_batch
-from .objectives import LockHeads, LockObjective, build_objective
+from .masking import MaskedParameterGuard
+from .objectives import LockHeads, LockObjective, ObjectiveTerms, build_objective
+from .selection import (
+    accumulate_gradient_stats,
+    compute_scores,
+    mask_stats,
+    merge_masks,
+    select_candidate_parameters,
+    select_top_weights,
+    sync_gradient_stats,
+    sync_mask_across_processes,
+)
+from .state import LockState
+from .variants.augmentations import AugmentationConfig, augmented_view
+from .variants.generators import generate_prohibited
 from .variants.pseudo_labels import cluster_pseudo_labels
-from .selection import load_mask, mask_stats, save_mask, select_candidate_parameters
 
-HEAD_ROLES = ("authorized", "adversary")
 EVAL_KEYS = ("authorized", "prohibited")  # the keys of eval_dataset: which lock head scores each set
 MIN_IMAGES_PER_DOMAIN = 8  # below this, a validation split carved from the lock data is meaningless
 VIEW_SEED_OFFSET = 104_729  # augmented views draw from their own generator, seeded args.seed + this
+SCORE_SEED_STRIDE = 7919  # round r draws its score batches from a generator seeded args.seed + this * (r + 1)
 
 
-logger = logging.getLogger(__name__)
+def _lock_state_field(name: str, doc: str) -> property:
+    """A read-only trainer property delegating to ``trainer.lock_state.<name>``."""
+    return property(lambda trainer: getattr(trainer.lock_state, name), doc=doc)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -86,6 +94,15 @@ class EncoderLockTrainer(Trainer):
 
     loss_is_scaled_for_ga = False
     _tag_names = ["encoderlock", "hf_encoderlock"]
+
+    # Read access to the lock state under the names the rest of the package and its users know.
+    mask = _lock_state_field("mask", "The OR-accumulated mask of selected weight entries (parameter name -> bool).")
+    rounds_completed_in_mask = _lock_state_field("rounds_completed", "Rounds whose selection is in :attr:`mask`.")
+    heads = _lock_state_field("heads", "The heads the updates train against (:class:`LockHeads`, or ``None``).")
+    stale_heads = _lock_state_field("stale_heads", "After the best encoder was restored: the heads it trained against.")
+    best_round = _lock_state_field("best_round", "The round of the kept encoder (``best_model_criterion='gap'``).")
+    best_gap = _lock_state_field("best_gap", "The kept encoder's validation gap (authorized - prohibited accuracy).")
+    history = _lock_state_field("history", "Per-round figures, in the order they were recorded.")
 
     def __init__(
         self,
@@ -136,15 +153,8 @@ class EncoderLockTrainer(Trainer):
         self.augmentation = AugmentationConfig.from_lock_config(args)
         self._normalization = encoder.normalization()
         self._view_generator = torch.Generator().manual_seed(args.seed + VIEW_SEED_OFFSET)
-        self.mask: dict[str, torch.Tensor] = {}
-        self.rounds_completed_in_mask = 0
-        self.heads: LockHeads | None = None
-        self.adversary_val_accuracy = 0.0
-        self.last_challenge_round: int | None = None
-        self.best_gap = -float("inf")
-        self.best_state: dict[str, torch.Tensor] | None = None
-        self.history: list[dict[str, Any]] = []
-        self._phase_time = {"selection": 0.0, "update": 0.0, "challenge": 0.0}
+        self.lock_state = LockState()
+        self.guard: MaskedParameterGuard | None = None  # installed for the length of train()
         if args.finetune_aware_steps and args.world_size > 1:
             raise NotImplementedError("finetune_aware_steps is single-process: its simulated steps bypass DDP")
         self._saving_checkpoint = False
@@ -158,11 +168,12 @@ class EncoderLockTrainer(Trainer):
             eval_dataset=eval_dataset,
             callbacks=list(callbacks or []),
         )
-        self.add_callback(SelfChallengeCallback(self))
-        self.add_callback(WeightSelectionCallback(self))
+        self.add_callback(LockRoundCallback(self))
 
     # ------------------------------------------------------------------------------------ prohibited side
-    def _prohibited_tensors(self, args: EncoderLockConfig, authorized_dataset, prohibited_dataset, name: str) -> DomainTensors:
+    def _prohibited_tensors(
+        self, args: EncoderLockConfig, authorized_dataset, prohibited_dataset, name: str
+    ) -> DomainTensors:
         """The prohibited lock data of the variant: labelled (supervised), images only with pseudo-labels
         (unsupervised), or synthetic (zero-shot: generated from the authorized data unless a dataset is given)."""
         if args.variant == "zero-shot":
@@ -175,7 +186,9 @@ class EncoderLockTrainer(Trainer):
                 self.zero_shot_source = ["user-supplied"]
             labelled = "label" in prohibited_dataset.column_names
         elif prohibited_dataset is None:
-            raise LockDataError(f"variant {args.variant!r} needs a prohibited dataset (only variant='zero-shot' works without)")
+            raise LockDataError(
+                f"variant {args.variant!r} needs a prohibited dataset (only variant='zero-shot' works without)"
+            )
         else:
             labelled = args.variant == "supervised"
         if not labelled:
@@ -201,7 +214,9 @@ class EncoderLockTrainer(Trainer):
         with torch.no_grad():
             features = torch.cat(
                 [
-                    self._concat_poolings(self.encoder.pooled_features(chunk.to(device), poolings), poolings).float().cpu()
+                    self._concat_poolings(self.encoder.pooled_features(chunk.to(device), poolings), poolings)
+                    .float()
+                    .cpu()
                     for chunk in data.pixel_values.split(args.per_device_train_batch_size)
                 ]
             )
@@ -244,64 +259,65 @@ class EncoderLockTrainer(Trainer):
                 )
 
     # ------------------------------------------------------------------------------------------------ loss
-    def _features(self, model, pixel_values: torch.Tensor) -> torch.Tensor:
-        return model(pixel_values)
-
     def _lock_features(self, model, pixel_values: torch.Tensor, num_authorized: int):
-        """(authorized features, prohibited features) from one pass; with ``prohibited_poolings`` the prohibited
-        features are those poolings concatenated (the authorized ones stay in the default pooling)."""
+        """(authorized features, prohibited features) from ONE forward pass of ``model`` (DDP sees one forward); with
+        ``prohibited_poolings`` the prohibited features are those poolings concatenated (the authorized ones stay in
+        the default pooling)."""
         poolings = self.args.prohibited_poolings
         if not poolings:
-            features = self._features(model, pixel_values)  # one pass: DDP sees one forward
-            return features.split([num_authorized, len(pixel_values) - num_authorized])
-        pooled = model(pixel_values, poolings=[self.encoder.pooling, *poolings])  # one (DDP-visible) forward
+            return model(pixel_values).split([num_authorized, len(pixel_values) - num_authorized])
+        pooled = model(pixel_values, poolings=[self.encoder.pooling, *poolings])
         a_features = pooled[self.encoder.pooling][:num_authorized]
         p_features = self._concat_poolings({p: pooled[p][num_authorized:] for p in poolings}, poolings)
         return a_features, p_features
 
-    def _objective_features(self, model, a_pixels: torch.Tensor, p_pixels: torch.Tensor):
-        """(authorized features, prohibited features, extra keyword inputs of the objective) from ONE forward pass;
-        objectives with ``uses_views`` also get the features of an augmented view of each batch."""
-        if not self.objective.uses_views:
-            a_features, p_features = self._lock_features(model, torch.cat([a_pixels, p_pixels]), len(a_pixels))
-            return a_features, p_features, {}
-        n_a = len(a_pixels)
-        views = augmented_view(
-            torch.cat([a_pixels, p_pixels]), *self._normalization, self.augmentation, self._view_generator
-        )
-        a_both, p_both = self._lock_features(model, torch.cat([a_pixels, views[:n_a], p_pixels, views[n_a:]]), 2 * n_a)
-        (a_features, a_views), (p_features, p_views) = a_both.split(n_a), p_both.chunk(2)
-        return a_features, p_features, {"authorized_views": a_views, "prohibited_views": p_views}
+    def objective_terms(
+        self, model, a_pixels, a_labels, p_pixels, p_labels, finetune_aware: bool = False
+    ) -> ObjectiveTerms:
+        """The objective on one pair of batches through the current heads, from one forward pass of ``model``.
 
-    def _objective_inputs(self, model, a_pixels, a_labels, p_pixels, p_labels):
-        """(authorized features, labels, prohibited features, labels, extra keyword inputs) of the objective; with
-        ``ddp_global_batch`` under several processes, the global batch gathered from every rank (differentiably,
-        see :func:`~hf_encoderlock.distributed.gather_batch`)."""
-        a_features, p_features, extra = self._objective_features(model, a_pixels, p_pixels)
-        extra.update(self._reference_kwargs(a_pixels))
+        Objectives with ``uses_views`` also get the features of an augmented view of each batch (in the same
+        pass), those with ``uses_reference_features`` the unlocked encoder's features of the authorized batch. With
+        ``ddp_global_batch`` under several processes, the objective sees the global batch gathered from every rank
+        (differentiably, see :func:`~hf_encoderlock.lock.distributed.gather_batch`). ``finetune_aware`` adds the
+        objective after simulated attacker fine-tuning (``finetune_aware_steps``; single-process).
+        """
+        n_a, extra = len(a_pixels), {}
+        if self.objective.uses_views:
+            views = augmented_view(
+                torch.cat([a_pixels, p_pixels]), *self._normalization, self.augmentation, self._view_generator
+            )
+            both = torch.cat([a_pixels, views[:n_a], p_pixels, views[n_a:]])
+            a_both, p_both = self._lock_features(model, both, 2 * n_a)
+            (a_features, a_views), (p_features, p_views) = a_both.split(n_a), p_both.chunk(2)
+            extra.update(authorized_views=a_views, prohibited_views=p_views)
+        else:
+            a_features, p_features = self._lock_features(model, torch.cat([a_pixels, p_pixels]), n_a)
+        if self.reference_encoder is not None:
+            self.reference_encoder.to(a_pixels.device)
+            with torch.no_grad():
+                extra["authorized_reference"] = self.reference_encoder(a_pixels)
         if self.args.ddp_global_batch and self.args.world_size > 1:
             a_features, a_labels, p_features, p_labels = map(gather_batch, (a_features, a_labels, p_features, p_labels))
             extra = {key: gather_batch(value) for key, value in extra.items()}
-        return a_features, a_labels, p_features, p_labels, extra
-
-    def _objective_terms(self, model, a_pixels, a_labels, p_pixels, p_labels):
-        """The objective on one pair of batches (see :meth:`_objective_inputs`)."""
-        a_features, a_labels, p_features, p_labels, extra = self._objective_inputs(model, a_pixels, a_labels, p_pixels, p_labels)
-        return self.objective.terms(a_features, a_labels, p_features, p_labels, self.heads, **extra)
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        a_pixels, a_labels = inputs["authorized_pixel_values"], inputs["authorized_labels"]
-        p_pixels, p_labels = inputs["prohibited_pixel_values"], inputs.get("prohibited_labels")
-        a_features, a_labels, p_features, p_labels, extra = self._objective_inputs(
-            model, a_pixels, a_labels, p_pixels, p_labels
-        )
         terms = self.objective.terms(a_features, a_labels, p_features, p_labels, self.heads, **extra)
-        if self.args.finetune_aware_steps:  # single-process: the inputs above are this process's own batch
+        if finetune_aware:  # single-process: the inputs above are this process's own batch
             reference = {k: v for k, v in extra.items() if k == "authorized_reference"}
-            after = self._objective_after_simulated_finetuning(a_features.detach(), a_labels, p_pixels, p_labels, reference)
+            after = self._terms_after_simulated_finetuning(a_features.detach(), a_labels, p_pixels, p_labels, reference)
             terms.total = terms.total + self.args.finetune_aware_weight * after.total
             terms.logs["finetune_aware_total"] = float(after.total.detach())
-        self._last_logs = terms.logs
+        return terms
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        terms = self.objective_terms(
+            model,
+            inputs["authorized_pixel_values"],
+            inputs["authorized_labels"],
+            inputs["prohibited_pixel_values"],
+            inputs.get("prohibited_labels"),
+            finetune_aware=bool(self.args.finetune_aware_steps),
+        )
+        self.lock_state.last_logs = terms.logs
         if not bool(torch.isfinite(terms.total.detach()).all()):
             self._stop_on_non_finite(terms)
         return (terms.total, terms) if return_outputs else terms.total
@@ -323,9 +339,6 @@ class EncoderLockTrainer(Trainer):
         ``-finetune_aware_lr * sign(gradient)`` (an attacker's Adam moves every weight by about its learning rate).
         Candidate weights stay differentiable (the steps are constants added to them: first-order, as SOPHON); the
         others are detached."""
-        from torch.func import functional_call
-        from torch.nn import functional as F
-
         weights = {
             name: param if param.requires_grad else param.detach().requires_grad_(True)
             for name, param in self.encoder.named_parameters()
@@ -341,11 +354,9 @@ class EncoderLockTrainer(Trainer):
             }
         return weights
 
-    def _objective_after_simulated_finetuning(self, a_features, a_labels, p_pixels, p_labels, reference_kwargs):
+    def _terms_after_simulated_finetuning(self, a_features, a_labels, p_pixels, p_labels, reference_kwargs):
         """The objective with the prohibited features of the encoder after simulated attacker fine-tuning (the
         authorized features, given without gradient, and ``reference_kwargs`` come from the main pass)."""
-        from torch.func import functional_call
-
         if p_labels is None:
             raise ValueError("finetune_aware_steps needs prohibited labels or pseudo-labels")
         weights = self._simulated_attacker_weights(p_pixels, p_labels)
@@ -357,32 +368,125 @@ class EncoderLockTrainer(Trainer):
             p_features = functional_call(self.encoder, weights, (p_pixels,))
         return self.objective.terms(a_features, a_labels, p_features, p_labels, self.heads, **reference_kwargs)
 
-    def _reference_kwargs(self, authorized_pixels: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``authorized_reference`` for objectives that compare against the unlocked encoder."""
-        if self.reference_encoder is None:
-            return {}
-        self.reference_encoder.to(authorized_pixels.device)
-        with torch.no_grad():
-            return {"authorized_reference": self.reference_encoder(authorized_pixels)}
-
-    def term_closure(self, a: DomainTensors, p: DomainTensors, which: str) -> Callable[[], torch.Tensor]:
-        """A zero-argument closure returning one objective term on a pair of batches (for selection)."""
-        device = self.args.device
-
-        def closure() -> torch.Tensor:
-            p_labels = None if p.labels is None else p.labels.to(device)
-            terms = self._objective_terms(
-                self.encoder, a.pixel_values.to(device), a.labels.to(device), p.pixel_values.to(device), p_labels
-            )
-            return getattr(terms, which)
-
-        return closure
-
     def training_step(self, model, inputs, num_items_in_batch=None):
         started = time.perf_counter()
         loss = super().training_step(model, inputs, num_items_in_batch)
-        self._phase_time["update"] += time.perf_counter() - started
+        self.lock_state.phase_time["update"] += time.perf_counter() - started
         return loss
+
+    # --------------------------------------------------------------------------------------------- rounds
+    def begin_lock(self, global_step: int) -> None:
+        """At the start of ``train()``: heads to train against, then the guard of the mask over the encoder.
+
+        A fresh run challenges the unlocked encoder here (round 0's challenge); a resumed one has its heads from
+        the checkpoint, or, from one without them, refits them in the round it resumes in (mid-round too).
+        """
+        if self.heads is None:
+            self.challenge(round_index=global_step // self.args.update_steps_per_round)
+        # DDP's reducer waits for every parameter it was built with: nothing may be frozen under it.
+        self.guard = MaskedParameterGuard(
+            self.encoder, freeze_unselected=self.args.parallel_mode.value != "distributed"
+        )
+        self.guard.install(self.mask)
+        missing = [n for n in self.candidates if n in self.guard.missing_from(self.optimizer)]
+        if missing:
+            raise RuntimeError(f"candidate weights missing from the optimizer: {missing[:5]}")
+
+    def start_round(self, round_index: int) -> None:
+        """Start round ``round_index`` (at its first update step): the self-challenge when due, so that selection
+        scores weights against the freshest adversary; then weight selection, unless the round's selection is
+        already in the mask (a run resumed at a round start)."""
+        if self._challenge_due(round_index):
+            self.challenge(round_index=round_index)
+        if round_index < self.lock_state.rounds_completed:
+            return
+        started = time.perf_counter()
+        new = self._select_weights(round_index)
+        self.lock_state.mask = merge_masks(self.mask, new)
+        self.guard.install(self.mask)
+        self.lock_state.rounds_completed = round_index + 1
+        stats = mask_stats(self.mask, self.encoder)
+        self.record_round(
+            {
+                "round": round_index,
+                "mask_size": stats["count"],
+                "mask_fraction": stats["fraction_of_parameters"],
+                "time_selection_s": time.perf_counter() - started,
+            }
+        )
+
+    def end_lock(self) -> None:
+        """At the end of ``train()``: the final challenge, the best encoder put back, the guard removed."""
+        self.challenge(round_index=self.args.num_rounds)
+        self.restore_best_encoder()
+        if self.guard is not None:
+            self.guard.remove()
+            self.guard = None
+
+    def _challenge_due(self, round_index: int) -> bool:
+        """Every ``challenge_every`` rounds, never twice for one round (round 0's runs in :meth:`begin_lock`)."""
+        every = self.args.challenge_every
+        return (
+            round_index > 0
+            and bool(every)
+            and round_index % every == 0
+            and round_index != self.lock_state.last_challenge_round
+        )
+
+    def _select_weights(self, round_index: int) -> dict[str, torch.Tensor]:
+        """One round's newly selected entries (identical on every rank).
+
+        Gradient statistics of the objective's prohibited and authorized terms over ``score_batches`` batches of
+        each domain (reduced across processes), scores by ``score_function``, then the top ``layers_per_round``
+        layers and top ``weights_per_round`` new weights (exact index mapping, see
+        :func:`~hf_encoderlock.lock.selection.select_top_weights`), broadcast from rank 0.
+        """
+        args, candidates, device = self.args, self.candidates, self.args.device
+        generator = torch.Generator().manual_seed(args.seed + SCORE_SEED_STRIDE * (round_index + 1))
+        # A score batch is one global optimiser batch (all ranks x accumulation steps), drawn identically on every
+        # rank; each rank scores its own micro-batch shards, and sync_gradient_stats averages over all of them.
+        accumulation = args.gradient_accumulation_steps
+        parts, first = args.world_size * accumulation, args.process_index * accumulation
+        size = args.per_device_train_batch_size * parts
+
+        def shards(data: DomainTensors) -> list[DomainTensors]:
+            batches = data.batches(size, args.score_batches, generator)
+            return [batch.shard(first + j, parts) for batch in batches for j in range(accumulation)]
+
+        def term(a: DomainTensors, p: DomainTensors, which: str):
+            def closure() -> torch.Tensor:
+                p_labels = None if p.labels is None else p.labels.to(device)
+                terms = self.objective_terms(
+                    self.encoder, a.pixel_values.to(device), a.labels.to(device), p.pixel_values.to(device), p_labels
+                )
+                return getattr(terms, which)
+
+            return closure
+
+        a_batches, p_batches = shards(self.lock_authorized), shards(self.lock_prohibited)
+        was_training = self.encoder.training
+        self.encoder.eval()
+        with self.guard.suspended():  # the guard's hooks would mask the very gradients that score weights
+            prohibited = accumulate_gradient_stats(
+                candidates, [term(a, p, "prohibited") for a, p in zip(a_batches, p_batches)]
+            )
+            authorized = accumulate_gradient_stats(
+                candidates, [term(a, p, "authorized") for a, p in zip(a_batches, p_batches)]
+            )
+        self.encoder.train(was_training)
+        prohibited, authorized = sync_gradient_stats(prohibited), sync_gradient_stats(authorized)
+        scores = compute_scores(candidates, prohibited, authorized, args.score_function, args.score_eps)
+        gate = None
+        if args.magnitude_gate is not None:
+            magnitudes = {name: weight.detach().abs() for name, weight in candidates.items()}
+            gate = {
+                name: value >= torch.quantile(value.float().flatten(), args.magnitude_gate)
+                for name, value in magnitudes.items()
+            }
+        new = select_top_weights(
+            scores, args.layers_per_round, args.weights_per_round, existing_mask=self.mask, magnitude_gate=gate
+        )
+        return sync_mask_across_processes(new)
 
     # ----------------------------------------------------------------------------------------- challenge
     @torch.no_grad()
@@ -415,46 +519,60 @@ class EncoderLockTrainer(Trainer):
         return best_head(heads)
 
     def challenge(self, round_index: int) -> dict[str, float]:
-        """Fit fresh heads on the current encoder; install the strongest adversary; track the best encoder."""
+        """Fit fresh heads on the current encoder; install the strongest adversary; track the best encoder.
+
+        Features of the lock data are extracted once; an ensemble of fresh heads (``adversary_kinds`` x seeds x
+        learning rates) is fitted on them and the strongest by validation accuracy becomes the adversary if it beats
+        the current one there; a fresh authorized head is fitted the same way.
+        """
+        state = self.lock_state
         started = time.perf_counter()
         a_train, a_val = self.encode(self.lock_authorized), self.encode(self.val_authorized)
         p_train, p_val = self.encode(self.lock_prohibited), self.encode(self.val_prohibited)
         offset = 1000 * (round_index + 1)
         auth = self._fit_best_head(
-            a_train, self.lock_authorized.labels, a_val, self.val_authorized.labels,
-            self.lock_authorized.num_classes, offset,
+            a_train,
+            self.lock_authorized.labels,
+            a_val,
+            self.val_authorized.labels,
+            self.lock_authorized.num_classes,
+            offset,
         )
         adv = self._fit_best_head(
-            p_train, self.lock_prohibited.labels, p_val, self.val_prohibited.labels,
-            self.lock_prohibited.num_classes, offset + 500,
+            p_train,
+            self.lock_prohibited.labels,
+            p_val,
+            self.val_prohibited.labels,
+            self.lock_prohibited.num_classes,
+            offset + 500,
         )
         device = self.args.device
-        in_use = self.heads  # the heads the updates before this challenge trained against
+        in_use = state.heads  # the heads the updates before this challenge trained against
         current_adv = (
-            accuracy(self.heads.adversary.cpu(), p_val, self.val_prohibited.labels) if self.heads is not None else -1.0
+            accuracy(in_use.adversary.cpu(), p_val, self.val_prohibited.labels) if in_use is not None else -1.0
         )
-        adversary = adv.module if adv.val_accuracy >= current_adv else self.heads.adversary
+        adversary = adv.module if adv.val_accuracy >= current_adv else in_use.adversary
         for module in (auth.module, adversary):
             module.requires_grad_(False)
-        self.heads = LockHeads(authorized=auth.module.to(device), adversary=adversary.to(device))
-        self.adversary_val_accuracy = max(adv.val_accuracy, current_adv)
+        state.heads = LockHeads(authorized=auth.module.to(device), adversary=adversary.to(device))
+        state.adversary_val_accuracy = max(adv.val_accuracy, current_adv)
         gap = auth.val_accuracy - adv.val_accuracy
         # The unlocked encoder (round 0) is never kept; among locked ones, ties go to the later encoder.
-        if round_index > 0 and gap >= self.best_gap:
-            self.best_gap = gap
-            self.best_state = {n: p.detach().clone() for n, p in self.candidates.items()}
-            self.best_heads = self.heads
-            self.best_stale_heads = in_use
-            self.best_round = round_index
-        self.last_challenge_round = round_index
+        if round_index > 0 and gap >= state.best_gap:
+            state.best_gap = gap
+            state.best_state = {n: p.detach().clone() for n, p in self.candidates.items()}
+            state.best_heads = state.heads
+            state.best_stale_heads = in_use
+            state.best_round = round_index
+        state.last_challenge_round = round_index
         elapsed = time.perf_counter() - started
-        self._phase_time["challenge"] += elapsed
+        state.phase_time["challenge"] += elapsed
         figures = {
             "round": round_index,
             "challenge_authorized_val_accuracy": auth.val_accuracy,
             "challenge_prohibited_val_accuracy": adv.val_accuracy,
             "challenge_gap": gap,
-            "adversary_val_accuracy": self.adversary_val_accuracy,
+            "adversary_val_accuracy": state.adversary_val_accuracy,
             "time_challenge_s": elapsed,
         }
         self.record_round(figures)
@@ -462,26 +580,26 @@ class EncoderLockTrainer(Trainer):
 
     def restore_best_encoder(self) -> None:
         """Put back the encoder with the best validation gap (``best_model_criterion="gap"``)."""
-        if self.args.best_model_criterion != "gap" or self.best_state is None:
+        state = self.lock_state
+        if self.args.best_model_criterion != "gap" or state.best_state is None:
             return
         with torch.no_grad():
-            for name, value in self.best_state.items():
+            for name, value in state.best_state.items():
                 self.candidates[name].copy_(value)
-        self.heads = self.best_heads
-        self.stale_heads = self.best_stale_heads
-        self.record_round({"round": self.args.num_rounds, "restored_best_round": self.best_round})
+        state.heads = state.best_heads
+        state.stale_heads = state.best_stale_heads
+        self.record_round({"round": self.args.num_rounds, "restored_best_round": state.best_round})
 
     def record_round(self, figures: dict[str, Any]) -> None:
         """Keep per-round figures and send them through the Trainer's logging (``report_to``)."""
         if "time_selection_s" in figures:
-            self._phase_time["selection"] += figures["time_selection_s"]
-        self.history.append({"step": self.state.global_step if hasattr(self, "state") else 0, **figures})
-        if getattr(self, "state", None) is not None and self.state.global_step is not None:
-            self.log({f"lock/{k}": float(v) for k, v in figures.items()})
+            self.lock_state.phase_time["selection"] += figures["time_selection_s"]
+        self.lock_state.history.append({"step": self.state.global_step, **figures})
+        self.log({f"lock/{k}": float(v) for k, v in figures.items()})
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if "loss" in logs and getattr(self, "_last_logs", None):
-            logs = {**logs, **{f"lock/{k}": v for k, v in self._last_logs.items()}}
+        if "loss" in logs and self.lock_state.last_logs:
+            logs = {**logs, **{f"lock/{k}": v for k, v in self.lock_state.last_logs.items()}}
         super().log(logs, start_time)
 
     # ------------------------------------------------------------------------------------------- evaluate
@@ -500,7 +618,7 @@ class EncoderLockTrainer(Trainer):
             if key == "prohibited" and self.args.variant != "supervised":
                 continue  # the adversary predicts pseudo-classes or synthetic classes, not the domain's labels
             data = preprocess_domain(self.encoder, dataset, key)
-            own = getattr(self, "stale_heads", None) or self.heads
+            own = self.stale_heads or self.heads
             head = own.authorized if key == "authorized" else own.adversary
             metrics[f"{metric_key_prefix}_{key}_head_accuracy"] = accuracy(head.cpu(), self.encode(data), data.labels)
             head.to(self.args.device)
@@ -526,17 +644,19 @@ class EncoderLockTrainer(Trainer):
                 "per_layer": {name.removeprefix("backbone."): n for name, n in stats["per_layer"].items()},
             },
             "rounds_completed": self.rounds_completed_in_mask,
-            "best_round": getattr(self, "best_round", None),
+            "best_round": self.best_round,
             "seed": self.args.seed,
             "versions": package_versions(),
         }
 
     def _prohibited_specs(self) -> list[Any]:
         if self.zero_shot_source is not None:
-            return [{"zero_shot_generators": self.zero_shot_source, "images": len(self.lock_prohibited) + len(self.val_prohibited)}]
+            images = len(self.lock_prohibited) + len(self.val_prohibited)
+            return [{"zero_shot_generators": self.zero_shot_source, "images": images}]
         spec = self.domain_specs.get("prohibited", self.prohibited_name)
         if self.pseudo_labelled:
-            return [{"domain": spec, "labels": "none read", "pseudo_labels": f"k-means, k={self.args.num_pseudo_classes}"}]
+            pseudo = f"k-means, k={self.args.num_pseudo_classes}"
+            return [{"domain": spec, "labels": "none read", "pseudo_labels": pseudo}]
         return [spec]
 
     def _authorized_specs(self) -> list[Any]:
@@ -547,7 +667,8 @@ class EncoderLockTrainer(Trainer):
         """Write the encoder alone (``AutoModel.from_pretrained`` loads it), its processor, config and mask.
 
         Main process only. Everything is written into a hidden staging sibling first and renamed into place at the
-        end (see :func:`hf_encoderlock._utils.atomic_folder`), so an interrupted save leaves no folder that loads as if complete.
+        end (see :func:`hf_encoderlock._utils.atomic_folder`), so an interrupted save leaves no folder that loads as
+        if complete.
         """
         if not self.args.should_save:
             return
@@ -559,99 +680,21 @@ class EncoderLockTrainer(Trainer):
         """The files of one save, written into ``folder`` (the card names the model ``model_name``)."""
         self.encoder.save_pretrained(folder)
         (folder / LOCK_CONFIG_FILE).write_text(json.dumps(self.lock_summary(), indent=2, default=str))
-        save_mask({k.removeprefix("backbone."): v for k, v in self.mask.items()}, folder / MASK_FILE)
         if self._saving_checkpoint:
-            self._write_lock_state(folder)
+            self.lock_state.objective = self.objective.state_dict()  # the objective's own state, as of this step
+            self.lock_state.save(folder)
+        else:
+            self.lock_state.save_mask(folder)
         write_model_card(folder, report=None, model_name=model_name)
 
     def _save_checkpoint(self, model, trial) -> None:
-        """A Trainer checkpoint that also holds the lock's state (see :meth:`lock_state`)."""
+        """A Trainer checkpoint that also holds the :class:`LockState` (what an exact resume needs beyond encoder,
+        optimizer, scheduler and RNG states)."""
         self._saving_checkpoint = True
         try:
             super()._save_checkpoint(model, trial)
         finally:
             self._saving_checkpoint = False
-
-    def lock_state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-        """What an exact resume needs beyond encoder, optimizer, RNG and mask: (JSON part, tensors).
-
-        The current and best heads (layouts + weights), the best encoder's candidate weights, the challenge and
-        best-encoder bookkeeping, the objective's own state (e.g. the information objective's normalisation
-        reference), the per-round history and phase times.
-        """
-        layouts: dict[str, list[str]] = {}
-        tensors: dict[str, torch.Tensor] = {}
-        for key, heads in (
-            ("heads", self.heads),
-            ("best_heads", getattr(self, "best_heads", None)),
-            ("best_stale_heads", getattr(self, "best_stale_heads", None)),
-        ):
-            for role in HEAD_ROLES if heads is not None else ():
-                module = getattr(heads, role)
-                layouts[f"{key}.{role}"] = head_layout(module)
-                tensors.update({f"{key}.{role}.{n}": t.detach().cpu().clone() for n, t in module.state_dict().items()})
-        for name, value in (self.best_state or {}).items():
-            tensors[f"best_state.{name}"] = value.detach().cpu().clone()
-        info = {
-            "format": LOCK_STATE_FORMAT,
-            "head_layouts": layouts,
-            "has_best_state": self.best_state is not None,
-            "adversary_val_accuracy": self.adversary_val_accuracy,
-            "last_challenge_round": self.last_challenge_round,
-            "best_gap": self.best_gap,
-            "best_round": getattr(self, "best_round", None),
-            "objective": self.objective.state_dict(),
-            "history": self.history,
-            "phase_time": self._phase_time,
-        }
-        return info, tensors
-
-    def _write_lock_state(self, folder: Path) -> None:
-        info, tensors = self.lock_state()
-        (folder / LOCK_STATE_FILE).write_text(json.dumps(info, indent=2, default=str))
-        save_file(tensors, str(folder / LOCK_TENSORS_FILE))
-
-    def _load_lock_state(self, folder: Path) -> None:
-        """Restore :meth:`lock_state` from a checkpoint (heads on the training device)."""
-        if not (folder / LOCK_STATE_FILE).is_file():
-            logger.warning(f"{folder} has no {LOCK_STATE_FILE}: heads are refitted and the resumed run is not exact")
-            return
-        info = json.loads((folder / LOCK_STATE_FILE).read_text())
-        if info.get("format") != LOCK_STATE_FORMAT:
-            raise ValueError(f"{folder / LOCK_STATE_FILE}: unknown format {info.get('format')!r}")
-        tensors = load_file(str(folder / LOCK_TENSORS_FILE))
-
-        def heads(key: str) -> LockHeads | None:
-            if f"{key}.{HEAD_ROLES[0]}" not in info["head_layouts"]:
-                return None
-            modules = {}
-            for role in HEAD_ROLES:
-                prefix = f"{key}.{role}."
-                state = {n[len(prefix) :]: t for n, t in tensors.items() if n.startswith(prefix)}
-                module = head_from_layout(info["head_layouts"][f"{key}.{role}"], state)
-                modules[role] = module.requires_grad_(False).to(self.args.device)
-            return LockHeads(**modules)
-
-        self.heads = heads("heads")
-        for key in ("best_heads", "best_stale_heads"):
-            restored = heads(key)
-            if restored is not None:
-                setattr(self, key, restored)
-        if info["has_best_state"]:
-            prefix = "best_state."
-            self.best_state = {
-                n[len(prefix) :]: t.to(self.candidates[n[len(prefix) :]].device)
-                for n, t in tensors.items()
-                if n.startswith(prefix)
-            }
-        if info["best_round"] is not None:
-            self.best_round = info["best_round"]
-        self.adversary_val_accuracy = float(info["adversary_val_accuracy"])
-        self.last_challenge_round = info["last_challenge_round"]
-        self.best_gap = float(info["best_gap"])
-        self.objective.load_state_dict(info["objective"])
-        self.history = list(info["history"])
-        self._phase_time = {k: float(v) for k, v in info["phase_time"].items()}
 
     def push_to_hub(
         self, commit_message="End of training", blocking=True, token=None, revision=None, private=None, **kwargs
@@ -661,12 +704,14 @@ class EncoderLockTrainer(Trainer):
         return push_trainer_to_hub(self, commit_message, token=token, revision=revision, private=private, **kwargs)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
-        mask_path = Path(resume_from_checkpoint) / MASK_FILE
-        if mask_path.is_file():
-            self.mask = {f"backbone.{k}": v for k, v in load_mask(mask_path).items()}
-            summary = json.loads((Path(resume_from_checkpoint) / LOCK_CONFIG_FILE).read_text())
-            self.rounds_completed_in_mask = int(summary.get("rounds_completed", 0))
-            self._load_lock_state(Path(resume_from_checkpoint))
+        folder = Path(resume_from_checkpoint)
+        if (folder / MASK_FILE).is_file():
+            loaded = LockState.load(folder, self.args.device)
+            if loaded.objective is None:  # a checkpoint without the state files: only its mask and round count
+                loaded = replace(self.lock_state, mask=loaded.mask, rounds_completed=loaded.rounds_completed)
+            else:
+                self.objective.load_state_dict(loaded.objective)
+            self.lock_state = loaded
         if (Path(resume_from_checkpoint) / MODEL_CONFIG_FILE).is_file():
             # from_pretrained maps the on-disk names (which can differ from in-memory names across transformers
             # releases) back to this model's; a strict load then guarantees every tensor was restored.
@@ -677,11 +722,11 @@ class EncoderLockTrainer(Trainer):
 
     def phase_times(self) -> dict[str, float]:
         """Seconds spent in selection, masked updates and challenges so far."""
-        return dict(self._phase_time)
+        return dict(self.lock_state.phase_time)
 
 
 def push_trainer_to_hub(
-    trainer: "EncoderLockTrainer",
+    trainer: EncoderLockTrainer,
     commit_message: str | None = None,
     token: str | None = None,
     revision: str | None = None,

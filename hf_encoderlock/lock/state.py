@@ -1,0 +1,158 @@
+"""``LockState``: everything a lock run carries from one step to the next, and its checkpoint files.
+
+In the spirit of ``transformers.TrainerState``: the trainer holds one :class:`LockState`; a checkpoint writes it
+(:meth:`LockState.save`) and a resumed run reads it back (:meth:`LockState.load`), so an exact resume needs
+nothing else beyond the encoder weights, optimizer, scheduler and RNG states the Trainer saves itself.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .._files import LOCK_CONFIG_FILE, LOCK_STATE_FILE, LOCK_STATE_FORMAT, LOCK_TENSORS_FILE, MASK_FILE
+from ..probing.heads import head_from_layout, head_layout
+from .objectives import LockHeads
+from .selection import load_mask, save_mask
+
+HEAD_ROLES = ("authorized", "adversary")
+HEAD_KEYS = ("heads", "stale_heads", "best_heads", "best_stale_heads")  # the LockHeads fields, saved in this order
+MASK_NAME_PREFIX = "backbone."  # in memory masks name EncoderAdapter parameters; the mask file names AutoModel weights
+
+logger = logging.getLogger(__name__)
+
+
+def _phase_time() -> dict[str, float]:
+    return {"selection": 0.0, "update": 0.0, "challenge": 0.0}
+
+
+@dataclass
+class LockState:
+    """The running state of a lock: mask, heads, best encoder, challenge bookkeeping, objective state, history."""
+
+    #: OR-accumulated mask of selected weight entries (EncoderAdapter parameter name -> bool tensor).
+    mask: dict[str, torch.Tensor] = field(default_factory=dict)
+    #: Rounds whose selection is in ``mask``.
+    rounds_completed: int = 0
+    #: Heads the updates train against (from the latest self-challenge).
+    heads: LockHeads | None = None
+    #: After the best encoder is restored: the heads its updates trained against (fitted before those updates).
+    stale_heads: LockHeads | None = None
+    #: Fresh heads of the best encoder so far, and the heads in use while its updates ran.
+    best_heads: LockHeads | None = None
+    best_stale_heads: LockHeads | None = None
+    #: Candidate weights of the best encoder so far (``None`` until a locked encoder was challenged).
+    best_state: dict[str, torch.Tensor] | None = None
+    best_gap: float = -float("inf")
+    best_round: int | None = None
+    #: Validation accuracy of the installed adversary head on the prohibited validation split.
+    adversary_val_accuracy: float = 0.0
+    last_challenge_round: int | None = None
+    #: ``objective.state_dict()`` as of the last save or load (``None``: not captured, e.g. a legacy checkpoint).
+    objective: dict[str, Any] | None = None
+    #: Per-round figures, in the order they were recorded.
+    history: list[dict[str, Any]] = field(default_factory=list)
+    #: Seconds spent in selection, masked updates and challenges.
+    phase_time: dict[str, float] = field(default_factory=_phase_time)
+    #: The objective's logged terms of the latest update (merged into the next ``loss`` log).
+    last_logs: dict[str, float] = field(default_factory=dict)
+
+    # -------------------------------------------------------------------------------------------------- save
+    def save_mask(self, folder: str | Path) -> None:
+        """Write the mask alone (``MASK_FILE``, AutoModel weight names): every save has it, not only checkpoints."""
+        save_mask({k.removeprefix(MASK_NAME_PREFIX): v for k, v in self.mask.items()}, Path(folder) / MASK_FILE)
+
+    def save(self, folder: str | Path) -> None:
+        """Write the whole state into ``folder``: the mask, ``LOCK_STATE_FILE`` (JSON) and ``LOCK_TENSORS_FILE``
+        (heads as layouts + weights, no pickles; the best encoder's candidate weights)."""
+        folder = Path(folder)
+        self.save_mask(folder)
+        layouts: dict[str, list[str]] = {}
+        tensors: dict[str, torch.Tensor] = {}
+        for key in HEAD_KEYS:
+            heads = getattr(self, key)
+            for role in HEAD_ROLES if heads is not None else ():
+                module = getattr(heads, role)
+                layouts[f"{key}.{role}"] = head_layout(module)
+                tensors.update({f"{key}.{role}.{n}": t.detach().cpu().clone() for n, t in module.state_dict().items()})
+        for name, value in (self.best_state or {}).items():
+            tensors[f"best_state.{name}"] = value.detach().cpu().clone()
+        info = {
+            "format": LOCK_STATE_FORMAT,
+            "head_layouts": layouts,
+            "has_best_state": self.best_state is not None,
+            "rounds_completed": self.rounds_completed,
+            "adversary_val_accuracy": self.adversary_val_accuracy,
+            "last_challenge_round": self.last_challenge_round,
+            "best_gap": self.best_gap,
+            "best_round": self.best_round,
+            "objective": self.objective if self.objective is not None else {},
+            "history": self.history,
+            "phase_time": self.phase_time,
+            "last_logs": self.last_logs,
+        }
+        (folder / LOCK_STATE_FILE).write_text(json.dumps(info, indent=2, default=str))
+        save_file(tensors, str(folder / LOCK_TENSORS_FILE))
+
+    # -------------------------------------------------------------------------------------------------- load
+    @classmethod
+    def load(cls, folder: str | Path, device: str | torch.device) -> LockState:
+        """The state :meth:`save` wrote into ``folder`` (heads and best weights on ``device``, mask on the CPU).
+
+        A folder with a mask but without the state files (a checkpoint written before they existed) gives the mask
+        and round count only, with a warning: the heads are refitted and the resumed run is not exact.
+        """
+        folder = Path(folder)
+        mask = {f"{MASK_NAME_PREFIX}{k}": v for k, v in load_mask(folder / MASK_FILE).items()}
+        if not (folder / LOCK_STATE_FILE).is_file():
+            logger.warning(f"{folder} has no {LOCK_STATE_FILE}: heads are refitted and the resumed run is not exact")
+            return cls(mask=mask, rounds_completed=_rounds_in_lock_config(folder))
+        info = json.loads((folder / LOCK_STATE_FILE).read_text())
+        if info.get("format") != LOCK_STATE_FORMAT:
+            raise ValueError(
+                f"{folder / LOCK_STATE_FILE}: unknown lock state format {info.get('format')!r} "
+                f"(this version reads {LOCK_STATE_FORMAT!r})"
+            )
+        tensors = load_file(str(folder / LOCK_TENSORS_FILE))
+        best_state = None
+        if info["has_best_state"]:
+            prefix = "best_state."
+            best_state = {n.removeprefix(prefix): t.to(device) for n, t in tensors.items() if n.startswith(prefix)}
+        # states saved before rounds_completed was added to them have it in the lock config only
+        rounds = info["rounds_completed"] if "rounds_completed" in info else _rounds_in_lock_config(folder)
+        return cls(
+            mask=mask,
+            rounds_completed=int(rounds),
+            **{key: _heads_from(info["head_layouts"], tensors, key, device) for key in HEAD_KEYS},
+            best_state=best_state,
+            best_gap=float(info["best_gap"]),
+            best_round=info["best_round"],
+            adversary_val_accuracy=float(info["adversary_val_accuracy"]),
+            last_challenge_round=info["last_challenge_round"],
+            objective=info["objective"],
+            history=list(info["history"]),
+            phase_time={k: float(v) for k, v in info["phase_time"].items()},
+            last_logs=dict(info.get("last_logs", {})),
+        )
+
+
+def _rounds_in_lock_config(folder: Path) -> int:
+    return int(json.loads((folder / LOCK_CONFIG_FILE).read_text()).get("rounds_completed", 0))
+
+
+def _heads_from(layouts: dict[str, list[str]], tensors: dict[str, torch.Tensor], key: str, device) -> LockHeads | None:
+    """The ``key`` heads rebuilt from their layouts and weights (frozen, on ``device``); ``None`` if not saved."""
+    if f"{key}.{HEAD_ROLES[0]}" not in layouts:
+        return None
+    modules = {}
+    for role in HEAD_ROLES:
+        prefix = f"{key}.{role}."
+        state = {n[len(prefix) :]: t for n, t in tensors.items() if n.startswith(prefix)}
+        modules[role] = head_from_layout(layouts[f"{key}.{role}"], state).requires_grad_(False).to(device)
+    return LockHeads(**modules)
