@@ -14,6 +14,10 @@ CARD_FILE = "README.md"  # the model card
 CARD_FORMAT = "encoderlock-card/v1"
 MODEL_CONFIG_FILE = "config.json"  # written by transformers' save_pretrained
 MODEL_WEIGHTS_FILE = "model.safetensors"
+PROCESSOR_CONFIG_FILE = "preprocessor_config.json"  # written by an image processor's save_pretrained
+# A plain torch module (no transformers config) is saved as its state dict in MODEL_WEIGHTS_FILE plus this file.
+PLAIN_MODULE_CONFIG_FILE = "encoderlock_module.json"
+PLAIN_MODULE_FORMAT = "encoderlock-module/v1"
 # Files a Trainer checkpoint holds besides the model: never counted as model weights (globs).
 TRAINER_STATE_FILES = ("training_args.bin", "optimizer.pt", "scheduler.pt", "scaler.pt", "rng_state*.pth")
 

@@ -14,6 +14,7 @@ processor that prepares its inputs. Pooling turns the backbone's output into one
 from __future__ import annotations
 
 import copy
+import json
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -21,7 +22,16 @@ from typing import Any
 
 import torch
 from PIL import Image
+from safetensors.torch import load_model, save_model
 from torch import nn
+
+from ._files import (
+    MODEL_CONFIG_FILE,
+    MODEL_WEIGHTS_FILE,
+    PLAIN_MODULE_CONFIG_FILE,
+    PLAIN_MODULE_FORMAT,
+    PROCESSOR_CONFIG_FILE,
+)
 
 POOLINGS = ("auto", "cls", "mean", "pooler", "spatial_mean")
 PIL_MODE_FOR_CHANNELS = {1: "L", 3: "RGB"}  # input channel counts a PIL image can be converted to
@@ -262,24 +272,55 @@ class EncoderAdapter(nn.Module):
         )
 
     def save_pretrained(self, folder: str | os.PathLike, **kwargs: Any) -> None:
-        """Write a folder that ``AutoModel``, ``AutoImageProcessor`` and ``pipeline`` all load."""
+        """Write the encoder to ``folder``.
+
+        A Hugging Face backbone writes a folder that ``AutoModel``, ``AutoImageProcessor`` and ``pipeline`` all load
+        (it must carry its image processor). A plain ``nn.Module`` writes its state dict (``model.safetensors``) and
+        ``encoderlock_module.json`` (class name, pooling, input shape); :meth:`from_pretrained` loads it back into an
+        instance of the same class (``model=``), and the image processor when it has one.
+        """
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
         if not hasattr(self.backbone, "save_pretrained"):
-            raise EncoderError(f"{self.name} is a plain torch module; only Hugging Face backbones can be saved")
+            save_model(self.backbone, str(folder / MODEL_WEIGHTS_FILE))
+            info = {
+                "format": PLAIN_MODULE_FORMAT,
+                "module_class": f"{type(self.backbone).__module__}.{type(self.backbone).__qualname__}",
+                "pooling": self.pooling,
+                "input_shape": list(self.input_shape()),
+                "name": self.name,
+            }
+            (folder / PLAIN_MODULE_CONFIG_FILE).write_text(json.dumps(info, indent=2))
+            if self.image_processor is not None:
+                self.image_processor.save_pretrained(folder)
+            return
         if self.image_processor is None:
             raise EncoderError(f"{self.name} has no image processor; every saved encoder folder must carry one")
-        Path(folder).mkdir(parents=True, exist_ok=True)
         self.backbone.save_pretrained(folder, **kwargs)
         self.image_processor.save_pretrained(folder)
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike, pooling: str = "auto", **kwargs: Any) -> EncoderAdapter:
-        """Load a backbone and its image processor from a folder or the Hub."""
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike,
+        pooling: str = "auto",
+        model: nn.Module | None = None,
+        preprocess_fn: Callable[[Sequence[Image.Image]], torch.Tensor] | None = None,
+        **kwargs: Any,
+    ) -> EncoderAdapter:
+        """Load a backbone and its image processor from a folder or the Hub.
+
+        A folder saved from a plain ``nn.Module`` needs ``model``: an instance of the same class, whose weights are
+        replaced (strictly) by the saved ones; ``preprocess_fn`` when the folder holds no image processor.
+        """
         from transformers import AutoImageProcessor, AutoModel
 
         source = str(name_or_path)
         local = Path(source)
-        if local.exists() and not (local / "config.json").is_file():
-            raise EncoderError(f"{source} has no config.json: it is not a saved encoder folder")
+        if (local / PLAIN_MODULE_CONFIG_FILE).is_file():
+            return cls._from_plain_folder(local, model, pooling, preprocess_fn)
+        if local.exists() and not (local / MODEL_CONFIG_FILE).is_file():
+            raise EncoderError(f"{source} has no {MODEL_CONFIG_FILE}: it is not a saved encoder folder")
         try:
             backbone = AutoModel.from_pretrained(source, **kwargs)
         except OSError as error:
@@ -290,6 +331,33 @@ class EncoderAdapter(nn.Module):
             raise EncoderError(f"{source!r} has no usable image processor: {error}") from error
         backbone.eval()
         return cls(backbone, pooling=pooling, image_processor=processor, name=source)
+
+    @classmethod
+    def _from_plain_folder(cls, folder: Path, model, pooling: str, preprocess_fn) -> EncoderAdapter:
+        info = json.loads((folder / PLAIN_MODULE_CONFIG_FILE).read_text())
+        if info.get("format") != PLAIN_MODULE_FORMAT:
+            raise EncoderError(f"{folder / PLAIN_MODULE_CONFIG_FILE}: unknown format {info.get('format')!r}")
+        expected = info.get("module_class", "?")
+        if model is None:
+            raise EncoderError(
+                f"{folder} holds the weights of a plain torch module ({expected}); pass model=<an instance of it>"
+            )
+        found = f"{type(model).__module__}.{type(model).__qualname__}"
+        if found != expected:
+            raise EncoderError(f"{folder} was saved from {expected}, got model={found}")
+        try:
+            load_model(model, str(folder / MODEL_WEIGHTS_FILE), strict=True)
+        except RuntimeError as error:
+            raise EncoderError(f"{folder}: the saved weights do not fit the given model ({error})") from error
+        processor = None
+        if (folder / PROCESSOR_CONFIG_FILE).is_file():
+            from transformers import AutoImageProcessor
+
+            processor = AutoImageProcessor.from_pretrained(str(folder))
+        chosen = info.get("pooling", "auto") if pooling == "auto" else pooling
+        return cls(
+            model.eval(), pooling=chosen, image_processor=processor, preprocess_fn=preprocess_fn, name=str(folder)
+        )
 
 
 def _processor_size(processor: Any) -> tuple[int, int] | None:
@@ -307,19 +375,59 @@ def _processor_size(processor: Any) -> tuple[int, int] | None:
     return (int(shortest), int(shortest)) if shortest else None
 
 
+def split_processing(processing: Any | None) -> tuple[Any | None, Callable | None]:
+    """``(image processor, preprocess function)`` from what a user passes as ``processing_class``: a Hugging Face
+    image processor (it has ``save_pretrained``), or a function from a list of PIL images to a pixel tensor."""
+    if processing is None or hasattr(processing, "save_pretrained"):
+        return processing, None
+    if callable(processing):
+        return None, processing
+    raise EncoderError(
+        f"processing_class must be an image processor or a function from PIL images to a pixel tensor, "
+        f"got {type(processing).__name__}"
+    )
+
+
+def _processor_of(backbone: nn.Module) -> Any | None:
+    """The image processor saved with a ``PreTrainedModel``'s checkpoint (``config._name_or_path``), if reachable."""
+    name = getattr(getattr(backbone, "config", None), "_name_or_path", "") or ""
+    if not name:
+        return None
+    from transformers import AutoImageProcessor
+
+    try:
+        return AutoImageProcessor.from_pretrained(name)
+    except (OSError, ValueError):  # no processor saved there, or not reachable offline
+        return None
+
+
 def load_encoder(
     model_or_path: str | os.PathLike | nn.Module | EncoderAdapter,
     pooling: str = "auto",
     image_processor: Any | None = None,
+    model: nn.Module | None = None,
 ) -> EncoderAdapter:
-    """An :class:`EncoderAdapter` from a folder, a Hub id, a backbone module or an adapter (returned as is)."""
+    """An :class:`EncoderAdapter` from a folder, a Hub id, a backbone module or an adapter (returned as is).
+
+    ``image_processor`` may also be a preprocess function (PIL images -> pixel tensor). A ``PreTrainedModel`` given
+    without one gets the processor saved next to its checkpoint when that can be found. ``model`` is the instance a
+    folder saved from a plain ``nn.Module`` loads into.
+    """
+    processor, preprocess_fn = split_processing(image_processor)
     if isinstance(model_or_path, EncoderAdapter):
         return model_or_path
     if isinstance(model_or_path, nn.Module):
-        return EncoderAdapter(model_or_path, pooling=pooling, image_processor=image_processor)
-    adapter = EncoderAdapter.from_pretrained(model_or_path, pooling=pooling)
-    if image_processor is not None:
-        adapter.image_processor = image_processor
+        if processor is None and preprocess_fn is None:
+            processor = _processor_of(model_or_path)
+        return EncoderAdapter(model_or_path, pooling=pooling, image_processor=processor, preprocess_fn=preprocess_fn)
+    if not isinstance(model_or_path, (str, os.PathLike)):
+        raise EncoderError(
+            "the encoder must be a model id or folder, a PreTrainedModel, an nn.Module or an EncoderAdapter; "
+            f"got {type(model_or_path).__name__}"
+        )
+    adapter = EncoderAdapter.from_pretrained(model_or_path, pooling=pooling, model=model, preprocess_fn=preprocess_fn)
+    if processor is not None:
+        adapter.image_processor = processor
     return adapter
 
 

@@ -66,13 +66,24 @@ def test_conv_backbones_pool_feature_maps(backbone):
         adapter.features(pixels, "cls")
 
 
-def test_plain_module_with_preprocess_fn():
+def test_plain_module_with_preprocess_fn(tmp_path):
     module = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU())
-    adapter = EncoderAdapter(module, preprocess_fn=lambda imgs: torch.stack([torch.zeros(3, 8, 8) for _ in imgs]))
+    prep = lambda imgs: torch.stack([torch.zeros(3, 8, 8) for _ in imgs])  # noqa: E731
+    adapter = EncoderAdapter(module, preprocess_fn=prep)
     assert adapter.pooling == "mean"
     assert adapter(adapter.preprocess(_images(2))).shape == (2, 4)
+    # a plain module saves its state dict and a small config, and loads back into an instance of its class
+    adapter.save_pretrained(tmp_path / "plain")
+    assert {p.name for p in (tmp_path / "plain").iterdir()} == {"model.safetensors", "encoderlock_module.json"}
     with pytest.raises(EncoderError, match="plain torch module"):
-        adapter.save_pretrained("unused")
+        EncoderAdapter.from_pretrained(tmp_path / "plain")
+    with pytest.raises(EncoderError, match="was saved from"):
+        EncoderAdapter.from_pretrained(tmp_path / "plain", model=torch.nn.Linear(2, 2))
+    fresh = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU())
+    loaded = EncoderAdapter.from_pretrained(tmp_path / "plain", model=fresh, preprocess_fn=prep)
+    for saved, restored in zip(module.state_dict().values(), loaded.backbone.state_dict().values()):
+        assert torch.equal(saved, restored)
+    assert loaded.pooling == "mean" and loaded(loaded.preprocess(_images(1))).shape == (1, 4)
 
 
 def test_saved_folder_loads_with_auto_classes_and_pipeline(vit, tmp_path):

@@ -18,11 +18,18 @@ import sys
 from collections.abc import Sequence
 from types import ModuleType
 
+from .. import __version__
+
 PROG = "encoderlock"
 EXIT_USER_ERROR = 2
 
 #: command -> (module under hf_encoderlock.cli, one-line help, description)
 COMMANDS: dict[str, tuple[str, str, str]] = {
+    "lock": (
+        "lock",
+        "Lock an encoder and report how strong the lock is (the main job; `encoderlock lock --help`).",
+        "Victim -> probes -> lock -> probes -> report, with the same arguments as examples/lock_vit.py.",
+    ),
     "probe": (
         "probe",
         "Probe an encoder: fresh heads on frozen features, per domain and training fraction.",
@@ -41,6 +48,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "Push a locked encoder folder (weights, processor, lock config, model card) to the Hugging Face Hub.",
         "Regenerate the model card of a locked encoder folder and upload the folder to a Hub repository.",
     ),
+    "env": ("env", "Print versions, devices and cache paths (for bug reports).", "Print versions, devices and caches."),
     "audit": (
         "audit",
         "Audit a locked encoder folder: changed weights, mask, config, card hashes, probes.",
@@ -58,6 +66,7 @@ def command_module(command: str) -> ModuleType:
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The ``encoderlock`` parser; every command's arguments, or only those of ``only`` (the others list their help)."""
     parser = argparse.ArgumentParser(prog=PROG, description="EncoderLock: lock pre-trained encoders against probing.")
+    parser.add_argument("--version", action="version", version=f"{PROG} (hf_encoderlock) {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (_, help_text, description) in COMMANDS.items():
         command_parser = subparsers.add_parser(name, help=help_text, description=description)
@@ -70,7 +79,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``encoderlock`` console script; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     chosen = next((a for a in argv if not a.startswith("-")), None)
-    args = build_parser(only=chosen if chosen in COMMANDS else "").parse_args(argv)
+    if chosen in COMMANDS and getattr(command_module(chosen), "PASSTHROUGH", False) and argv[0] == chosen:
+        # the command parses its own words (the main job's HfArgumentParser), --help included
+        args = argparse.Namespace(command=chosen, words=argv[1:])
+    else:
+        args = build_parser(only=chosen if chosen in COMMANDS else "").parse_args(argv)
     module = command_module(args.command)
     try:
         return int(module.run(args) or 0)

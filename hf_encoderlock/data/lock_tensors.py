@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from datasets import Dataset, DatasetDict, IterableDataset, IterableDatasetDict
+from torch.utils.data import Dataset as TorchDataset
 
 from ..encoders import EncoderAdapter
 from .splits import stratified_indices
+
+LOCK_COLUMNS = ("image", "label")  # the columns a lock reads; column_mapping renames a user's to these
 
 
 class LockDataError(ValueError):
@@ -43,6 +48,52 @@ class DomainTensors:
         micro-batches)."""
         index = torch.arange(part, len(self), parts)
         return self.subset(index if len(index) else torch.tensor([part % len(self)]))
+
+
+def as_lock_dataset(
+    dataset: Any,
+    name: str,
+    column_mapping: Mapping[str, str] | None = None,
+    split: str = "train",
+) -> Dataset:
+    """The ``datasets.Dataset`` a lock reads, with ``image`` (and ``label``) columns.
+
+    ``column_mapping`` renames the user's columns (``{"img": "image", "fine_label": "label"}``); a ``DatasetDict``
+    gives its ``split``. Streaming (iterable) datasets are refused in one line saying what to pass: the lock
+    preprocesses every image up front.
+    """
+    if isinstance(dataset, (IterableDataset, IterableDatasetDict)):
+        raise LockDataError(
+            f"domain {name!r}: a streaming dataset cannot be lock data: the lock preprocesses every image up front. "
+            "Pass a datasets.Dataset, e.g. load_dataset(..., streaming=False), or materialise a sample with "
+            "Dataset.from_list(list(stream.take(N)))"
+        )
+    if isinstance(dataset, DatasetDict):
+        if split not in dataset:
+            raise LockDataError(f"domain {name!r}: the DatasetDict has no {split!r} split (splits: {list(dataset)})")
+        dataset = dataset[split]
+    if not isinstance(dataset, Dataset):
+        raise LockDataError(f"domain {name!r}: expected a datasets.Dataset, got {type(dataset).__name__}")
+    mapping = dict(column_mapping or {})
+    # a source column that is absent while its target is present was mapped already (e.g. a stored eval set)
+    mapping = {k: v for k, v in mapping.items() if k in dataset.column_names or v not in dataset.column_names}
+    unknown = [column for column in mapping if column not in dataset.column_names]
+    if unknown:
+        raise LockDataError(
+            f"domain {name!r}: column_mapping names {unknown}, not in the dataset (columns: {dataset.column_names})"
+        )
+    bad_targets = sorted(set(mapping.values()) - set(LOCK_COLUMNS))
+    if bad_targets:
+        raise LockDataError(f"domain {name!r}: column_mapping may only map to {LOCK_COLUMNS}, got {bad_targets}")
+    if mapping:
+        # keep the mapped columns, and the lock columns the mapping does not replace
+        keep = [
+            column
+            for column in dataset.column_names
+            if column in mapping or (column in LOCK_COLUMNS and column not in mapping.values())
+        ]
+        dataset = dataset.select_columns(keep).rename_columns(mapping)
+    return dataset
 
 
 def label_tensor(dataset, name: str, label_column: str = "label") -> torch.Tensor:
@@ -141,7 +192,7 @@ def stratified_split(data: DomainTensors, fraction: float, seed: int) -> tuple[D
     return data.subset(torch.as_tensor(np.sort(kept))), data.subset(torch.as_tensor(np.sort(held)))
 
 
-class PairedDomainDataset(Dataset):
+class PairedDomainDataset(TorchDataset):
     """Item ``i`` pairs authorized example ``i`` with a prohibited example (cycling the shorter domain)."""
 
     def __init__(self, authorized: DomainTensors, prohibited: DomainTensors, seed: int = 0) -> None:

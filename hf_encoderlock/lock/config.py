@@ -12,6 +12,7 @@ from .objectives import OBJECTIVES, InformationTermsConfig
 from .selection import SCORE_FUNCTIONS
 from .variants.augmentations import AugmentationConfig
 
+DEFAULT_NUM_TRAIN_EPOCHS = TrainingArguments.__dataclass_fields__["num_train_epochs"].default
 VARIANTS = ("supervised", "unsupervised", "zero-shot")
 ADVERSARY_KINDS = GRADIENT_KINDS  # the self-challenge trains heads by gradient descent (no kNN)
 # Defaults of the objective's and augmentation's own knobs are declared once, on their dataclasses.
@@ -226,6 +227,16 @@ class EncoderLockConfig(TrainingArguments):
         },
     )
 
+    # --- publishing -----------------------------------------------------------------------------------------
+    hub_gated: str | None = field(
+        default=None,
+        metadata={
+            "help": "Gate the Hub repository when pushing (push_to_hub, trainer.push_to_hub): 'auto' (access after "
+            "acknowledging the prohibited uses) or 'manual' (the owner approves each request); None: not gated. The "
+            "mask, lock state and checkpoints are never uploaded."
+        },
+    )
+
     # --- Trainer defaults that suit a lock ---------------------------------------------------------------
     output_dir: str | None = field(
         default="encoderlock_output", metadata={"help": "Where the lock's outputs and checkpoints go."}
@@ -249,8 +260,25 @@ class EncoderLockConfig(TrainingArguments):
 
     def __post_init__(self) -> None:
         self._check_choices()
-        self.max_steps = self.num_rounds * self.update_steps_per_round
+        self._derive_length()
         super().__post_init__()
+
+    def _derive_length(self) -> None:
+        """A lock lasts ``num_rounds x update_steps_per_round`` update steps: ``max_steps`` is derived, and a value
+        that disagrees (or a changed ``num_train_epochs``) is refused rather than silently replaced."""
+        steps = self.num_rounds * self.update_steps_per_round
+        if self.max_steps is not None and self.max_steps > 0 and self.max_steps != steps:
+            raise ValueError(
+                f"invalid EncoderLockConfig: max_steps={self.max_steps}, but a lock lasts num_rounds x "
+                f"update_steps_per_round = {self.num_rounds} x {self.update_steps_per_round} = {steps} update steps; "
+                "set num_rounds / update_steps_per_round and leave max_steps unset (-1)"
+            )
+        if self.num_train_epochs != DEFAULT_NUM_TRAIN_EPOCHS:
+            raise ValueError(
+                f"invalid EncoderLockConfig: num_train_epochs={self.num_train_epochs} is not used by a lock, whose "
+                "length is num_rounds x update_steps_per_round update steps; leave num_train_epochs unset"
+            )
+        self.max_steps = steps
 
     def _check_choices(self) -> None:
         checks = [
@@ -305,6 +333,7 @@ class EncoderLockConfig(TrainingArguments):
                 "finetune_aware_steps does not support objective='contrastive'",
             ),
             (self.magnitude_gate is None or 0.0 <= self.magnitude_gate < 1.0, "magnitude_gate must be in [0, 1)"),
+            (self.hub_gated in (None, "auto", "manual"), "hub_gated must be None, 'auto' or 'manual'"),
         ]
         problems = [message for ok, message in checks if not ok]
         if problems:

@@ -15,12 +15,13 @@ import copy
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 from torch.func import functional_call
 from torch.nn import functional as F
 from transformers import AutoModel, Trainer
@@ -32,12 +33,13 @@ from ..data.lock_tensors import (
     LockDataError,
     PairedDomainCollator,
     PairedDomainDataset,
+    as_lock_dataset,
     check_labelled_dataset,
     label_tensor,
     preprocess_domain,
     stratified_split,
 )
-from ..encoders import EncoderAdapter
+from ..encoders import EncoderAdapter, EncoderError, load_encoder
 from ..hub.card import write_model_card
 from ..hub.push import DEFAULT_COMMIT_MESSAGE, push_locked_to_hub
 from ..probing.heads import HeadTrainingConfig, accuracy, best_head, train_heads
@@ -80,20 +82,27 @@ class EncoderLockTrainer(Trainer):
     """Lock an encoder: probing keeps working on the authorized domain and fails on the prohibited one.
 
     Args:
-        encoder: the encoder to lock (an :class:`EncoderAdapter`; weights change in place).
-        args: an :class:`EncoderLockConfig`.
-        authorized_dataset / prohibited_dataset: ``datasets.Dataset`` with ``image`` and ``label`` columns (the
-            lock's share of each domain; a validation part is carved from them, ``validation_fraction``). With
+        model: the encoder to lock, wrapped here: a Hub id or folder, a ``PreTrainedModel`` vision backbone, any
+            ``nn.Module`` from pixels to features (with ``processing_class``), or an :class:`EncoderAdapter`. Its
+            weights change in place.
+        args: an :class:`EncoderLockConfig` (``EncoderLockConfig()``, the tuned lock, when omitted).
+        authorized_dataset / prohibited_dataset: ``datasets.Dataset`` (or a ``DatasetDict``, of which
+            ``dataset_split`` is read) with image and label columns, named ``image`` / ``label`` or renamed by
+            ``column_mapping`` (the lock's share of each domain; a validation part is carved from them,
+            ``validation_fraction``). With
             ``variant="unsupervised"`` only the prohibited ``image`` column is read; with ``variant="zero-shot"``
             ``prohibited_dataset`` is ``None`` (synthetic data from ``args.zero_shot_generators``) or a synthetic
             dataset of the caller's.
         authorized_name / prohibited_name: names recorded in reports and ``encoderlock_config.json``.
         eval_dataset: optional ``{"authorized": ds, "prohibited": ds}`` reported by :meth:`evaluate`.
         objective: override the objective built from ``args.objective``.
+        processing_class: the image processor for a backbone that has none saved, or a function from a list of PIL
+            images to a pixel tensor (for a plain ``nn.Module``).
+        column_mapping: ``{"your_image_column": "image", "your_label_column": "label"}`` for every dataset given.
+        dataset_split: the split read from a ``DatasetDict``.
     """
 
     loss_is_scaled_for_ga = False
-    _tag_names = ["encoderlock", "hf_encoderlock"]
 
     # Read access to the lock state under the names the rest of the package and its users know.
     mask = _lock_state_field("mask", "The OR-accumulated mask of selected weight entries (parameter name -> bool).")
@@ -106,19 +115,23 @@ class EncoderLockTrainer(Trainer):
 
     def __init__(
         self,
-        encoder: EncoderAdapter,
-        args: EncoderLockConfig,
-        authorized_dataset,
-        prohibited_dataset,
+        model: str | nn.Module | EncoderAdapter,
+        args: EncoderLockConfig | None = None,
+        authorized_dataset: Any = None,
+        prohibited_dataset: Any = None,
         authorized_name: str = "authorized",
         prohibited_name: str = "prohibited",
         eval_dataset: dict[str, Any] | None = None,
         objective: LockObjective | None = None,
         callbacks: Sequence[Any] | None = None,
         domain_specs: dict[str, Any] | None = None,
+        processing_class: Any | None = None,
+        column_mapping: Mapping[str, str] | None = None,
+        dataset_split: str = "train",
     ) -> None:
+        args = EncoderLockConfig() if args is None else args
         if not isinstance(args, EncoderLockConfig):
-            raise TypeError("args must be an EncoderLockConfig")
+            raise TypeError(f"args must be an EncoderLockConfig, got {type(args).__name__}")
         for engine, enabled in (("FSDP", args.fsdp), ("DeepSpeed", args.deepspeed)):  # fail before any work
             if enabled or os.environ.get(f"ACCELERATE_USE_{engine.upper()}", "false").lower() in ("1", "true", "yes"):
                 raise NotImplementedError(
@@ -126,6 +139,28 @@ class EncoderLockTrainer(Trainer):
                     "whole, unsharded encoder weights on every rank. Use DDP (accelerate distributed_type MULTI_GPU) "
                     "or one process."
                 )
+        if args.load_best_model_at_end:
+            raise ValueError(
+                "load_best_model_at_end is not used by a lock: the kept encoder is chosen by best_model_criterion "
+                "('gap': the best fresh-head validation gap, restored at the end of train()); set "
+                "load_best_model_at_end=False"
+            )
+        if authorized_dataset is None:
+            raise LockDataError("authorized_dataset is required: the images whose probing must keep working")
+        encoder = load_encoder(model, image_processor=processing_class)
+        if encoder.image_processor is None and encoder.preprocess_fn is None:
+            raise EncoderError(
+                f"{encoder.name} has no image processor: pass processing_class= (an image processor such as "
+                "AutoImageProcessor.from_pretrained(...), or a function from a list of PIL images to a pixel tensor)"
+            )
+        self.column_mapping, self.dataset_split = dict(column_mapping or {}), dataset_split
+        authorized_dataset = as_lock_dataset(authorized_dataset, authorized_name, self.column_mapping, dataset_split)
+        if prohibited_dataset is not None:
+            prohibited_dataset = as_lock_dataset(
+                prohibited_dataset, prohibited_name, self.column_mapping, dataset_split
+            )
+        if eval_dataset is not None and isinstance(eval_dataset, dict):
+            eval_dataset = {key: self._as_eval_dataset(key, value) for key, value in eval_dataset.items()}
         self.encoder = encoder
         self.objective = objective or build_objective(args)
         self.authorized_name, self.prohibited_name = authorized_name, prohibited_name
@@ -239,6 +274,10 @@ class EncoderLockTrainer(Trainer):
         for data in (authorized, prohibited):
             if len(data) < minimum:
                 raise LockDataError(f"domain {data.name!r}: {len(data)} images, at least {minimum} needed")
+
+    def _as_eval_dataset(self, key: str, dataset: Any) -> Any:
+        """An evaluation set read like the lock data (column mapping, split of a ``DatasetDict``)."""
+        return as_lock_dataset(dataset, f"eval_dataset[{key!r}]", self.column_mapping, self.dataset_split)
 
     def _check_eval_datasets(self, datasets: dict[str, Any] | None) -> None:
         """``{"authorized": ds, "prohibited": ds}`` whose labels the lock's heads can score (at most those keys)."""
@@ -397,9 +436,12 @@ class EncoderLockTrainer(Trainer):
         scores weights against the freshest adversary; then weight selection, unless the round's selection is
         already in the mask (a run resumed at a round start)."""
         if self._challenge_due(round_index):
+            self._show_phase(round_index, "challenge")
             self.challenge(round_index=round_index)
         if round_index < self.lock_state.rounds_completed:
+            self._show_phase(round_index, "updates")
             return
+        self._show_phase(round_index, "selection")
         started = time.perf_counter()
         new = self._select_weights(round_index)
         self.lock_state.mask = merge_masks(self.mask, new)
@@ -414,9 +456,20 @@ class EncoderLockTrainer(Trainer):
                 "time_selection_s": time.perf_counter() - started,
             }
         )
+        self._show_phase(round_index, "updates")
+
+    def _show_phase(self, round_index: int, phase: str) -> None:
+        """Name the round and phase on the Trainer's progress bar: selection and challenges run between two update
+        steps, where the bar would otherwise stand still without saying why."""
+        label = f"round {min(round_index + 1, self.args.num_rounds)}/{self.args.num_rounds}: {phase}"
+        for callback in self.callback_handler.callbacks:
+            bar = getattr(callback, "training_bar", None)
+            if bar is not None:
+                bar.set_description(label, refresh=True)
 
     def end_lock(self) -> None:
         """At the end of ``train()``: the final challenge, the best encoder put back, the guard removed."""
+        self._show_phase(self.args.num_rounds, "final challenge")
         self.challenge(round_index=self.args.num_rounds)
         self.restore_best_encoder()
         if self.guard is not None:
@@ -610,6 +663,8 @@ class EncoderLockTrainer(Trainer):
         datasets = eval_dataset if eval_dataset is not None else self.eval_dataset
         if datasets is None:
             raise ValueError("evaluate needs eval_dataset={'authorized': ..., 'prohibited': ...}")
+        if isinstance(datasets, dict):
+            datasets = {key: self._as_eval_dataset(key, value) for key, value in datasets.items()}
         self._check_eval_datasets(datasets)
         if self.heads is None:
             self.challenge(round_index=0)
@@ -622,7 +677,13 @@ class EncoderLockTrainer(Trainer):
             head = own.authorized if key == "authorized" else own.adversary
             metrics[f"{metric_key_prefix}_{key}_head_accuracy"] = accuracy(head.cpu(), self.encode(data), data.labels)
             head.to(self.args.device)
+        if len(metrics) == 2:  # one number for early stopping / best checkpoints: higher is a stronger lock
+            metrics[f"{metric_key_prefix}_head_gap"] = (
+                metrics[f"{metric_key_prefix}_authorized_head_accuracy"]
+                - metrics[f"{metric_key_prefix}_prohibited_head_accuracy"]
+            )
         self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
 
     # ---------------------------------------------------------------------------------------------- saving
@@ -703,6 +764,22 @@ class EncoderLockTrainer(Trainer):
         ``repo_id``, ``gated``, ``report``, ``include_mask`` (see :func:`push_trainer_to_hub`)."""
         return push_trainer_to_hub(self, commit_message, token=token, revision=revision, private=private, **kwargs)
 
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        """``push_to_hub=True`` during training (every ``hub_strategy`` but ``end``): the checkpoint's public files
+        go through the lock's own push (card, processor, gate); its mask, lock state, optimizer and RNG states stay
+        local, and no checkpoint folder is uploaded."""
+        if not self.is_world_process_zero() or self.args.hub_strategy == "end":
+            return
+        push_locked_to_hub(
+            checkpoint_folder,
+            self.hub_model_id or self.args.hub_model_id or Path(self.args.output_dir).resolve().name,
+            private=self.args.hub_private_repo,
+            gated=self.args.hub_gated,
+            token=self.args.hub_token,
+            commit_message=f"Lock in progress, step {self.state.global_step}",
+            revision=self.args.hub_revision,
+        )
+
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         folder = Path(resume_from_checkpoint)
         if (folder / MASK_FILE).is_file():
@@ -743,14 +820,14 @@ def push_trainer_to_hub(
     to ``args.hub_private_repo`` and ``args.hub_token``.
     """
     args = trainer.args
-    trainer.save_model(args.output_dir)  # every process: saving may synchronise them
+    trainer.save_model(args.output_dir, _internal_call=True)  # every process; _internal_call: no push from save_model
     if not trainer.is_world_process_zero():
         return None
     return push_locked_to_hub(
         args.output_dir,
         repo_id or args.hub_model_id or Path(args.output_dir).resolve().name,
         private=private if private is not None else args.hub_private_repo,
-        gated=gated,
+        gated=gated or args.hub_gated,
         token=token or args.hub_token,
         commit_message=commit_message or DEFAULT_COMMIT_MESSAGE,
         revision=revision,
