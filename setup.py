@@ -9,6 +9,16 @@ HERE = Path(__file__).parent
 # One version: the package's own __version__.
 VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "hf_encoderlock" / "__init__.py").read_text()).group(1)
 
+# Optional parts: the offline built-in domains (demo), fine-tuning attacks with LoRA (attacks), report plots (plots).
+# `dev` holds everything the tests and the main job need, so the README's two set-up commands stay enough.
+EXTRAS = {
+    "demo": ["mlxtend>=0.23", "scikit-image>=0.22"],
+    "attacks": ["peft>=0.13"],
+    "plots": ["matplotlib>=3.8"],
+}
+EXTRAS["all"] = sorted({requirement for group in EXTRAS.values() for requirement in group})
+EXTRAS["dev"] = [*EXTRAS["all"], "pytest>=8.0", "ruff>=0.6"]
+
 setup(
     name="hf_encoderlock",
     version=VERSION,
@@ -25,6 +35,7 @@ setup(
             "probing/metrics/*/*.py",
             "probing/metrics/*/*.md",
             "hub/model_card_template.md",
+            "py.typed",
         ]
     },
     install_requires=[
@@ -32,7 +43,6 @@ setup(
         "transformers>=5.19",
         "datasets>=3.0",
         "accelerate>=1.0",
-        "peft>=0.13",
         "evaluate>=0.4.3",
         "huggingface-hub>=1.0",
         "safetensors>=0.4",
@@ -40,12 +50,9 @@ setup(
         "numpy>=1.26",
         "pillow>=10.0",
         "scikit-learn>=1.4",
-        "scikit-image>=0.22",
-        "mlxtend>=0.23",
-        "matplotlib>=3.8",
         "pyyaml>=6.0",
         "tqdm>=4.66",
     ],
-    extras_require={"dev": ["pytest>=8.0"]},
+    extras_require=EXTRAS,
     entry_points={"console_scripts": ["encoderlock=hf_encoderlock.cli.main:main"]},
 )

@@ -25,6 +25,10 @@ TRAINER_STATE_FILES = ("training_args.bin", "optimizer.pt", "scheduler.pt", "sca
 LOCK_STATE_FILE = "encoderlock_state.json"  # what an exact resume needs beyond weights and mask
 LOCK_TENSORS_FILE = "encoderlock_state.safetensors"  # heads and the best encoder's weights
 LOCK_STATE_FORMAT = "encoderlock-state/v1"
+TRAINER_STATE_FILE = "trainer_state.json"
+# What stays on the owner's machine unless a push explicitly asks for the mask (globs): the mask says which weights
+# the lock changed, the lock state and Trainer state are how to resume or undo it.
+PRIVATE_FILES = (MASK_FILE, LOCK_STATE_FILE, LOCK_TENSORS_FILE, TRAINER_STATE_FILE, *TRAINER_STATE_FILES)
 
 # ------------------------------------------------------------------------------------------------------ reports
 REPORT_FORMAT_VERSION = 1  # probe and attack reports (``format_version`` in their JSON)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import math
 import platform
 import shutil
@@ -10,6 +11,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from ._files import RETIRED_INFIX, SAVED_FOLDER_MODE, STAGING_INFIX
@@ -106,3 +108,14 @@ def percent(value: Any, digits: int = 1, suffix: str = "%", missing: str = "n/a"
 def markdown_row(cells: Iterable[str]) -> str:
     """One row of a Markdown table."""
     return "| " + " | ".join(cells) + " |"
+
+
+# ------------------------------------------------------------------------------------------- optional packages
+def optional_import(module: str, extra: str, purpose: str) -> ModuleType:
+    """Import ``module`` of an optional extra, or say in one line which extra to install for ``purpose``."""
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as error:
+        raise ImportError(
+            f"{purpose} needs the {module.split('.')[0]!r} package: pip install 'hf_encoderlock[{extra}]'"
+        ) from error

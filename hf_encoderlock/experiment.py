@@ -19,7 +19,7 @@ from typing import Any
 from datasets import DatasetDict
 
 from ._files import LOCKED_SUBDIR, REPORT_JSON, REPORT_MD, REPORT_PNG, VICTIM_SUBDIR
-from ._utils import atomic_folder
+from ._utils import atomic_folder, optional_import
 from .data.domains import BUILTIN_DOMAINS, DomainSpec, load_domain, train_validation_split
 from .data.lock_tensors import combine_labelled_domains
 from .encoders import EncoderAdapter, load_encoder
@@ -123,6 +123,7 @@ def _probe_config(args: LockExperimentArguments) -> ProbeConfig:
 def run_lock_experiment(args: LockExperimentArguments, lock_config: EncoderLockConfig) -> dict[str, Any]:
     """Victim -> probes -> lock -> probes -> ``report.json``/``report.md``/``probe.png`` under ``output_dir``."""
     started = time.perf_counter()
+    optional_import("matplotlib", "plots", "the main job's probe.png")  # fail before any long work, not at the end
     target = Path(lock_config.output_dir)
     domains = _load_domains(args)  # every domain is checked before any long work
     authorized_names = [args.spec(name).display_name for name in args.authorized_domains()]

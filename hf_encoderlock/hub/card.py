@@ -19,7 +19,7 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from .._files import CARD_FILE, CARD_FORMAT, LOCK_CONFIG_FILE, MASK_FILE, REPORT_JSON, TRAINER_STATE_FILES
+from .._files import CARD_FILE, CARD_FORMAT, LOCK_CONFIG_FILE, PRIVATE_FILES, REPORT_JSON
 from .._utils import as_finite_float, percent
 from ..data.domains import DomainSpec
 
@@ -30,7 +30,7 @@ METADATA_KEY = "encoderlock"
 HASH_ALGORITHM = "sha256"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf", ".onnx")
 # the lock's mask and Trainer state are not part of the released model (file-name patterns)
-NON_MODEL_WEIGHT_FILES = (MASK_FILE, *TRAINER_STATE_FILES)
+NON_MODEL_WEIGHT_FILES = PRIVATE_FILES
 PROBE_HEADS = ("linear", "mlp", "knn")
 PAPER_ARXIV = "2411.12508"
 PAPER_URL = f"https://arxiv.org/abs/{PAPER_ARXIV}"

@@ -16,13 +16,13 @@ from typing import Any
 
 from huggingface_hub import HfApi, snapshot_download
 
-from .._files import CARD_FILE, LOCK_CONFIG_FILE, MASK_FILE, MODEL_CONFIG_FILE
+from .._files import CARD_FILE, LOCK_CONFIG_FILE, MASK_FILE, MODEL_CONFIG_FILE, PRIVATE_FILES
 from ..encoders import EncoderAdapter
-from .card import NON_MODEL_WEIGHT_FILES, Authorization, LockVerificationError, weight_files, write_model_card
+from .card import Authorization, LockVerificationError, weight_files, write_model_card
 
 DEFAULT_COMMIT_MESSAGE = "Upload locked encoder (hf_encoderlock)"
 GATING_MODES = ("auto", "manual")
-PUSH_IGNORE_PATTERNS = ("*/*", ".*", *NON_MODEL_WEIGHT_FILES)  # top-level files only; no mask, no training state
+PUSH_IGNORE_PATTERNS = ("*/*", ".*", *PRIVATE_FILES)  # top-level files only; no mask, lock state or Trainer state
 
 __all__ = [
     "Authorization",

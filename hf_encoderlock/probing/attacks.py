@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from .._files import ATTACK_REPORT_STEM, REPORT_FORMAT_VERSION
-from .._utils import finite, markdown_row, package_versions, percent
+from .._utils import finite, markdown_row, optional_import, package_versions, percent
 from ..data.domains import train_validation_split
 from ..data.lock_tensors import preprocess_domain
 from ..encoders import load_encoder
@@ -195,7 +195,8 @@ def attention_projections(backbone: nn.Module) -> list[str]:
 
 def add_lora(backbone: nn.Module, config: AttackConfig) -> list[str]:
     """Inject LoRA adapters (in place) and freeze everything else; returns the wrapped module names."""
-    from peft import LoraConfig, inject_adapter_in_model
+    peft = optional_import("peft", "attacks", "the LoRA fine-tuning attack")
+    LoraConfig, inject_adapter_in_model = peft.LoraConfig, peft.inject_adapter_in_model
 
     targets = list(config.lora_targets) if config.lora_targets is not None else attention_projections(backbone)
     lora = LoraConfig(
@@ -530,6 +531,7 @@ def attack_report_markdown(report: AttackReport) -> str:
 
 def plot_attack_report(report: AttackReport, path: str | os.PathLike) -> Path:
     """PNG: one panel per domain, test accuracy against training fraction per attack (scratch dashed)."""
+    optional_import("matplotlib", "plots", "plotting an attack report")
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 

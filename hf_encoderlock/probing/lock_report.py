@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .._utils import markdown_row, percent
+from .._utils import markdown_row, optional_import, percent
 from .probe_report import ENCODER_ROLE, ProbeReport, lock_measures
 
 HOLD_THRESHOLD = 0.9  # advantage removed at 100% data above which the report says the lock holds
@@ -120,7 +120,7 @@ def lock_report_markdown(report: dict[str, Any]) -> str:
 
 def plot_lock_report(report: dict[str, Any], path: str | Path) -> Path:
     """Accuracy against training fraction, one panel per domain, one line per encoder."""
-    import matplotlib
+    matplotlib = optional_import("matplotlib", "plots", "plotting the lock report")
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from .._files import PROBE_REPORT_STEM, REPORT_FORMAT_VERSION
-from .._utils import finite, markdown_row, percent
+from .._utils import finite, markdown_row, optional_import, percent
 
 ENCODER_ROLE = "encoder"
 TWIN_ROLE = "random_twin"
@@ -350,6 +350,7 @@ def report_to_markdown(report: ProbeReport) -> str:
 def plot_report(report: ProbeReport, path: str | os.PathLike) -> Path:
     """PNG of the attacker's best test accuracy against training fraction, one line per domain (random twin
     dashed, chance dotted). Uses the Agg canvas directly: no pyplot, no global backend state."""
+    optional_import("matplotlib", "plots", "plotting a probe report")
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
