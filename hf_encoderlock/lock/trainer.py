@@ -694,6 +694,9 @@ class EncoderLockTrainer(Trainer):
             "format": LOCK_CONFIG_FORMAT,
             "variant": self.args.variant,
             "objective": self.args.objective,
+            "base_model": self._base_model(),
+            # the poolings whose prohibited features the objective saw (probes attack every pooling regardless)
+            "poolings": list(self.args.prohibited_poolings or [self.encoder.pooling]),
             "authorized": self._authorized_specs(),
             "prohibited": self._prohibited_specs(),
             "hyperparameters": self.args.lock_hyperparameters(),
@@ -709,6 +712,11 @@ class EncoderLockTrainer(Trainer):
             "seed": self.args.seed,
             "versions": package_versions(),
         }
+
+    def _base_model(self) -> str | None:
+        """The checkpoint the encoder was loaded from (``config._name_or_path``), when the backbone records one."""
+        name = getattr(getattr(self.encoder.backbone, "config", None), "_name_or_path", "") or ""
+        return name or None
 
     def _prohibited_specs(self) -> list[Any]:
         if self.zero_shot_source is not None:
