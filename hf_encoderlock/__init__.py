@@ -44,6 +44,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     ),
     "probing.heads": ("HeadTrainingConfig", "TrainedHead", "accuracy", "best_head", "train_head_groups", "train_heads"),
     "hub.push": ("load_locked", "push_locked_to_hub"),
+    "hub.locked": ("LockedEncoder",),
     "lock.objectives.information": ("InformationObjective", "InformationTermsConfig"),
     "data.lock_tensors": ("LockDataError", "combine_labelled_domains"),
     "probing.lock_report": ("build_lock_report", "lock_report_markdown", "plot_lock_report"),
@@ -101,6 +102,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from .encoders import EncoderAdapter, load_encoder  # noqa: F401
     from .experiment import LockExperimentArguments, run_lock_experiment  # noqa: F401
+    from .hub.locked import LockedEncoder  # noqa: F401
     from .hub.push import load_locked, push_locked_to_hub  # noqa: F401
     from .lock.callbacks import LockRoundCallback  # noqa: F401
     from .lock.config import EncoderLockConfig  # noqa: F401

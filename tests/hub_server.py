@@ -22,6 +22,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import yaml
 
+TOKEN = "hf_test_token"  # any bearer token is accepted; the tests send this one
+
 REPO = r"(?P<repo>[^/]+/[^/]+)"
 ROUTES = [  # (method, pattern, handler name)
     ("GET", r"/api/agent-harnesses", "agent_harnesses"),  # the client's best-effort user-agent registry

@@ -23,30 +23,14 @@ from hf_encoderlock.data.lock_tensors import LockDataError
 from hf_encoderlock.encoders import EncoderAdapter, EncoderError, load_encoder, tiny_vit_encoder, vit_image_processor
 from hf_encoderlock.lock.config import EncoderLockConfig
 from hf_encoderlock.lock.trainer import LOCK_CONFIG_FILE, EncoderLockTrainer
-
-from .helpers import toy_domain
+from tests.helpers import CHECK_ONLY_LOCK, make_lock_config, toy_domain
 
 RESULT_FILES = ("config.json", "model.safetensors", LOCK_CONFIG_FILE)
 NUM_IMAGES = 24
 
 
 def _config(out: Path, **overrides: Any) -> EncoderLockConfig:
-    values: dict[str, Any] = dict(
-        output_dir=str(out),
-        num_rounds=1,
-        update_steps_per_round=1,
-        weights_per_round=5,
-        per_device_train_batch_size=8,
-        score_batches=1,
-        adversary_epochs=1,
-        adversary_seeds=1,
-        adversary_kinds=["linear"],
-        adversary_learning_rates=[1e-2],
-        use_cpu=True,
-        report_to="none",
-        disable_tqdm=True,
-    )
-    return EncoderLockConfig(**{**values, **overrides})
+    return make_lock_config(out, CHECK_ONLY_LOCK, **overrides)
 
 
 def _encoder() -> EncoderAdapter:

@@ -8,8 +8,7 @@ from datasets import DatasetDict
 from transformers import AutoImageProcessor, AutoModel
 
 from hf_encoderlock.encoders import tiny_vit_encoder
-
-from .helpers import toy_domain
+from tests.helpers import toy_domain
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "lock_vit.py"
 
@@ -82,13 +81,3 @@ def test_lock_vit_example_writes_loadable_folders_and_honest_report(tmp_path):
     assert report["lock"]["mask"]["count"] > 0
     assert "green" in report["verdict"]
     assert "Lock's own head (stale)" in (out / "report.md").read_text()
-
-
-def test_verdict_says_holds_fails_or_not_measurable():
-    from hf_encoderlock.probing.lock_report import prohibited_verdict
-
-    row = {"victim": 0.72, "random_twin": 0.24, "locked": 0.26, "advantage_removed": (0.72 - 0.26) / (0.72 - 0.24)}
-    assert prohibited_verdict(row).startswith("lock holds: 96%")
-    assert prohibited_verdict({**row, "locked": 0.6, "advantage_removed": 0.25}).startswith("lock does NOT hold")
-    noise = {"victim": 0.960, "random_twin": 0.951, "locked": 0.94, "advantage_removed": 2.33}  # 0.9-point advantage
-    assert prohibited_verdict(noise).startswith("not measurable")

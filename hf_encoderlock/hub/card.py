@@ -4,6 +4,9 @@ The card is rendered from the repository's ``model_card_template.md`` (shipped i
 ``huggingface_hub.ModelCard.from_template``. Its YAML front matter carries an ``encoderlock:`` block (authorized and
 prohibited domains, variant, mask size, measured accuracies, SHA-256 of every weight file) that
 :func:`hf_encoderlock.hub.load_locked` parses back into an :class:`Authorization` and checks against the files.
+
+The card follows the Hub's standard sections (``huggingface_hub``'s ``modelcard_template.md``) and publishes no local
+path: ``base_model`` and ``datasets`` only name Hub ids, built-in and local domains are described in the text.
 """
 
 from __future__ import annotations
@@ -17,11 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .._files import CARD_FILE, CARD_FORMAT, LOCK_CONFIG_FILE, PRIVATE_FILES, REPORT_JSON
 from .._utils import as_finite_float, percent
-from ..data.domains import DomainSpec
+from ..data.domains import BUILTIN_DOMAINS, DomainSpec
 
 # The top-level model_card_template.md of the repository; the package ships it through a link (see setup.py).
 TEMPLATE_PATH = Path(__file__).parent / "model_card_template.md"
@@ -46,6 +50,19 @@ CITATION = """@inproceedings{ding2025probemenot,
 GATE_HEADING = "Acknowledge the prohibited uses of this encoder"
 GATE_BUTTON = "Agree and request access"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.:-]+$")  # "user/name" or "user/dataset:config"
+YAML_DECIMALS = 4  # measured fractions in the front matter: 0.283, never 0.28300000000000003
+MASK_SIGNIFICANT_DIGITS = 4  # a mask fraction is tiny (2.3e-07): rounded to significant digits, not decimals
+# The per-domain fields of the ``encoderlock: accuracy:`` block, as the report's table names them.
+ACCURACY_KEYS = ("role", "random_twin", "victim", "locked", "lock_own_head", "advantage_removed", "advantage_kept")
+# One line per built-in domain for the card's training-data section (the recipes of ``data/builtin.py``'s docstring;
+# kept here because the data layer has no per-domain description table).
+BUILTIN_DESCRIPTIONS = {
+    "mnist": "real handwritten digits (MNIST, 28x28 grey, padded to 32x32 RGB)",
+    "digits": "scikit-learn's 8x8 UCI optical digits upscaled to 32x32 (a low-resolution, USPS-like domain)",
+    "mnist-m": "MNIST digits blended with crops of natural photos (the MNIST-M recipe)",
+    "syn-digits": "digits rendered with TrueType fonts on varied backgrounds, with distractors (the SYN-Digits recipe)",
+    "letters": "ten upper-case letters rendered on varied backgrounds",
+}
 
 
 class LockVerificationError(RuntimeError):
@@ -79,19 +96,135 @@ def weight_hashes(folder: str | Path) -> dict[str, str]:
     return {name: sha256_file(Path(folder) / name) for name in weight_files(folder)}
 
 
+def _rounded(value: Any, decimals: int = YAML_DECIMALS) -> float | None:
+    """A measured fraction rounded for the card (``None`` when missing or not finite)."""
+    number = as_finite_float(value)
+    return None if number is None else round(number, decimals)
+
+
+def _significant(value: Any, digits: int = MASK_SIGNIFICANT_DIGITS) -> float | None:
+    """``value`` rounded to ``digits`` significant digits (``None`` when missing or not finite)."""
+    number = as_finite_float(value)
+    return None if number is None else float(f"{number:.{digits}g}")
+
+
+def _tidy(value: Any) -> Any:
+    """Floats (also inside lists and dicts) cut to 6 significant digits, so ``0.1 + 0.2`` shows as ``0.3``."""
+    if isinstance(value, float):
+        return value if not math.isfinite(value) else float(f"{value:.6g}")
+    if isinstance(value, dict):
+        return {k: _tidy(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_tidy(v) for v in value]
+    return value
+
+
+def _exists(name: str) -> bool:
+    try:
+        return Path(name).expanduser().exists()
+    except (OSError, ValueError):  # too long, a NUL byte, no home directory: not a path here
+        return False
+
+
+def _is_local_path(name: str) -> bool:
+    """Whether ``name`` reads as, or is, a path on this machine (such names are never published)."""
+    return (
+        name.startswith((".", "/", "~"))
+        or "\\" in name
+        or name.count("/") > 1
+        or Path(name).is_absolute()
+        or _exists(name)
+    )
+
+
+def is_hub_id(name: Any) -> bool:
+    """Whether ``name`` looks like a Hub repository id (``user/name``, a dataset's ``:config`` allowed) and is not
+    a path that exists here."""
+    return isinstance(name, str) and bool(_HUB_ID.match(name)) and not _is_local_path(name)
+
+
+def _public_name(name: str) -> str:
+    """``name``, or only its last component when it is a local path."""
+    if is_hub_id(name) or not _is_local_path(name):
+        return name
+    return re.split(r"[\\/]", name.rstrip("/\\"))[-1] or "local"
+
+
+def _spec_name(entry: Any) -> tuple[str, str | None] | None:
+    """``(name, config)`` of a domain recorded as a string or a ``DomainSpec`` dict; ``None`` for synthetic ones."""
+    if isinstance(entry, dict) and "zero_shot_generators" in entry:
+        return None
+    if isinstance(entry, dict) and "domain" in entry:  # unsupervised: the domain, whose labels were never read
+        return _spec_name(entry["domain"])
+    if isinstance(entry, dict):
+        return str(entry.get("name", "unknown")), entry.get("config")
+    return str(entry), None
+
+
 def _domain_name(entry: Any) -> str:
     """A short public name for a domain recorded as a string or a ``DomainSpec`` dict (no local paths)."""
     if isinstance(entry, dict) and "zero_shot_generators" in entry:  # zero-shot: synthetic data, no real domain
         return f"synthetic ({', '.join(map(str, entry['zero_shot_generators']))})"
-    if isinstance(entry, dict) and "domain" in entry:  # unsupervised: the domain, whose labels were never read
+    if isinstance(entry, dict) and "domain" in entry:
         return _domain_name(entry["domain"])
     if isinstance(entry, dict):
         try:
             entry = DomainSpec(**entry).display_name
         except Exception:  # a spec written by another version: fall back to its name
             entry = entry.get("name", "unknown")
-    text = str(entry)
-    return text if _HUB_ID.match(text) or "/" not in text else Path(text).name or text
+    return _public_name(str(entry))
+
+
+def _builtin(name: str) -> str | None:
+    """The canonical built-in domain ``name`` refers to (``"MNIST_M"`` -> ``"mnist-m"``), or ``None``."""
+    try:
+        display = DomainSpec(name=name).display_name
+    except Exception:  # not a valid spec name: not a built-in either
+        return None
+    return display if display in BUILTIN_DOMAINS else None
+
+
+def hub_dataset_id(entry: Any) -> str | None:
+    """The Hub dataset id (without its config) a recorded domain was loaded from; ``None`` for built-in, local and
+    synthetic domains."""
+    found = _spec_name(entry)
+    if found is None or _builtin(found[0]) is not None or not is_hub_id(found[0]):
+        return None
+    return found[0].split(":", 1)[0]
+
+
+def _split_dataset_name(name: str) -> tuple[str, str | None]:
+    """``("user/ds", "cfg")`` for a Hub display name ``"user/ds:cfg"``; ``(name, None)`` otherwise."""
+    if is_hub_id(name) and ":" in name:
+        dataset, config = name.split(":", 1)
+        return dataset, config
+    return name, None
+
+
+def describe_training_domain(entry: Any) -> dict[str, Any]:
+    """``{"name", "source", "hub_id"}`` of a recorded domain: where its images came from, in words (no paths)."""
+    name = _domain_name(entry)
+    unlabelled = ""
+    if isinstance(entry, dict) and "domain" in entry:
+        pseudo = entry.get("pseudo_labels")
+        unlabelled = f"; its labels were never read{f' (pseudo-labels: {pseudo})' if pseudo else ''}"
+    found = _spec_name(entry)
+    hub_id = hub_dataset_id(entry)
+    if found is None:
+        images = entry.get("images")
+        source = "synthetic images made by hf_encoderlock's zero-shot generators (no real prohibited data)"
+        source += f", {images} images" if images else ""
+    elif (builtin := _builtin(found[0])) is not None:
+        source = f"hf_encoderlock's built-in offline domain `{builtin}`: {BUILTIN_DESCRIPTIONS.get(builtin, builtin)}"
+    elif hub_id is not None:
+        config = found[1] or (found[0].split(":", 1)[1] if ":" in found[0] else None)
+        source = f"the Hub dataset [{hub_id}](https://huggingface.co/datasets/{hub_id})"
+        source += f" (config `{config}`)" if config else ""
+    elif _is_local_path(found[0]):
+        source = "a local dataset that is not published"
+    else:
+        source = "a dataset recorded by name only (not a Hub `user/name` id)"
+    return {"name": name, "source": source + unlabelled, "hub_id": hub_id}
 
 
 def find_report(folder: str | Path, lock: dict[str, Any]) -> dict[str, Any] | None:
@@ -134,6 +267,47 @@ def _head_results(report: dict[str, Any]) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: PROBE_HEADS.index(r["head"]) if r["head"] in PROBE_HEADS else len(PROBE_HEADS))
 
 
+def _recorded_results(folder: Path, hashes: dict[str, str]) -> dict[str, Any]:
+    """What the folder's current card measured, when it describes exactly these weights (a downloaded snapshot has
+    its card but not the ``report.json`` it was rendered from); ``{}`` otherwise."""
+    path = folder / CARD_FILE
+    if not path.is_file():
+        return {}
+    try:
+        data = ModelCard.load(path).data.to_dict()
+    except Exception:  # an unreadable card records nothing worth keeping
+        return {}
+    block = data.get(METADATA_KEY)
+    if not isinstance(block, dict) or block.get("weights") != hashes:
+        return {}
+    results, head_results = [], []
+    for domain, entry in (block.get("accuracy") or {}).items():
+        entry = entry if isinstance(entry, dict) else {}
+        row = {"domain": domain, **{k: entry[k] for k in ACCURACY_KEYS if k in entry}}
+        if entry.get("attacker_choice"):
+            row["attacker_choice_locked"] = entry["attacker_choice"]
+        results.append(row)
+        for head, measured in (entry.get("heads") or {}).items():
+            measured = measured if isinstance(measured, dict) else {}
+            head_results.append(
+                {
+                    "domain": domain,
+                    "head": head,
+                    "pooling": measured.get("pooling"),
+                    "accuracy": measured.get("accuracy"),
+                }
+            )
+    head_results.sort(key=lambda r: PROBE_HEADS.index(r["head"]) if r["head"] in PROBE_HEADS else len(PROBE_HEADS))
+    recorded: dict[str, Any] = {
+        "results": results,
+        "head_results": head_results,
+        "verdict": dict(block.get("verdict") or {}),
+        "probe_fraction": as_finite_float(block.get("probe_fraction")),
+    }
+    recorded.update({key: data[key] for key in ("license", "base_model") if isinstance(data.get(key), str)})
+    return recorded
+
+
 # ------------------------------------------------------------------------------------------------ card data
 @dataclass
 class EncoderLockCardData:
@@ -160,13 +334,17 @@ class EncoderLockCardData:
     license: str | None = None
     gated: bool = False
     prohibited_uses: list[str] = field(default_factory=list)
+    poolings: list[str] = field(default_factory=list)
+    datasets: list[str] = field(default_factory=list)
+    training_data: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
     def from_folder(
         cls, folder: str | Path, report: dict[str, Any] | None = None, **overrides: Any
     ) -> EncoderLockCardData:
         """Read ``encoderlock_config.json`` and hash the weights in ``folder``; ``report`` adds measured results
-        (default: a matching ``report.json`` in the folder or its parent)."""
+        (default: a matching ``report.json`` in the folder or its parent, else what the folder's current card
+        recorded for these same weights)."""
         folder = Path(folder)
         config_path = folder / LOCK_CONFIG_FILE
         if not config_path.is_file():
@@ -179,6 +357,12 @@ class EncoderLockCardData:
         if report is not None:
             authorized = list(report.get("authorized", authorized))
             prohibited = list(report.get("prohibited", prohibited))
+        training_data = [
+            {"role": role, **describe_training_domain(entry)}
+            for role in ("authorized", "prohibited")
+            for entry in lock.get(role, [])
+        ]
+        hashes = weight_hashes(folder)
         values: dict[str, Any] = dict(
             model_name=folder.resolve().name,
             authorized=authorized,
@@ -191,7 +375,10 @@ class EncoderLockCardData:
             best_round=lock.get("best_round"),
             seed=lock.get("seed"),
             versions=dict(lock.get("versions", {})),
-            weight_hashes=weight_hashes(folder),
+            weight_hashes=hashes,
+            poolings=[str(p) for p in lock.get("poolings") or []],
+            datasets=list(dict.fromkeys(d["hub_id"] for d in training_data if d["hub_id"])),
+            training_data=training_data,
         )
         if report is not None:
             values.update(
@@ -200,10 +387,18 @@ class EncoderLockCardData:
                 verdict=dict(report.get("verdict", {})),
                 probe_fraction=as_finite_float(report.get("fraction")),
             )
-            model = (report.get("experiment") or {}).get("model")
-            if isinstance(model, str) and _HUB_ID.match(model) and not Path(model).exists():
-                values["base_model"] = model
-        values.update(overrides)
+        else:
+            values.update(_recorded_results(folder, hashes))
+        # the caller's choice, the backbone's checkpoint, the experiment's model, the current card's: only a Hub id
+        # is published, never a local path
+        candidates = [
+            overrides.pop("base_model", None),
+            lock.get("base_model"),
+            ((report or {}).get("experiment") or {}).get("model"),
+            values.get("base_model"),
+        ]
+        values["base_model"] = next((c for c in candidates if is_hub_id(c) and ":" not in c), None)
+        values.update({k: v for k, v in overrides.items() if not (k == "license" and v is None)})
         if not values.get("prohibited_uses"):
             values["prohibited_uses"] = [
                 f"recognising or classifying images of the {d!r} domain" for d in values["prohibited"]
@@ -211,38 +406,43 @@ class EncoderLockCardData:
         return cls(**values)
 
     # --------------------------------------------------------------------------------------- metadata
+    def _accuracy_entry(self, row: dict[str, Any]) -> dict[str, Any]:
+        """One domain of the ``accuracy:`` block: rounded figures, the attacker's choice and each head kind."""
+        entry: dict[str, Any] = {
+            key: (_rounded(row[key]) if key != "role" else row[key]) for key in ACCURACY_KEYS if key in row
+        }
+        if row.get("attacker_choice_locked"):
+            entry["attacker_choice"] = row["attacker_choice_locked"]
+        heads = {
+            h["head"]: {"pooling": h.get("pooling"), "accuracy": _rounded(h.get("accuracy"))}
+            for h in self.head_results
+            if h["domain"] == row["domain"]
+        }
+        if heads:
+            entry["heads"] = heads
+        return entry
+
     def authorization_metadata(self) -> dict[str, Any]:
         """The ``encoderlock:`` block of the card's front matter."""
-        return {
+        metadata = {
             "format": CARD_FORMAT,
             "authorized": list(self.authorized),
             "prohibited": list(self.prohibited),
             "variant": self.variant,
             "objective": self.objective,
-            "mask_fraction": as_finite_float(self.mask.get("fraction")),
+            "poolings": list(self.poolings) or None,
+            "mask_fraction": _significant(self.mask.get("fraction")),
             "mask_count": self.mask.get("count"),
             "num_parameters": self.mask.get("num_parameters"),
             "rounds_completed": self.rounds_completed,
-            "probe_fraction": self.probe_fraction,
-            "accuracy": {
-                row["domain"]: {
-                    key: row.get(key)
-                    for key in (
-                        "role",
-                        "random_twin",
-                        "victim",
-                        "locked",
-                        "lock_own_head",
-                        "advantage_removed",
-                        "advantage_kept",
-                    )
-                    if key in row
-                }
-                for row in self.results
-            },
+            "probe_fraction": _rounded(self.probe_fraction),
+            "accuracy": {row["domain"]: self._accuracy_entry(row) for row in self.results},
             "hash_algorithm": HASH_ALGORITHM,
             "weights": dict(self.weight_hashes),
         }
+        if self.verdict:
+            metadata["verdict"] = dict(self.verdict)
+        return metadata
 
     def gating_metadata(self) -> dict[str, Any]:
         """``extra_gated_*`` keys asking each requester to acknowledge the prohibited uses (empty when not gated)."""
@@ -277,32 +477,42 @@ class EncoderLockCardData:
             entries += [
                 (f"fresh {h['head']} probe", h["accuracy"]) for h in self.head_results if h["domain"] == row["domain"]
             ]
+            dataset_type, dataset_config = _split_dataset_name(row["domain"])
             for head, value in entries:
+                value = _rounded(value)
                 if value is None:
                     continue
                 results.append(
                     EvalResult(
                         task_type="image-classification",
                         task_name=f"Probing ({row.get('role') or 'other'} domain)",
-                        dataset_type=row["domain"],
+                        dataset_type=dataset_type,
                         dataset_name=row["domain"],
+                        dataset_config=dataset_config,
                         dataset_split=split,
                         metric_type="accuracy",
                         metric_name=f"{head} accuracy",
-                        metric_value=round(value, 6),
+                        metric_value=value,
                     )
                 )
         return results
+
+    @property
+    def card_name(self) -> str:
+        """The name the Hub shows for the model (``model-index``): the repository id once it is known."""
+        return self.repo_id or self.model_name
 
     def to_model_card_data(self):
         """A ``huggingface_hub.ModelCardData`` with the standard keys, ``model-index``, gating and ``encoderlock:``."""
         eval_results = self.eval_results()
         return ModelCardData(
-            model_name=self.model_name,
+            model_name=self.card_name,
             library_name="transformers",
             pipeline_tag="image-feature-extraction",
             license=self.license,
             base_model=self.base_model,
+            datasets=list(self.datasets) or None,
+            metrics=["accuracy"] if eval_results else None,
             tags=list(CARD_TAGS),
             eval_results=eval_results or None,
             **self.gating_metadata(),
@@ -312,23 +522,31 @@ class EncoderLockCardData:
     def template_context(self) -> dict[str, Any]:
         """Values the Jinja template reads (percentages already formatted)."""
         mask = self.mask
+        fraction = as_finite_float(mask.get("fraction"))
         return {
             "model_name": self.model_name,
-            "repo_id": self.repo_id or self.model_name,
+            "repo_id": self.card_name,
+            "repo_url": f"https://huggingface.co/{self.repo_id}" if self.repo_id else None,
+            "base_model": self.base_model,
+            "license": self.license,
             "authorized": self.authorized,
             "prohibited": self.prohibited,
             "variant": self.variant,
             "objective": self.objective or "n/a",
+            "poolings": self.poolings,
+            "poolings_text": ", ".join(f"`{p}`" for p in self.poolings) or "not recorded",
+            "training_data": self.training_data,
             "mask_count": mask.get("count", "n/a"),
             "mask_total": mask.get("num_parameters", "n/a"),
+            # positional, three significant digits: "0.115%", "0.000023%" (never "0.0000%" or "2.3e-05%")
             "mask_percent": "n/a"
-            if as_finite_float(mask.get("fraction")) is None
-            else f"{100 * mask['fraction']:.4f}%",
+            if fraction is None
+            else f"{np.format_float_positional(_significant(100 * fraction, 3), trim='-')}%",
             "mask_layers": mask.get("per_layer", {}),
             "rounds_completed": self.rounds_completed,
             "best_round": self.best_round,
             "seed": self.seed,
-            "hyperparameters": {k: json.dumps(v) for k, v in sorted(self.hyperparameters.items())},
+            "hyperparameters": {k: json.dumps(_tidy(v)) for k, v in sorted(self.hyperparameters.items())},
             "results": [
                 {
                     "domain": row["domain"],
@@ -374,10 +592,20 @@ def render_model_card(card_data: EncoderLockCardData, template_path: str | Path 
     )
 
 
-def write_model_card(output_dir: str | Path, report: dict[str, Any] | None = None, **overrides: Any) -> Path:
-    """Render the card of the locked folder ``output_dir`` and save it as ``README.md`` there."""
-    card = render_model_card(EncoderLockCardData.from_folder(output_dir, report=report, **overrides))
+def write_model_card(
+    output_dir: str | Path, report: dict[str, Any] | None = None, license: str | None = None, **overrides: Any
+) -> Path:
+    """Render the card of the locked folder ``output_dir`` and save it as ``README.md`` there.
+
+    ``license`` is a Hub license id (``"apache-2.0"``, ``"mit"``, ``"other"`` ...; default: the one the folder's
+    card already declares for these weights, else none); other keywords override :class:`EncoderLockCardData`
+    fields (``repo_id``, ``gated``, ``model_name``, ``prohibited_uses`` ...).
+    """
+    data = EncoderLockCardData.from_folder(output_dir, report=report, license=license, **overrides)
+    card = render_model_card(data)
     path = Path(output_dir) / CARD_FILE
+    if path.is_symlink():  # a Hub cache snapshot links to a shared blob: replace the link, never write through it
+        path.unlink()
     card.save(path)
     return path
 
@@ -396,6 +624,7 @@ class Authorization:
     weights: dict[str, str]
     accuracy: dict[str, dict[str, Any]] = field(default_factory=dict)
     format: str = CARD_FORMAT
+    poolings: tuple[str, ...] = ()
 
     @classmethod
     def from_metadata(cls, metadata: dict[str, Any] | None) -> Authorization:
@@ -417,6 +646,7 @@ class Authorization:
             weights=dict(metadata["weights"]),
             accuracy=dict(metadata.get("accuracy") or {}),
             format=str(metadata.get("format", CARD_FORMAT)),
+            poolings=tuple(metadata.get("poolings") or ()),
         )
 
     @classmethod
@@ -432,9 +662,11 @@ class Authorization:
         return cls.from_metadata(card.data.to_dict().get(METADATA_KEY))
 
     def is_prohibited(self, domain: str) -> bool:
+        """Whether the card names ``domain`` as prohibited."""
         return domain in self.prohibited
 
     def is_authorized(self, domain: str) -> bool:
+        """Whether the card names ``domain`` as authorized."""
         return domain in self.authorized
 
     def verify(self, folder: str | Path) -> None:

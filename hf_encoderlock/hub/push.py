@@ -4,7 +4,8 @@
   block and optional gating), creates the repository, gates it when asked and uploads the encoder, its image
   processor, ``encoderlock_config.json`` and the card in one commit.
 - :func:`load_locked` downloads (or opens) a locked encoder, checks the SHA-256 of every weight file against the
-  card and returns the encoder adapter, its image processor and the parsed :class:`Authorization`.
+  card and returns the encoder adapter, its image processor and the parsed :class:`Authorization`;
+  :class:`hf_encoderlock.hub.LockedEncoder` wraps the same loading path (:func:`open_locked`) in one object.
 
 Any Hub-compatible server works: the ``huggingface_hub`` client honours ``HF_ENDPOINT``.
 """
@@ -12,9 +13,10 @@ Any Hub-compatible server works: the ``huggingface_hub`` client honours ``HF_END
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from huggingface_hub import HfApi, snapshot_download
+from torch import nn
 
 from .._files import CARD_FILE, LOCK_CONFIG_FILE, MASK_FILE, MODEL_CONFIG_FILE, PRIVATE_FILES
 from ..encoders import EncoderAdapter
@@ -27,9 +29,19 @@ PUSH_IGNORE_PATTERNS = ("*/*", ".*", *PRIVATE_FILES)  # top-level files only; no
 __all__ = [
     "Authorization",
     "LockVerificationError",
+    "OpenedLock",
     "load_locked",
+    "open_locked",
     "push_locked_to_hub",
 ]
+
+
+class OpenedLock(NamedTuple):
+    """A verified locked encoder: its local folder (a Hub snapshot or the given folder), adapter and authorization."""
+
+    folder: Path
+    encoder: EncoderAdapter
+    authorization: Authorization
 
 
 def _gating_mode(gated: bool | str) -> str | None:
@@ -61,17 +73,19 @@ def push_locked_to_hub(
     revision: str | None = None,
     report: dict[str, Any] | None = None,
     include_mask: bool = False,
+    license: str | None = None,
 ) -> Any:
     """Push a locked encoder folder to ``repo_id``; returns the ``CommitInfo``.
 
-    The card is rendered again first (with this ``repo_id`` and the gating choice) so that it always matches the
-    weights being uploaded. ``gated`` is ``True`` (= ``"auto"``), ``"auto"``, ``"manual"`` or ``False``; the gate is
-    set before any file is uploaded. The lock's mask (which weights changed) stays local unless ``include_mask``.
+    The card is rendered again first (with this ``repo_id``, the gating choice and ``license``, a Hub license id)
+    so that it always matches the weights being uploaded. ``gated`` is ``True`` (= ``"auto"``), ``"auto"``,
+    ``"manual"`` or ``False``; the gate is set before any file is uploaded. The lock's mask (which weights changed)
+    stays local unless ``include_mask``.
     """
     folder = Path(folder)
     _check_locked_folder(folder)
     mode = _gating_mode(gated)
-    write_model_card(folder, report=report, repo_id=repo_id, gated=mode is not None)
+    write_model_card(folder, report=report, repo_id=repo_id, gated=mode is not None, license=license)
     api = HfApi(token=token)
     api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
     if mode is not None:
@@ -87,18 +101,20 @@ def push_locked_to_hub(
     )
 
 
-def load_locked(
+def open_locked(
     repo_id_or_path: str | Path,
     revision: str | None = None,
     token: str | None = None,
     *,
     cache_dir: str | Path | None = None,
     pooling: str = "auto",
-) -> tuple[EncoderAdapter, Any, Authorization]:
-    """``(encoder adapter, image processor, Authorization)`` of a locked encoder on the Hub or in a folder.
+    model: nn.Module | None = None,
+) -> OpenedLock:
+    """Download (or open) a locked encoder and load it only once every weight file's SHA-256 matches its card.
 
-    The weights are loaded only after every weight file's SHA-256 matches the card's ``encoderlock:`` block;
-    :class:`LockVerificationError` otherwise (also when the card or the block is missing).
+    The one loading path behind :func:`load_locked` and ``LockedEncoder.from_pretrained``. Raises
+    :class:`LockVerificationError` when the card, its ``encoderlock:`` block or a declared hash does not match;
+    ``model`` is needed for a folder saved from a plain torch module (see ``EncoderAdapter.from_pretrained``).
     """
     local = Path(repo_id_or_path)
     if local.is_dir():
@@ -111,6 +127,24 @@ def load_locked(
         )
     authorization = Authorization.from_card(folder / CARD_FILE)
     authorization.verify(folder)
-    adapter = EncoderAdapter.from_pretrained(folder, pooling=pooling)
+    adapter = EncoderAdapter.from_pretrained(folder, pooling=pooling, model=model)
     adapter.name = str(repo_id_or_path)
-    return adapter, adapter.image_processor, authorization
+    return OpenedLock(folder, adapter, authorization)
+
+
+def load_locked(
+    repo_id_or_path: str | Path,
+    revision: str | None = None,
+    token: str | None = None,
+    *,
+    cache_dir: str | Path | None = None,
+    pooling: str = "auto",
+    model: nn.Module | None = None,
+) -> tuple[EncoderAdapter, Any, Authorization]:
+    """``(encoder adapter, image processor, Authorization)`` of a locked encoder on the Hub or in a folder.
+
+    The weights are loaded only after every weight file's SHA-256 matches the card's ``encoderlock:`` block;
+    :class:`LockVerificationError` otherwise (also when the card or the block is missing).
+    """
+    opened = open_locked(repo_id_or_path, revision, token, cache_dir=cache_dir, pooling=pooling, model=model)
+    return opened.encoder, opened.encoder.image_processor, opened.authorization

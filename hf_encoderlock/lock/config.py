@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from transformers import TrainingArguments
 
+from .._files import LOCK_CONFIG_FILE
 from ..probing.heads import GRADIENT_KINDS
 from .objectives import OBJECTIVES, InformationTermsConfig
 from .selection import SCORE_FUNCTIONS
@@ -343,6 +347,22 @@ class EncoderLockConfig(TrainingArguments):
     def reference(cls, **overrides: Any) -> EncoderLockConfig:
         """The research code's reference hyper-parameters (N=100, M=1, alpha=1e3, update lr 1e-2, ...)."""
         return cls(**{**REFERENCE_PRESET, **overrides})
+
+    @classmethod
+    def from_pretrained(cls, locked: str | os.PathLike, **overrides: Any) -> EncoderLockConfig:
+        """The settings a locked encoder folder was made with (its ``encoderlock_config.json``), to rerun the lock
+        the same way; ``overrides`` (e.g. ``output_dir``) win."""
+        path = Path(locked) / LOCK_CONFIG_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"{locked} holds no {LOCK_CONFIG_FILE}: it is not a locked encoder folder")
+        summary = json.loads(path.read_text(encoding="utf-8"))
+        saved = dict(summary.get("hyperparameters", {}))
+        known = {name for name, spec in cls.__dataclass_fields__.items() if spec.init}
+        values = {name: value for name, value in saved.items() if name in known}
+        for key in ("variant", "seed"):  # also recorded at the top level of encoderlock_config.json
+            if key in summary:
+                values[key] = summary[key]
+        return cls(**{**values, **overrides})
 
     def lock_hyperparameters(self) -> dict[str, Any]:
         """The lock-specific fields (not the generic Trainer ones), for ``encoderlock_config.json``."""

@@ -22,8 +22,7 @@ from hf_encoderlock.probing.attacks import (
     prepare_attack,
     run_attack_suite,
 )
-
-from .helpers import toy_domain
+from tests.helpers import toy_domain
 
 
 def _config(**overrides) -> AttackConfig:

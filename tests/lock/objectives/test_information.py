@@ -1,4 +1,4 @@
-"""Lock objectives: the information measures' math on toy features, masked gradients, a tiny end-to-end lock."""
+"""The information objective: its measures' math on toy features, masked gradients, a tiny end-to-end lock."""
 
 import pytest
 import torch
@@ -17,9 +17,7 @@ from hf_encoderlock.lock.objectives.information import (
     standardize,
 )
 from hf_encoderlock.lock.trainer import EncoderLockTrainer
-from hf_encoderlock.probing.heads import HeadTrainingConfig, best_head, train_heads
-
-from .helpers import toy_domain
+from tests.helpers import FRESH_PROBE_LOCK, fresh_probe_sets, lock_between_fresh_probes, toy_domain
 
 MEASURES = {
     "r2": lambda z, y: ridge_r2(z, y, ridge=1e-2),
@@ -121,88 +119,17 @@ def test_information_gradients_reach_only_selected_weights():
     guard.remove()
 
 
-def _fresh_probe_accuracy(trainer: EncoderLockTrainer, train, test) -> float:
-    features_train, features_test = trainer.encode(train), trainer.encode(test)
-    heads = train_heads(
-        features_train,
-        train.labels,
-        features_test,
-        test.labels,
-        kind="linear",
-        lrs=(3e-2,),
-        weight_decays=(0.0,),
-        seeds=(0,),
-        hidden=(32,),
-        num_classes=train.num_classes,
-        config=HeadTrainingConfig(epochs=150),
-    )
-    return best_head(heads).val_accuracy
-
-
-def lock_between_fresh_probes(trainer: EncoderLockTrainer, probe_sets) -> tuple[float, float, float, float]:
-    """Fresh-probe accuracy (prohibited, authorized) before the lock, train the lock, then the same after it."""
-
-    def probe() -> tuple[float, float]:
-        return (
-            _fresh_probe_accuracy(trainer, probe_sets["p_train"], probe_sets["p_test"]),
-            _fresh_probe_accuracy(trainer, probe_sets["a_train"], probe_sets["a_test"]),
-        )
-
-    before = probe()
-    trainer.train()
-    return (*before, *probe())
-
-
-def test_tiny_lock_makes_fresh_probe_fail_on_prohibited_and_keeps_authorized(tmp_path):
+def test_tiny_lock_makes_fresh_probe_fail_on_prohibited_and_keeps_authorized(tiny_lock_config):
     torch.manual_seed(0)
     encoder = tiny_vit_encoder(seed=0, image_size=16, patch_size=4)
     authorized, prohibited = toy_domain(96, 0, "red"), toy_domain(96, 1, "green")
-    probe_sets = {
-        key: preprocess_domain(encoder, toy_domain(60, seed, style), key)
-        for key, seed, style in (
-            ("a_train", 10, "red"),
-            ("a_test", 11, "red"),
-            ("p_train", 12, "green"),
-            ("p_test", 13, "green"),
-        )
-    }
-    args = EncoderLockConfig(
-        output_dir=str(tmp_path / "run"),
-        objective="information",
-        num_rounds=6,
-        update_steps_per_round=10,
-        weights_per_round=300,
-        layers_per_round=3,
-        per_device_train_batch_size=64,
-        score_batches=1,
-        challenge_every=0,
-        adversary_epochs=20,
-        adversary_seeds=1,
-        adversary_kinds=["linear"],
-        best_model_criterion="last",
-        use_cpu=True,
-        report_to="none",
-        seed=0,
-        disable_tqdm=True,
-        logging_steps=100,
-    )
+    probe_sets = fresh_probe_sets(encoder)
+    args = tiny_lock_config(preset=FRESH_PROBE_LOCK, objective="information")
     trainer = EncoderLockTrainer(encoder, args, authorized, prohibited, "red", "green")
     before_p, before_a, after_p, after_a = lock_between_fresh_probes(trainer, probe_sets)
     assert before_p > 0.9 and before_a > 0.9
     assert after_p < before_p - 0.3
     assert after_a > before_a - 0.1
-
-
-def test_combined_authorized_domains_keep_each_domains_classes_apart():
-    from hf_encoderlock.data.lock_tensors import combine_labelled_domains
-
-    combined = combine_labelled_domains(
-        {"red": toy_domain(6, 0, "red"), "green": toy_domain(4, 1, "green", num_classes=2)}
-    )
-    assert combined.features["label"].names == ["red/c0", "red/c1", "red/c2", "green/c0", "green/c1"]
-    assert combined["label"] == [0, 1, 2, 0, 1, 2, 3, 4, 3, 4]
-    single = toy_domain(5, 0, "red")
-    assert combine_labelled_domains({"red": single}) is single
 
 
 def test_feature_preservation_term_uses_the_unlocked_encoders_features():
@@ -217,17 +144,3 @@ def test_feature_preservation_term_uses_the_unlocked_encoders_features():
     with pytest.raises(ValueError, match="unlocked"):
         objective.terms(a, labels, a, labels, heads)
     assert not InformationObjective().uses_reference_features and not PaperObjective().uses_reference_features
-
-
-def test_prohibited_poolings_concatenate_features_from_one_pass(tmp_path):
-    base = dict(output_dir=str(tmp_path / "run"), use_cpu=True, report_to="none", per_device_train_batch_size=8)
-    with pytest.raises(ValueError, match="prohibited_poolings"):
-        EncoderLockConfig(prohibited_poolings=["cls", "mean"], **base)
-    encoder = tiny_vit_encoder(seed=0, image_size=16, patch_size=4)
-    args = EncoderLockConfig(objective="information", prohibited_poolings=["cls", "mean"], **base)
-    trainer = EncoderLockTrainer(encoder, args, toy_domain(30, 0, "red"), toy_domain(30, 1, "green"), "red", "green")
-    pixels = torch.cat([trainer.lock_authorized.pixel_values[:3], trainer.lock_prohibited.pixel_values[:5]])
-    a_features, p_features = trainer._lock_features(encoder, pixels, 3)
-    dim = encoder(pixels[:1]).shape[1]
-    assert a_features.shape == (3, dim) and p_features.shape == (5, 2 * dim)
-    assert torch.allclose(p_features[:, dim:], encoder.features(pixels[3:], "mean"), atol=1e-5)

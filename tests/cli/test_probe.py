@@ -6,44 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
-from datasets import ClassLabel, Dataset, DatasetDict, Features
-from datasets import Image as ImageFeature
-from PIL import Image
 
 from hf_encoderlock.cli.main import build_parser, main
-from hf_encoderlock.encoders import tiny_vit_encoder
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 FAST = ["--fractions", "0.5", "1", "--seeds", "0", "1", "--epochs", "3", "--threads", "1", "--quiet"]
-
-
-@pytest.fixture(scope="module")
-def encoder_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("encoder")
-    tiny_vit_encoder(seed=3).save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def domain_dir(tmp_path_factory):
-    """A tiny saved DatasetDict: class c is a bright colour channel on noise."""
-    rng = np.random.default_rng(0)
-    features = Features({"image": ImageFeature(), "label": ClassLabel(names=["red", "green", "blue"])})
-
-    def split(n):
-        images, labels = [], []
-        for i in range(n):
-            pixels = rng.integers(0, 60, (32, 32, 3)).astype(np.uint8)
-            pixels[:, :, i % 3] += 150
-            images.append(Image.fromarray(pixels))
-            labels.append(i % 3)
-        return Dataset.from_dict({"image": images, "label": labels}, features=features)
-
-    folder = tmp_path_factory.mktemp("domains") / "colours"
-    DatasetDict(train=split(45), test=split(21)).save_to_disk(str(folder))
-    return folder
 
 
 def _check_outputs(out: Path, domains: list[str], twin: bool) -> dict:
@@ -111,37 +79,3 @@ def test_cli_bad_encoder_and_arguments(domain_dir, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:  # --encoder and --victim are exclusive
         build_parser().parse_args(["probe", "--encoder", "x", "--victim", "--domains", "d", "--out", "o"])
     assert exit_info.value.code == 2
-
-
-def test_cli_attack_writes_the_fine_tuning_report(encoder_dir, domain_dir, tmp_path, capsys):
-    out = tmp_path / "attack"
-    code = main(
-        [
-            "attack",
-            "--encoder",
-            str(encoder_dir),
-            "--domains",
-            str(domain_dir),
-            "--prohibited",
-            "colours",
-            "--out",
-            str(out),
-            "--attacks",
-            "lora",
-            "--fractions",
-            "1",
-            "--seeds",
-            "0",
-            "--epochs",
-            "1",
-            "--threads",
-            "1",
-            "--quiet",
-        ]
-    )
-    assert code == 0
-    data = json.loads((out / "attack_report.json").read_text())
-    assert {score["attack"] for score in data["scores"]} == {"lora", "scratch"}
-    assert all(0.0 <= acc <= 1.0 for score in data["scores"] for acc in score["test_accuracy"])
-    assert (out / "attack_report.png").read_bytes()[:4] == b"\x89PNG"
-    assert "lora" in capsys.readouterr().out

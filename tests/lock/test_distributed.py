@@ -12,40 +12,18 @@ import pytest
 import torch
 
 from hf_encoderlock.encoders import tiny_vit_encoder
-from hf_encoderlock.lock.config import EncoderLockConfig
 from hf_encoderlock.lock.objectives import PaperObjective
 from hf_encoderlock.lock.trainer import EncoderLockTrainer
-
-from .helpers import toy_domain
+from tests.helpers import TINY_LOCK, make_lock_config, toy_domain
 
 WORLD = 2
 PER_DEVICE = 6  # global batch 12 on two ranks
 
 
-def _config(output_dir: str, **overrides: Any) -> EncoderLockConfig:
-    values: dict[str, Any] = dict(
-        output_dir=output_dir,
-        num_rounds=2,
-        update_steps_per_round=3,
-        weights_per_round=15,
-        layers_per_round=2,
-        per_device_train_batch_size=PER_DEVICE,
-        score_batches=2,
-        challenge_every=1,
-        adversary_epochs=3,
-        adversary_seeds=1,
-        adversary_kinds=["linear"],
-        adversary_learning_rates=[1e-2],
-        best_model_criterion="last",
-        logging_steps=1,
-        use_cpu=True,
-        report_to="none",
-        seed=3,
-        disable_tqdm=True,
-        save_strategy="no",
-    )
-    values.update(overrides)
-    return EncoderLockConfig(**values)
+#: The tiny lock on each rank: per-device batch 6, the last round's encoder kept, no checkpoints.
+RANK_LOCK: dict[str, Any] = dict(
+    TINY_LOCK, per_device_train_batch_size=PER_DEVICE, best_model_criterion="last", save_strategy="no"
+)
 
 
 def _lock(output_dir: str, objective_override: Any = None, **overrides: Any) -> dict[str, Any]:
@@ -53,7 +31,7 @@ def _lock(output_dir: str, objective_override: Any = None, **overrides: Any) -> 
     encoder = tiny_vit_encoder(seed=0, image_size=16, patch_size=4)
     trainer = EncoderLockTrainer(
         encoder,
-        _config(output_dir, **overrides),
+        make_lock_config(output_dir, RANK_LOCK, **overrides),
         toy_domain(48, 0, "red"),
         toy_domain(48, 1, "green"),
         "red",
@@ -222,7 +200,7 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path):
 
 @pytest.mark.parametrize("engine", ["FSDP", "DEEPSPEED"])
 def test_sharded_engines_fail_early(tmp_path, monkeypatch, engine):
-    args = _config(str(tmp_path))
+    args = make_lock_config(str(tmp_path), RANK_LOCK)
     monkeypatch.setenv(f"ACCELERATE_USE_{engine}", "true")  # what `accelerate launch` with such a config sets
     with pytest.raises(NotImplementedError, match=f"(?i)does not support {engine}"):
         EncoderLockTrainer(tiny_vit_encoder(seed=0, image_size=16, patch_size=4), args, None, None)
@@ -230,4 +208,9 @@ def test_sharded_engines_fail_early(tmp_path, monkeypatch, engine):
 
 def test_fsdp_argument_fails_early(tmp_path):
     with pytest.raises(NotImplementedError, match="does not support FSDP.*DDP"):
-        EncoderLockTrainer(tiny_vit_encoder(image_size=16, patch_size=4), _config(str(tmp_path), fsdp=True), None, None)
+        EncoderLockTrainer(
+            tiny_vit_encoder(image_size=16, patch_size=4),
+            make_lock_config(str(tmp_path), RANK_LOCK, fsdp=True),
+            None,
+            None,
+        )

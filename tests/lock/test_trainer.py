@@ -1,59 +1,18 @@
-"""EncoderLockTrainer on a tiny ViT: exact masked updates, logging, saving, config round trips."""
+"""EncoderLockTrainer on a tiny ViT: exact masked updates, logging, saving, resuming, non-finite losses."""
 
 import json
 
 import pytest
 import torch
-import yaml
-from transformers import AutoImageProcessor, AutoModel, HfArgumentParser, TrainerCallback
+from transformers import AutoImageProcessor, AutoModel, TrainerCallback
 
 from hf_encoderlock.data.lock_tensors import LockDataError
 from hf_encoderlock.encoders import tiny_vit_encoder
 from hf_encoderlock.lock.config import EncoderLockConfig
-from hf_encoderlock.lock.objectives import LockHeads, PaperObjective
+from hf_encoderlock.lock.objectives import PaperObjective
 from hf_encoderlock.lock.selection import load_mask
 from hf_encoderlock.lock.trainer import LOCK_CONFIG_FILE, MASK_FILE, EncoderLockTrainer, NonFiniteLossError
-
-from .helpers import toy_domain
-
-
-def _config(tmp_path, **overrides) -> EncoderLockConfig:
-    values = dict(
-        output_dir=str(tmp_path / "run"),
-        num_rounds=2,
-        update_steps_per_round=3,
-        weights_per_round=15,
-        layers_per_round=2,
-        per_device_train_batch_size=12,
-        score_batches=2,
-        challenge_every=1,
-        adversary_epochs=3,
-        adversary_seeds=1,
-        adversary_kinds=["linear"],
-        adversary_learning_rates=[1e-2],
-        logging_steps=1,
-        use_cpu=True,
-        report_to="none",
-        seed=3,
-        disable_tqdm=True,
-    )
-    values.update(overrides)
-    return EncoderLockConfig(**values)
-
-
-@pytest.fixture(scope="module")
-def domains():
-    return toy_domain(48, 0, "red"), toy_domain(48, 1, "green"), toy_domain(15, 2, "red"), toy_domain(15, 3, "green")
-
-
-def _trainer(tmp_path, domains, **overrides):
-    encoder = tiny_vit_encoder(seed=0, image_size=16, patch_size=4)
-    authorized, prohibited, eval_a, eval_p = domains
-    args = _config(tmp_path, **overrides)
-    trainer = EncoderLockTrainer(
-        encoder, args, authorized, prohibited, "red", "green", eval_dataset={"authorized": eval_a, "prohibited": eval_p}
-    )
-    return encoder, trainer
+from tests.helpers import toy_domain
 
 
 @pytest.mark.parametrize(
@@ -64,8 +23,8 @@ def _trainer(tmp_path, domains, **overrides):
     ],
     ids=["adamw-clip-accumulate", "bf16"],
 )
-def test_only_selected_entries_change(tmp_path, domains, overrides):
-    encoder, trainer = _trainer(tmp_path, domains, best_model_criterion="last", **overrides)
+def test_only_selected_entries_change(tiny_trainer, overrides):
+    encoder, trainer = tiny_trainer(best_model_criterion="last", **overrides)
     before = {name: p.detach().clone() for name, p in encoder.named_parameters()}
     trainer.train()
     mask = trainer.mask
@@ -82,8 +41,8 @@ def test_only_selected_entries_change(tmp_path, domains, overrides):
     assert changed == mask_size
 
 
-def test_logs_rounds_and_saves_a_loadable_encoder(tmp_path, domains):
-    encoder, trainer = _trainer(tmp_path, domains)
+def test_logs_rounds_and_saves_a_loadable_encoder(tmp_path, tiny_trainer):
+    encoder, trainer = tiny_trainer()
     trainer.train()
     logged = [entry for entry in trainer.state.log_history if "lock/mask_size" in entry]
     assert [int(float(e["lock/mask_size"])) for e in logged] == [15, 30]
@@ -106,58 +65,20 @@ def test_logs_rounds_and_saves_a_loadable_encoder(tmp_path, domains):
         assert torch.equal(reloaded.state_dict()[name], value), name
 
 
-def test_paper_objective_decreases_on_a_toy_problem():
-    torch.manual_seed(0)
-    features = torch.nn.Parameter(torch.randn(32, 8))
-    labels = torch.arange(32) % 4
-    heads = LockHeads(authorized=torch.nn.Linear(8, 4), adversary=torch.nn.Linear(8, 4))
-    heads.authorized.requires_grad_(False)
-    heads.adversary.requires_grad_(False)
-    objective = PaperObjective(alpha=1e3)
-    optimizer = torch.optim.Adam([features], lr=0.05)
-    start = objective.terms(features[:16], labels[:16], features[16:], labels[16:], heads)
-    for _ in range(30):
-        terms = objective.terms(features[:16], labels[:16], features[16:], labels[16:], heads)
-        optimizer.zero_grad()
-        terms.total.backward()
-        optimizer.step()
-    final = objective.terms(features[:16], labels[:16], features[16:], labels[16:], heads)
-    assert float(final.total) < float(start.total) - 1.0
-    assert float(final.authorized) < float(start.authorized)  # the authorized task's loss goes down
-    assert float(final.prohibited) > float(start.prohibited)  # the adversary's loss is pushed up
-
-
-def test_config_yaml_round_trip_and_reference_preset(tmp_path):
-    path = tmp_path / "lock.yaml"
-    path.write_text(yaml.safe_dump({"output_dir": str(tmp_path), "num_rounds": 4, "adversary_kinds": ["mlp"]}))
-    (config,) = HfArgumentParser(EncoderLockConfig).parse_yaml_file(str(path))
-    assert config.num_rounds == 4 and config.adversary_kinds == ["mlp"]
-    assert config.max_steps == 4 * config.update_steps_per_round
-    reference = EncoderLockConfig.reference(output_dir=str(tmp_path))
-    assert (reference.weights_per_round, reference.layers_per_round, reference.alpha, reference.learning_rate) == (
-        100,
-        1,
-        1e3,
-        1e-2,
-    )
-    with pytest.raises(ValueError, match="num_rounds"):
-        EncoderLockConfig(output_dir=str(tmp_path), num_rounds=0)
-
-
-def test_identical_domains_are_refused(tmp_path, domains):
-    authorized = domains[0]
+def test_identical_domains_are_refused(toy_domains, tiny_lock_config):
+    authorized = toy_domains[0]
     with pytest.raises(LockDataError, match="identical"):
-        EncoderLockTrainer(tiny_vit_encoder(image_size=16, patch_size=4), _config(tmp_path), authorized, authorized)
+        EncoderLockTrainer(tiny_vit_encoder(image_size=16, patch_size=4), tiny_lock_config(), authorized, authorized)
 
 
-def test_mask_is_checkpointed_and_restored_on_resume(tmp_path, domains):
-    encoder, trainer = _trainer(tmp_path, domains, save_strategy="steps", save_steps=3, best_model_criterion="last")
+def test_mask_is_checkpointed_and_restored_on_resume(tmp_path, tiny_trainer):
+    encoder, trainer = tiny_trainer(save_strategy="steps", save_steps=3, best_model_criterion="last")
     trainer.train()
     checkpoint = tmp_path / "run" / "checkpoint-3"
     saved = load_mask(checkpoint / MASK_FILE)
     assert sum(int(m.sum()) for m in saved.values()) == 15
 
-    resumed_encoder, resumed = _trainer(tmp_path, domains, save_strategy="no", best_model_criterion="last")
+    resumed_encoder, resumed = tiny_trainer(save_strategy="no", best_model_criterion="last")
     resumed._load_from_checkpoint(str(checkpoint))
     saved_weights = AutoModel.from_pretrained(checkpoint).state_dict()
     for name, value in resumed_encoder.backbone.state_dict().items():
@@ -173,10 +94,10 @@ def _files(folder):
     return {path.name: path.read_bytes() for path in folder.iterdir() if path.is_file()}
 
 
-def test_interrupted_save_leaves_no_folder_that_looks_complete(tmp_path, domains, monkeypatch):
+def test_interrupted_save_leaves_no_folder_that_looks_complete(tmp_path, tiny_trainer, monkeypatch):
     import hf_encoderlock.lock.trainer as trainer_module
 
-    _, trainer = _trainer(tmp_path, domains)
+    _, trainer = tiny_trainer()
     out = tmp_path / "locked"
     trainer.save_model(str(out))
     (out / "checkpoint-1").mkdir()
@@ -218,7 +139,7 @@ class _StopAt(TrainerCallback):
     [("paper", 3), ("information", 2)],
     ids=["paper-mid-round-end-of-epoch", "information-round-start-mid-epoch"],
 )
-def test_killed_run_resumes_to_the_same_mask_and_bit_identical_weights(tmp_path, domains, objective, stop_step):
+def test_killed_run_resumes_to_the_same_mask_and_bit_identical_weights(tmp_path, tiny_trainer, objective, stop_step):
     """Mid-round (paper): the heads must come from the checkpoint; at a round start (information): the
     objective's normalisation reference must. Each epoch is 3 steps, so both data-skipping paths are covered."""
     config = dict(
@@ -230,16 +151,16 @@ def test_killed_run_resumes_to_the_same_mask_and_bit_identical_weights(tmp_path,
         objective=objective,
         best_model_criterion="gap",
     )
-    whole_encoder, whole = _trainer(tmp_path / "whole", domains, **config)
+    whole_encoder, whole = tiny_trainer(tmp_path / "whole", **config)
     whole.train()
 
-    _, killed = _trainer(tmp_path / "killed", domains, **config)
+    _, killed = tiny_trainer(tmp_path / "killed", **config)
     killed.add_callback(_StopAt(stop_step))
     killed.train()
     checkpoint = tmp_path / "killed" / "run" / f"checkpoint-{stop_step}"
     assert (checkpoint / "encoderlock_state.json").is_file()
 
-    resumed_encoder, resumed = _trainer(tmp_path / "killed", domains, **config)  # a fresh process: new encoder
+    resumed_encoder, resumed = tiny_trainer(tmp_path / "killed", **config)  # a fresh process: new encoder
     resumed.train(resume_from_checkpoint=str(checkpoint))
 
     assert set(resumed.mask) == set(whole.mask)
@@ -283,11 +204,11 @@ class _PoisonAt(TrainerCallback):
         self.objective.poisoned = state.global_step >= self.global_step
 
 
-def test_nan_loss_stops_the_run_naming_the_step_and_terms(tmp_path, domains):
+def test_nan_loss_stops_the_run_naming_the_step_and_terms(tmp_path, toy_domains, tiny_lock_config):
     objective = _PoisonableObjective()
     encoder = tiny_vit_encoder(seed=0, image_size=16, patch_size=4)
-    args = _config(tmp_path, save_strategy="steps", save_steps=1)  # 2 rounds x 3 steps: step 3 is mid-round 0
-    trainer = EncoderLockTrainer(encoder, args, domains[0], domains[1], objective=objective)
+    args = tiny_lock_config(save_strategy="steps", save_steps=1)  # 2 rounds x 3 steps: step 3 is mid-round 0
+    trainer = EncoderLockTrainer(encoder, args, toy_domains[0], toy_domains[1], objective=objective)
     trainer.add_callback(_PoisonAt(objective, global_step=2))
     with pytest.raises(NonFiniteLossError, match=r"nan at update step 3 of 6 \(round 0\).*loss_prohibited=nan"):
         trainer.train()
@@ -299,17 +220,17 @@ def test_nan_loss_stops_the_run_naming_the_step_and_terms(tmp_path, domains):
         assert torch.equal(value, last_good[name]), f"{name} was updated by the non-finite step"
 
 
-def test_own_heads_reported_are_the_stale_ones_the_kept_encoder_trained_against(tmp_path, domains):
+def test_own_heads_reported_are_the_stale_ones_the_kept_encoder_trained_against(toy_domains, tiny_trainer):
     """With challenges only at the start and the end, the kept encoder is the final one; its fresh heads come from
     the final challenge, while the heads its updates trained against are the round-0 ones: evaluate reports those."""
-    encoder, trainer = _trainer(tmp_path, domains, challenge_every=0)
+    encoder, trainer = tiny_trainer(challenge_every=0)
     trainer.challenge(round_index=0)
     round0 = trainer.heads
     trainer.train()
     assert trainer.best_round == trainer.args.num_rounds
     assert trainer.stale_heads is round0 and trainer.heads is not round0
     metrics = trainer.evaluate()
-    _, _, eval_a, eval_p = domains
+    _, _, eval_a, eval_p = toy_domains
     from hf_encoderlock.data.lock_tensors import preprocess_domain
     from hf_encoderlock.probing.heads import accuracy
 
@@ -318,10 +239,8 @@ def test_own_heads_reported_are_the_stale_ones_the_kept_encoder_trained_against(
     assert metrics["eval_prohibited_head_accuracy"] == pytest.approx(expected)
 
 
-def test_finetune_aware_lock_simulates_attacker_steps_and_changes_only_selected_weights(tmp_path, domains):
-    encoder, trainer = _trainer(
-        tmp_path, domains, finetune_aware_steps=2, finetune_aware_lr=0.05, best_model_criterion="last"
-    )
+def test_finetune_aware_lock_simulates_attacker_steps_and_changes_only_selected_weights(tiny_trainer, tiny_lock_config):
+    encoder, trainer = tiny_trainer(finetune_aware_steps=2, finetune_aware_lr=0.05, best_model_criterion="last")
     trainer.challenge(round_index=0)
     pixels = trainer.lock_prohibited.pixel_values[:12]
     labels = trainer.lock_prohibited.labels[:12]
@@ -343,4 +262,18 @@ def test_finetune_aware_lock_simulates_attacker_steps_and_changes_only_selected_
     assert 0 < changed <= sum(int(m.sum()) for m in trainer.mask.values())
     assert any("lock/finetune_aware_total" in entry for entry in trainer.state.log_history)
     with pytest.raises(ValueError, match="contrastive"):
-        _config(tmp_path, finetune_aware_steps=1, objective="contrastive")
+        tiny_lock_config(finetune_aware_steps=1, objective="contrastive")
+
+
+def test_prohibited_poolings_concatenate_features_from_one_pass(tmp_path):
+    base = dict(output_dir=str(tmp_path / "run"), use_cpu=True, report_to="none", per_device_train_batch_size=8)
+    with pytest.raises(ValueError, match="prohibited_poolings"):
+        EncoderLockConfig(prohibited_poolings=["cls", "mean"], **base)
+    encoder = tiny_vit_encoder(seed=0, image_size=16, patch_size=4)
+    args = EncoderLockConfig(objective="information", prohibited_poolings=["cls", "mean"], **base)
+    trainer = EncoderLockTrainer(encoder, args, toy_domain(30, 0, "red"), toy_domain(30, 1, "green"), "red", "green")
+    pixels = torch.cat([trainer.lock_authorized.pixel_values[:3], trainer.lock_prohibited.pixel_values[:5]])
+    a_features, p_features = trainer._lock_features(encoder, pixels, 3)
+    dim = encoder(pixels[:1]).shape[1]
+    assert a_features.shape == (3, dim) and p_features.shape == (5, 2 * dim)
+    assert torch.allclose(p_features[:, dim:], encoder.features(pixels[3:], "mean"), atol=1e-5)

@@ -1,0 +1,64 @@
+"""``encoderlock audit`` from the command line: exit status on a clean and a tampered lock, probes on saved domains."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+from datasets import DatasetDict
+
+from hf_encoderlock.cli.main import main
+from tests.helpers import build_audit_folders, toy_domain
+
+
+def test_cli_no_probes_and_tamper_exit_status(audit_folders, tmp_path, capsys):
+    original, locked = audit_folders
+    out = tmp_path / "audit"
+    assert main(["audit", str(locked), "--original", str(original), "--out", str(out), "--no-probes"]) == 0
+    data = json.loads((out / "audit.json").read_text())
+    assert data["ok"] and data["weights"]["changed"] == 5
+    assert "Result: OK" in (out / "audit.md").read_text()
+    tampered = tmp_path / "tampered"
+    shutil.copytree(locked, tampered)
+    (tampered / "config.json").write_text((tampered / "config.json").read_text())  # harmless
+    (tampered / "model.safetensors").write_bytes((tampered / "model.safetensors").read_bytes()[:-4] + b"\0\0\0\1")
+    assert main(["audit", str(tampered), "--no-probes"]) == 1
+    assert "PROBLEMS FOUND" in capsys.readouterr().out
+
+
+def test_cli_with_probes_on_saved_toy_domains(tmp_path):
+    red, green = tmp_path / "red", tmp_path / "green"
+    DatasetDict(train=toy_domain(30, 0, "red"), test=toy_domain(15, 1, "red")).save_to_disk(str(red))
+    DatasetDict(train=toy_domain(30, 2, "green"), test=toy_domain(15, 3, "green")).save_to_disk(str(green))
+    original, locked = build_audit_folders(tmp_path / "lock", {"authorized": [str(red)], "prohibited": [str(green)]})
+    out = tmp_path / "audit"
+    status = main(
+        [
+            "audit",
+            str(locked),
+            "--original",
+            str(original),
+            "--domains",
+            str(red),
+            str(green),
+            "--out",
+            str(out),
+            "--fractions",
+            "1",
+            "--seeds",
+            "0",
+            "--heads",
+            "linear",
+            "--epochs",
+            "2",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--quiet",
+        ]
+    )
+    assert status == 0
+    data = json.loads((out / "audit.json").read_text())
+    rows = {row["domain"]: row for row in data["probes"]["best"]}
+    assert rows["red"]["role"] == "authorized" and rows["green"]["role"] == "prohibited"
+    assert all(0.0 <= row["locked"] <= 1.0 and "random_twin" in row for row in rows.values())
+    assert (out / "probe_report.json").is_file() and "## Probes" in (out / "audit.md").read_text()

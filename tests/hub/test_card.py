@@ -1,0 +1,97 @@
+"""Model card and authorization metadata: render, parse, find the matching report, gate prohibited uses."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from huggingface_hub import ModelCard
+
+from hf_encoderlock.hub.card import (
+    CARD_FILE,
+    CITATION,
+    METADATA_KEY,
+    TEMPLATE_PATH,
+    Authorization,
+    EncoderLockCardData,
+    sha256_file,
+    write_model_card,
+)
+from tests.helpers import MASK, card_report, front_matter
+
+
+# --------------------------------------------------------------------------------------------------- card
+def test_the_rendered_template_is_the_top_level_file():
+    """One template: the package renders the repository's model_card_template.md itself (shipped through a link)."""
+    top_level = Path(__file__).resolve().parents[2] / "model_card_template.md"
+    assert TEMPLATE_PATH.resolve() == top_level.resolve()
+
+
+def test_card_render_then_parse_round_trip(locked_folder):
+    path = write_model_card(locked_folder, report=card_report(), repo_id="user/locked")
+    card = ModelCard.load(path)
+    meta = card.data.to_dict()[METADATA_KEY]
+    assert meta["authorized"] == ["red"] and meta["prohibited"] == ["green"]
+    assert meta["variant"] == "supervised" and meta["mask_fraction"] == pytest.approx(0.001)
+    assert meta["accuracy"]["green"]["locked"] == pytest.approx(0.36)
+    assert meta["accuracy"]["green"]["advantage_removed"] is None  # NaN never reaches YAML
+    assert meta["weights"] == {"model.safetensors": sha256_file(locked_folder / "model.safetensors")}
+    assert not any(key.startswith("extra_gated") for key in card.data.to_dict())
+    assert card.data.base_model == "google/vit-base-patch16-224"
+
+    results = {(r.dataset_name, r.metric_name): r.metric_value for r in card.data.eval_results}
+    assert results == {
+        ("red", "best fresh probe accuracy"): pytest.approx(0.94),
+        ("red", "fresh linear probe accuracy"): pytest.approx(0.93),  # pooling chosen on validation accuracy
+        ("red", "fresh mlp probe accuracy"): pytest.approx(0.94),
+        ("green", "best fresh probe accuracy"): pytest.approx(0.36),
+        ("green", "fresh linear probe accuracy"): pytest.approx(0.36),
+        ("green", "fresh knn probe accuracy"): pytest.approx(0.34),
+    }
+    assert all(r.metric_type == "accuracy" and r.dataset_split == "test" for r in card.data.eval_results)
+
+    text = card.text
+    for expected in ("## Prohibited uses", "What the lock does not protect against", "Fine-tuning the encoder",
+                     "Disguising the input", CITATION, "arXiv", "transformers: 5.24.0",
+                     sha256_file(locked_folder / "model.safetensors"), "| green | prohibited | 35.0% | 90.0% | 36.0% |",
+                     'AutoModel.from_pretrained("user/locked")', "`alpha` | `1000.0`"):  # fmt: skip
+        assert expected in text, expected
+    assert "/data/somewhere" not in card.content  # local paths are not published
+
+    authorization = Authorization.from_card(path)
+    assert authorization.authorized == ("red",) and authorization.prohibited == ("green",)
+    assert authorization.is_prohibited("green") and authorization.is_authorized("red")
+    assert authorization.mask_count == 20
+    authorization.verify(locked_folder)
+
+    again = write_model_card(locked_folder, report=card_report(), repo_id="user/locked").read_text()
+    assert again == path.read_text()  # rendering is deterministic
+
+
+def test_card_without_report_finds_matching_report_only(locked_folder):
+    stale = card_report() | {"lock": {"mask": {**MASK, "count": 99}, "seed": 7}}
+    (locked_folder.parent / "report.json").write_text(json.dumps(stale))
+    meta = front_matter(write_model_card(locked_folder))
+    assert meta[METADATA_KEY]["accuracy"] == {} and "model-index" not in meta
+    assert meta[METADATA_KEY]["authorized"] == ["red"]  # display name from the DomainSpec, not its path
+
+    (locked_folder.parent / "report.json").write_text(json.dumps(card_report()))
+    meta = front_matter(write_model_card(locked_folder))
+    assert set(meta[METADATA_KEY]["accuracy"]) == {"red", "green"} and "model-index" in meta
+
+
+def test_gated_card_asks_to_acknowledge_each_prohibited_use(locked_folder):
+    data = EncoderLockCardData.from_folder(locked_folder, report=card_report(), gated=True,
+                                           prohibited_uses=["face recognition", "weapon detection"])  # fmt: skip
+    path = locked_folder / CARD_FILE
+    from hf_encoderlock.hub.card import render_model_card
+
+    render_model_card(data).save(path)
+    meta = front_matter(path)
+    fields = meta["extra_gated_fields"]
+    assert fields["I will not use this model for: face recognition"] == "checkbox"
+    assert fields["I will not use this model for: weapon detection"] == "checkbox"
+    assert "green" in meta["extra_gated_prompt"]
+    assert meta["extra_gated_heading"] and meta["extra_gated_description"] and meta["extra_gated_button_content"]
+    assert "Access to this repository is gated" in ModelCard.load(path).text
