@@ -55,9 +55,26 @@ def unlabelled(dataset: Dataset) -> Dataset:
 
 # ------------------------------------------------------------------------------------------------- tiny locks
 
+#: The settings the tiny locks were written against (EncoderLockConfig's defaults before it became the tuned lock),
+#: pinned so that a change of the library's defaults does not change what these tests check.
+PINNED_DEFAULTS: dict[str, Any] = dict(
+    objective="paper",
+    prohibited_poolings=None,
+    candidate_blocks=None,
+    info_knn_weight=0.0,
+    info_preserve_weight=0.0,
+    num_rounds=10,
+    weights_per_round=100,
+    layers_per_round=1,
+    update_steps_per_round=20,
+    per_device_train_batch_size=64,
+    score_batches=4,
+    challenge_every=5,
+)
+
 #: What every tiny test lock shares: CPU only, no reporting, no progress bars, one seed of a linear adversary.
 TINY_RUNTIME: dict[str, Any] = dict(
-    use_cpu=True, report_to="none", disable_tqdm=True, adversary_seeds=1, adversary_kinds=["linear"]
+    PINNED_DEFAULTS, use_cpu=True, report_to="none", disable_tqdm=True, adversary_seeds=1, adversary_kinds=["linear"]
 )
 
 #: The tiny lock: 2 rounds x 3 update steps, 15 weights from 2 layers a round, batch 12, challenge every round.

@@ -75,8 +75,6 @@ def as_lock_dataset(
     if not isinstance(dataset, Dataset):
         raise LockDataError(f"domain {name!r}: expected a datasets.Dataset, got {type(dataset).__name__}")
     mapping = dict(column_mapping or {})
-    # a source column that is absent while its target is present was mapped already (e.g. a stored eval set)
-    mapping = {k: v for k, v in mapping.items() if k in dataset.column_names or v not in dataset.column_names}
     unknown = [column for column in mapping if column not in dataset.column_names]
     if unknown:
         raise LockDataError(

@@ -18,6 +18,7 @@ from .variants.augmentations import AugmentationConfig
 
 DEFAULT_NUM_TRAIN_EPOCHS = TrainingArguments.__dataclass_fields__["num_train_epochs"].default
 VARIANTS = ("supervised", "unsupervised", "zero-shot")
+AUTO_POOLINGS = "auto"  # prohibited_poolings: every pooling the encoder offers, when the objective combines them
 ADVERSARY_KINDS = GRADIENT_KINDS  # the self-challenge trains heads by gradient descent (no kNN)
 # Defaults of the objective's and augmentation's own knobs are declared once, on their dataclasses.
 _INFO = InformationTermsConfig
@@ -40,6 +41,8 @@ REFERENCE_PRESET: dict[str, Any] = {
     "per_device_train_batch_size": 64,
     "score_function": "gradient_ratio",
     "objective": "paper",
+    "prohibited_poolings": None,
+    "candidate_blocks": None,
 }
 
 
@@ -62,7 +65,7 @@ class EncoderLockConfig(TrainingArguments):
             "features); zero-shot: no prohibited data, synthetic prohibited-like data from `zero_shot_generators`."
         },
     )
-    objective: str = field(default="paper", metadata={"help": f"Training objective: one of {tuple(OBJECTIVES)}."})
+    objective: str = field(default="information", metadata={"help": f"Training objective: one of {tuple(OBJECTIVES)}."})
     alpha: float = field(default=1e3, metadata={"help": "alpha in the paper's loss L_A + log(1 + alpha * L_A / L_P)."})
     objective_eps: float = field(default=1e-8, metadata={"help": "Guard against division by zero in objectives."})
     info_r2_weight: float = field(
@@ -97,11 +100,12 @@ class EncoderLockConfig(TrainingArguments):
         },
     )
     prohibited_poolings: list[str] | None = field(
-        default=None,
+        default_factory=lambda: [AUTO_POOLINGS],
         metadata={
-            "help": "objective='information': poolings (e.g. cls mean) whose prohibited features are concatenated "
-            "for the information terms, from one backbone pass; probes attack every pooling (None: the encoder's "
-            "default pooling only; single-process only)."
+            "help": "Poolings (e.g. cls mean) whose prohibited features are concatenated for the objective's "
+            "prohibited terms, from one backbone pass, since probes attack every pooling. 'auto': every pooling the "
+            "encoder offers when the objective combines poolings (information, contrastive), else its default one; "
+            "None: the encoder's default pooling only."
         },
     )
     info_authorized_weight: float = field(
@@ -177,17 +181,17 @@ class EncoderLockConfig(TrainingArguments):
     )
 
     # --- weight selection ---------------------------------------------------------------------------------
-    num_rounds: int = field(default=10, metadata={"help": "Selection + update rounds in the run."})
-    weights_per_round: int = field(default=100, metadata={"help": "N: weights newly selected per round."})
-    layers_per_round: int = field(default=1, metadata={"help": "M: layers whose weights compete each round."})
-    update_steps_per_round: int = field(default=20, metadata={"help": "Masked optimiser steps after each selection."})
+    num_rounds: int = field(default=20, metadata={"help": "Selection + update rounds in the run."})
+    weights_per_round: int = field(default=510, metadata={"help": "N: weights newly selected per round."})
+    layers_per_round: int = field(default=2, metadata={"help": "M: layers whose weights compete each round."})
+    update_steps_per_round: int = field(default=10, metadata={"help": "Masked optimiser steps after each selection."})
     score_function: str = field(
         default="gradient_ratio",
         metadata={"help": f"Weight score: one of {tuple(SCORE_FUNCTIONS)} (paper: gradient_ratio)."},
     )
     score_eps: float = field(default=1e-8, metadata={"help": "eps in |dL_P/dw| / (|dL_A/dw| + eps)."})
     score_batches: int = field(
-        default=4, metadata={"help": "Batches of each domain used to score weights (reference: 10 of 64)."}
+        default=1, metadata={"help": "Batches of each domain used to score weights (reference: 10 of 64)."}
     )
     candidate_module_types: list[str] = field(
         default_factory=lambda: ["Linear", "Conv2d"],
@@ -197,7 +201,7 @@ class EncoderLockConfig(TrainingArguments):
         default=None, metadata={"help": "Optional regexes a candidate weight's qualified name must match."}
     )
     candidate_blocks: list[int] | None = field(
-        default=None,
+        default_factory=lambda: [-1, 0],
         metadata={"help": "Optional block indices to select from (the patch embedding is block -1)."},
     )
     magnitude_gate: float | None = field(
@@ -207,7 +211,7 @@ class EncoderLockConfig(TrainingArguments):
 
     # --- self-challenge -----------------------------------------------------------------------------------
     challenge_every: int = field(
-        default=5, metadata={"help": "Train fresh adversary heads every this many rounds (0: only at start)."}
+        default=0, metadata={"help": "Train fresh adversary heads every this many rounds (0: only at start)."}
     )
     adversary_kinds: list[str] = field(
         default_factory=lambda: list(ADVERSARY_KINDS),
@@ -248,7 +252,7 @@ class EncoderLockConfig(TrainingArguments):
     learning_rate: float = field(default=1e-2, metadata={"help": "Learning rate of the masked weight updates."})
     weight_decay: float = field(default=0.0, metadata={"help": "Weight decay of the masked weight updates."})
     lr_scheduler_type: str = field(default="constant", metadata={"help": "Scheduler of the masked updates."})
-    per_device_train_batch_size: int = field(default=64, metadata={"help": "Images per domain per step."})
+    per_device_train_batch_size: int = field(default=256, metadata={"help": "Images per domain per step."})
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "Kept False: lock batches carry two domains the model does not name."}
     )
@@ -308,7 +312,9 @@ class EncoderLockConfig(TrainingArguments):
             ),
             (self.info_preserve_weight >= 0, "info_preserve_weight must be >= 0"),
             (
-                not self.prohibited_poolings or self.objective in ("information", "contrastive"),
+                not self.prohibited_poolings
+                or self.prohibited_poolings == [AUTO_POOLINGS]
+                or OBJECTIVES[self.objective].combines_poolings,
                 "prohibited_poolings needs objective='information' or 'contrastive' "
                 "(the paper's adversary head sees one pooling)",
             ),

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from huggingface_hub import HfApi
 from torch import nn
 from torch.func import functional_call
 from torch.nn import functional as F
@@ -44,7 +45,7 @@ from ..hub.card import write_model_card
 from ..hub.push import DEFAULT_COMMIT_MESSAGE, push_locked_to_hub
 from ..probing.heads import HeadTrainingConfig, accuracy, best_head, train_heads
 from .callbacks import LockRoundCallback
-from .config import EncoderLockConfig
+from .config import AUTO_POOLINGS, EncoderLockConfig
 from .distributed import gather_batch
 from .masking import MaskedParameterGuard
 from .objectives import LockHeads, LockObjective, ObjectiveTerms, build_objective
@@ -163,6 +164,7 @@ class EncoderLockTrainer(Trainer):
             eval_dataset = {key: self._as_eval_dataset(key, value) for key, value in eval_dataset.items()}
         self.encoder = encoder
         self.objective = objective or build_objective(args)
+        self.prohibited_poolings = self._resolve_prohibited_poolings(args.prohibited_poolings)
         self.authorized_name, self.prohibited_name = authorized_name, prohibited_name
         self.domain_specs = domain_specs or {}
         self.zero_shot_source: list[str] | None = None
@@ -236,6 +238,17 @@ class EncoderLockTrainer(Trainer):
             data = self._with_pseudo_labels(args, data)
         return data
 
+    def _resolve_prohibited_poolings(self, requested: list[str] | None) -> list[str] | None:
+        """The poolings whose prohibited features the objective sees (``None``: the encoder's default pooling).
+        ``["auto"]``: every pooling the encoder offers when the objective combines poolings, since a probe may
+        attack any of them."""
+        if requested == [AUTO_POOLINGS]:
+            offered = list(self.encoder.available_poolings())
+            return offered if self.objective.combines_poolings and len(offered) > 1 else None
+        if requested and not self.objective.combines_poolings:
+            raise ValueError(f"prohibited_poolings={requested}: the {self.objective.name!r} objective uses one pooling")
+        return list(requested) if requested else None
+
     @staticmethod
     def _concat_poolings(pooled: dict[str, torch.Tensor], poolings) -> torch.Tensor:
         """The prohibited view: features of ``poolings`` concatenated, in order."""
@@ -243,7 +256,7 @@ class EncoderLockTrainer(Trainer):
 
     def _with_pseudo_labels(self, args: EncoderLockConfig, data: DomainTensors) -> DomainTensors:
         """Cluster the unlocked encoder's features of unlabelled prohibited images (the poolings the objective sees)."""
-        poolings = [*(args.prohibited_poolings or [self.encoder.pooling])]
+        poolings = [*(self.prohibited_poolings or [self.encoder.pooling])]
         device, was_training = args.device, self.encoder.training
         self.encoder.to(device).eval()
         with torch.no_grad():
@@ -302,7 +315,7 @@ class EncoderLockTrainer(Trainer):
         """(authorized features, prohibited features) from ONE forward pass of ``model`` (DDP sees one forward); with
         ``prohibited_poolings`` the prohibited features are those poolings concatenated (the authorized ones stay in
         the default pooling)."""
-        poolings = self.args.prohibited_poolings
+        poolings = self.prohibited_poolings
         if not poolings:
             return model(pixel_values).split([num_authorized, len(pixel_values) - num_authorized])
         pooled = model(pixel_values, poolings=[self.encoder.pooling, *poolings])
@@ -399,7 +412,7 @@ class EncoderLockTrainer(Trainer):
         if p_labels is None:
             raise ValueError("finetune_aware_steps needs prohibited labels or pseudo-labels")
         weights = self._simulated_attacker_weights(p_pixels, p_labels)
-        poolings = self.args.prohibited_poolings
+        poolings = self.prohibited_poolings
         if poolings:
             pooled = functional_call(self.encoder, weights, (p_pixels,), {"poolings": list(poolings)})
             p_features = self._concat_poolings(pooled, poolings)
@@ -663,7 +676,7 @@ class EncoderLockTrainer(Trainer):
         datasets = eval_dataset if eval_dataset is not None else self.eval_dataset
         if datasets is None:
             raise ValueError("evaluate needs eval_dataset={'authorized': ..., 'prohibited': ...}")
-        if isinstance(datasets, dict):
+        if eval_dataset is not None and isinstance(datasets, dict):  # self.eval_dataset was read at construction
             datasets = {key: self._as_eval_dataset(key, value) for key, value in datasets.items()}
         self._check_eval_datasets(datasets)
         if self.heads is None:
@@ -696,7 +709,7 @@ class EncoderLockTrainer(Trainer):
             "objective": self.args.objective,
             "base_model": self._base_model(),
             # the poolings whose prohibited features the objective saw (probes attack every pooling regardless)
-            "poolings": list(self.args.prohibited_poolings or [self.encoder.pooling]),
+            "poolings": list(self.prohibited_poolings or [self.encoder.pooling]),
             "authorized": self._authorized_specs(),
             "prohibited": self._prohibited_specs(),
             "hyperparameters": self.args.lock_hyperparameters(),
@@ -771,6 +784,17 @@ class EncoderLockTrainer(Trainer):
         """Save, then push the encoder, processor, lock config and model card (not a wrapper module); extra keywords
         ``repo_id``, ``gated``, ``report``, ``include_mask`` (see :func:`push_trainer_to_hub`)."""
         return push_trainer_to_hub(self, commit_message, token=token, revision=revision, private=private, **kwargs)
+
+    def init_hf_repo(self, token: str | None = None, private: bool | None = None) -> None:
+        """``push_to_hub=True``: create the repository at construction with a client made now (so ``HF_ENDPOINT`` and
+        the token are read as they are now, not from a client cached by an earlier run in the same process)."""
+        if not self.is_world_process_zero():
+            return
+        repo_name = self.args.hub_model_id or Path(self.args.output_dir).absolute().name
+        private = private if private is not None else self.args.hub_private_repo
+        url = HfApi(token=token or self.args.hub_token).create_repo(repo_name, private=private, exist_ok=True)
+        self.hub_model_id = url.repo_id
+        self.push_in_progress = None
 
     def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
         """``push_to_hub=True`` during training (every ``hub_strategy`` but ``end``): the checkpoint's public files

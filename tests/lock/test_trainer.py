@@ -268,7 +268,7 @@ def test_finetune_aware_lock_simulates_attacker_steps_and_changes_only_selected_
 def test_prohibited_poolings_concatenate_features_from_one_pass(tmp_path):
     base = dict(output_dir=str(tmp_path / "run"), use_cpu=True, report_to="none", per_device_train_batch_size=8)
     with pytest.raises(ValueError, match="prohibited_poolings"):
-        EncoderLockConfig(prohibited_poolings=["cls", "mean"], **base)
+        EncoderLockConfig(objective="paper", prohibited_poolings=["cls", "mean"], **base)
     encoder = tiny_vit_encoder(seed=0, image_size=16, patch_size=4)
     args = EncoderLockConfig(objective="information", prohibited_poolings=["cls", "mean"], **base)
     trainer = EncoderLockTrainer(encoder, args, toy_domain(30, 0, "red"), toy_domain(30, 1, "green"), "red", "green")

@@ -46,6 +46,8 @@ class LockObjective(ABC):
     #: When True, the trainer also passes ``authorized_views`` and ``prohibited_views``: features of an augmented
     #: view of each batch (see :mod:`hf_encoderlock.lock.variants.augmentations`).
     uses_views: bool = False
+    #: When True, the prohibited features may be several poolings concatenated (``prohibited_poolings``).
+    combines_poolings: bool = False
 
     @classmethod
     def from_config(cls, config: Any) -> LockObjective:

@@ -32,6 +32,7 @@ class ContrastiveObjective(LockObjective):
     """``L_A + log(1 + alpha * C_A / C_P)`` with InfoNCE ``C`` (the paper's unsupervised variant)."""
 
     name = "contrastive"
+    combines_poolings = True
     uses_views = True
 
     def __init__(self, alpha: float = 1e3, temperature: float = 0.8, eps: float = 1e-8) -> None:

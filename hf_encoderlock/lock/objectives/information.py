@@ -113,12 +113,12 @@ class InformationTermsConfig:
 
     r2_weight: float = 1.0
     mmd_weight: float = 1.0
-    knn_weight: float = 0.0
+    knn_weight: float = 1.0  # what a kNN probe exploits
     ridge: float = 1e-2
     mmd_bandwidths: tuple[float, ...] = (0.5, 1.0, 2.0)
     knn_temperature: float = 0.1
     authorized_weight: float = 1.0
-    preserve_weight: float = 0.0
+    preserve_weight: float = 1.0  # hold authorized features near the unlocked encoder's
     eps: float = 1e-8
     weights: dict[str, float] = field(init=False)
 
@@ -150,6 +150,7 @@ class InformationObjective(LockObjective):
     """
 
     name = "information"
+    combines_poolings = True
 
     def __init__(self, config: InformationTermsConfig | None = None) -> None:
         self.config = config or InformationTermsConfig()

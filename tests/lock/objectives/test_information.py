@@ -66,7 +66,7 @@ def _heads(dim: int, classes: int) -> LockHeads:
 
 
 def test_information_objective_normalises_by_first_value_and_scores_prohibited_only():
-    objective = InformationObjective(InformationTermsConfig(knn_weight=1.0))
+    objective = InformationObjective(InformationTermsConfig(knn_weight=1.0, preserve_weight=0.0))
     a, a_labels = _toy(3.0, seed=1)
     p, p_labels = _toy(3.0, seed=2)
     first = objective.terms(a, a_labels, p, p_labels, _heads(a.shape[1], 3))
@@ -82,12 +82,16 @@ def test_information_objective_normalises_by_first_value_and_scores_prohibited_o
 def test_information_objective_needs_prohibited_labels():
     a, labels = _toy(1.0)
     with pytest.raises(ValueError, match="labels"):
-        InformationObjective().terms(a, labels, a, None, _heads(a.shape[1], 3))
+        InformationObjective(InformationTermsConfig(preserve_weight=0.0)).terms(
+            a, labels, a, None, _heads(a.shape[1], 3)
+        )
 
 
 def test_build_objective_from_config(tmp_path):
     base = dict(output_dir=str(tmp_path), use_cpu=True, report_to="none")
-    assert isinstance(build_objective(EncoderLockConfig(**base)), PaperObjective)
+    assert isinstance(build_objective(EncoderLockConfig(**base)), InformationObjective)  # the tuned lock's default
+    assert isinstance(build_objective(EncoderLockConfig(objective="paper", **base)), PaperObjective)
+    assert isinstance(build_objective(EncoderLockConfig.reference(**base)), PaperObjective)
     objective = build_objective(
         EncoderLockConfig(objective="information", info_knn_weight=0.5, info_mmd_bandwidths=[1.0], **base)
     )
@@ -95,7 +99,7 @@ def test_build_objective_from_config(tmp_path):
     assert objective.config.weights == {"r2": 1.0, "mmd": 1.0, "knn": 0.5}
     assert objective.config.mmd_bandwidths == (1.0,)
     with pytest.raises(ValueError, match="info_"):
-        EncoderLockConfig(objective="information", info_r2_weight=0, info_mmd_weight=0, **base)
+        EncoderLockConfig(objective="information", info_r2_weight=0, info_mmd_weight=0, info_knn_weight=0, **base)
 
 
 def test_information_gradients_reach_only_selected_weights():
@@ -107,7 +111,7 @@ def test_information_gradients_reach_only_selected_weights():
     guard = MaskedParameterGuard(encoder, freeze_unselected=False)
     guard.install(mask)
     features = encoder(data.pixel_values)
-    terms = InformationObjective(InformationTermsConfig(knn_weight=1.0)).terms(
+    terms = InformationObjective(InformationTermsConfig(knn_weight=1.0, preserve_weight=0.0)).terms(
         features, data.labels, features, data.labels, _heads(features.shape[1], 3)
     )
     terms.total.backward()
@@ -143,4 +147,6 @@ def test_feature_preservation_term_uses_the_unlocked_encoders_features():
     assert moved.logs["authorized_drift"] > 0 and float(moved.authorized) > float(same.authorized)
     with pytest.raises(ValueError, match="unlocked"):
         objective.terms(a, labels, a, labels, heads)
-    assert not InformationObjective().uses_reference_features and not PaperObjective().uses_reference_features
+    assert not InformationObjective(InformationTermsConfig(preserve_weight=0.0)).uses_reference_features
+    assert InformationObjective().uses_reference_features  # the tuned default holds the authorized features
+    assert not PaperObjective().uses_reference_features

@@ -1,0 +1,68 @@
+"""``encoderlock lock``, ``encoderlock env`` and ``encoderlock --version``: the main job for a pip user."""
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+from datasets import DatasetDict
+
+from hf_encoderlock import __version__
+from hf_encoderlock.cli.main import main
+from hf_encoderlock.encoders import tiny_vit_encoder
+from tests.helpers import toy_domain
+
+
+def test_version_and_env(capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0 and __version__ in capsys.readouterr().out
+    assert main(["env"]) == 0
+    report = capsys.readouterr().out
+    for fact in ("hf_encoderlock version", "torch version", "CUDA available", "hf_encoderlock cache", "HF_HUB_OFFLINE"):
+        assert fact in report
+
+
+def test_help_is_fast_and_does_not_import_torch():
+    code = "import sys, time; t = time.perf_counter(); from hf_encoderlock.cli.main import build_parser; "
+    code += "build_parser(only=''); print('torch' in sys.modules, time.perf_counter() - t)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out[0] == "False"
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "hf_encoderlock.cli.main", "--help"], capture_output=True, text=True)
+    assert done.returncode == 0 and "lock" in done.stdout and time.perf_counter() - started < 10
+
+
+def test_lock_help_lists_the_main_jobs_flags(capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["lock", "--help"])
+    out = capsys.readouterr().out
+    assert exited.value.code == 0 and "--num_rounds" in out and "--authorized" in out
+
+
+def test_a_bad_config_file_is_one_line_and_exit_code_2(tmp_path, capsys):
+    (tmp_path / "bad.yaml").write_text("num_round: 3\n")
+    assert main(["lock", "--config", str(tmp_path / "bad.yaml")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "num_round" in err and "Traceback" not in err
+
+
+def test_lock_runs_the_main_job(tmp_path, capsys):
+    model_dir = tmp_path / "tiny"
+    tiny_vit_encoder(seed=0, image_size=16, patch_size=4).save_pretrained(model_dir)
+    for name, style, seed in (("red", "red", 0), ("green", "green", 1)):
+        splits = {"train": toy_domain(60, seed, style), "test": toy_domain(20, seed + 10, style)}
+        DatasetDict(splits).save_to_disk(tmp_path / name)
+    config = tmp_path / "tiny.yaml"
+    config.write_text(
+        "num_rounds: 1\nupdate_steps_per_round: 2\nweights_per_round: 10\nper_device_train_batch_size: 8\n"
+        "adversary_epochs: 2\nadversary_seeds: 1\nadversary_kinds: [linear]\nprobe_seeds: [0]\n"
+        "probe_fractions: [1.0]\nreport_domains: []\nuse_cpu: true\ndisable_tqdm: true\n"
+    )
+    words = ["lock", "--config", str(config), "--model", str(model_dir), "--output_dir", str(tmp_path / "out")]
+    words += ["--authorized", str(tmp_path / "red"), "--prohibited", str(tmp_path / "green")]
+    assert main(words) == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["lock"]["mask"]["count"] == 10  # the flag-free file values reached the lock
+    assert "outputs in" in capsys.readouterr().out
