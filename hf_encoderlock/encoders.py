@@ -14,6 +14,7 @@ processor that prepares its inputs. Pooling turns the backbone's output into one
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -433,9 +434,13 @@ def load_encoder(
 
 def vit_image_processor(image_size: int, mean: float = 0.5, std: float = 0.5) -> Any:
     """A ViT image processor that resizes to ``image_size`` and normalises each channel."""
-    from transformers import ViTImageProcessor
+    import transformers
 
-    return ViTImageProcessor(
+    # Without torchvision, transformers falls back from ViTImageProcessor to its PIL twin with a warning in every
+    # process; asking for the PIL class directly gives the same processor without the noise.
+    name = "ViTImageProcessor" if importlib.util.find_spec("torchvision") else "ViTImageProcessorPil"
+    processor_class = getattr(transformers, name, None) or transformers.ViTImageProcessor
+    return processor_class(
         size={"height": image_size, "width": image_size},
         image_mean=[mean] * 3,
         image_std=[std] * 3,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -51,6 +52,7 @@ from .masking import MaskedParameterGuard
 from .objectives import LockHeads, LockObjective, ObjectiveTerms, build_objective
 from .selection import (
     accumulate_gradient_stats,
+    block_index,
     compute_scores,
     mask_stats,
     merge_masks,
@@ -63,6 +65,8 @@ from .state import LockState
 from .variants.augmentations import AugmentationConfig, augmented_view
 from .variants.generators import generate_prohibited
 from .variants.pseudo_labels import cluster_pseudo_labels
+
+logger = logging.getLogger(__name__)
 
 EVAL_KEYS = ("authorized", "prohibited")  # the keys of eval_dataset: which lock head scores each set
 MIN_IMAGES_PER_DOMAIN = 8  # below this, a validation split carved from the lock data is meaningless
@@ -175,13 +179,7 @@ class EncoderLockTrainer(Trainer):
         self.lock_authorized, self.val_authorized = stratified_split(authorized, args.validation_fraction, args.seed)
         self.lock_prohibited, self.val_prohibited = stratified_split(prohibited, args.validation_fraction, args.seed)
         self._check_eval_datasets(eval_dataset)
-        self.candidates = select_candidate_parameters(
-            encoder.backbone,
-            module_types=tuple(args.candidate_module_types),
-            name_patterns=args.candidate_name_patterns,
-            block_indices=args.candidate_blocks,
-        )
-        self.candidates = {f"backbone.{name}": param for name, param in self.candidates.items()}
+        self.candidates = {f"backbone.{name}": param for name, param in self._candidate_weights(args).items()}
         for name, param in encoder.named_parameters():  # the optimiser holds candidate weights only
             param.requires_grad_(name in self.candidates)
         self.reference_encoder = (
@@ -237,6 +235,26 @@ class EncoderLockTrainer(Trainer):
         if data.labels is None:
             data = self._with_pseudo_labels(args, data)
         return data
+
+    def _candidate_weights(self, args: EncoderLockConfig) -> dict[str, nn.Parameter]:
+        """The weights selection may choose from. ``candidate_blocks`` names transformer blocks / stages; a model
+        without any (a plain module's layers have no block numbers) takes every candidate weight instead, with a
+        warning, so the default config works for it too."""
+        backbone = self.encoder.backbone
+        choose = dict(module_types=tuple(args.candidate_module_types), name_patterns=args.candidate_name_patterns)
+        try:
+            return select_candidate_parameters(backbone, block_indices=args.candidate_blocks, **choose)
+        except ValueError:
+            has_blocks = any(block_index(name) is not None for name, _ in backbone.named_parameters())
+            if args.candidate_blocks is None or has_blocks:
+                raise
+        logger.warning(
+            "%s has no numbered blocks or stages: candidate_blocks=%s is ignored and every %s weight is a candidate",
+            self.encoder.name,
+            args.candidate_blocks,
+            "/".join(args.candidate_module_types),
+        )
+        return select_candidate_parameters(backbone, block_indices=None, **choose)
 
     def _resolve_prohibited_poolings(self, requested: list[str] | None) -> list[str] | None:
         """The poolings whose prohibited features the objective sees (``None``: the encoder's default pooling).
