@@ -72,7 +72,20 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         command_parser = subparsers.add_parser(name, help=help_text, description=description)
         if only is None or only == name:
             command_module(name).add_arguments(command_parser)
+            accept_both_flag_styles(command_parser)
     return parser
+
+
+def accept_both_flag_styles(parser: argparse.ArgumentParser) -> None:
+    """Every ``--kebab-case`` flag also answers to ``--snake_case``, as the main job's flags do (HfArgumentParser
+    accepts both), so one style works across all sub-commands."""
+    for action in list(parser._actions):
+        for flag in list(action.option_strings):
+            if flag.startswith("--") and "-" in flag[2:]:
+                alias = "--" + flag[2:].replace("-", "_")
+                if alias not in parser._option_string_actions:
+                    action.option_strings.append(alias)
+                    parser._option_string_actions[alias] = action
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from datasets import Dataset, DatasetDict, IterableDataset, IterableDatasetDict
 from torch.utils.data import Dataset as TorchDataset
+from tqdm.auto import tqdm
 
 from ..encoders import EncoderAdapter
 from .splits import stratified_indices
@@ -146,14 +147,17 @@ def preprocess_domain(
     name: str,
     labelled: bool = True,
     chunk_size: int = 256,
+    progress: bool = False,
 ) -> DomainTensors:
-    """Run a datasets ``Dataset`` (``image`` [+ ``label``]) through the encoder's processor once."""
+    """Run a datasets ``Dataset`` (``image`` [+ ``label``]) through the encoder's processor once (with a progress
+    bar when ``progress``: thousands of large images take a while)."""
     num_classes = check_labelled_dataset(dataset, name) if labelled else 0
     if not labelled and "image" not in dataset.column_names:
         raise LockDataError(f"domain {name!r}: no 'image' column (columns: {dataset.column_names})")
     if not labelled and len(dataset) == 0:
         raise LockDataError(f"domain {name!r}: the dataset is empty")
     parts = []
+    bar = tqdm(total=len(dataset), desc=f"preprocess {name}", unit="img", disable=not progress, leave=False)
     for start in range(0, len(dataset), chunk_size):
         images = _decoded_images(dataset, start, min(start + chunk_size, len(dataset)), name)
         bad = next((i for i, image in enumerate(images) if not hasattr(image, "convert")), None)
@@ -163,6 +167,8 @@ def preprocess_domain(
                 "not an image"
             )
         parts.append(encoder.preprocess(images))
+        bar.update(len(images))
+    bar.close()
     labels = torch.as_tensor(dataset["label"], dtype=torch.long) if labelled else None
     return DomainTensors(name, torch.cat(parts), labels, num_classes)
 

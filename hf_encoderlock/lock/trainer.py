@@ -173,7 +173,7 @@ class EncoderLockTrainer(Trainer):
         self.domain_specs = domain_specs or {}
         self.zero_shot_source: list[str] | None = None
         self.pseudo_labelled = False
-        authorized = preprocess_domain(encoder, authorized_dataset, authorized_name)
+        authorized = preprocess_domain(encoder, authorized_dataset, authorized_name, progress=not args.disable_tqdm)
         prohibited = self._prohibited_tensors(args, authorized_dataset, prohibited_dataset, prohibited_name)
         self._check_domains(authorized, prohibited)
         self.lock_authorized, self.val_authorized = stratified_split(authorized, args.validation_fraction, args.seed)
@@ -231,7 +231,9 @@ class EncoderLockTrainer(Trainer):
             if "image" not in columns:
                 raise LockDataError(f"domain {name!r}: no 'image' column (columns: {columns})")
             prohibited_dataset = prohibited_dataset.select_columns(["image"])  # prohibited labels are never read
-        data = preprocess_domain(self.encoder, prohibited_dataset, name, labelled=labelled)
+        data = preprocess_domain(
+            self.encoder, prohibited_dataset, name, labelled=labelled, progress=not args.disable_tqdm
+        )
         if data.labels is None:
             data = self._with_pseudo_labels(args, data)
         return data

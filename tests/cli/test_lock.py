@@ -9,7 +9,7 @@ import pytest
 from datasets import DatasetDict
 
 from hf_encoderlock import __version__
-from hf_encoderlock.cli.main import main
+from hf_encoderlock.cli.main import build_parser, main
 from hf_encoderlock.encoders import tiny_vit_encoder
 from tests.helpers import toy_domain
 
@@ -66,3 +66,10 @@ def test_lock_runs_the_main_job(tmp_path, capsys):
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["lock"]["mask"]["count"] == 10  # the flag-free file values reached the lock
     assert "outputs in" in capsys.readouterr().out
+
+
+def test_every_sub_command_takes_both_flag_styles():
+    parser = build_parser()
+    kebab = parser.parse_args(["attack", "--encoder", "e", "--domains", "d", "--out", "o", "--max-train", "5"])
+    snake = parser.parse_args(["attack", "--encoder", "e", "--domains", "d", "--out", "o", "--max_train", "5"])
+    assert kebab.max_train == snake.max_train == 5
