@@ -32,6 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--report", default=None, help="report.json with probe results (default: found next to FOLDER)."
     )
     parser.add_argument("--include-mask", action="store_true", help=f"Also upload {MASK_FILE} (kept local by default).")
+    parser.add_argument("--license", default=None, help="License id for the model card (e.g. apache-2.0, other).")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -47,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
         revision=args.revision,
         report=report,
         include_mask=args.include_mask,
+        license=args.license,
     )
     print(f"pushed {args.folder} to {args.repo_id}: {getattr(info, 'commit_url', info)}")
     return 0
