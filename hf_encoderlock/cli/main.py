@@ -22,6 +22,8 @@ from .. import __version__
 
 PROG = "encoderlock"
 EXIT_USER_ERROR = 2
+EXIT_INTERNAL_ERROR = 3
+DEBUG_FLAG = "--debug"  # anywhere among the words: show tracebacks instead of one-line errors
 
 #: command -> (module under hf_encoderlock.cli, one-line help, description)
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -89,8 +91,14 @@ def accept_both_flag_styles(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``encoderlock`` console script; returns the exit status."""
+    """Entry point of the ``encoderlock`` console script; returns the exit status.
+
+    Exit status: 0 done, 1 checks failed (``audit``), 2 a user error (bad input, missing file, missing extra: one line
+    naming it), 3 an unexpected error (one line; ``--debug`` anywhere among the words shows the traceback).
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = DEBUG_FLAG in argv
+    argv = [word for word in argv if word != DEBUG_FLAG]
     chosen = next((a for a in argv if not a.startswith("-")), None)
     if chosen in COMMANDS and getattr(command_module(chosen), "PASSTHROUGH", False) and argv[0] == chosen:
         # the command parses its own words (the main job's HfArgumentParser), --help included
@@ -100,9 +108,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     module = command_module(args.command)
     try:
         return int(module.run(args) or 0)
-    except (*module.USER_ERRORS, ValueError, FileNotFoundError) as error:
-        print(f"{PROG} {args.command}: error: {error}", file=sys.stderr)
+    except (*module.USER_ERRORS, ValueError, OSError, ImportError) as error:
+        if debug:
+            raise
+        print(f"{PROG} {args.command}: error: {_one_line(error)}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except Exception as error:  # a bug: say so in one line, keep the traceback for --debug
+        if debug:
+            raise
+        print(
+            f"{PROG} {args.command}: unexpected {type(error).__name__}: {_one_line(error)} "
+            f"(run again with {DEBUG_FLAG} for the traceback)",
+            file=sys.stderr,
+        )
+        return EXIT_INTERNAL_ERROR
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
 
 
 if __name__ == "__main__":

@@ -16,12 +16,20 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from .._files import LOCK_CONFIG_FILE, LOCK_STATE_FILE, LOCK_STATE_FORMAT, LOCK_TENSORS_FILE, MASK_FILE
+from .._files import (
+    LOCK_CONFIG_FILE,
+    LOCK_STATE_FILE,
+    LOCK_STATE_FORMAT,
+    LOCK_TENSORS_FILE,
+    MASK_FILE,
+    TRAINER_STATE_FILE,
+)
 from ..probing.heads import head_from_layout, head_layout
 from .objectives import LockHeads
 from .selection import load_mask, save_mask
 
 HEAD_ROLES = ("authorized", "adversary")
+CHECKPOINT_PREFIX = "checkpoint-"  # transformers' name for checkpoint folders
 HEAD_KEYS = ("heads", "stale_heads", "best_heads", "best_stale_heads")  # the LockHeads fields, saved in this order
 MASK_NAME_PREFIX = "backbone."  # in memory masks name EncoderAdapter parameters; the mask file names AutoModel weights
 
@@ -156,3 +164,24 @@ def _heads_from(layouts: dict[str, list[str]], tensors: dict[str, torch.Tensor],
         state = {n[len(prefix) :]: t for n, t in tensors.items() if n.startswith(prefix)}
         modules[role] = head_from_layout(layouts[f"{key}.{role}"], state).requires_grad_(False).to(device)
     return LockHeads(**modules)
+
+
+def checkpoint_is_complete(folder: str | Path) -> bool:
+    """Whether a Trainer checkpoint was written to the end: the Trainer writes ``trainer_state.json`` after the
+    model, the lock state, the optimizer and the RNG states, so a readable one marks a finished checkpoint."""
+    state_file = Path(folder) / TRAINER_STATE_FILE
+    try:
+        json.loads(state_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return (Path(folder) / LOCK_STATE_FILE).is_file() and (Path(folder) / LOCK_TENSORS_FILE).is_file()
+
+
+def last_complete_checkpoint(folder: str | Path) -> Path | None:
+    """The ``checkpoint-N`` under ``folder`` with the highest ``N`` that is complete (an interrupted one is skipped)."""
+    candidates = []
+    for path in Path(folder).glob(f"{CHECKPOINT_PREFIX}*"):
+        suffix = path.name[len(CHECKPOINT_PREFIX) :]
+        if path.is_dir() and suffix.isdigit() and checkpoint_is_complete(path):
+            candidates.append((int(suffix), path))
+    return max(candidates)[1] if candidates else None

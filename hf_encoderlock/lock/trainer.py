@@ -61,13 +61,15 @@ from .selection import (
     sync_gradient_stats,
     sync_mask_across_processes,
 )
-from .state import LockState
+from .state import LockState, checkpoint_is_complete, last_complete_checkpoint
 from .variants.augmentations import AugmentationConfig, augmented_view
 from .variants.generators import generate_prohibited
 from .variants.pseudo_labels import cluster_pseudo_labels
 
 logger = logging.getLogger(__name__)
 
+# encoderlock_config.json entries a resumed checkpoint must share with the run (with every hyperparameter)
+RESUME_MUST_MATCH = ("variant", "objective", "base_model", "poolings", "authorized", "prohibited", "seed")
 EVAL_KEYS = ("authorized", "prohibited")  # the keys of eval_dataset: which lock head scores each set
 MIN_IMAGES_PER_DOMAIN = 8  # below this, a validation split carved from the lock data is meaningless
 VIEW_SEED_OFFSET = 104_729  # augmented views draw from their own generator, seeded args.seed + this
@@ -77,6 +79,10 @@ SCORE_SEED_STRIDE = 7919  # round r draws its score batches from a generator see
 def _lock_state_field(name: str, doc: str) -> property:
     """A read-only trainer property delegating to ``trainer.lock_state.<name>``."""
     return property(lambda trainer: getattr(trainer.lock_state, name), doc=doc)
+
+
+class NonFiniteWeightsError(FloatingPointError):
+    """An encoder weight holds NaN or inf: nothing is saved (the message names the tensor)."""
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -500,8 +506,20 @@ class EncoderLockTrainer(Trainer):
             if bar is not None:
                 bar.set_description(label, refresh=True)
 
+    def check_weights_finite(self, consequence: str) -> None:
+        """Raise :class:`NonFiniteWeightsError` naming the first encoder tensor holding NaN or inf."""
+        for name, param in self.encoder.named_parameters():
+            if not bool(torch.isfinite(param.detach()).all()):
+                bad = int((~torch.isfinite(param.detach())).sum())
+                raise NonFiniteWeightsError(
+                    f"encoder weight {name.removeprefix('backbone.')} holds {bad} NaN/inf value(s) at update step "
+                    f"{self.state.global_step}: {consequence}. Lower learning_rate or check the lock data."
+                )
+
     def end_lock(self) -> None:
-        """At the end of ``train()``: the final challenge, the best encoder put back, the guard removed."""
+        """At the end of ``train()``: the last update checked, the final challenge, the best encoder put back, the
+        guard removed."""
+        self.check_weights_finite("the lock stopped after its last update")
         self._show_phase(self.args.num_rounds, "final challenge")
         self.challenge(round_index=self.args.num_rounds)
         self.restore_best_encoder()
@@ -774,6 +792,7 @@ class EncoderLockTrainer(Trainer):
         """
         if not self.args.should_save:
             return
+        self.check_weights_finite("nothing was saved")
         target = Path(output_dir or self.args.output_dir).resolve()
         with atomic_folder(target) as staging:
             self._write_saved_files(staging, target.name)
@@ -832,8 +851,37 @@ class EncoderLockTrainer(Trainer):
             revision=self.args.hub_revision,
         )
 
+    def train(self, resume_from_checkpoint: str | bool | None = None, trial=None, ignore_keys_for_eval=None, **kwargs):
+        """``Trainer.train``; ``resume_from_checkpoint=True`` takes the last *complete* checkpoint under
+        ``output_dir`` (one cut short by a kill or a full disk is skipped), and a checkpoint made with other lock
+        settings is refused."""
+        if resume_from_checkpoint is True:
+            found = last_complete_checkpoint(self.args.output_dir)
+            if found is None:
+                raise ValueError(f"resume_from_checkpoint=True: no complete checkpoint in {self.args.output_dir}")
+            resume_from_checkpoint = str(found)
+        return super().train(resume_from_checkpoint, trial, ignore_keys_for_eval, **kwargs)
+
+    def _check_same_lock(self, folder: Path) -> None:
+        """Refuse a checkpoint whose lock was made with other settings: the resumed run's encoderlock_config.json
+        would misstate how the result was made."""
+        saved = json.loads((folder / LOCK_CONFIG_FILE).read_text(encoding="utf-8"))
+        current = json.loads(json.dumps(self.lock_summary(), default=str))
+        differ = [key for key in RESUME_MUST_MATCH if saved.get(key) != current.get(key)]
+        theirs, ours = saved.get("hyperparameters", {}), current["hyperparameters"]
+        differ += [f"hyperparameters.{k}" for k in sorted(set(theirs) | set(ours)) if theirs.get(k) != ours.get(k)]
+        if differ:
+            raise ValueError(
+                f"{folder} was made with other lock settings ({', '.join(differ)}); resume it with the same "
+                "settings (EncoderLockConfig.from_pretrained(checkpoint)) or start a new run in another output_dir"
+            )
+
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         folder = Path(resume_from_checkpoint)
+        if not checkpoint_is_complete(folder):
+            raise ValueError(f"{folder} is not a complete checkpoint (it was cut short); resume from an earlier one")
+        if (folder / LOCK_CONFIG_FILE).is_file():
+            self._check_same_lock(folder)
         if (folder / MASK_FILE).is_file():
             loaded = LockState.load(folder, self.args.device)
             if loaded.objective is None:  # a checkpoint without the state files: only its mask and round count

@@ -1,0 +1,54 @@
+"""EncoderLockTrainer never saves a broken encoder and resumes only from complete checkpoints of the same lock."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from hf_encoderlock._files import TRAINER_STATE_FILE
+from hf_encoderlock.lock.state import last_complete_checkpoint
+from hf_encoderlock.lock.trainer import NonFiniteWeightsError
+
+CHECKPOINTED = dict(num_rounds=2, update_steps_per_round=2, save_strategy="steps", save_steps=1, challenge_every=1)
+
+
+def test_a_nan_weight_is_named_and_nothing_is_saved(tmp_path, tiny_trainer):
+    encoder, trainer = tiny_trainer(tmp_path)
+    name, weight = next(iter(trainer.candidates.items()))
+    with torch.no_grad():
+        weight.view(-1)[0] = float("nan")
+    target = tmp_path / "saved"
+    with pytest.raises(NonFiniteWeightsError, match=name.removeprefix("backbone.")):
+        trainer.save_model(str(target))
+    assert not target.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no staging folder left
+
+
+def test_resume_true_skips_a_checkpoint_cut_short(tmp_path, tiny_trainer):
+    _, first = tiny_trainer(tmp_path, **CHECKPOINTED)
+    first.train()
+    run = tmp_path / "run"
+    newest = max(run.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    (newest / TRAINER_STATE_FILE).unlink()  # killed (or disk full) before the Trainer wrote its state
+    previous = run / f"checkpoint-{int(newest.name.split('-')[1]) - 1}"
+    assert last_complete_checkpoint(run) == previous
+    with pytest.raises(ValueError, match="not a complete checkpoint"):
+        tiny_trainer(tmp_path, **CHECKPOINTED)[1].train(resume_from_checkpoint=str(newest))
+    _, resumed = tiny_trainer(tmp_path, **CHECKPOINTED)
+    resumed.train(resume_from_checkpoint=True)  # the cut-short checkpoint is invisible to resume
+    assert resumed.state.global_step == first.state.global_step
+
+
+def test_resume_refuses_a_checkpoint_of_other_lock_settings(tmp_path, tiny_trainer):
+    _, first = tiny_trainer(tmp_path, **CHECKPOINTED)
+    first.train()
+    checkpoint = last_complete_checkpoint(tmp_path / "run")
+    copy = tmp_path / "elsewhere"
+    shutil.copytree(checkpoint.parent, copy)
+    _, other = tiny_trainer(tmp_path / "other", **{**CHECKPOINTED, "weights_per_round": 9, "objective": "information"})
+    with pytest.raises(ValueError, match="other lock settings.*objective.*weights_per_round"):
+        other.train(resume_from_checkpoint=str(copy / checkpoint.name))
+    with pytest.raises(ValueError, match="no complete checkpoint"):
+        tiny_trainer(tmp_path / "empty", **CHECKPOINTED)[1].train(resume_from_checkpoint=True)
