@@ -38,6 +38,7 @@ AUDIT_JSON, AUDIT_MD = "audit.json", "audit.md"
 # The main job's output folder
 REPORT_JSON, REPORT_MD, REPORT_PNG = "report.json", "report.md", "probe.png"
 VICTIM_SUBDIR, LOCKED_SUBDIR = "victim", "locked"
+CHECKPOINTS_SUBDIR = "checkpoints"  # the main job's lock checkpoints, kept until the run has finished
 
 # ------------------------------------------------------------------------------------------------ victim asset
 VICTIM_RECIPE_FILE = "victim_recipe.json"
@@ -47,3 +48,9 @@ VICTIM_CACHE_NAME = "victim-v1"
 STAGING_INFIX = ".partial-"  # a save is written into the hidden sibling ``.{name}.partial-XXXX`` first
 RETIRED_INFIX = ".old-"  # a replaced folder briefly lives at ``.{name}.old-XXXX`` before it is deleted
 SAVED_FOLDER_MODE = 0o755  # mkdtemp makes staging folders private; a published folder is readable like any other
+
+# ------------------------------------------------------------------------------------------------------ signing
+# An OpenSSF model-signing bundle over every file a push publishes (the card included); pushed with the lock.
+SIGNATURE_FILE = "model.sig"
+# The card format whose ``encoderlock:`` block hashes every published file, not only the weights (v1 did).
+CARD_FORMAT_V2 = "encoderlock-card/v2"

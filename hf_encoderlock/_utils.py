@@ -49,6 +49,23 @@ def publish_folder(staging: str | Path, target: str | Path) -> None:
         staging.rename(target)
 
 
+def remove_stale_staging(target: str | Path) -> list[Path]:
+    """Delete the hidden staging / retired siblings of ``target`` that a killed run left (only names this package
+    makes: ``.{name}.partial-*`` and ``.{name}.old-*``); returns what was removed."""
+    target = Path(target).resolve()
+    if not target.parent.is_dir():
+        return []
+    stale = [
+        path
+        for infix in (STAGING_INFIX, RETIRED_INFIX)
+        for path in target.parent.glob(f".{target.name}{infix}*")
+        if path.is_dir()
+    ]
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
+    return stale
+
+
 @contextmanager
 def atomic_folder(target: str | Path) -> Iterator[Path]:
     """Write a folder atomically: yields a staging folder, published at ``target`` when the block succeeds.

@@ -10,6 +10,7 @@ renamed into place at the end, so an interrupted run never leaves an output fold
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -18,8 +19,8 @@ from typing import Any
 
 from datasets import DatasetDict
 
-from ._files import LOCKED_SUBDIR, REPORT_JSON, REPORT_MD, REPORT_PNG, VICTIM_SUBDIR
-from ._utils import atomic_folder, optional_import
+from ._files import CHECKPOINTS_SUBDIR, LOCKED_SUBDIR, REPORT_JSON, REPORT_MD, REPORT_PNG, VICTIM_SUBDIR
+from ._utils import atomic_folder, optional_import, remove_stale_staging
 from .data.domains import BUILTIN_DOMAINS, DomainSpec, load_domain, train_validation_split
 from .data.lock_tensors import combine_labelled_domains
 from .encoders import EncoderAdapter, load_encoder
@@ -29,6 +30,8 @@ from .lock.trainer import EncoderLockTrainer
 from .probing.lock_report import build_lock_report, lock_report_markdown, plot_lock_report
 from .probing.suite import ProbeConfig, run_probe_suite
 from .victim import load_victim
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -125,6 +128,11 @@ def run_lock_experiment(args: LockExperimentArguments, lock_config: EncoderLockC
     started = time.perf_counter()
     optional_import("matplotlib", "plots", "the main job's probe.png")  # fail before any long work, not at the end
     target = Path(lock_config.output_dir)
+    for stale in remove_stale_staging(target):
+        logger.warning("removed %s, left by an interrupted run", stale)
+    resume = lock_config.resume_from_checkpoint
+    if isinstance(resume, str) and resume.lower() in ("true", "yes", "1"):
+        resume = True  # the flag's text form: the last complete checkpoint under output_dir/checkpoints
     domains = _load_domains(args)  # every domain is checked before any long work
     authorized_names = [args.spec(name).display_name for name in args.authorized_domains()]
     prohibited_name = args.spec(args.prohibited).display_name
@@ -162,7 +170,8 @@ def run_lock_experiment(args: LockExperimentArguments, lock_config: EncoderLockC
         before = run_probe_suite(encoder, probe_domains, probe_config, random_twin=True, cache_dir=args.cache_dir)
         timings["probe_before_s"] = time.perf_counter() - tick
 
-        lock_config.output_dir = str(staging / LOCKED_SUBDIR)
+        # Checkpoints live outside the staging folder, under output_dir, so an interrupted run can resume from them.
+        lock_config.output_dir = str(target / CHECKPOINTS_SUBDIR)
         trainer = EncoderLockTrainer(
             encoder,
             lock_config,
@@ -176,7 +185,7 @@ def run_lock_experiment(args: LockExperimentArguments, lock_config: EncoderLockC
             },
         )
         tick = time.perf_counter()
-        trainer.train()
+        trainer.train(resume_from_checkpoint=resume)
         timings["lock_s"] = time.perf_counter() - tick
         trainer.save_model(str(staging / LOCKED_SUBDIR))
         own_head_sets = {"authorized": authorized_test}
@@ -208,7 +217,6 @@ def run_lock_experiment(args: LockExperimentArguments, lock_config: EncoderLockC
         write_model_card(staging / LOCKED_SUBDIR, report)
         (staging / REPORT_MD).write_text(lock_report_markdown(report))
         plot_lock_report(report, staging / REPORT_PNG)
-        for leftover in (staging / LOCKED_SUBDIR).glob("checkpoint-*"):
-            shutil.rmtree(leftover)
+    shutil.rmtree(target / CHECKPOINTS_SUBDIR, ignore_errors=True)  # the run finished: its checkpoints are done with
     lock_config.output_dir = str(target)
     return report

@@ -4,10 +4,12 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
 from datasets import DatasetDict
 from transformers import AutoImageProcessor, AutoModel
 
 from hf_encoderlock.encoders import tiny_vit_encoder
+from hf_encoderlock.lock.trainer import EncoderLockTrainer
 from tests.helpers import toy_domain
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "lock_vit.py"
@@ -81,3 +83,34 @@ def test_lock_vit_example_writes_loadable_folders_and_honest_report(tmp_path):
     assert report["lock"]["mask"]["count"] > 0
     assert "green" in report["verdict"]
     assert "Lock's own head (stale)" in (out / "report.md").read_text()
+
+
+def test_an_interrupted_main_job_keeps_its_checkpoints_and_resumes(tmp_path, monkeypatch):
+    model_dir = tmp_path / "tiny"
+    tiny_vit_encoder(seed=0, image_size=16, patch_size=4).save_pretrained(model_dir)
+    for name, style, seed in (("red", "red", 0), ("green", "green", 1)):
+        splits = {"train": toy_domain(60, seed, style), "test": toy_domain(20, seed + 10, style)}
+        DatasetDict(splits).save_to_disk(tmp_path / name)
+    out = tmp_path / "out"
+    words = ["--model", str(model_dir), "--authorized", str(tmp_path / "red"), "--prohibited", str(tmp_path / "green")]
+    words += ["--output_dir", str(out), "--num_rounds", "2", "--update_steps_per_round", "2", "--weights_per_round"]
+    words += ["10", "--per_device_train_batch_size", "8", "--adversary_epochs", "2", "--adversary_seeds", "1"]
+    words += ["--probe_seeds", "0", "--probe_fractions", "1.0", "--use_cpu", "true"]
+    words += ["--disable_tqdm", "true", "--save_strategy", "steps", "--save_steps", "1"]
+
+    def killed(self):
+        raise KeyboardInterrupt  # Ctrl-C after the last update: the checkpoints are on disk, the report is not
+
+    with monkeypatch.context() as patch:
+        patch.setattr(EncoderLockTrainer, "end_lock", killed)
+        with pytest.raises(KeyboardInterrupt):
+            _example_module().main(words)
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoints"]  # nothing that looks like a finished run
+    assert sorted(p.name for p in (out / "checkpoints").iterdir())[-1] == "checkpoint-4"
+    (tmp_path / ".out.partial-left-by-a-kill").mkdir()  # as a kill during publishing would leave it
+
+    _example_module().main([*words, "--resume_from_checkpoint", "true"])
+    assert {"victim", "locked", "report.json"} <= {p.name for p in out.iterdir()}
+    assert not (out / "checkpoints").exists() and not list(tmp_path.glob(".out.*"))
+    report = json.loads((out / "report.json").read_text())
+    assert report["lock"]["mask"]["count"] == 20  # two rounds of 10, the second restored from the checkpoint

@@ -26,9 +26,10 @@ from huggingface_hub import HfApi
 from torch import nn
 from torch.func import functional_call
 from torch.nn import functional as F
-from transformers import AutoModel, Trainer
+from transformers import AutoModel, Trainer, TrainerState
+from transformers.trainer_utils import TrainOutput
 
-from .._files import LOCK_CONFIG_FILE, LOCK_CONFIG_FORMAT, MASK_FILE, MODEL_CONFIG_FILE
+from .._files import LOCK_CONFIG_FILE, LOCK_CONFIG_FORMAT, MASK_FILE, MODEL_CONFIG_FILE, TRAINER_STATE_FILE
 from .._utils import atomic_folder, package_versions
 from ..data.lock_tensors import (
     DomainTensors,
@@ -860,7 +861,24 @@ class EncoderLockTrainer(Trainer):
             if found is None:
                 raise ValueError(f"resume_from_checkpoint=True: no complete checkpoint in {self.args.output_dir}")
             resume_from_checkpoint = str(found)
+        if resume_from_checkpoint and self._finished_at(Path(resume_from_checkpoint)):
+            return self._finish_from_checkpoint(Path(resume_from_checkpoint))
         return super().train(resume_from_checkpoint, trial, ignore_keys_for_eval, **kwargs)
+
+    def _finished_at(self, checkpoint: Path) -> bool:
+        """Whether ``checkpoint`` was saved after the last update (the Trainer would run one step too many)."""
+        if not checkpoint_is_complete(checkpoint):
+            return False
+        saved = json.loads((checkpoint / TRAINER_STATE_FILE).read_text(encoding="utf-8"))
+        return int(saved.get("global_step", 0)) >= self.args.max_steps
+
+    def _finish_from_checkpoint(self, checkpoint: Path) -> TrainOutput:
+        """Resume a run killed after its last update: restore the checkpoint, then do what the end of ``train()``
+        does (the final challenge, the best encoder put back), as the uninterrupted run did."""
+        self._load_from_checkpoint(str(checkpoint))
+        self.state = TrainerState.load_from_json(str(checkpoint / TRAINER_STATE_FILE))
+        self.end_lock()
+        return TrainOutput(self.state.global_step, 0.0, {})
 
     def _check_same_lock(self, folder: Path) -> None:
         """Refuse a checkpoint whose lock was made with other settings: the resumed run's encoderlock_config.json

@@ -52,3 +52,18 @@ def test_resume_refuses_a_checkpoint_of_other_lock_settings(tmp_path, tiny_train
         other.train(resume_from_checkpoint=str(copy / checkpoint.name))
     with pytest.raises(ValueError, match="no complete checkpoint"):
         tiny_trainer(tmp_path / "empty", **CHECKPOINTED)[1].train(resume_from_checkpoint=True)
+
+
+def test_a_run_killed_after_its_last_update_resumes_to_the_same_encoder(tmp_path, tiny_trainer):
+    whole_encoder, whole = tiny_trainer(tmp_path / "whole", **CHECKPOINTED)
+    whole.train()
+    _, killed = tiny_trainer(tmp_path / "killed", **CHECKPOINTED)
+    killed.end_lock = lambda: (_ for _ in ()).throw(KeyboardInterrupt())  # Ctrl-C after the last checkpoint
+    with pytest.raises(KeyboardInterrupt):
+        killed.train()
+    resumed_encoder, resumed = tiny_trainer(tmp_path / "killed", **CHECKPOINTED)
+    resumed.train(resume_from_checkpoint=True)
+    assert resumed.state.global_step == whole.state.global_step  # no update beyond the budget
+    assert resumed.best_round == whole.best_round
+    for name, value in whole_encoder.state_dict().items():
+        assert torch.equal(resumed_encoder.state_dict()[name], value), name
