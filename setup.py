@@ -15,6 +15,8 @@ EXTRAS = {
     "demo": ["mlxtend>=0.23", "scikit-image>=0.22"],
     "attacks": ["peft>=0.13"],
     "plots": ["matplotlib>=3.8"],
+    # model-signing 1.1 imports OpenSSL without declaring pyOpenSSL
+    "signing": ["model-signing>=1.0", "pyopenssl>=23.0"],
 }
 EXTRAS["all"] = sorted({requirement for group in EXTRAS.values() for requirement in group})
 EXTRAS["dev"] = [*EXTRAS["all"], "pytest>=8.0", "ruff>=0.6"]

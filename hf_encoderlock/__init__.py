@@ -15,7 +15,7 @@ __version__ = "0.1.0.dev0"
 
 _EXPORTS: dict[str, tuple[str, ...]] = {
     "probing.attacks": ("AttackConfig", "AttackError", "AttackReport", "learning_curve_auc", "run_attack_suite"),
-    "audit": ("AuditReport", "audit_locked"),
+    "audit": ("AuditError", "AuditReport", "audit_locked"),
     "lock.variants.augmentations": ("AugmentationConfig", "augmented_view"),
     "lock.callbacks": ("LockRoundCallback",),
     "lock.config": ("EncoderLockConfig",),
@@ -45,6 +45,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "probing.heads": ("HeadTrainingConfig", "TrainedHead", "accuracy", "best_head", "train_head_groups", "train_heads"),
     "hub.push": ("load_locked", "push_locked_to_hub"),
     "hub.locked": ("LockedEncoder",),
+    "hub.signing": ("sign_locked", "verify_signature"),
     "lock.objectives.information": ("InformationObjective", "InformationTermsConfig"),
     "data.lock_tensors": ("LockDataError", "combine_labelled_domains"),
     "probing.lock_report": ("build_lock_report", "lock_report_markdown", "plot_lock_report"),

@@ -54,3 +54,25 @@ SAVED_FOLDER_MODE = 0o755  # mkdtemp makes staging folders private; a published 
 SIGNATURE_FILE = "model.sig"
 # The card format whose ``encoderlock:`` block hashes every published file, not only the weights (v1 did).
 CARD_FORMAT_V2 = "encoderlock-card/v2"
+
+# ------------------------------------------------------------------------------------------- what we may replace
+# Names (globs) of everything this package writes into an output folder. Anything else there is the user's: a save
+# or a main job refuses such a folder unless overwrite_output_dir, and never deletes it either way.
+PACKAGE_OUTPUTS = (
+    MODEL_CONFIG_FILE,
+    MODEL_WEIGHTS_FILE,
+    PROCESSOR_CONFIG_FILE,
+    PLAIN_MODULE_CONFIG_FILE,
+    CARD_FILE,
+    LOCK_CONFIG_FILE,
+    *PRIVATE_FILES,
+    "checkpoint-*",
+    "runs",
+    SIGNATURE_FILE,
+    REPORT_JSON,
+    REPORT_MD,
+    REPORT_PNG,
+    VICTIM_SUBDIR,
+    LOCKED_SUBDIR,
+    CHECKPOINTS_SUBDIR,
+)

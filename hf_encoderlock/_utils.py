@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import fnmatch
 import importlib
 import math
+import os
 import platform
 import shutil
 import tempfile
@@ -14,7 +16,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from ._files import RETIRED_INFIX, SAVED_FOLDER_MODE, STAGING_INFIX
+from ._files import PACKAGE_OUTPUTS, RETIRED_INFIX, SAVED_FOLDER_MODE, STAGING_INFIX
 
 VERSIONED_PACKAGES = ("hf_encoderlock", "torch", "transformers", "datasets", "accelerate")
 
@@ -47,6 +49,44 @@ def publish_folder(staging: str | Path, target: str | Path) -> None:
         shutil.rmtree(retired)
     else:
         staging.rename(target)
+
+
+def foreign_entries(folder: str | Path) -> list[str]:
+    """Names in ``folder`` that this package does not write (a user's files); empty when it does not exist."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted(
+        entry.name
+        for entry in folder.iterdir()
+        if not any(fnmatch.fnmatch(entry.name, pattern) for pattern in PACKAGE_OUTPUTS)
+    )
+
+
+def check_output_folder(folder: str | Path, finished_marker: str, overwrite: bool, what: str) -> None:
+    """Refuse, before any work, an output folder that cannot be written, that holds a user's files, or that holds a
+    finished result (``finished_marker``) which ``overwrite`` does not allow replacing. A user's files are never
+    deleted: with ``overwrite`` they are kept beside the new result."""
+    folder = Path(folder).resolve()
+    if folder == Path.cwd().resolve() or folder in Path.cwd().resolve().parents:
+        raise ValueError(f"{what}: output_dir {folder} is the current folder or contains it; pass a sub-folder")
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK):
+        raise PermissionError(f"{what}: output_dir {folder} cannot be written")
+    if overwrite:
+        return
+    users = foreign_entries(folder)
+    if users:
+        shown = ", ".join(users[:5]) + (", ..." if len(users) > 5 else "")
+        raise FileExistsError(
+            f"{what}: output_dir {folder} holds files this package did not write ({shown}); choose another folder, "
+            "or pass overwrite_output_dir=True (they are kept, never deleted)"
+        )
+    if (folder / finished_marker).exists():
+        raise FileExistsError(
+            f"{what}: output_dir {folder} already holds a finished result ({finished_marker}); choose another "
+            "folder, or pass overwrite_output_dir=True to replace it"
+        )
 
 
 def remove_stale_staging(target: str | Path) -> list[Path]:

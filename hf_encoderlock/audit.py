@@ -3,16 +3,26 @@
 Checks, each recorded in :class:`AuditReport` (``problems`` lists every failed check):
 
 1. weights: entries that differ bitwise from the original encoder (count, fraction, per tensor);
-2. mask: every changed entry lies inside ``encoderlock_mask.safetensors`` (when present);
+2. mask: every mask tensor has exactly its weight's shape, and every changed entry lies inside
+   ``encoderlock_mask.safetensors`` (when present, or given);
 3. config: the mask count in ``encoderlock_config.json`` equals the mask file's count;
-4. card: the SHA-256 of the weight files matches the model card's ``encoderlock:`` block;
-5. probes: the probe suite rerun on the locked encoder (and its random twin) on the lock's domains.
+4. card: the SHA-256 of every published file matches the model card's ``encoderlock:`` block, which agrees with
+   ``encoderlock_config.json``;
+5. declared: the changed count (and the mask's) is at most the count the config and the card declare and the
+   budget ``rounds x weights_per_round``; without a mask (a pulled lock keeps none), each changed tensor must be
+   one the config declares masked weights in, with at most that many changes, and a candidate weight of the lock
+   (``candidate_blocks``, module types and name patterns);
+6. probes: the probe suite rerun on the locked encoder (and its random twin) on the lock's domains.
+
+An audit that cannot run as asked (the original missing or of another architecture, an unreadable mask) raises
+:class:`AuditError` with a one-line message; ``encoderlock audit`` exits 2 for it and 1 when a check fails.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,15 +36,47 @@ from .data.domains import BUILTIN_DOMAINS, DomainSpec
 from .encoders import load_encoder
 from .hub.card import Authorization, LockVerificationError, _domain_name
 from .lock.masking import _bits
-from .lock.selection import load_mask
+from .lock.selection import block_index, load_mask, select_candidate_parameters
 from .probing.probe_report import TWIN_ROLE
 from .probing.suite import ProbeConfig, run_probe_suite
 from .victim import load_victim
 
 VICTIM = "victim"
+PREVIEW = 3  # tensor names a one-line message lists before "..."
+_HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")  # "name" or "user/name": may be a Hub id
+
+
+class AuditError(ValueError):
+    """The audit cannot run as asked: the original is missing or has another architecture, the mask is unreadable.
+
+    The message is one line; ``encoderlock audit`` prints it and exits with status 2 (1 is for failed checks).
+    """
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0]
+
+
+def _preview(names: Sequence[str]) -> str:
+    return ", ".join(names[:PREVIEW]) + (", ..." if len(names) > PREVIEW else "")
 
 
 # ---------------------------------------------------------------------------------------------------- loading
+def load_backbone(source: str | os.PathLike | torch.nn.Module) -> torch.nn.Module:
+    """The backbone module of a folder, ``"victim"``, a Hub id, an adapter or a module."""
+    if isinstance(source, torch.nn.Module):
+        return getattr(source, "backbone", source)
+    if str(source) == VICTIM:
+        return load_backbone(load_victim())
+    return load_encoder(str(source)).backbone
+
+
+def state_of(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A module's state dict, detached and on the CPU."""
+    return {n: t.detach().cpu() for n, t in module.state_dict().items()}
+
+
 def load_state(source: str | os.PathLike | torch.nn.Module) -> dict[str, torch.Tensor]:
     """A backbone's in-memory state dict from a folder, ``"victim"``, a Hub id or a module.
 
@@ -42,20 +84,65 @@ def load_state(source: str | os.PathLike | torch.nn.Module) -> dict[str, torch.T
     under other names than the module's (ViT: ``encoder.layer.N.attention.attention.query`` on disk,
     ``layers.N.attention.q_proj`` in memory), and masks use the in-memory names. Loading copies values exactly.
     """
-    if isinstance(source, torch.nn.Module):
-        module = getattr(source, "backbone", source)
-        return {n: t.detach().cpu() for n, t in module.state_dict().items()}
-    if str(source) == VICTIM:
-        return load_state(load_victim())
+    return state_of(load_backbone(source))
 
-    return load_state(load_encoder(str(source)))
+
+def _load(source: str | os.PathLike | torch.nn.Module, role: str) -> torch.nn.Module:
+    """``load_backbone(source)``, any failure turned into a one-line :class:`AuditError` naming ``role``."""
+    if isinstance(source, (str, os.PathLike)) and str(source) != VICTIM and not Path(source).expanduser().exists():
+        if not _HUB_NAME.match(str(source)):  # a path, not a Hub id: nothing to download either
+            raise AuditError(f"the {role} encoder {str(source)!r} does not exist")
+    try:
+        return load_backbone(source)
+    except Exception as error:  # transformers, the Hub client, a bad config: all user errors here
+        raise AuditError(f"cannot load the {role} encoder {str(source)!r}: {_one_line(error)}") from error
+
+
+def read_mask(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The mask at ``path``; :class:`AuditError` (one line) when it is missing or unreadable."""
+    path = Path(path)
+    if not path.is_file():
+        raise AuditError(f"no mask file at {path}")
+    try:
+        return load_mask(path)
+    except Exception as error:  # not safetensors, truncated, unreadable
+        raise AuditError(f"cannot read the mask {path}: {_one_line(error)}") from error
+
+
+def _read_lock_config(folder: Path) -> tuple[dict[str, Any] | None, list[str]]:
+    path = folder / LOCK_CONFIG_FILE
+    if not path.is_file():
+        return None, []
+    try:
+        lock = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        return None, [f"{LOCK_CONFIG_FILE} cannot be read: {_one_line(error)}"]
+    if not isinstance(lock, dict):
+        return None, [f"{LOCK_CONFIG_FILE} is not a JSON object"]
+    return lock, []
 
 
 # ---------------------------------------------------------------------------------------------------- checks
+def check_mask(mask: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor]) -> list[str]:
+    """Every mask tensor names a tensor of ``state`` and has exactly its shape (a mask that would broadcast, or is
+    larger, covers entries the lock never selected)."""
+    problems = []
+    unknown = sorted(n for n in mask if n not in state)
+    if unknown:
+        problems.append(f"{MASK_FILE} has {len(unknown)} tensor(s) the encoder does not have: {_preview(unknown)}")
+    for name in sorted(n for n in mask if n in state):
+        if tuple(mask[name].shape) != tuple(state[name].shape):
+            problems.append(
+                f"{MASK_FILE}'s {name!r} has shape {tuple(mask[name].shape)}, the weight has {tuple(state[name].shape)}"
+            )
+    return problems
+
+
 def compare_weights(
     original: Mapping[str, torch.Tensor], locked: Mapping[str, torch.Tensor], mask: Mapping[str, torch.Tensor] | None
 ) -> tuple[dict[str, Any], list[str]]:
-    """Changed entries per tensor (bitwise) and, with a mask, changed entries outside it."""
+    """Changed entries per tensor (bitwise) and, with a mask, changed entries outside it (a mask tensor whose shape
+    differs from its weight's covers nothing)."""
     problems = [f"tensor {n!r} missing from the locked weights" for n in sorted(set(original) - set(locked))]
     problems += [f"tensor {n!r} not in the original weights" for n in sorted(set(locked) - set(original))]
     per_layer: dict[str, dict[str, int]] = {}
@@ -74,7 +161,8 @@ def compare_weights(
         row = {"changed": count, "size": before.numel()}
         if mask is not None:
             keep = mask.get(name)
-            out = count if keep is None else int((diff & ~keep.to(torch.bool)).sum())
+            exact = keep is not None and tuple(keep.shape) == tuple(diff.shape)  # never broadcast a mask
+            out = int((diff & ~keep.to(torch.bool)).sum()) if exact else count
             row["outside_mask"] = out
             outside += out
         per_layer[name] = row
@@ -90,15 +178,132 @@ def compare_weights(
         if outside:
             layers = [n for n, r in per_layer.items() if r.get("outside_mask")]
             problems.append(f"{outside} changed entries lie outside the mask (in {', '.join(layers[:5])})")
+        problems += check_mask(mask, original)
     return summary, problems
+
+
+def architecture_mismatch(original: Mapping[str, torch.Tensor], locked: Mapping[str, torch.Tensor]) -> str | None:
+    """One line saying how two state dicts differ in tensor names or shapes; ``None`` when they match."""
+    only_original = sorted(set(original) - set(locked))
+    only_locked = sorted(set(locked) - set(original))
+    reshaped = sorted(n for n in set(original) & set(locked) if tuple(original[n].shape) != tuple(locked[n].shape))
+    parts = []
+    if only_original:
+        parts.append(f"{len(only_original)} tensor(s) only in the original ({_preview(only_original)})")
+    if only_locked:
+        parts.append(f"{len(only_locked)} only in the locked one ({_preview(only_locked)})")
+    if reshaped:
+        shapes = [f"{n} {tuple(original[n].shape)} vs {tuple(locked[n].shape)}" for n in reshaped]
+        parts.append(f"{len(reshaped)} of another shape ({_preview(shapes)})")
+    return "; ".join(parts) or None
+
+
+def candidate_weights(backbone: torch.nn.Module, hyperparameters: Mapping[str, Any]) -> set[str] | None:
+    """Names of the weights the lock could select (as the trainer chose them: ``candidate_blocks``, module types,
+    name patterns); ``None`` when the lock config does not record ``candidate_blocks``."""
+    if "candidate_blocks" not in hyperparameters:
+        return None
+    blocks = hyperparameters.get("candidate_blocks")
+    choose = dict(
+        module_types=tuple(hyperparameters.get("candidate_module_types") or ("Linear", "Conv2d")),
+        name_patterns=hyperparameters.get("candidate_name_patterns"),
+    )
+    try:
+        return set(select_candidate_parameters(backbone, block_indices=blocks, **choose))
+    except ValueError:
+        # the trainer's fallback: a model without numbered blocks takes every candidate weight
+        if blocks is None or any(block_index(name) is not None for name, _ in backbone.named_parameters()):
+            return set()
+        return set(select_candidate_parameters(backbone, block_indices=None, **choose))
+
+
+def _as_count(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def check_declared(
+    lock: Mapping[str, Any] | None,
+    card_count: int | None,
+    mask: Mapping[str, torch.Tensor] | None,
+    weights: Mapping[str, Any] | None,
+    candidates: set[str] | None,
+) -> tuple[dict[str, Any], list[str]]:
+    """The changed and masked counts against what the lock config and the card declare and against the budget.
+
+    Without a mask the config's per-tensor counts stand in for it: a changed tensor the config declares no masked
+    weight in, or with more changes than declared, fails; so does a change (or a mask entry) outside the lock's
+    candidate weights.
+    """
+    lock = lock or {}
+    declared_mask = lock.get("mask") or {}
+    hyper = lock.get("hyperparameters") or {}
+    declared = _as_count(declared_mask.get("count"))
+    per_round = _as_count(hyper.get("weights_per_round"))
+    num_rounds = _as_count(hyper.get("num_rounds"))
+    rounds = _as_count(lock.get("rounds_completed"))
+    rounds = num_rounds if rounds is None else rounds
+    budget = per_round * rounds if per_round is not None and rounds is not None else None
+    mask_count = None if mask is None else sum(int(m.sum()) for m in mask.values())
+    changed = None if weights is None else int(weights["changed"])
+    result: dict[str, Any] = {
+        "declared_count": declared,
+        "card_count": card_count,
+        "budget": budget,
+        "mask_count": mask_count,
+        "changed": changed,
+    }
+    problems = []
+    if rounds is not None and num_rounds is not None and rounds > num_rounds:
+        problems.append(f"{LOCK_CONFIG_FILE} says {rounds} rounds completed of num_rounds={num_rounds}")
+    if budget is not None:
+        counts = [
+            (f"{MASK_FILE} holds", mask_count, "masked weights"),
+            (f"{LOCK_CONFIG_FILE} declares", declared, "masked weights"),
+            ("the card declares", card_count, "masked weights"),
+            ("the weights show", changed, "changed entries"),
+        ]
+        problems += [
+            f"{what} {count} {noun}, more than the budget {rounds} rounds x {per_round} weights_per_round = {budget}"
+            for what, count, noun in counts
+            if count is not None and count > budget
+        ]
+    if changed is not None:
+        for where, limit in ((LOCK_CONFIG_FILE, declared), ("the card", card_count)):
+            if limit is not None and changed > limit:
+                problems.append(f"{changed} entries changed, more than the {limit} masked weights {where} declares")
+    per_layer = declared_mask.get("per_layer")
+    changed_layers = (weights or {}).get("per_layer") or {}
+    if mask is None and isinstance(per_layer, dict) and weights is not None:
+        undeclared = sorted(n for n in changed_layers if n not in per_layer)
+        if undeclared:
+            count = sum(changed_layers[n]["changed"] for n in undeclared)
+            problems.append(
+                f"{count} changed entries lie in tensors {LOCK_CONFIG_FILE} declares no masked weight in "
+                f"({_preview(undeclared)})"
+            )
+        problems += [
+            f"{changed_layers[n]['changed']} entries of {n!r} changed, {LOCK_CONFIG_FILE} declares {per_layer[n]} "
+            "masked there"
+            for n in sorted(changed_layers)
+            if n in per_layer and _as_count(per_layer[n]) is not None and changed_layers[n]["changed"] > per_layer[n]
+        ]
+    if candidates is not None:
+        touched = set(changed_layers) | {n for n, m in (mask or {}).items() if bool(m.any())}
+        outside = sorted(touched - candidates)
+        result["outside_candidates"] = outside
+        if outside:
+            problems.append(
+                f"changed or masked entries in {len(outside)} tensor(s) outside the lock's candidate weights "
+                f"(candidate_blocks={hyper.get('candidate_blocks')}): {_preview(outside)}"
+            )
+    return result, problems
 
 
 def check_config(folder: Path, mask: Mapping[str, torch.Tensor] | None) -> tuple[dict[str, Any] | None, list[str]]:
     """The lock config's declared mask count (and per-layer counts) against the mask file."""
-    path = folder / LOCK_CONFIG_FILE
-    if not path.is_file():
-        return None, []
-    lock = json.loads(path.read_text())
+    lock, problems = _read_lock_config(folder)
+    if lock is None:
+        return None, problems
     declared = (lock.get("mask") or {}).get("count")
     result: dict[str, Any] = {
         "declared_mask_count": declared,
@@ -106,7 +311,6 @@ def check_config(folder: Path, mask: Mapping[str, torch.Tensor] | None) -> tuple
         "prohibited": lock.get("prohibited", []),
         "variant": lock.get("variant"),
     }
-    problems = []
     if mask is not None:
         actual = sum(int(m.sum()) for m in mask.values())
         result["mask_file_count"] = actual
@@ -122,7 +326,7 @@ def check_config(folder: Path, mask: Mapping[str, torch.Tensor] | None) -> tuple
 
 
 def check_card(folder: Path, mask_count: int | None) -> tuple[dict[str, Any], list[str]]:
-    """Verify the weight hashes (and mask count) declared by the model card."""
+    """Verify the file hashes, the agreement with ``encoderlock_config.json`` and the mask count of the card."""
     try:
         authorization = Authorization.from_card(folder / CARD_FILE)
         authorization.verify(folder)
@@ -171,6 +375,7 @@ class AuditReport:
     mask: dict[str, Any] | None = None
     config: dict[str, Any] | None = None
     card: dict[str, Any] | None = None
+    declared: dict[str, Any] | None = None
     probes: dict[str, Any] | None = None
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -226,9 +431,19 @@ class AuditReport:
                 "",
                 "## Model card",
                 "",
-                "Weight hashes verified."
+                "File hashes verified."
                 if self.card["verified"]
                 else f"Not verified: {self.card.get('error', 'mask count differs')}",
+            ]
+        if self.declared is not None:
+            d = self.declared
+            lines += [
+                "",
+                "## Declared counts",
+                "",
+                f"Changed: {d.get('changed', 'n/a')}; mask file: {d.get('mask_count', 'n/a')}; "
+                f"{LOCK_CONFIG_FILE}: {d.get('declared_count', 'n/a')}; card: {d.get('card_count', 'n/a')}; "
+                f"budget (rounds x weights_per_round): {d.get('budget', 'n/a')}.",
             ]
         if self.probes is not None:
             lines += [
@@ -280,11 +495,18 @@ def audit_locked(
     probes: bool = True,
     cache_dir: str | os.PathLike | None = None,
     output_dir: str | os.PathLike | None = None,
+    mask: str | os.PathLike | None = None,
 ) -> AuditReport:
     """Audit the locked folder ``locked`` (see the module docstring).
 
+    Raises :class:`AuditError` (one line) when the audit cannot run as asked: ``original`` or ``mask`` missing or
+    unreadable, or ``original`` of another architecture than a lock whose files match its card (files that do not
+    are a failed check instead).
+
     Args:
         original: the encoder before locking (folder, ``"victim"``, Hub id or module); ``None`` skips the weight diff.
+        mask: the lock's mask file (default: ``encoderlock_mask.safetensors`` in ``locked`` when present; a
+            pulled lock has none, the owner keeps it).
         domains: domains to probe; default: the built-in authorized/prohibited domains of the lock config.
         probe_config: a :class:`hf_encoderlock.probing.suite.ProbeConfig` (default settings when ``None``).
         probes: rerun the probe suite (slow); ``False`` checks files only.
@@ -296,24 +518,53 @@ def audit_locked(
     report = AuditReport(
         locked=str(folder), original=None if original is None else str(getattr(original, "name", original))
     )
-    mask = load_mask(folder / MASK_FILE) if (folder / MASK_FILE).is_file() else None
+    mask_path = Path(mask) if mask is not None else folder / MASK_FILE
+    mask = read_mask(mask_path) if mask is not None or mask_path.is_file() else None
+    original_module = _load(original, "original") if original is not None else None
     mask_count = None
     if mask is not None:
         mask_count = sum(int(m.sum()) for m in mask.values())
         report.mask = {"count": mask_count, "layers": sum(1 for m in mask.values() if m.any())}
     else:
-        report.notes.append(f"no {MASK_FILE}: the subset check is skipped")
-    if original is not None:
-        report.weights, problems = compare_weights(load_state(original), load_state(folder), mask)
-        report.problems += problems
-    else:
-        report.notes.append("no original encoder given: the changed-weights check is skipped")
+        report.notes.append(
+            f"no {MASK_FILE}: changes are checked against the counts {LOCK_CONFIG_FILE} declares instead"
+        )
     report.config, problems = check_config(folder, mask)
     report.problems += problems
     if report.config is None:
         report.notes.append(f"no {LOCK_CONFIG_FILE}")
     report.card, problems = check_card(folder, mask_count)
     report.problems += problems
+    lock, _ = _read_lock_config(folder)
+    locked_module = _load(folder, "locked") if original_module is not None or mask is not None else None
+    if original_module is not None and locked_module is not None:
+        original_state, locked_state = state_of(original_module), state_of(locked_module)
+        mismatch = architecture_mismatch(original_state, locked_state)
+        if mismatch is not None:
+            line = f"the original encoder ({report.original}) and the locked one differ in architecture: {mismatch}"
+            if report.card["verified"]:  # the lock is what its card says: the wrong original was given
+                raise AuditError(line)
+            report.problems.append(line)  # files that do not match their card: a tampered lock
+        else:
+            report.weights, problems = compare_weights(original_state, locked_state, mask)
+            report.problems += problems
+    else:
+        report.notes.append("no original encoder given: the changed-weights check is skipped")
+        if mask is not None and locked_module is not None:
+            report.problems += check_mask(mask, state_of(locked_module))
+    candidates = None
+    module = original_module if original_module is not None else locked_module
+    if lock is not None and module is not None:
+        candidates = candidate_weights(module, lock.get("hyperparameters") or {})
+        if candidates is None:
+            report.notes.append(f"{LOCK_CONFIG_FILE} records no candidate_blocks: the candidate check is skipped")
+    if lock is not None:
+        report.declared, problems = check_declared(
+            lock, report.card.get("mask_count"), mask, report.weights, candidates
+        )
+        report.problems += problems
+        if report.declared["budget"] is None:
+            report.notes.append(f"{LOCK_CONFIG_FILE} records no rounds x weights_per_round budget")
     authorized, prohibited = default_domains(report.config)
     if probes:
         if domains is None:

@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 from safetensors.torch import load_model, save_model
@@ -36,10 +37,80 @@ from ._files import (
 
 POOLINGS = ("auto", "cls", "mean", "pooler", "spatial_mean")
 PIL_MODE_FOR_CHANNELS = {1: "L", 3: "RGB"}  # input channel counts a PIL image can be converted to
+SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N"})
+# Transparent pixels are composited on white (what an image viewer shows), for every alpha mode alike; PIL's own
+# convert() drops alpha instead, showing whatever colour a fully transparent pixel happens to store.
+ALPHA_BACKGROUND = "white"
+ALPHA_MODES = {"LA": "L", "La": "L", "RGBA": "RGB", "RGBa": "RGB", "PA": "RGB"}  # mode -> its opaque mode
 
 
 class EncoderError(ValueError):
     """An encoder could not be loaded or used as asked; the message names the problem."""
+
+
+# ------------------------------------------------------------------------------------------------ image conversion
+def integer_pixels_to_8bit(array: np.ndarray) -> np.ndarray:
+    """Integer pixels as ``uint8``, scaled by their bit depth: values up to 255 are kept, up to 65535 are 16-bit
+    (``>> 8``), up to ``2**32 - 1`` are 32-bit (``>> 24``); never clipped. Negative values raise :class:`EncoderError`
+    (the message is a phrase that callers prefix with the image's name)."""
+    if array.size == 0:
+        return array.astype(np.uint8)
+    low, high = int(array.min()), int(array.max())
+    if low < 0:
+        raise EncoderError(f"has negative pixel values (down to {low}): not an image")
+    for bits in (8, 16, 32):
+        if high < 2**bits:
+            return (array.astype(np.uint64) >> (bits - 8)).astype(np.uint8)
+    raise EncoderError(f"has pixel values up to {high}, beyond 32 bits: not an image")
+
+
+def float_pixels_to_8bit(array: np.ndarray) -> np.ndarray:
+    """Float pixels as ``uint8``: ``0-1`` images are scaled to ``0-255``, others rounded and clipped to ``0-255``;
+    NaN or infinite values raise :class:`EncoderError` (they have no colour: silently zeroing them would paint
+    black)."""
+    if not np.isfinite(array).all():
+        raise EncoderError("has non-finite pixel values (NaN or inf)")
+    scale = 255.0 if array.size and float(array.max()) <= 1.0 else 1.0
+    return np.clip(np.rint(array.astype(np.float64) * scale), 0, 255).astype(np.uint8)
+
+
+def eight_bit_image(image: Image.Image) -> Image.Image:
+    """``image`` with 8-bit channels: 16-bit images (``I;16``...) scaled by their bit depth (PIL's own convert
+    saturates them to white), 32-bit integer (``I``) and float (``F``) images as :func:`integer_pixels_to_8bit` and
+    :func:`float_pixels_to_8bit` read them. Any other image comes back unchanged (the same object)."""
+    if image.mode in SIXTEEN_BIT_MODES:
+        return Image.fromarray((np.asarray(image).astype(np.uint32) >> 8).astype(np.uint8))
+    if image.mode == "I" or image.mode.startswith("I;"):
+        return Image.fromarray(integer_pixels_to_8bit(np.asarray(image)))
+    if image.mode == "F":
+        return Image.fromarray(float_pixels_to_8bit(np.asarray(image)))
+    return image
+
+
+def convert_image(image: Image.Image, mode: str) -> Image.Image:
+    """``image`` converted faithfully to ``mode`` (``"RGB"`` or ``"L"``).
+
+    High-bit-depth and float images go through :func:`eight_bit_image`; a palette's transparency is honoured; alpha
+    (``LA``, ``RGBA``, ``PA`` and premultiplied modes) is composited on :data:`ALPHA_BACKGROUND`; ``CMYK``, ``YCbCr``
+    and the rest go through PIL. Raises :class:`EncoderError` (a phrase: "has ...", "is in mode ...") when the
+    pixels cannot be read or converted.
+    """
+    image = eight_bit_image(image)
+    if image.mode == mode:
+        return image
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")  # the palette marks some entries transparent
+    opaque = ALPHA_MODES.get(image.mode)
+    if opaque is not None:
+        straight = image.convert(opaque + "A")  # palette expanded, premultiplied alpha undone
+        background = Image.new(opaque, image.size, ALPHA_BACKGROUND)
+        image = Image.composite(straight.convert(opaque), background, straight.getchannel("A"))
+    if image.mode != mode:
+        try:
+            image = image.convert(mode)
+        except ValueError as error:
+            raise EncoderError(f"is in mode {image.mode!r}, which cannot be converted to {mode} ({error})") from error
+    return image
 
 
 def _has_cls_token(backbone: nn.Module) -> bool:
@@ -216,7 +287,8 @@ class EncoderAdapter(nn.Module):
 
     # -------------------------------------------------------------------------------------------- preprocess
     def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        """Pixel values (float32) for a list of PIL images, via the model's own image processor."""
+        """Pixel values (float32) for a list of PIL images, via the model's own image processor (the images first
+        converted to the model's channel mode by :func:`convert_image`: 16-bit scaled, alpha composited on white)."""
         if self.preprocess_fn is not None:
             return self.preprocess_fn(images)
         if self.image_processor is None:
@@ -234,7 +306,12 @@ class EncoderAdapter(nn.Module):
         if empty is not None:
             width, height = images[empty].size
             raise EncoderError(f"image {empty} has no pixels ({width}x{height}): it cannot be resized for {self.name}")
-        converted = [img.convert(mode) if img.mode != mode else img for img in images]
+        converted = []
+        for index, image in enumerate(images):
+            try:
+                converted.append(convert_image(image, mode))
+            except EncoderError as error:
+                raise EncoderError(f"image {index} {error}") from error
         batch = self.image_processor(images=converted, return_tensors="pt")
         return batch["pixel_values"].float()
 

@@ -20,7 +20,7 @@ from typing import Any
 from datasets import DatasetDict
 
 from ._files import CHECKPOINTS_SUBDIR, LOCKED_SUBDIR, REPORT_JSON, REPORT_MD, REPORT_PNG, VICTIM_SUBDIR
-from ._utils import atomic_folder, optional_import, remove_stale_staging
+from ._utils import atomic_folder, check_output_folder, optional_import, remove_stale_staging
 from .data.domains import BUILTIN_DOMAINS, DomainSpec, load_domain, train_validation_split
 from .data.lock_tensors import combine_labelled_domains
 from .encoders import EncoderAdapter, load_encoder
@@ -128,6 +128,8 @@ def run_lock_experiment(args: LockExperimentArguments, lock_config: EncoderLockC
     started = time.perf_counter()
     optional_import("matplotlib", "plots", "the main job's probe.png")  # fail before any long work, not at the end
     target = Path(lock_config.output_dir)
+    resuming = bool(lock_config.resume_from_checkpoint)
+    check_output_folder(target, REPORT_JSON, lock_config.overwrite_output_dir or resuming, "the main job")
     for stale in remove_stale_staging(target):
         logger.warning("removed %s, left by an interrupted run", stale)
     resume = lock_config.resume_from_checkpoint

@@ -7,8 +7,10 @@ import json
 import pytest
 import torch
 
-from hf_encoderlock.audit import audit_locked, compare_weights, default_domains
-from hf_encoderlock.encoders import tiny_vit_encoder
+from hf_encoderlock.audit import MASK_FILE, AuditError, audit_locked, compare_weights, default_domains
+from hf_encoderlock.encoders import load_encoder, tiny_vit_encoder
+from hf_encoderlock.hub.card import write_model_card
+from hf_encoderlock.lock.selection import load_mask, save_mask
 
 
 def test_clean_lock_passes_every_check(audit_folders):
@@ -67,3 +69,153 @@ def test_default_domains_keep_builtin_names_only():
     config = {"authorized": ["mnist", "/some/folder"], "prohibited": [{"name": "SYN_DIGITS"}]}
     authorized, prohibited = default_domains(config)
     assert authorized == ["mnist"] and prohibited and prohibited[0].replace("_", "-") == prohibited[0]
+
+
+# ------------------------------------------------------------------------------------ declared counts, budget
+def set_lock(locked, budget=(1, 7), candidate_blocks=(0, 1), **mask_fields) -> None:
+    """Rewrite the lock config (``budget`` = rounds x weights_per_round, candidate blocks, mask fields) and render
+    the card again, as someone who controls every file but the original would."""
+    path = locked / "encoderlock_config.json"
+    config = json.loads(path.read_text())
+    config["hyperparameters"] = {"num_rounds": budget[0], "weights_per_round": budget[1]}
+    if candidate_blocks is not None:
+        config["hyperparameters"]["candidate_blocks"] = list(candidate_blocks)
+    config["rounds_completed"] = budget[0]
+    config["mask"].update(mask_fields)
+    path.write_text(json.dumps(config))
+    write_model_card(locked, report=None)
+
+
+def edit_weight(locked, name, index, mask_too=False) -> None:
+    """Change one entry of ``name`` in the locked folder (and add it to the mask with ``mask_too``)."""
+    encoder = load_encoder(str(locked))
+    with torch.no_grad():
+        encoder.backbone.get_parameter(name)[index] += 1.0
+    encoder.backbone.save_pretrained(locked)
+    if mask_too:
+        mask = load_mask(locked / MASK_FILE)
+        mask.setdefault(name, torch.zeros_like(encoder.backbone.get_parameter(name), dtype=torch.bool))[index] = True
+        save_mask(mask, locked / MASK_FILE)
+
+
+def test_declared_counts_and_budget_pass_on_a_clean_lock(audit_folders):
+    original, locked = audit_folders
+    set_lock(locked)
+    report = audit_locked(locked, original=original, probes=False)
+    assert report.ok, report.problems
+    assert report.declared == {"declared_count": 7, "card_count": 7, "budget": 7, "mask_count": 7, "changed": 5,
+                               "outside_candidates": []}  # fmt: skip
+    (locked / MASK_FILE).unlink()  # a pulled lock: the owner kept the mask
+    report = audit_locked(locked, original=original, probes=False)
+    assert report.ok, report.problems
+
+
+V_PROJ = "layers.1.attention.v_proj.weight"
+PATCH = "embeddings.patch_embeddings.projection.weight"
+
+
+def enlarged_mask(locked):
+    """A tampered entry covered by a mask (and config, and card) enlarged to hold it."""
+    edit_weight(locked, V_PROJ, (2, 2), mask_too=True)
+    mask = load_mask(locked / MASK_FILE)
+    set_lock(locked, count=8, per_layer={n: int(m.sum()) for n, m in mask.items()})
+
+
+def wrong_shape_mask(locked):
+    """A mask tensor that would broadcast over the whole weight."""
+    mask = load_mask(locked / MASK_FILE)
+    mask["layers.0.attention.q_proj.weight"] = torch.ones(1, dtype=torch.bool)
+    save_mask(mask, locked / MASK_FILE)
+    edit_weight(locked, "layers.0.attention.q_proj.weight", (9, 9))
+    set_lock(locked, count=4 + 1, per_layer={"layers.0.attention.q_proj.weight": 1, "layers.1.mlp.fc1.weight": 4})
+
+
+def above_declared(locked):
+    """No mask; more entries changed than the config (and card) declare, within the budget."""
+    (locked / MASK_FILE).unlink()
+    set_lock(locked, count=4, per_layer={"layers.0.attention.q_proj.weight": 2, "layers.1.mlp.fc1.weight": 2})
+
+
+def above_budget(locked):
+    """A declared count above rounds x weights_per_round."""
+    set_lock(locked, budget=(1, 4))
+
+
+def outside_candidates(locked):
+    """No mask; a change in the patch embedding, which candidate_blocks=[0, 1] excludes."""
+    (locked / MASK_FILE).unlink()
+    edit_weight(locked, PATCH, (0, 0, 0, 0))
+    set_lock(locked, budget=(1, 8), count=8, per_layer={"layers.0.attention.q_proj.weight": 3,
+                                                       "layers.1.mlp.fc1.weight": 4, PATCH: 1})  # fmt: skip
+
+
+def undeclared_tensor(locked):
+    """No mask; a change in a candidate tensor the config declares no masked weight in."""
+    (locked / MASK_FILE).unlink()
+    edit_weight(locked, V_PROJ, (2, 2))
+    set_lock(locked, budget=(1, 8))
+
+
+@pytest.mark.parametrize(
+    "tamper, expected",
+    [
+        (enlarged_mask, ["holds 8 masked weights, more than the budget 1 rounds x 7 weights_per_round = 7"]),
+        (wrong_shape_mask, ["'layers.0.attention.q_proj.weight' has shape (1,), the weight has (32, 32)",
+                            "4 changed entries lie outside the mask"]),
+        (above_declared, ["5 entries changed, more than the 4 masked weights encoderlock_config.json declares",
+                          "5 entries changed, more than the 4 masked weights the card declares",
+                          "3 entries of 'layers.0.attention.q_proj.weight' changed, encoderlock_config.json "
+                          "declares 2"]),
+        (above_budget, ["encoderlock_config.json declares 7 masked weights, more than the budget",
+                        "the weights show 5 changed entries, more than the budget 1 rounds x 4"]),
+        (outside_candidates, [f"outside the lock's candidate weights (candidate_blocks=[0, 1]): {PATCH}"]),
+        (undeclared_tensor, [f"1 changed entries lie in tensors encoderlock_config.json declares no masked weight "
+                             f"in ({V_PROJ})"]),
+    ],
+    ids=["enlarged mask", "wrong-shape mask", "above declared", "above budget", "outside candidates",
+         "undeclared tensor"],
+)  # fmt: skip
+def test_an_audit_that_cannot_be_fooled(audit_folders, tamper, expected):
+    original, locked = audit_folders
+    tamper(locked)
+    report = audit_locked(locked, original=original, probes=False)
+    assert not report.ok
+    for text in expected:
+        assert any(text in p for p in report.problems), (text, report.problems)
+
+
+def test_a_mask_check_without_the_original(audit_folders):
+    _, locked = audit_folders
+    wrong_shape_mask(locked)
+    report = audit_locked(locked, probes=False)
+    assert any("has shape (1,)" in p for p in report.problems) and report.weights is None
+
+
+# ------------------------------------------------------------------------------------------------ user errors
+def test_another_architecture_is_a_one_line_user_error(audit_folders, tmp_path):
+    _, locked = audit_folders
+    tiny_vit_encoder(0, image_size=16, patch_size=4, num_layers=3).save_pretrained(tmp_path / "deeper")
+    with pytest.raises(AuditError, match=r"differ in architecture: 16 tensor\(s\) only in the original") as caught:
+        audit_locked(locked, original=tmp_path / "deeper", probes=False)
+    assert "\n" not in str(caught.value)
+
+
+def test_a_changed_config_json_is_a_failed_check_not_a_user_error(audit_folders):
+    original, locked = audit_folders
+    config = json.loads((locked / "config.json").read_text())
+    config["num_hidden_layers"] = 1  # the same weights, loaded as a shallower model
+    (locked / "config.json").write_text(json.dumps(config))
+    report = audit_locked(locked, original=original, probes=False)
+    assert any("config.json: sha256" in p for p in report.problems)
+    assert any("differ in architecture" in p for p in report.problems)
+
+
+def test_missing_original_and_unreadable_mask_are_user_errors(audit_folders, tmp_path):
+    _, locked = audit_folders
+    with pytest.raises(AuditError, match="original encoder '/no/such/encoder' does not exist"):
+        audit_locked(locked, original="/no/such/encoder", probes=False)
+    (tmp_path / "broken.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(AuditError, match="cannot read the mask"):
+        audit_locked(locked, probes=False, mask=tmp_path / "broken.safetensors")
+    with pytest.raises(AuditError, match="no mask file at"):
+        audit_locked(locked, probes=False, mask=tmp_path / "none.safetensors")

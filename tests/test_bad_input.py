@@ -7,6 +7,8 @@ are checked and preprocessed there, before ``train()``).
 from __future__ import annotations
 
 import io
+import struct
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,7 @@ from datasets import Image as ImageFeature
 from PIL import Image
 from transformers import ViTConfig, ViTModel
 
-from hf_encoderlock.data.domains import DomainError, domain_from_folder
+from hf_encoderlock.data.domains import DomainError, domain_from_folder, load_domain
 from hf_encoderlock.data.lock_tensors import LockDataError
 from hf_encoderlock.encoders import EncoderAdapter, EncoderError, load_encoder, tiny_vit_encoder, vit_image_processor
 from hf_encoderlock.lock.config import EncoderLockConfig
@@ -82,6 +84,40 @@ def _corrupt_image_dataset() -> Dataset:
     return Dataset.from_dict({"image": images, "label": _cycled([0, 1, 2])}, features=features)
 
 
+def _with_stored_image(dataset: Dataset, row: int, value: dict) -> Dataset:
+    """``dataset`` with the stored ``{bytes, path}`` of one image replaced."""
+    stored = dataset.select_columns(["image"]).with_format("arrow")[:].column("image").to_pylist()
+    stored[row] = value
+    return Dataset.from_dict({"image": stored, "label": dataset["label"]}, features=dataset.features)
+
+
+def _nan_tiff() -> dict:
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((8, 8), np.nan, np.float32)).save(buffer, format="TIFF")
+    return {"bytes": buffer.getvalue(), "path": None}
+
+
+def _png_header(width: int, height: int) -> dict:
+    """A stored PNG whose header claims ``width x height`` pixels but holds none (a decompression bomb's shape)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+    return {"bytes": png, "path": None}
+
+
+def _saved_domain_of_paths(out: Path) -> Path:
+    root = out.parent / "path_domain"
+    for i in range(6):
+        (root / "files").mkdir(parents=True, exist_ok=True)
+        Image.new("L", (8, 8), 30 * i).save(root / "files" / f"{i}.png")
+    paths = [str(root / "files" / f"{i}.png") for i in range(6)]
+    Dataset.from_dict({"image": paths, "label": [0, 1] * 3}).save_to_disk(str(root / "saved"))
+    return root / "saved"
+
+
 def _four_channel_encoder() -> EncoderAdapter:
     config = ViTConfig(
         image_size=16,
@@ -132,6 +168,39 @@ CASES: list[tuple[str, Callable[[Path], Any], type[Exception], str]] = [
         ),
         LockDataError,
         r"domain 'red': row 0 of the 'image' column holds str, not an image",
+    ),
+    (
+        "nan-pixels-in-a-float-image",
+        lambda out: _lock(out, authorized=_with_stored_image(_red(), 4, _nan_tiff())),
+        LockDataError,
+        r"domain 'red': the image in row 4 has non-finite pixel values \(NaN or inf\)",
+    ),
+    (
+        "image-fetched-from-a-url",
+        lambda out: _lock(
+            out, prohibited=_with_stored_image(_green(), 2, {"bytes": None, "path": "https://x.invalid/a.png"})
+        ),
+        LockDataError,
+        r"domain 'green': the image in row 2 is a remote reference \('https://x.invalid/a.png'\)",
+    ),
+    (
+        "image-over-the-pixel-limit",
+        lambda out: _lock(out, authorized=_with_stored_image(_red(), 1, _png_header(9000, 9000))),
+        LockDataError,
+        r"domain 'red': the image in row 1 is 9000x9000 \(81,000,000 pixels\), over the 67,108,864-pixel limit",
+    ),
+    (
+        "decompression-bomb",
+        lambda out: _lock(out, prohibited=_with_stored_image(_green(), 7, _png_header(30000, 30000))),
+        LockDataError,
+        r"domain 'green': the image in row 7 is refused as a decompression bomb",
+    ),
+    (
+        "string-image-column-in-a-saved-domain",
+        lambda out: load_domain(str(_saved_domain_of_paths(out))),
+        DomainError,
+        r"domain 'saved': column 'image' in split 'train' does not hold readable images: it holds strings .* "
+        r"allow_local_images_under",
     ),
     (
         "undecodable-image-bytes",
@@ -212,6 +281,18 @@ CASES: list[tuple[str, Callable[[Path], Any], type[Exception], str]] = [
         r"the prohibited domain is identical to the authorized domain",
     ),
     (
+        "prohibited-is-the-authorized-set-reordered",
+        lambda out: _lock(out, authorized=_red(), prohibited=_red().shuffle(seed=1)),
+        LockDataError,
+        r"the prohibited domain is identical to the authorized domain",
+    ),
+    (
+        "weights-per-round-above-the-candidate-layers",
+        lambda out: EncoderLockTrainer(_encoder(), _config(out, weights_per_round=10**7), _red(), _green()),
+        ValueError,
+        r"weights_per_round=10000000 exceeds the \d+ entries of the 1 largest candidate layer",
+    ),
+    (
         "unreadable-image-file-in-folder-domain",
         lambda out: domain_from_folder(_folder_with_corrupt_png(out)),
         DomainError,
@@ -235,6 +316,21 @@ CASES: list[tuple[str, Callable[[Path], Any], type[Exception], str]] = [
         lambda out: _config(out, weights_per_round=0),
         ValueError,
         r"weights_per_round must be >= 1",
+    ),
+    ("nan-learning-rate", lambda out: _config(out, learning_rate=float("nan")), ValueError, r"learning_rate .* nan"),
+    ("negative-learning-rate", lambda out: _config(out, learning_rate=-0.1), ValueError, r"learning_rate must be > 0"),
+    ("fractional-rounds", lambda out: _config(out, num_rounds=2.5), ValueError, r"num_rounds must be an integer"),
+    (
+        "no-adversaries",
+        lambda out: _config(out, adversary_kinds=[]),
+        ValueError,
+        r"adversary_kinds must be a non-empty",
+    ),
+    (
+        "bad-candidate-regex",
+        lambda out: _config(out, candidate_name_patterns=["attention.(query"]),
+        ValueError,
+        r"candidate_name_patterns: 'attention.\(query' is not a valid regex",
     ),
 ]
 

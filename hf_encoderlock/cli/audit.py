@@ -6,19 +6,22 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from .._files import AUDIT_JSON, AUDIT_MD
-from ..audit import audit_locked
+from .._files import AUDIT_JSON, AUDIT_MD, MASK_FILE
+from ..audit import AuditError, audit_locked
 from ..data.domains import DomainError
 from ..encoders import EncoderError
 from ..probing.suite import ProbeConfig
 
-USER_ERRORS = (DomainError, EncoderError)
+USER_ERRORS = (AuditError, DomainError, EncoderError)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The arguments of ``encoderlock audit``."""
     parser.add_argument("locked", help="A locked encoder folder.")
     parser.add_argument("--original", help="The encoder before locking: a folder, 'victim' or a Hub id.")
+    parser.add_argument(
+        "--mask", type=Path, help=f"The lock's mask (default: {MASK_FILE} in LOCKED when present; the owner keeps it)."
+    )
     parser.add_argument(
         "--domains", nargs="+", metavar="DOMAIN", help="Domains to probe (default: the lock config's built-in domains)."
     )
@@ -33,7 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Handler of ``encoderlock audit``: 0 when every check passes, 1 otherwise."""
+    """Handler of ``encoderlock audit``: 0 when every check passes, 1 when one fails; an audit that cannot run as
+    asked (missing original, unreadable mask, another architecture) raises a one-line user error (exit 2)."""
 
     overrides = {"fractions": args.fractions, "seeds": args.seeds, "heads": args.heads, "epochs": args.epochs}
     config = dataclasses.replace(
@@ -47,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
         probes=not args.no_probes,
         cache_dir=args.cache_dir,
         output_dir=args.out,
+        mask=args.mask,
     )
     print(report.to_markdown())
     if args.out is not None:

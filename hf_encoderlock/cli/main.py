@@ -50,6 +50,13 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "Push a locked encoder folder (weights, processor, lock config, model card) to the Hugging Face Hub.",
         "Regenerate the model card of a locked encoder folder and upload the folder to a Hub repository.",
     ),
+    "sign": (
+        "sign",
+        "Sign every published file of a locked encoder folder with an elliptic-curve key (model.sig).",
+        "Sign the weights, configs, lock config and model card of a locked folder with OpenSSF model-signing "
+        "(needs pip install 'hf_encoderlock[signing]'); load_locked(..., public_key=...) then refuses any added, "
+        "removed or changed file.",
+    ),
     "env": ("env", "Print versions, devices and cache paths (for bug reports).", "Print versions, devices and caches."),
     "audit": (
         "audit",

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
-from .._files import MASK_FILE
+from .._files import MASK_FILE, SIGNATURE_FILE
 from ..hub.push import DEFAULT_COMMIT_MESSAGE, push_locked_to_hub
+from .sign import PASSWORD_ENV
 
-USER_ERRORS = ()
+USER_ERRORS = (ImportError,)  # --sign-key without the [signing] extra: one line, exit 2
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,6 +35,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--include-mask", action="store_true", help=f"Also upload {MASK_FILE} (kept local by default).")
     parser.add_argument("--license", default=None, help="License id for the model card (e.g. apache-2.0, other).")
+    parser.add_argument(
+        "--sign-key",
+        type=Path,
+        default=None,
+        help="Sign every uploaded file, the new card included, with this elliptic-curve private key (PEM) into "
+        f"{SIGNATURE_FILE}; the key's password, if any, is read from ${PASSWORD_ENV}.",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -49,6 +58,8 @@ def run(args: argparse.Namespace) -> int:
         report=report,
         include_mask=args.include_mask,
         license=args.license,
+        sign_key=args.sign_key,
+        sign_password=os.environ.get(PASSWORD_ENV) if args.sign_key else None,
     )
     print(f"pushed {args.folder} to {args.repo_id}: {getattr(info, 'commit_url', info)}")
     return 0

@@ -15,14 +15,23 @@ Labels: ``ClassLabel`` columns keep their names; integer labels ``0..K-1`` are n
 labels are encoded deterministically by their sorted unique values (over both splits); float labels are an error.
 When the test split is ``None`` (or the default ``"test"`` does not exist) a stratified, seeded test split of
 ``test_size`` is carved from the training split. All problems with a spec raise :class:`DomainError`.
+
+Images come only from the data: an image column of strings (file paths or URLs) is refused unless
+``allow_local_images_under`` names a folder, whose files alone are then read (URLs never). Images are read
+faithfully: one whose stored mode would not decode faithfully as RGB (16-bit, float, alpha, a palette with
+transparency) is stored re-encoded as an 8-bit PNG converted by :func:`hf_encoderlock.encoders.convert_image`
+(16-bit scaled, alpha composited on white); float arrays with NaN or inf are refused; an image may hold at most
+:data:`~hf_encoderlock.data.lock_tensors.MAX_IMAGE_PIXELS` pixels.
 """
 
 from __future__ import annotations
 
 import difflib
+import io
 import logging
 import os
 import shutil
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -32,10 +41,13 @@ import datasets
 import numpy as np
 from datasets import ClassLabel, Dataset, DatasetDict, Features, load_dataset, load_from_disk
 from PIL import Image as PILImage
+from PIL import ImageOps
 
 from .._utils import atomic_folder
+from ..encoders import SIXTEEN_BIT_MODES, EncoderError, convert_image, float_pixels_to_8bit, integer_pixels_to_8bit
 from .builtin import BUILTIN_DOMAINS, BUILTIN_VERSION, TEST_FRACTION, builtin_arrays
 from .errors import DomainError
+from .lock_tensors import LockDataError, cast_local_images, check_image_pixels, open_stored_image
 from .splits import stratified_indices
 
 __all__ = [
@@ -55,6 +67,11 @@ logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})
 IMAGE_FEATURE = datasets.Image(mode="RGB")
+# Modes that IMAGE_FEATURE's decoding (PIL's convert to RGB) reads faithfully. An image in any other mode (16-bit and
+# float pixels saturate or clip, alpha is dropped) is stored re-encoded by convert_image instead.
+FAITHFUL_MODES = frozenset({"1", "L", "P", "RGB", "RGBX", "CMYK", "YCbCr"})
+GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "F"}) | SIXTEEN_BIT_MODES  # re-encoded as L, the others as RGB
+SCAN_ROWS = 256  # stored images read at a time when a split's images are checked
 
 
 @dataclass
@@ -145,12 +162,15 @@ def load_domain(
     *,
     seed: int = 0,
     cache_dir: str | Path | None = None,
+    allow_local_images_under: str | os.PathLike | None = None,
 ) -> DatasetDict:
     """Load a domain as a ``DatasetDict`` with ``train``/``test`` splits and ``image``/``label`` columns.
 
     Built-ins are built once per seed and cached under ``cache_dir / "domains"`` (default
     :func:`default_cache_dir`); for them only ``name`` matters (always the fixed 80/20 split). Folders and
-    in-memory data are not cached; Hub datasets use the ``datasets`` cache.
+    in-memory data are not cached; Hub datasets use the ``datasets`` cache. A Hub or saved dataset whose image
+    column holds strings (file paths) is read only with ``allow_local_images_under``: the folder its files must lie
+    in (URLs are never read).
     """
     spec = _to_spec(spec)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
@@ -160,10 +180,10 @@ def load_domain(
     if builtin is not None:
         return _cached_builtin(builtin, seed, Path(cache_dir) if cache_dir is not None else default_cache_dir())
     if _is_local(spec.name):
-        return _load_local(spec, seed)
+        return _load_local(spec, seed, allow_local_images_under)
     if _looks_like_path(spec.name):
         raise DomainError(f"domain {spec.name!r}: no such file or folder.{_suggestion(spec.name)}")
-    return _load_hub(spec, seed)
+    return _load_hub(spec, seed, allow_local_images_under)
 
 
 # --------------------------------------------------------------------------------------------- built-ins + cache
@@ -249,10 +269,37 @@ def _finish(train: Dataset, test: Dataset, where: str) -> DatasetDict:
 # --------------------------------------------------------------------------------------------- arrays
 
 
-def _to_pil(image: Any, index: int) -> PILImage.Image:
-    """One image (PIL, or a ``(H, W)``/``(H, W, C)`` array, C in 1/3/4) as a PIL image."""
-    if isinstance(image, PILImage.Image):
+def _decodes_faithfully(image: PILImage.Image) -> bool:
+    """Whether decoding ``image`` through :data:`IMAGE_FEATURE` (PIL's convert to RGB) keeps what it shows."""
+    return image.mode in FAITHFUL_MODES and not (image.mode == "P" and "transparency" in image.info)
+
+
+def _faithful(image: PILImage.Image, subject: str) -> PILImage.Image:
+    """``image`` converted faithfully to 8-bit ``L`` or ``RGB`` (unchanged when it already decodes faithfully)."""
+    if _decodes_faithfully(image):
         return image
+    try:
+        return convert_image(image, "L" if image.mode in GREY_MODES else "RGB")
+    except EncoderError as err:
+        raise DomainError(f"{subject} {err}") from err
+
+
+def _faithful_png(image: PILImage.Image, subject: str) -> bytes:
+    """PNG bytes of a decoded ``image`` read faithfully (EXIF orientation applied first, as ``datasets`` would)."""
+    if image.getexif().get(PILImage.ExifTags.Base.Orientation) is not None:
+        image = ImageOps.exif_transpose(image)
+    buffer = io.BytesIO()
+    _faithful(image, subject).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _to_pil(image: Any, index: int) -> PILImage.Image:
+    """One image (PIL, or a ``(H, W)``/``(H, W, C)`` array, C in 1/3/4) as an 8-bit PIL image that decodes
+    faithfully: integer pixels scaled by their bit depth, float ones from 0-1 (or 0-255), alpha composited on white;
+    NaN / inf pixels are refused."""
+    if isinstance(image, PILImage.Image):
+        check_image_pixels(image.size, f"image {index}", DomainError)
+        return _faithful(image, f"image {index}")
     try:
         array = np.asarray(image)
     except Exception as err:
@@ -265,18 +312,22 @@ def _to_pil(image: Any, index: int) -> PILImage.Image:
         array = array[..., 0]
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)) or min(array.shape[:2]) < 1:
         raise DomainError(f"image {index} is not an image: shape {array.shape} (want (H, W) or (H, W, 1|3|4))")
-    if np.issubdtype(array.dtype, np.floating):
-        scale = 255.0 if array.size and float(np.nanmax(array)) <= 1.0 else 1.0
-        array = np.rint(np.nan_to_num(array) * scale)
-    return PILImage.fromarray(np.clip(array, 0, 255).astype(np.uint8))
+    check_image_pixels((array.shape[1], array.shape[0]), f"image {index}", DomainError)
+    try:
+        pixels = (
+            float_pixels_to_8bit(array) if np.issubdtype(array.dtype, np.floating) else integer_pixels_to_8bit(array)
+        )
+    except EncoderError as err:
+        raise DomainError(f"image {index} {err}") from err
+    return _faithful(PILImage.fromarray(pixels), f"image {index}")
 
 
 def _to_pil_list(images: Sequence[Any] | np.ndarray) -> list[PILImage.Image]:
-    """PIL images from a stacked uint8 array (fast path) or from a sequence of images."""
+    """PIL images from a stacked uint8 grey or RGB array (fast path) or from a sequence of images."""
     if (
         isinstance(images, np.ndarray)
         and images.dtype == np.uint8
-        and (images.ndim == 3 or (images.ndim == 4 and images.shape[-1] in (3, 4)))
+        and (images.ndim == 3 or (images.ndim == 4 and images.shape[-1] == 3))
     ):
         return [PILImage.fromarray(image) for image in images]
     return [_to_pil(image, i) for i, image in enumerate(images)]
@@ -349,27 +400,46 @@ def _class_dirs(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def _verify_image(path: Path, where: str) -> None:
+def _folder_image(path: Path, where: str) -> str | dict[str, Any]:
+    """What the image column stores for one file: its path, or, when its mode would not decode faithfully, the
+    faithful 8-bit PNG bytes. The file must open and verify, and hold at most ``MAX_IMAGE_PIXELS`` pixels."""
+    subject = f"domain {where}: {path}"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", PILImage.DecompressionBombWarning)
+            with PILImage.open(path) as img:
+                size, faithful = img.size, _decodes_faithfully(img)
+                img.verify()
+    except (PILImage.DecompressionBombError, PILImage.DecompressionBombWarning) as err:
+        raise DomainError(f"{subject} is refused as a decompression bomb ({err})") from err
+    except Exception as err:
+        raise DomainError(f"{subject} is not a readable image ({err})") from err
+    check_image_pixels(size, subject, DomainError)
+    if faithful:
+        return str(path)
     try:
         with PILImage.open(path) as img:
-            img.verify()
+            img.load()
+            return {"bytes": _faithful_png(img, subject), "path": None}
+    except DomainError:
+        raise
     except Exception as err:
-        raise DomainError(f"domain {where}: {path} is not a readable image ({err})") from err
+        raise DomainError(f"{subject} is not a readable image ({err})") from err
 
 
 def _folder_split(folder: Path, class_names: list[str], where: str) -> Dataset:
-    """One split from ``folder/<class>/...`` image files (verified, stored as paths)."""
-    paths, codes = [], []
+    """One split from ``folder/<class>/...`` image files (verified; stored as paths, or re-encoded when their mode
+    would not decode faithfully)."""
+    images, codes = [], []
     for code, name in enumerate(class_names):
         class_dir = folder / name
         if not class_dir.is_dir():
             continue
         for path in _image_files(class_dir):
-            _verify_image(path, where)
-            paths.append(str(path))
+            images.append(_folder_image(path, where))
             codes.append(code)
     features = Features({"image": IMAGE_FEATURE, "label": ClassLabel(names=class_names)})
-    return Dataset.from_dict({"image": paths, "label": codes}, features=features)
+    return Dataset.from_dict({"image": images, "label": codes}, features=features)
 
 
 def _load_image_folder(
@@ -405,7 +475,8 @@ def domain_from_folder(path: str | Path, *, test_size: float = 0.2, seed: int = 
 
     Class names are the subfolder names (sorted; the union over both splits). Without a ``test/`` folder a
     stratified, seeded test split of ``test_size`` is carved from the training images. Every image file is
-    verified to open; images are stored as file paths and decode as RGB.
+    verified to open; images are stored as file paths (re-encoded when their mode, e.g. 16-bit or RGBA, would not
+    decode faithfully) and decode as RGB.
     """
     root = Path(path).expanduser()
     if not root.exists():
@@ -419,7 +490,7 @@ def _is_saved_dataset(path: Path) -> bool:
     return path.is_dir() and any((path / f).is_file() for f in ("dataset_dict.json", "state.json"))
 
 
-def _load_local(spec: DomainSpec, seed: int) -> DatasetDict:
+def _load_local(spec: DomainSpec, seed: int, allow_local_images_under: str | os.PathLike | None) -> DatasetDict:
     root = Path(spec.name).expanduser()
     if _is_saved_dataset(root):
         try:
@@ -428,14 +499,14 @@ def _load_local(spec: DomainSpec, seed: int) -> DatasetDict:
             raise DomainError(f"domain {spec.name!r}: could not load the saved dataset ({err})") from err
         if isinstance(raw, Dataset):
             raw = DatasetDict({spec.train_split: raw})
-        return _normalise_dataset_dict(raw, spec, seed)
+        return _normalise_dataset_dict(raw, spec, seed, allow_local_images_under)
     return _load_image_folder(root, spec.train_split, spec.test_split, spec.test_size, seed)
 
 
 # --------------------------------------------------------------------------------------------- Hub / saved datasets
 
 
-def _load_hub(spec: DomainSpec, seed: int) -> DatasetDict:
+def _load_hub(spec: DomainSpec, seed: int, allow_local_images_under: str | os.PathLike | None) -> DatasetDict:
     try:
         raw = load_dataset(spec.name, spec.config)
     except Exception as err:
@@ -447,7 +518,7 @@ def _load_hub(spec: DomainSpec, seed: int) -> DatasetDict:
         raw = DatasetDict({spec.train_split: raw})
     if not isinstance(raw, DatasetDict):
         raise DomainError(f"domain {spec.display_name!r}: unsupported dataset type {type(raw).__name__}")
-    return _normalise_dataset_dict(raw, spec, seed)
+    return _normalise_dataset_dict(raw, spec, seed, allow_local_images_under)
 
 
 def _select_splits(raw: DatasetDict, spec: DomainSpec) -> tuple[Dataset, Dataset | None]:
@@ -501,29 +572,81 @@ def _label_names(splits: list[Dataset], spec: DomainSpec) -> tuple[ClassLabel, b
     raise DomainError(f"domain {where}: label column {spec.label_column!r} has unsupported type {feature}")
 
 
-def _as_image_split(split: Dataset, split_name: str, spec: DomainSpec) -> Dataset:
-    """Cast the image column to an RGB ``Image`` feature and check that the first example decodes."""
+def _as_image_split(
+    split: Dataset, split_name: str, spec: DomainSpec, allow_local_images_under: str | os.PathLike | None
+) -> Dataset:
+    """Cast the image column to an RGB ``Image`` feature, after checking every stored image (see
+    :func:`_faithful_split`) and that the first example decodes. A column of strings (paths) is read only from
+    ``allow_local_images_under``."""
     where = repr(spec.display_name)
-    feature = split.features[spec.image_column]
+    column = spec.image_column
+    feature = split.features[column]
     if not isinstance(feature, datasets.Image):
         if getattr(feature, "dtype", None) not in ("string", "large_string"):
+            raise DomainError(f"domain {where}: column {column!r} in split {split_name!r} holds {feature}, not images")
+        if allow_local_images_under is None:
             raise DomainError(
-                f"domain {where}: column {spec.image_column!r} in split {split_name!r} holds {feature}, not images"
+                f"domain {where}: column {column!r} in split {split_name!r} does not hold readable images: it holds "
+                "strings (file paths or URLs), which are never read by default, so that a dataset cannot make this "
+                "machine open local files or fetch URLs; pass allow_local_images_under=<folder> to read local files "
+                "under a folder you trust (URLs are never read)"
             )
-    split = split.cast_column(spec.image_column, IMAGE_FEATURE)
+        try:
+            split = cast_local_images(split, column, allow_local_images_under, f"{spec.display_name} ({split_name})")
+        except LockDataError as err:
+            raise DomainError(str(err)) from err
+    split = _faithful_split(split, column, f"domain {where}: split {split_name!r}")
+    split = split.cast_column(column, IMAGE_FEATURE)
     if split.num_rows:
         try:
-            first = split[0][spec.image_column]
+            first = split[0][column]
         except Exception as err:
             raise DomainError(
-                f"domain {where}: column {spec.image_column!r} in split {split_name!r} "
-                f"does not hold readable images ({err})"
+                f"domain {where}: column {column!r} in split {split_name!r} does not hold readable images ({err})"
             ) from err
         if not isinstance(first, PILImage.Image):
-            raise DomainError(
-                f"domain {where}: column {spec.image_column!r} decodes to {type(first).__name__}, not images"
-            )
+            raise DomainError(f"domain {where}: column {column!r} decodes to {type(first).__name__}, not images")
     return split
+
+
+def _faithful_split(split: Dataset, column: str, where: str) -> Dataset:
+    """Check every stored image of ``column`` from its header (no URL, readable, at most ``MAX_IMAGE_PIXELS``
+    pixels); when some would not decode faithfully as RGB, re-encode those (in memory: writing a cache file next to
+    a user's saved dataset would modify their folder)."""
+    stored = split.select_columns([column]).with_format("arrow")
+    faithful = True
+    for start in range(0, split.num_rows, SCAN_ROWS):
+        for row, value in enumerate(stored[start : start + SCAN_ROWS].column(column).to_pylist(), start):
+            with open_stored_image(value, f"{where}: the image in row {row}", load=False, error=DomainError) as image:
+                faithful = faithful and _decodes_faithfully(image)
+    if faithful:
+        return split
+    raw = split.cast_column(column, datasets.Image(decode=False))
+    return raw.map(
+        _faithful_batch,
+        batched=True,
+        batch_size=SCAN_ROWS,
+        with_indices=True,
+        fn_kwargs={"column": column, "where": where},
+        features=raw.features,
+        keep_in_memory=True,
+        desc=f"re-encoding images ({where})",
+    )
+
+
+def _faithful_batch(batch: dict[str, list], indices: list[int], column: str, where: str) -> dict[str, list]:
+    """A batch of stored images with every one that would not decode faithfully re-encoded as an 8-bit PNG."""
+    values = []
+    for row, value in zip(indices, batch[column]):
+        subject = f"{where}: the image in row {row}"
+        with open_stored_image(value, subject, load=False, error=DomainError) as header:
+            faithful = _decodes_faithfully(header)
+        if faithful:
+            values.append(value)
+        else:
+            image = open_stored_image(value, subject, error=DomainError)
+            values.append({"bytes": _faithful_png(image, subject), "path": None})
+    return {column: values}
 
 
 def _standardise(split: Dataset, split_name: str, spec: DomainSpec, label: ClassLabel, from_strings: bool) -> Dataset:
@@ -540,7 +663,9 @@ def _standardise(split: Dataset, split_name: str, spec: DomainSpec, label: Class
     return split.cast(Features({"image": split.features["image"], "label": label}))
 
 
-def _normalise_dataset_dict(raw: DatasetDict, spec: DomainSpec, seed: int) -> DatasetDict:
+def _normalise_dataset_dict(
+    raw: DatasetDict, spec: DomainSpec, seed: int, allow_local_images_under: str | os.PathLike | None = None
+) -> DatasetDict:
     """Validate a raw ``DatasetDict`` against ``spec`` and reshape it into the standard domain form."""
     where = repr(spec.display_name)
     train, test = _select_splits(raw, spec)
@@ -550,7 +675,10 @@ def _normalise_dataset_dict(raw: DatasetDict, spec: DomainSpec, seed: int) -> Da
         if split.num_rows == 0:
             raise DomainError(f"domain {where}: split {split_name!r} is empty")
     label, from_strings = _label_names([s for _, s in named], spec)
-    ready = [_standardise(_as_image_split(split, name, spec), name, spec, label, from_strings) for name, split in named]
+    ready = [
+        _standardise(_as_image_split(split, name, spec, allow_local_images_under), name, spec, label, from_strings)
+        for name, split in named
+    ]
     if test is None:
         return _finish(*_carve_test(ready[0], spec.test_size, seed, where), where)
     return _finish(ready[0], ready[1], where)

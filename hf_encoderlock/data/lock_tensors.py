@@ -2,20 +2,39 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import hashlib
+import io
+import os
+import warnings
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import numpy as np
 import torch
 from datasets import Dataset, DatasetDict, IterableDataset, IterableDatasetDict
+from datasets import Image as ImageFeature
+from PIL import Image as PILImage
+from PIL import ImageOps
 from torch.utils.data import Dataset as TorchDataset
 from tqdm.auto import tqdm
 
-from ..encoders import EncoderAdapter
+from ..encoders import EncoderAdapter, EncoderError, convert_image, eight_bit_image
 from .splits import stratified_indices
 
 LOCK_COLUMNS = ("image", "label")  # the columns a lock reads; column_mapping renames a user's to these
+# One image may hold at most this many pixels (8192 x 8192): beyond it a file is a decompression bomb, or an image too
+# large to decode and resize safely (the processor holds several float copies of it). PIL's own limit is not relied
+# on: a user may have lifted it.
+MAX_IMAGE_PIXELS = 8192 * 8192
+# Decoded pixels held at once before a chunk goes through the processor: bounds memory when images are large.
+CHUNK_PIXELS = 8192 * 8192
+# The share of prohibited images that may be byte-identical (after decoding) to authorized ones; beyond it the two
+# domains are (partly) the same data, and a lock cannot both keep and break them.
+MAX_SHARED_FRACTION = 0.05
+HASH_BYTES = 16  # blake2b digest size of an image's content hash
 
 
 class LockDataError(ValueError):
@@ -30,13 +49,17 @@ class DomainTensors:
     pixel_values: torch.Tensor
     labels: torch.Tensor | None
     num_classes: int
+    #: ``(N, HASH_BYTES)`` uint8 content hashes of the decoded images (see :func:`image_content_hash`), when known.
+    content_hashes: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.pixel_values)
 
     def subset(self, index: torch.Tensor) -> DomainTensors:
+        """The rows ``index``."""
         labels = None if self.labels is None else self.labels[index]
-        return DomainTensors(self.name, self.pixel_values[index], labels, self.num_classes)
+        hashes = None if self.content_hashes is None else self.content_hashes[index]
+        return DomainTensors(self.name, self.pixel_values[index], labels, self.num_classes, hashes)
 
     def batches(self, batch_size: int, count: int, generator: torch.Generator):
         """``count`` random batches (without replacement inside a batch)."""
@@ -56,12 +79,16 @@ def as_lock_dataset(
     name: str,
     column_mapping: Mapping[str, str] | None = None,
     split: str = "train",
+    *,
+    allow_local_images_under: str | os.PathLike | None = None,
 ) -> Dataset:
     """The ``datasets.Dataset`` a lock reads, with ``image`` (and ``label``) columns.
 
     ``column_mapping`` renames the user's columns (``{"img": "image", "fine_label": "label"}``); a ``DatasetDict``
     gives its ``split``. Streaming (iterable) datasets are refused in one line saying what to pass: the lock
-    preprocesses every image up front.
+    preprocesses every image up front. An ``image`` column of strings (file paths or URLs) is refused (see
+    :func:`check_image_column`) unless ``allow_local_images_under`` names a folder: then its paths are read as
+    images when they lie inside that folder (:func:`cast_local_images`), and URLs are still refused.
     """
     if isinstance(dataset, (IterableDataset, IterableDatasetDict)):
         raise LockDataError(
@@ -92,7 +119,67 @@ def as_lock_dataset(
             if column in mapping or (column in LOCK_COLUMNS and column not in mapping.values())
         ]
         dataset = dataset.select_columns(keep).rename_columns(mapping)
+    if allow_local_images_under is not None and _is_string_column(dataset, "image"):
+        return cast_local_images(dataset, "image", allow_local_images_under, name)
+    check_image_column(dataset, name)
     return dataset
+
+
+def _is_string_column(dataset, column: str) -> bool:
+    feature = (getattr(dataset, "features", None) or {}).get(column)
+    return getattr(feature, "dtype", None) in ("string", "large_string")
+
+
+def check_image_column(dataset, name: str, column: str = "image") -> None:
+    """Refuse an image column of strings: casting file paths or URLs to images would let a dataset make this
+    machine read any local file or fetch any URL (even with ``HF_DATASETS_OFFLINE=1``). Images stored in the
+    dataset (a ``datasets.Image`` column) are what a lock reads."""
+    if not _is_string_column(dataset, column):
+        return
+    row = next((i for i, value in enumerate(dataset[column]) if value is not None), 0)
+    raise LockDataError(
+        f"domain {name!r}: row {row} of the {column!r} column holds str, not an image: a column of file paths or "
+        "URLs is never read, so that a dataset cannot make the lock open local files or fetch URLs. Store the images "
+        "in the dataset (a datasets.Image column), or allow local files under a folder you trust with "
+        f"hf_encoderlock.data.lock_tensors.cast_local_images(dataset, {column!r}, root, name)"
+    )
+
+
+def _is_local_reference(value: str) -> bool:
+    """Whether ``value`` is a plain local path (no URL scheme, no fsspec chaining such as ``zip://a::https://b``)."""
+    scheme = urlparse(value).scheme
+    return "::" not in value and (scheme == "" or (len(scheme) == 1 and os.name == "nt"))  # "C:" is a drive
+
+
+def cast_local_images(dataset: Dataset, column: str, root: str | os.PathLike, name: str) -> Dataset:
+    """``dataset`` with its string ``column`` of file paths cast to a ``datasets.Image`` column: the explicit way to
+    let a dataset point at local files. Every path must name an existing file inside ``root`` once resolved
+    (relative paths are taken from ``root``; symbolic links are followed first); URLs are refused. Raises
+    :class:`LockDataError` naming the domain and row."""
+    base = Path(root).expanduser()
+    if not base.is_dir():
+        raise LockDataError(f"domain {name!r}: allow_local_images_under={os.fspath(root)!r} is not a folder")
+    base = base.resolve()
+    resolved = []
+    for row, value in enumerate(dataset[column]):
+        where = f"domain {name!r}: row {row} of the {column!r} column"
+        if not isinstance(value, str) or not value:
+            raise LockDataError(f"{where} holds {value!r}, not a file path")
+        if not _is_local_reference(value):
+            raise LockDataError(
+                f"{where} is a URL ({value!r}): images are never fetched over the network; only files under "
+                f"{str(base)!r} are read"
+            )
+        path = Path(value).expanduser()
+        path = (path if path.is_absolute() else base / path).resolve()
+        if not path.is_relative_to(base):
+            raise LockDataError(f"{where} ({value!r}) lies outside {str(base)!r}, the folder images may be read from")
+        if not path.is_file():
+            raise LockDataError(f"{where} names no file ({str(path)!r})")
+        resolved.append({"bytes": None, "path": str(path)})  # the Image feature's storage
+    order = list(dataset.column_names)
+    replaced = dataset.remove_columns(column).add_column(column, resolved, feature=ImageFeature())
+    return replaced.select_columns(order)
 
 
 def label_tensor(dataset, name: str, label_column: str = "label") -> torch.Tensor:
@@ -150,42 +237,192 @@ def preprocess_domain(
     progress: bool = False,
 ) -> DomainTensors:
     """Run a datasets ``Dataset`` (``image`` [+ ``label``]) through the encoder's processor once (with a progress
-    bar when ``progress``: thousands of large images take a while)."""
+    bar when ``progress``: thousands of large images take a while).
+
+    Images are decoded here, row by row (:func:`read_images`: never from the network, at most
+    :data:`MAX_IMAGE_PIXELS` each, 16-bit and float pixels scaled to 8 bits, NaN refused), and go through the
+    processor in chunks of at most ``chunk_size`` images and :data:`CHUNK_PIXELS` decoded pixels, so memory stays
+    bounded whatever the image sizes. The content hash of every decoded image is kept for
+    :func:`content_overlap`.
+    """
     num_classes = check_labelled_dataset(dataset, name) if labelled else 0
     if not labelled and "image" not in dataset.column_names:
         raise LockDataError(f"domain {name!r}: no 'image' column (columns: {dataset.column_names})")
     if not labelled and len(dataset) == 0:
         raise LockDataError(f"domain {name!r}: the dataset is empty")
-    parts = []
+    check_image_column(dataset, name)
+    parts, hashes, chunk, chunk_pixels = [], [], [], 0
     bar = tqdm(total=len(dataset), desc=f"preprocess {name}", unit="img", disable=not progress, leave=False)
-    for start in range(0, len(dataset), chunk_size):
-        images = _decoded_images(dataset, start, min(start + chunk_size, len(dataset)), name)
-        bad = next((i for i, image in enumerate(images) if not hasattr(image, "convert")), None)
-        if bad is not None:
-            raise LockDataError(
-                f"domain {name!r}: row {start + bad} of the 'image' column holds {type(images[bad]).__name__}, "
-                "not an image"
-            )
-        parts.append(encoder.preprocess(images))
-        bar.update(len(images))
-    bar.close()
-    labels = torch.as_tensor(dataset["label"], dtype=torch.long) if labelled else None
-    return DomainTensors(name, torch.cat(parts), labels, num_classes)
-
-
-def _decoded_images(dataset, start: int, stop: int, name: str) -> list:
-    """Rows ``start:stop`` of the ``image`` column, decoded; an undecodable image is reported by row."""
     try:
-        return list(dataset[start:stop]["image"])
-    except (OSError, ValueError, SyntaxError) as error:  # PIL's UnidentifiedImageError is an OSError
-        for row in range(start, stop):
-            try:
-                dataset[row]["image"]
-            except (OSError, ValueError, SyntaxError) as row_error:
-                problem = f"the image in row {row} cannot be decoded ({row_error})"
-                raise LockDataError(f"domain {name!r}: {problem}") from row_error
-        problem = f"images in rows {start}-{stop - 1} cannot be decoded ({error})"
-        raise LockDataError(f"domain {name!r}: {problem}") from error
+        for _, image, digest in read_images(dataset, name, chunk_size):
+            chunk.append(image)
+            hashes.append(digest)
+            chunk_pixels += image.width * image.height
+            if len(chunk) >= chunk_size or chunk_pixels >= CHUNK_PIXELS:
+                parts.append(encoder.preprocess(chunk))
+                bar.update(len(chunk))
+                chunk, chunk_pixels = [], 0
+        if chunk:
+            parts.append(encoder.preprocess(chunk))
+            bar.update(len(chunk))
+    finally:
+        bar.close()
+    labels = torch.as_tensor(dataset["label"], dtype=torch.long) if labelled else None
+    content = torch.frombuffer(bytearray(b"".join(hashes)), dtype=torch.uint8).reshape(-1, HASH_BYTES)
+    return DomainTensors(name, torch.cat(parts), labels, num_classes, content)
+
+
+def image_content_hash(image: PILImage.Image) -> bytes:
+    """A digest of a decoded image: its mode, size, palette and pixel bytes. Two files that decode to the same
+    pixels hash alike whatever their format or compression."""
+    digest = hashlib.blake2b(digest_size=HASH_BYTES)
+    digest.update(f"{image.mode}:{image.width}x{image.height}:".encode())
+    if image.mode in ("P", "PA"):
+        digest.update(bytes(image.getpalette() or ()))
+    digest.update(image.tobytes())
+    return digest.digest()
+
+
+def read_images(dataset, name: str, chunk_size: int = 256) -> Iterator[tuple[int, PILImage.Image, bytes]]:
+    """``(row, image with 8-bit channels, content hash)`` for every row of the ``image`` column.
+
+    A ``datasets.Image`` column is decoded here from its stored bytes or local file, ``chunk_size`` stored rows at
+    a time: never from a URL (a remote reference is refused), with each image's size checked against
+    :data:`MAX_IMAGE_PIXELS` before its pixels are decoded, and the EXIF orientation applied as ``datasets`` does.
+    Every problem raises :class:`LockDataError` naming the domain and row.
+    """
+    feature = (getattr(dataset, "features", None) or {}).get("image")
+    if isinstance(feature, ImageFeature):
+        stored = dataset.select_columns(["image"]).with_format("arrow")  # the stored {bytes, path}, not decoded
+        for start in range(0, len(dataset), chunk_size):
+            values = stored[start : start + chunk_size].column("image").to_pylist()
+            for row, value in enumerate(values, start):
+                stored_image = open_stored_image(value, f"domain {name!r}: the image in row {row}")
+                image, digest = _eight_bit(stored_image, row, name)
+                yield row, _in_feature_mode(image, feature.mode, row, name), digest
+        return
+    for start in range(0, len(dataset), chunk_size):
+        for row, value in enumerate(dataset[start : start + chunk_size]["image"], start):
+            if not isinstance(value, PILImage.Image):
+                raise LockDataError(
+                    f"domain {name!r}: row {row} of the 'image' column holds {type(value).__name__}, not an image"
+                )
+            check_image_pixels(value.size, f"domain {name!r}: the image in row {row}")
+            yield row, *_eight_bit(value, row, name)
+
+
+def _eight_bit(image: PILImage.Image, row: int, name: str) -> tuple[PILImage.Image, bytes]:
+    digest = image_content_hash(image)
+    try:
+        return eight_bit_image(image), digest
+    except EncoderError as error:
+        raise LockDataError(f"domain {name!r}: the image in row {row} {error}") from error
+
+
+def _in_feature_mode(image: PILImage.Image, mode: str | None, row: int, name: str) -> PILImage.Image:
+    """The image in the mode its ``datasets.Image(mode=...)`` feature promises (as ``datasets`` would decode it),
+    converted faithfully where :func:`~hf_encoderlock.encoders.convert_image` knows how."""
+    if not mode or image.mode == mode:
+        return image
+    try:
+        return convert_image(image, mode) if mode in ("L", "RGB") else image.convert(mode)
+    except EncoderError as error:
+        raise LockDataError(f"domain {name!r}: the image in row {row} {error}") from error
+    except ValueError as error:
+        raise LockDataError(
+            f"domain {name!r}: the image in row {row} cannot be converted to {mode} ({error})"
+        ) from error
+
+
+def check_image_pixels(size: tuple[int, int], subject: str, error: type[ValueError] = LockDataError) -> None:
+    """Raise ``error`` (a message starting with ``subject``) when an image of ``size`` holds more than
+    :data:`MAX_IMAGE_PIXELS` pixels."""
+    width, height = size
+    if width * height > MAX_IMAGE_PIXELS:
+        raise error(
+            f"{subject} is {width}x{height} ({width * height:,} pixels), over the {MAX_IMAGE_PIXELS:,}-pixel limit "
+            "(MAX_IMAGE_PIXELS): a decompression bomb or an image too large to decode safely; downscale it first"
+        )
+
+
+def open_stored_image(
+    value: dict | None, subject: str, *, load: bool = True, error: type[ValueError] = LockDataError
+) -> PILImage.Image:
+    """Open one stored ``{bytes, path}`` value of a ``datasets.Image`` column, never over the network.
+
+    The size is checked (:func:`check_image_pixels`) from the header, before any pixel is decoded; with ``load``
+    the pixels are then decoded and the EXIF orientation applied (as ``datasets`` decodes). Without ``load`` only
+    the header of a stored file is read: close the image (``with open_stored_image(...) as image``). Every problem
+    raises ``error`` with a message starting with ``subject`` (e.g. ``"domain 'red': the image in row 5"``).
+    """
+    data, path = (value or {}).get("bytes"), (value or {}).get("path")
+    if data is None and path is None:
+        raise error(f"{subject} is missing (None)")
+    if data is None and not _is_local_reference(path):
+        raise error(
+            f"{subject} is a remote reference ({path!r}), not data in the dataset: images are never fetched over "
+            "the network; download them and store them in the dataset"
+        )
+    try:
+        if data is None and load:
+            with open(path, "rb") as file:  # read whole, so that no file handle outlives the decode
+                data = file.read()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", PILImage.DecompressionBombWarning)
+            image = PILImage.open(io.BytesIO(data) if data is not None else path)  # reads the header only
+    except (PILImage.DecompressionBombError, PILImage.DecompressionBombWarning) as problem:
+        raise error(f"{subject} is refused as a decompression bomb ({problem})") from problem
+    except Exception as problem:  # PIL raises many types on malformed files; UnidentifiedImageError is an OSError
+        raise error(f"{subject} cannot be decoded ({problem})") from problem
+    check_image_pixels(image.size, subject, error)  # before the pixels are decoded: memory stays bounded
+    if not load:
+        return image
+    try:
+        image.load()
+        if image.getexif().get(PILImage.ExifTags.Base.Orientation) is not None:
+            image = ImageOps.exif_transpose(image)
+    except Exception as problem:
+        raise error(f"{subject} cannot be decoded ({problem})") from problem
+    return image
+
+
+def content_overlap(
+    authorized: DomainTensors, prohibited: DomainTensors, max_fraction: float = MAX_SHARED_FRACTION
+) -> float:
+    """The share of prohibited images that are byte-identical, after decoding, to an authorized image (compared by
+    content hash, so in any order); raises :class:`LockDataError` when it exceeds ``max_fraction``.
+
+    Uses the hashes :func:`preprocess_domain` records; when either side lacks them, the preprocessed pixel values
+    are hashed instead (identical images preprocess identically).
+    """
+    use_pixels = authorized.content_hashes is None or prohibited.content_hashes is None
+    authorized_hashes = _row_hashes(authorized, use_pixels)
+    prohibited_hashes = _row_hashes(prohibited, use_pixels)
+    if not prohibited_hashes:
+        return 0.0
+    known = set(authorized_hashes)
+    shared = sum(digest in known for digest in prohibited_hashes)
+    fraction = shared / len(prohibited_hashes)
+    if set(prohibited_hashes) == known:
+        raise LockDataError(
+            f"the prohibited domain is identical to the authorized domain: {prohibited.name!r} holds the same images "
+            f"as {authorized.name!r} (byte-identical after decoding, in any order)"
+        )
+    if fraction > max_fraction:
+        raise LockDataError(
+            f"domain {prohibited.name!r}: {shared} of its {len(prohibited_hashes)} prohibited images ({fraction:.0%}) "
+            f"are byte-identical, after decoding, to images of the authorized domain {authorized.name!r}; at most "
+            f"{max_fraction:.0%} may be shared (MAX_SHARED_FRACTION): a lock cannot break the images it must keep"
+        )
+    return fraction
+
+
+def _row_hashes(data: DomainTensors, use_pixels: bool) -> list[bytes]:
+    if not use_pixels:
+        return [bytes(row) for row in data.content_hashes.numpy()]
+    shape = str(tuple(data.pixel_values.shape[1:])).encode()
+    pixels = data.pixel_values.detach().cpu().contiguous().numpy()
+    return [hashlib.blake2b(shape + row.tobytes(), digest_size=HASH_BYTES).digest() for row in pixels]
 
 
 def stratified_split(data: DomainTensors, fraction: float, seed: int) -> tuple[DomainTensors, DomainTensors]:
@@ -250,6 +487,7 @@ def combine_labelled_domains(named: dict[str, object], label_column: str = "labe
     parts = []
     for domain, dataset in named.items():
         num_classes = check_labelled_dataset(dataset, domain, label_column, image_column)
+        check_image_column(dataset, domain, image_column)  # the cast below would read paths and fetch URLs
         feature = dataset.features[label_column]
         class_names = getattr(feature, "names", None) or [str(c) for c in range(num_classes)]
         offset = len(names)

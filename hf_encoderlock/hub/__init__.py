@@ -1,8 +1,9 @@
-"""The Hub side of a lock: model card and authorization metadata, gated push, verified pull."""
+"""The Hub side of a lock: model card and authorization metadata, gated push, verified pull, signed locks."""
 
 from .card import Authorization, EncoderLockCardData, LockVerificationError, render_model_card, write_model_card
 from .locked import LockedEncoder
 from .push import load_locked, push_locked_to_hub
+from .signing import sign_locked, verify_signature
 
 __all__ = [
     "Authorization",
@@ -12,5 +13,7 @@ __all__ = [
     "load_locked",
     "push_locked_to_hub",
     "render_model_card",
+    "sign_locked",
+    "verify_signature",
     "write_model_card",
 ]

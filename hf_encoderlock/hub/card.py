@@ -2,8 +2,13 @@
 
 The card is rendered from the repository's ``model_card_template.md`` (shipped in the package, see setup.py) with
 ``huggingface_hub.ModelCard.from_template``. Its YAML front matter carries an ``encoderlock:`` block (authorized and
-prohibited domains, variant, mask size, measured accuracies, SHA-256 of every weight file) that
-:func:`hf_encoderlock.hub.load_locked` parses back into an :class:`Authorization` and checks against the files.
+prohibited domains, variant, mask size, measured accuracies, SHA-256 of every file the lock publishes except the card
+itself) that :func:`hf_encoderlock.hub.load_locked` parses back into an :class:`Authorization` and checks against the
+files and against ``encoderlock_config.json``.
+
+What such a hash proves: that the files are the ones this card describes. It cannot prove who wrote the card (anyone
+who can push to the repository can change a file and its hash together) and the card cannot hash itself; a signature
+(:mod:`hf_encoderlock.hub.signing`, ``model.sig``) covers the card too and names the signer's key.
 
 The card follows the Hub's standard sections (``huggingface_hub``'s ``modelcard_template.md``) and publishes no local
 path: ``base_model`` and ``datasets`` only name Hub ids, built-in and local domains are described in the text.
@@ -23,7 +28,16 @@ from typing import Any
 import numpy as np
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from .._files import CARD_FILE, CARD_FORMAT, LOCK_CONFIG_FILE, PRIVATE_FILES, REPORT_JSON
+from .._files import (
+    CARD_FILE,
+    CARD_FORMAT,
+    CARD_FORMAT_V2,
+    LOCK_CONFIG_FILE,
+    MASK_FILE,
+    PRIVATE_FILES,
+    REPORT_JSON,
+    SIGNATURE_FILE,
+)
 from .._utils import as_finite_float, percent
 from ..data.domains import BUILTIN_DOMAINS, DomainSpec
 
@@ -35,6 +49,10 @@ HASH_ALGORITHM = "sha256"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf", ".onnx")
 # the lock's mask and Trainer state are not part of the released model (file-name patterns)
 NON_MODEL_WEIGHT_FILES = PRIVATE_FILES
+# What a push never uploads: subfolders (checkpoints), hidden files and the private files (globs, upload_folder's).
+PUBLISH_IGNORE_PATTERNS = ("*/*", ".*", *PRIVATE_FILES)
+# Published, but not hashed in the card: the card cannot hash itself, and the signature is written after it.
+UNHASHED_FILES = (CARD_FILE, SIGNATURE_FILE)
 PROBE_HEADS = ("linear", "mlp", "knn")
 PAPER_ARXIV = "2411.12508"
 PAPER_URL = f"https://arxiv.org/abs/{PAPER_ARXIV}"
@@ -66,7 +84,8 @@ BUILTIN_DESCRIPTIONS = {
 
 
 class LockVerificationError(RuntimeError):
-    """A locked encoder's card is missing, lacks the ``encoderlock:`` block, or does not match its weight files."""
+    """A locked encoder's card is missing, lacks the ``encoderlock:`` block, or does not match its files, its lock
+    config or its signature."""
 
 
 # ------------------------------------------------------------------------------------------------- helpers
@@ -94,6 +113,30 @@ def weight_files(folder: str | Path) -> list[str]:
 def weight_hashes(folder: str | Path) -> dict[str, str]:
     """``{file name: sha256}`` for every model weight file in ``folder``."""
     return {name: sha256_file(Path(folder) / name) for name in weight_files(folder)}
+
+
+def is_private_file(name: str) -> bool:
+    """Whether ``name`` is one of the files that stay with the owner (mask, lock state, Trainer state)."""
+    return any(fnmatch.fnmatch(name, pattern) for pattern in PRIVATE_FILES)
+
+
+def published_files(folder: str | Path, include_mask: bool = False) -> list[str]:
+    """Names of the top-level files of ``folder`` that a push uploads (no subfolder, hidden or private file; the
+    mask only with ``include_mask``)."""
+    ignored = [p for p in PUBLISH_IGNORE_PATTERNS if not (include_mask and p == MASK_FILE)]
+    return sorted(
+        p.name
+        for p in Path(folder).iterdir()
+        if p.is_file() and not any(fnmatch.fnmatch(p.name, pattern) for pattern in ignored)
+    )
+
+
+def file_hashes(folder: str | Path, include_mask: bool = False) -> dict[str, str]:
+    """``{file name: sha256}`` of the published files that are neither weights nor the card or its signature:
+    ``config.json``, ``preprocessor_config.json``, ``encoderlock_config.json`` and anything else a push uploads."""
+    skip = set(weight_files(folder)) | set(UNHASHED_FILES)
+    names = [n for n in published_files(folder, include_mask=include_mask) if n not in skip]
+    return {name: sha256_file(Path(folder) / name) for name in names}
 
 
 def _rounded(value: Any, decimals: int = YAML_DECIMALS) -> float | None:
@@ -182,6 +225,25 @@ def _builtin(name: str) -> str | None:
     except Exception:  # not a valid spec name: not a built-in either
         return None
     return display if display in BUILTIN_DOMAINS else None
+
+
+def _canonical(name: str) -> str:
+    """A domain name as the probe reports write it: built-in names canonical (``"MNIST_M"`` -> ``"mnist-m"``)."""
+    return _builtin(name) or name
+
+
+def _is_synthetic(entry: Any) -> bool:
+    return isinstance(entry, dict) and "zero_shot_generators" in entry
+
+
+def declared_domains(lock: dict[str, Any]) -> tuple[list[str], list[str] | None]:
+    """``(authorized, prohibited)`` public names of the domains ``encoderlock_config.json`` records; prohibited is
+    ``None`` for a zero-shot lock, whose config names only the synthetic data it was locked on."""
+    authorized = [_canonical(_domain_name(d)) for d in lock.get("authorized") or []]
+    entries = lock.get("prohibited") or []
+    if any(_is_synthetic(entry) for entry in entries):
+        return authorized, None
+    return authorized, [_canonical(_domain_name(d)) for d in entries]
 
 
 def hub_dataset_id(entry: Any) -> str | None:
@@ -325,6 +387,7 @@ class EncoderLockCardData:
     seed: int | None = None
     versions: dict[str, str] = field(default_factory=dict)
     weight_hashes: dict[str, str] = field(default_factory=dict)
+    file_hashes: dict[str, str] = field(default_factory=dict)
     results: list[dict[str, Any]] = field(default_factory=list)
     head_results: list[dict[str, Any]] = field(default_factory=list)
     verdict: dict[str, str] = field(default_factory=dict)
@@ -340,11 +403,15 @@ class EncoderLockCardData:
 
     @classmethod
     def from_folder(
-        cls, folder: str | Path, report: dict[str, Any] | None = None, **overrides: Any
+        cls, folder: str | Path, report: dict[str, Any] | None = None, include_mask: bool = False, **overrides: Any
     ) -> EncoderLockCardData:
-        """Read ``encoderlock_config.json`` and hash the weights in ``folder``; ``report`` adds measured results
-        (default: a matching ``report.json`` in the folder or its parent, else what the folder's current card
-        recorded for these same weights)."""
+        """Read ``encoderlock_config.json`` and hash every file a push publishes from ``folder`` (the mask too with
+        ``include_mask``); ``report`` adds measured results (default: a matching ``report.json`` in the folder or
+        its parent, else what the folder's current card recorded for these same weights).
+
+        The domains come from ``encoderlock_config.json`` (the card must agree with it, see
+        :meth:`Authorization.verify`); only a zero-shot lock, whose config names no real prohibited domain, takes
+        its prohibited domains from the report."""
         folder = Path(folder)
         config_path = folder / LOCK_CONFIG_FILE
         if not config_path.is_file():
@@ -352,11 +419,13 @@ class EncoderLockCardData:
         lock = json.loads(config_path.read_text())
         if report is None:
             report = find_report(folder, lock)
-        authorized = [_domain_name(d) for d in lock.get("authorized", [])]
-        prohibited = [_domain_name(d) for d in lock.get("prohibited", [])]
-        if report is not None:
-            authorized = list(report.get("authorized", authorized))
-            prohibited = list(report.get("prohibited", prohibited))
+        authorized, prohibited = declared_domains(lock)
+        if prohibited is None:
+            prohibited = [_domain_name(d) for d in lock.get("prohibited", [])]
+            if report is not None:
+                prohibited = list(report.get("prohibited", prohibited))
+        if report is not None and not authorized:  # a hand-written config without domains
+            authorized = list(report.get("authorized", []))
         training_data = [
             {"role": role, **describe_training_domain(entry)}
             for role in ("authorized", "prohibited")
@@ -376,6 +445,7 @@ class EncoderLockCardData:
             seed=lock.get("seed"),
             versions=dict(lock.get("versions", {})),
             weight_hashes=hashes,
+            file_hashes=file_hashes(folder, include_mask=include_mask),
             poolings=[str(p) for p in lock.get("poolings") or []],
             datasets=list(dict.fromkeys(d["hub_id"] for d in training_data if d["hub_id"])),
             training_data=training_data,
@@ -425,7 +495,7 @@ class EncoderLockCardData:
     def authorization_metadata(self) -> dict[str, Any]:
         """The ``encoderlock:`` block of the card's front matter."""
         metadata = {
-            "format": CARD_FORMAT,
+            "format": CARD_FORMAT_V2,
             "authorized": list(self.authorized),
             "prohibited": list(self.prohibited),
             "variant": self.variant,
@@ -439,6 +509,7 @@ class EncoderLockCardData:
             "accuracy": {row["domain"]: self._accuracy_entry(row) for row in self.results},
             "hash_algorithm": HASH_ALGORITHM,
             "weights": dict(self.weight_hashes),
+            "files": dict(self.file_hashes),
         }
         if self.verdict:
             metadata["verdict"] = dict(self.verdict)
@@ -567,6 +638,8 @@ class EncoderLockCardData:
             "verdict": self.verdict,
             "versions": self.versions,
             "weight_hashes": self.weight_hashes,
+            "file_hashes": self.file_hashes,
+            "signature_file": SIGNATURE_FILE,
             "hash_algorithm": HASH_ALGORITHM,
             "hash_label": "SHA-256",
             "gated": self.gated,
@@ -593,15 +666,22 @@ def render_model_card(card_data: EncoderLockCardData, template_path: str | Path 
 
 
 def write_model_card(
-    output_dir: str | Path, report: dict[str, Any] | None = None, license: str | None = None, **overrides: Any
+    output_dir: str | Path,
+    report: dict[str, Any] | None = None,
+    license: str | None = None,
+    include_mask: bool = False,
+    **overrides: Any,
 ) -> Path:
     """Render the card of the locked folder ``output_dir`` and save it as ``README.md`` there.
 
     ``license`` is a Hub license id (``"apache-2.0"``, ``"mit"``, ``"other"`` ...; default: the one the folder's
-    card already declares for these weights, else none); other keywords override :class:`EncoderLockCardData`
-    fields (``repo_id``, ``gated``, ``model_name``, ``prohibited_uses`` ...).
+    card already declares for these weights, else none); ``include_mask`` hashes the mask too (when it is pushed);
+    other keywords override :class:`EncoderLockCardData` fields (``repo_id``, ``gated``, ``model_name``,
+    ``prohibited_uses`` ...).
     """
-    data = EncoderLockCardData.from_folder(output_dir, report=report, license=license, **overrides)
+    data = EncoderLockCardData.from_folder(
+        output_dir, report=report, license=license, include_mask=include_mask, **overrides
+    )
     card = render_model_card(data)
     path = Path(output_dir) / CARD_FILE
     if path.is_symlink():  # a Hub cache snapshot links to a shared blob: replace the link, never write through it
@@ -613,7 +693,12 @@ def write_model_card(
 # ---------------------------------------------------------------------------------------------- authorization
 @dataclass(frozen=True)
 class Authorization:
-    """The authorization a locked encoder's card declares (parsed from its ``encoderlock:`` block)."""
+    """The authorization a locked encoder's card declares (parsed from its ``encoderlock:`` block).
+
+    ``weights`` and ``files`` are the SHA-256 of the weight files and of every other published file except the
+    card (``files`` is empty for cards written before it existed, ``encoderlock-card/v1``, which
+    :meth:`verify` refuses).
+    """
 
     authorized: tuple[str, ...]
     prohibited: tuple[str, ...]
@@ -623,15 +708,19 @@ class Authorization:
     mask_count: int | None
     weights: dict[str, str]
     accuracy: dict[str, dict[str, Any]] = field(default_factory=dict)
-    format: str = CARD_FORMAT
+    format: str = CARD_FORMAT_V2
     poolings: tuple[str, ...] = ()
+    files: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_metadata(cls, metadata: dict[str, Any] | None) -> Authorization:
         """Parse an ``encoderlock:`` block; :class:`LockVerificationError` when it is missing or incomplete."""
         if not isinstance(metadata, dict):
             raise LockVerificationError(f"the model card has no '{METADATA_KEY}:' block in its YAML front matter")
-        missing = [key for key in ("authorized", "prohibited", "variant", "weights") if not metadata.get(key)]
+        required = ("authorized", "prohibited", "variant", "weights")
+        if metadata.get("format", CARD_FORMAT) != CARD_FORMAT:
+            required += ("files",)  # only v1 cards hashed the weights alone
+        missing = [key for key in required if not metadata.get(key)]
         if missing:
             raise LockVerificationError(f"the card's '{METADATA_KEY}:' block lacks {', '.join(missing)}")
         if metadata.get("hash_algorithm", HASH_ALGORITHM) != HASH_ALGORITHM:
@@ -647,6 +736,7 @@ class Authorization:
             accuracy=dict(metadata.get("accuracy") or {}),
             format=str(metadata.get("format", CARD_FORMAT)),
             poolings=tuple(metadata.get("poolings") or ()),
+            files=dict(metadata.get("files") or {}),
         )
 
     @classmethod
@@ -670,16 +760,63 @@ class Authorization:
         return domain in self.authorized
 
     def verify(self, folder: str | Path) -> None:
-        """Check that ``folder`` holds exactly the declared weight files with the declared SHA-256."""
+        """Check that ``folder`` holds exactly the files the card hashes (weights, configs, image processor, lock
+        config: every published file but the card and its signature), with the declared SHA-256, and that the
+        card's ``encoderlock:`` block agrees with ``encoderlock_config.json``.
+
+        Raises :class:`LockVerificationError` naming every file or field that differs. A private file the card
+        hashes (the mask, when it was pushed) may be absent: loading never reads it.
+        """
         folder = Path(folder)
-        present = set(weight_files(folder))
-        problems = [f"{name}: missing" for name in sorted(set(self.weights) - present)]
-        problems += [f"{name}: not declared in the card" for name in sorted(present - set(self.weights))]
-        for name in sorted(set(self.weights) & present):
+        if not self.files:
+            raise LockVerificationError(
+                f"the model card is an {self.format} card: it hashes the weight files only, so config.json, the "
+                "image processor and encoderlock_config.json cannot be verified; render it again from trusted files "
+                "(hf_encoderlock.write_model_card(folder), or push the lock again)"
+            )
+        declared = {**self.files, **self.weights}
+        present = set(weight_files(folder)) | {n for n in published_files(folder) if n not in UNHASHED_FILES}
+        present |= {n for n in declared if is_private_file(n) and (folder / n).is_file()}
+        problems = [f"{n}: missing" for n in sorted(set(declared) - present) if not is_private_file(n)]
+        problems += [f"{n}: not declared in the card" for n in sorted(present - set(declared))]
+        for name in sorted(set(declared) & present):
             actual = sha256_file(folder / name)
-            if actual != self.weights[name]:
-                problems.append(f"{name}: sha256 {actual} does not match the card's {self.weights[name]}")
+            if actual != declared[name]:
+                problems.append(f"{name}: sha256 {actual} does not match the card's {declared[name]}")
         if problems:
             raise LockVerificationError(
-                "the weights do not match the model card's encoderlock metadata: " + "; ".join(problems)
+                "the files do not match the model card's encoderlock metadata: " + "; ".join(problems)
             )
+        problems = self.disagreements(folder / LOCK_CONFIG_FILE)
+        if problems:
+            raise LockVerificationError(
+                f"the model card's encoderlock block disagrees with {LOCK_CONFIG_FILE}: " + "; ".join(problems)
+            )
+
+    def disagreements(self, lock_config: str | Path) -> list[str]:
+        """Where the card's block differs from ``encoderlock_config.json`` (domains, variant, objective, poolings,
+        mask count); empty when it agrees or the folder has no lock config (a plain saved encoder).
+
+        A zero-shot lock's config names no real prohibited domain, so its card's prohibited list is not compared.
+        """
+        path = Path(lock_config)
+        if not path.is_file():
+            return []
+        try:
+            lock = json.loads(path.read_text())
+        except (OSError, ValueError) as error:
+            return [f"{LOCK_CONFIG_FILE} cannot be read ({error})"]
+        authorized, prohibited = declared_domains(lock)
+        card_a, card_p = [_canonical(d) for d in self.authorized], [_canonical(d) for d in self.prohibited]
+        pairs = [("authorized", card_a, authorized or None), ("prohibited", card_p, prohibited)]
+        pairs += [
+            ("variant", self.variant, lock.get("variant")),
+            ("objective", self.objective, lock.get("objective")),
+            ("poolings", list(self.poolings), [str(p) for p in lock.get("poolings") or []] or None),
+            ("mask_count", self.mask_count, (lock.get("mask") or {}).get("count")),
+        ]
+        return [
+            f"{key}: the card says {card!r}, {LOCK_CONFIG_FILE} says {config!r}"
+            for key, card, config in pairs
+            if config is not None and card != config
+        ]

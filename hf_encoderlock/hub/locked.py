@@ -1,14 +1,15 @@
 """A locked encoder as one object, the way PEFT wraps an adapter: verified loading, features, save and push.
 
 ``LockedEncoder.from_pretrained("user/vit-locked")`` goes through the same path as :func:`load_locked` (the weights
-are loaded only after their SHA-256 match the card) and keeps the local folder, so that :meth:`save_pretrained` and
-:meth:`push_to_hub` publish exactly the verified files.
+are loaded only after every published file's SHA-256 match the card, and, with ``public_key``, after the owner's
+signature checks) and keeps the local folder, so that :meth:`save_pretrained` and :meth:`push_to_hub` publish exactly
+the verified files.
 """
 
 from __future__ import annotations
 
-import fnmatch
 import json
+import os
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -19,25 +20,23 @@ import torch
 from PIL import Image
 from torch import nn
 
-from .._files import LOCK_CONFIG_FILE, MASK_FILE
+from .._files import LOCK_CONFIG_FILE, SIGNATURE_FILE
 from .._utils import atomic_folder
 from ..encoders import EncoderAdapter
-from .card import Authorization, find_report
-from .push import DEFAULT_COMMIT_MESSAGE, PUSH_IGNORE_PATTERNS, open_locked, push_locked_to_hub
+from .card import Authorization, find_report, published_files
+from .push import DEFAULT_COMMIT_MESSAGE, open_locked, push_locked_to_hub
+from .signing import KeyLike, verify_signature
 
 __all__ = ["LockedEncoder"]
 
 DEFAULT_BATCH_SIZE = 32
 
 
-def _release_files(folder: Path, include_mask: bool = False) -> list[Path]:
-    """The top-level files of ``folder`` that a push publishes (no hidden file, mask, lock or Trainer state)."""
-    ignored = [p for p in PUSH_IGNORE_PATTERNS if not (include_mask and p == MASK_FILE)]
-    return sorted(
-        path
-        for path in folder.iterdir()
-        if path.is_file() and not any(fnmatch.fnmatch(path.name, pattern) for pattern in ignored)
-    )
+def _release_files(folder: Path, include_mask: bool = False, signature: bool = True) -> list[Path]:
+    """The top-level files of ``folder`` that a push publishes (no hidden file, mask, lock or Trainer state; the
+    signature only with ``signature``)."""
+    names = published_files(folder, include_mask=include_mask)
+    return [folder / name for name in names if signature or name != SIGNATURE_FILE]
 
 
 class LockedEncoder:
@@ -47,12 +46,21 @@ class LockedEncoder:
         encoder: the :class:`~hf_encoderlock.encoders.EncoderAdapter` (backbone + pooling + image processor).
         authorization: the :class:`Authorization` the card declares (authorized and prohibited domains, hashes).
         folder: the local folder the weights were read from (a Hub cache snapshot for a repository id).
+        public_key: the public key the signature was checked with (``None``: the lock was loaded unsigned); copies
+            made by :meth:`save_pretrained` are checked with it again.
     """
 
-    def __init__(self, encoder: EncoderAdapter, authorization: Authorization, folder: str | Path) -> None:
+    def __init__(
+        self,
+        encoder: EncoderAdapter,
+        authorization: Authorization,
+        folder: str | Path,
+        public_key: KeyLike | None = None,
+    ) -> None:
         self.encoder = encoder
         self.authorization = authorization
         self.folder = Path(folder)
+        self.public_key = public_key
 
     # ------------------------------------------------------------------------------------------------ loading
     @classmethod
@@ -64,14 +72,26 @@ class LockedEncoder:
         cache_dir: str | Path | None = None,
         pooling: str = "auto",
         model: nn.Module | None = None,
+        public_key: KeyLike | None = None,
     ) -> LockedEncoder:
-        """Download (or open) a locked encoder; its weights are loaded only once their SHA-256 match the card.
+        """Download (or open) a locked encoder; its weights are loaded only once every published file's SHA-256
+        match the card and the card agrees with ``encoderlock_config.json``.
 
-        Raises :class:`~hf_encoderlock.hub.LockVerificationError` otherwise. ``model`` is needed only for a folder
-        saved from a plain torch module (an instance of that module's class).
+        With ``public_key`` (the owner's PEM public key, a path or the PEM text) the lock must also carry the
+        owner's signature (``model.sig``) over every file, unchanged since signing. ``revision=<commit sha>`` pins
+        the download to a reviewed commit. Raises :class:`~hf_encoderlock.hub.LockVerificationError` otherwise.
+        ``model`` is needed only for a folder saved from a plain torch module (an instance of that module's class).
         """
-        opened = open_locked(repo_id_or_path, revision, token, cache_dir=cache_dir, pooling=pooling, model=model)
-        return cls(opened.encoder, opened.authorization, opened.folder)
+        opened = open_locked(
+            repo_id_or_path,
+            revision,
+            token,
+            cache_dir=cache_dir,
+            pooling=pooling,
+            model=model,
+            public_key=public_key,
+        )
+        return cls(opened.encoder, opened.authorization, opened.folder, public_key=public_key)
 
     # ------------------------------------------------------------------------------------------------- access
     @property
@@ -127,16 +147,19 @@ class LockedEncoder:
         return torch.cat(chunks).float()
 
     # ------------------------------------------------------------------------------------------ save and push
-    def _copy_verified(self, target: Path, include_mask: bool = False) -> Path:
-        """Copy the released files into ``target`` (atomically) and check the copies against the card."""
+    def _copy_verified(self, target: Path, include_mask: bool = False, signature: bool = True) -> Path:
+        """Copy the released files into ``target`` (atomically) and check the copies against the card (and the
+        signature, when the lock was loaded with a public key and the copy keeps it)."""
         with atomic_folder(target) as staging:
-            for path in _release_files(self.folder, include_mask=include_mask):
+            for path in _release_files(self.folder, include_mask=include_mask, signature=signature):
                 shutil.copy2(path, staging / path.name)  # follows a cache snapshot's links to the real bytes
+            if signature and self.public_key is not None:
+                verify_signature(staging, self.public_key)
             self.authorization.verify(staging)  # also catches files changed on disk since loading
         return Path(target).resolve()
 
     def save_pretrained(self, save_directory: str | Path) -> Path:
-        """Copy the verified files (weights, configs, image processor, card; never the lock's mask) into
+        """Copy the verified files (weights, configs, image processor, card, signature; never the lock's mask) into
         ``save_directory``, which :meth:`from_pretrained` then opens. Returns the folder.
 
         The files are copied, not re-serialised: a locked encoder's weights are the ones its card's hashes declare,
@@ -145,6 +168,8 @@ class LockedEncoder:
         """
         target = Path(save_directory)
         if target.resolve() == self.folder.resolve():
+            if self.public_key is not None:
+                verify_signature(target, self.public_key)
             self.authorization.verify(target)
             return target.resolve()
         return self._copy_verified(target)
@@ -161,6 +186,8 @@ class LockedEncoder:
         license: str | None = None,
         include_mask: bool = False,
         report: dict[str, Any] | None = None,
+        sign_key: str | os.PathLike | None = None,
+        sign_password: str | bytes | None = None,
     ) -> Any:
         """Push the verified files to ``repo_id`` with a card rendered for it (see :func:`push_locked_to_hub`);
         returns the ``CommitInfo``.
@@ -168,12 +195,15 @@ class LockedEncoder:
         The files are staged in a temporary copy first, so neither the Hub cache nor the source folder is rewritten.
         The card keeps the measured results of the current one (or of a matching ``report.json`` next to the source
         folder, or ``report``) and its license unless ``license`` is given. The mask is pushed only with
-        ``include_mask=True`` (and only when the source folder has it).
+        ``include_mask=True`` (and only when the source folder has it). The source's signature is not copied: the
+        card is rendered again for ``repo_id``, so a pushed copy is signed only when ``sign_key`` is given.
         """
         if report is None and (self.folder / LOCK_CONFIG_FILE).is_file():
             report = find_report(self.folder, json.loads((self.folder / LOCK_CONFIG_FILE).read_text()))
         with tempfile.TemporaryDirectory(prefix="encoderlock-push-") as scratch:
-            staged = self._copy_verified(Path(scratch) / repo_id.rstrip("/").split("/")[-1], include_mask)
+            staged = self._copy_verified(
+                Path(scratch) / repo_id.rstrip("/").split("/")[-1], include_mask, signature=False
+            )
             return push_locked_to_hub(
                 staged,
                 repo_id,
@@ -185,6 +215,8 @@ class LockedEncoder:
                 report=report,
                 include_mask=include_mask,
                 license=license,
+                sign_key=sign_key,
+                sign_password=sign_password,
             )
 
     def __repr__(self) -> str:

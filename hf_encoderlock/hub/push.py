@@ -1,30 +1,35 @@
 """Publish locked encoders to the Hugging Face Hub and load them back with their authorization verified.
 
 - :func:`push_locked_to_hub` regenerates the model card of a locked folder (``README.md``, with the ``encoderlock:``
-  block and optional gating), creates the repository, gates it when asked and uploads the encoder, its image
-  processor, ``encoderlock_config.json`` and the card in one commit.
-- :func:`load_locked` downloads (or opens) a locked encoder, checks the SHA-256 of every weight file against the
-  card and returns the encoder adapter, its image processor and the parsed :class:`Authorization`;
-  :class:`hf_encoderlock.hub.LockedEncoder` wraps the same loading path (:func:`open_locked`) in one object.
+  block and optional gating), signs the folder when given a key (``model.sig``), creates the repository, gates it
+  when asked and uploads the encoder, its image processor, ``encoderlock_config.json``, the card and the signature
+  in one commit.
+- :func:`load_locked` downloads (or opens) a locked encoder, checks the SHA-256 of every published file and the
+  authorization block against the card and ``encoderlock_config.json`` (and, with ``public_key``, the owner's
+  signature over every file) and returns the encoder adapter, its image processor and the parsed
+  :class:`Authorization`; :class:`hf_encoderlock.hub.LockedEncoder` wraps the same loading path
+  (:func:`open_locked`) in one object. ``revision=<commit sha>`` pins a pull to the commit that was reviewed.
 
 Any Hub-compatible server works: the ``huggingface_hub`` client honours ``HF_ENDPOINT``.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from huggingface_hub import HfApi, snapshot_download
 from torch import nn
 
-from .._files import CARD_FILE, LOCK_CONFIG_FILE, MASK_FILE, MODEL_CONFIG_FILE, PRIVATE_FILES
+from .._files import CARD_FILE, LOCK_CONFIG_FILE, MASK_FILE, MODEL_CONFIG_FILE, SIGNATURE_FILE
 from ..encoders import EncoderAdapter
-from .card import Authorization, LockVerificationError, weight_files, write_model_card
+from .card import PUBLISH_IGNORE_PATTERNS, Authorization, LockVerificationError, weight_files, write_model_card
+from .signing import KeyLike, require_signing, sign_locked, verify_signature
 
 DEFAULT_COMMIT_MESSAGE = "Upload locked encoder (hf_encoderlock)"
 GATING_MODES = ("auto", "manual")
-PUSH_IGNORE_PATTERNS = ("*/*", ".*", *PRIVATE_FILES)  # top-level files only; no mask, lock state or Trainer state
+PUSH_IGNORE_PATTERNS = PUBLISH_IGNORE_PATTERNS  # top-level files only; no mask, lock state or Trainer state
 
 __all__ = [
     "Authorization",
@@ -74,18 +79,36 @@ def push_locked_to_hub(
     report: dict[str, Any] | None = None,
     include_mask: bool = False,
     license: str | None = None,
+    sign_key: str | os.PathLike | None = None,
+    sign_password: str | bytes | None = None,
 ) -> Any:
     """Push a locked encoder folder to ``repo_id``; returns the ``CommitInfo``.
 
     The card is rendered again first (with this ``repo_id``, the gating choice and ``license``, a Hub license id)
-    so that it always matches the weights being uploaded. ``gated`` is ``True`` (= ``"auto"``), ``"auto"``,
+    so that it always matches the files being uploaded. ``gated`` is ``True`` (= ``"auto"``), ``"auto"``,
     ``"manual"`` or ``False``; the gate is set before any file is uploaded. The lock's mask (which weights changed)
-    stays local unless ``include_mask``.
+    stays local unless ``include_mask``. With ``sign_key`` (an elliptic-curve private key, PEM) every uploaded file,
+    the new card included, is signed into ``model.sig`` (see :func:`hf_encoderlock.hub.signing.sign_locked`).
+
+    A folder that is already signed is refused without ``sign_key``: rendering the card changes a signed file.
     """
     folder = Path(folder)
     _check_locked_folder(folder)
     mode = _gating_mode(gated)
-    write_model_card(folder, report=report, repo_id=repo_id, gated=mode is not None, license=license)
+    if sign_key is None and (folder / SIGNATURE_FILE).exists():
+        raise ValueError(
+            f"{folder} is signed ({SIGNATURE_FILE}) and pushing renders its model card again, which the signature "
+            f"covers: pass sign_key (--sign-key) to sign it again, or delete {SIGNATURE_FILE} to push it unsigned"
+        )
+    if sign_key is not None:  # before the card is rewritten or anything is uploaded
+        require_signing()
+        if not Path(sign_key).expanduser().is_file():
+            raise FileNotFoundError(f"no private key at {sign_key}")
+    write_model_card(
+        folder, report=report, repo_id=repo_id, gated=mode is not None, license=license, include_mask=include_mask
+    )
+    if sign_key is not None:
+        sign_locked(folder, sign_key, password=sign_password, include_mask=include_mask)
     api = HfApi(token=token)
     api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
     if mode is not None:
@@ -109,12 +132,15 @@ def open_locked(
     cache_dir: str | Path | None = None,
     pooling: str = "auto",
     model: nn.Module | None = None,
+    public_key: KeyLike | None = None,
 ) -> OpenedLock:
-    """Download (or open) a locked encoder and load it only once every weight file's SHA-256 matches its card.
+    """Download (or open) a locked encoder and load it only once its files match its card (and its signature).
 
     The one loading path behind :func:`load_locked` and ``LockedEncoder.from_pretrained``. Raises
-    :class:`LockVerificationError` when the card, its ``encoderlock:`` block or a declared hash does not match;
-    ``model`` is needed for a folder saved from a plain torch module (see ``EncoderAdapter.from_pretrained``).
+    :class:`LockVerificationError` when the card, its ``encoderlock:`` block, a declared hash or the lock config
+    does not match, or, with ``public_key`` (the owner's PEM public key: a path or the PEM text), when ``model.sig``
+    is missing, was made with another key or any file was added, removed or changed since signing. ``model`` is
+    needed for a folder saved from a plain torch module (see ``EncoderAdapter.from_pretrained``).
     """
     local = Path(repo_id_or_path)
     if local.is_dir():
@@ -125,6 +151,8 @@ def open_locked(
                 str(repo_id_or_path), revision=revision, token=token, cache_dir=cache_dir, repo_type="model"
             )
         )
+    if public_key is not None:  # first: the signature covers the card that the next check trusts
+        verify_signature(folder, public_key)
     authorization = Authorization.from_card(folder / CARD_FILE)
     authorization.verify(folder)
     adapter = EncoderAdapter.from_pretrained(folder, pooling=pooling, model=model)
@@ -140,11 +168,16 @@ def load_locked(
     cache_dir: str | Path | None = None,
     pooling: str = "auto",
     model: nn.Module | None = None,
+    public_key: KeyLike | None = None,
 ) -> tuple[EncoderAdapter, Any, Authorization]:
     """``(encoder adapter, image processor, Authorization)`` of a locked encoder on the Hub or in a folder.
 
-    The weights are loaded only after every weight file's SHA-256 matches the card's ``encoderlock:`` block;
-    :class:`LockVerificationError` otherwise (also when the card or the block is missing).
+    The weights are loaded only after every published file's SHA-256 matches the card's ``encoderlock:`` block and
+    the block agrees with ``encoderlock_config.json``; with ``public_key``, only after the owner's signature checks
+    (see :func:`open_locked`). :class:`LockVerificationError` otherwise (also when the card or the block is
+    missing). Pass ``revision=<commit sha>`` to load exactly the commit that was reviewed.
     """
-    opened = open_locked(repo_id_or_path, revision, token, cache_dir=cache_dir, pooling=pooling, model=model)
+    opened = open_locked(
+        repo_id_or_path, revision, token, cache_dir=cache_dir, pooling=pooling, model=model, public_key=public_key
+    )
     return opened.encoder, opened.encoder.image_processor, opened.authorization

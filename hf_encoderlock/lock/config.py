@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
+import numbers
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,10 +14,12 @@ from typing import Any
 from transformers import TrainingArguments
 
 from .._files import LOCK_CONFIG_FILE
+from ..encoders import POOLINGS
 from ..probing.heads import GRADIENT_KINDS
 from .objectives import OBJECTIVES, InformationTermsConfig
 from .selection import SCORE_FUNCTIONS
 from .variants.augmentations import AugmentationConfig
+from .variants.generators import GENERATORS
 
 DEFAULT_NUM_TRAIN_EPOCHS = TrainingArguments.__dataclass_fields__["num_train_epochs"].default
 VARIANTS = ("supervised", "unsupervised", "zero-shot")
@@ -24,6 +29,96 @@ ADVERSARY_KINDS = GRADIENT_KINDS  # the self-challenge trains heads by gradient 
 _INFO = InformationTermsConfig
 _AUG = AugmentationConfig
 BEST_MODEL_CRITERIA = ("gap", "last")
+# Validation: integer fields with the smallest value a lock can run with, and number fields that must be finite and
+# positive / non-negative (NaN passes no comparison, so each is checked for finiteness first).
+WHOLE_MINIMUMS = {
+    "num_rounds": 1,
+    "weights_per_round": 1,
+    "layers_per_round": 1,
+    "update_steps_per_round": 1,
+    "score_batches": 1,
+    "challenge_every": 0,
+    "adversary_seeds": 1,
+    "adversary_epochs": 1,
+    "adversary_hidden_size": 1,
+    "num_pseudo_classes": 2,
+    "pseudo_label_restarts": 1,
+    "zero_shot_images": 16,
+    "finetune_aware_steps": 0,
+    "per_device_train_batch_size": 1,
+}
+POSITIVE_NUMBERS = (
+    "alpha",
+    "objective_eps",
+    "score_eps",
+    "info_ridge",
+    "info_knn_temperature",
+    "contrastive_temperature",
+    "finetune_aware_lr",
+    "learning_rate",
+)
+NON_NEGATIVE_NUMBERS = (
+    "info_r2_weight",
+    "info_mmd_weight",
+    "info_knn_weight",
+    "info_preserve_weight",
+    "info_authorized_weight",
+    "augment_brightness",
+    "augment_contrast",
+    "augment_saturation",
+    "augment_noise",
+    "finetune_aware_weight",
+    "weight_decay",
+)
+
+
+def _is_whole(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_finite(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _finite_or_nan(value: Any) -> float:
+    """``value`` as a float, NaN when it is not a finite number (so that every range comparison fails)."""
+    return float(value) if _is_finite(value) else math.nan
+
+
+def _is_list(value: Any, length: int | None = None) -> bool:
+    return isinstance(value, (list, tuple)) and (length is None or len(value) == length)
+
+
+def _all_finite(values: Any, above: float | None = None) -> bool:
+    """Every value a finite number (``> above`` when given, else ``>= 0``)."""
+    return all(_is_finite(v) and (v > above if above is not None else v >= 0) for v in values)
+
+
+def _whole(name: str, value: Any, minimum: int) -> str | None:
+    """The problem with an integer field, if any (``num_rounds: 2.5`` is not a number of rounds)."""
+    if not _is_whole(value):
+        return f"{name} must be an integer >= {minimum}, got {value!r}"
+    return None if value >= minimum else f"{name} must be >= {minimum}, got {value!r}"
+
+
+def _number(name: str, value: Any, above: float | None = None, least: float | None = None) -> str | None:
+    """The problem with a number field, if any: not finite, or not ``> above`` / ``>= least``."""
+    if not _is_finite(value):
+        return f"{name} must be a finite number, got {value!r}"
+    if above is not None and not value > above:
+        return f"{name} must be > {above}, got {value!r}"
+    if least is not None and not value >= least:
+        return f"{name} must be >= {least}, got {value!r}"
+    return None
+
+
+def _regex_problem(pattern: str) -> str | None:
+    try:
+        re.compile(pattern)
+    except re.error as error:
+        return f"candidate_name_patterns: {pattern!r} is not a valid regex ({error})"
+    return None
+
 
 # The reference research code's values (METHOD.md): N=100 weights and M=1 layer per round, alpha=1e3,
 # a fresh Adam at lr 1e-2 without weight decay, 40 update steps per round, a challenge every 5 rounds,
@@ -235,6 +330,16 @@ class EncoderLockConfig(TrainingArguments):
         },
     )
 
+    # --- outputs --------------------------------------------------------------------------------------------
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Allow output_dir to hold files this package did not write, or a finished lock to replace. A "
+            "user's files are never deleted either way (they stay beside the new lock); without this flag such a "
+            "folder is refused before any work."
+        },
+    )
+
     # --- publishing -----------------------------------------------------------------------------------------
     hub_gated: str | None = field(
         default=None,
@@ -289,65 +394,102 @@ class EncoderLockConfig(TrainingArguments):
         self.max_steps = steps
 
     def _check_choices(self) -> None:
+        """Refuse, at construction and naming each field, every value a lock cannot run with (NaN or negative rates,
+        fractional counts, empty lists, unknown names, bad regexes), all problems in one message."""
+        objective = OBJECTIVES.get(self.objective) if isinstance(self.objective, str) else None
         checks = [
             (self.variant in VARIANTS, f"variant must be one of {VARIANTS}, got {self.variant!r}"),
-            (self.objective in OBJECTIVES, f"objective must be one of {tuple(OBJECTIVES)}, got {self.objective!r}"),
-            (self.score_function in SCORE_FUNCTIONS, f"score_function must be one of {tuple(SCORE_FUNCTIONS)}"),
-            (set(self.adversary_kinds) <= set(ADVERSARY_KINDS), f"adversary_kinds must be in {ADVERSARY_KINDS}"),
-            (self.best_model_criterion in BEST_MODEL_CRITERIA, f"best_model_criterion in {BEST_MODEL_CRITERIA}"),
-            (self.num_rounds >= 1, "num_rounds must be >= 1"),
-            (self.weights_per_round >= 1, "weights_per_round must be >= 1"),
-            (self.layers_per_round >= 1, "layers_per_round must be >= 1"),
-            (self.update_steps_per_round >= 1, "update_steps_per_round must be >= 1"),
-            (self.score_batches >= 1, "score_batches must be >= 1"),
-            (self.challenge_every >= 0, "challenge_every must be >= 0"),
-            (self.adversary_seeds >= 1 and self.adversary_epochs >= 1, "adversary seeds and epochs must be >= 1"),
-            (len(self.adversary_learning_rates) >= 1, "adversary_learning_rates must not be empty"),
-            (0.0 < self.validation_fraction < 1.0, "validation_fraction must be in (0, 1)"),
-            (self.alpha > 0, "alpha must be > 0"),
+            (objective is not None, f"objective must be one of {tuple(OBJECTIVES)}, got {self.objective!r}"),
             (
-                min(self.info_r2_weight, self.info_mmd_weight, self.info_knn_weight) >= 0
+                isinstance(self.score_function, str) and self.score_function in SCORE_FUNCTIONS,
+                f"score_function must be one of {tuple(SCORE_FUNCTIONS)}, got {self.score_function!r}",
+            ),
+            (
+                self.best_model_criterion in BEST_MODEL_CRITERIA,
+                f"best_model_criterion must be one of {BEST_MODEL_CRITERIA}, got {self.best_model_criterion!r}",
+            ),
+            (
+                self.hub_gated in (None, "auto", "manual"),
+                f"hub_gated must be None, 'auto' or 'manual', got {self.hub_gated!r}",
+            ),
+            (0.0 < _finite_or_nan(self.validation_fraction) < 1.0, "validation_fraction must be in (0, 1)"),
+            (
+                self.magnitude_gate is None or 0.0 <= _finite_or_nan(self.magnitude_gate) < 1.0,
+                f"magnitude_gate must be None or in [0, 1), got {self.magnitude_gate!r}",
+            ),
+            (
+                _all_finite([self.info_r2_weight, self.info_mmd_weight, self.info_knn_weight])
                 and self.info_r2_weight + self.info_mmd_weight + self.info_knn_weight > 0,
                 "info_*_weight must be >= 0 and not all zero",
             ),
-            (self.info_preserve_weight >= 0, "info_preserve_weight must be >= 0"),
             (
-                not self.prohibited_poolings
+                _is_list(self.augment_crop_scale, 2)
+                and _all_finite(self.augment_crop_scale)
+                and 0 < self.augment_crop_scale[0] <= self.augment_crop_scale[1] <= 1,
+                f"augment_crop_scale must be [low, high] with 0 < low <= high <= 1, got {self.augment_crop_scale!r}",
+            ),
+            (
+                objective is None
+                or not self.prohibited_poolings
                 or self.prohibited_poolings == [AUTO_POOLINGS]
-                or OBJECTIVES[self.objective].combines_poolings,
+                or objective.combines_poolings,
                 "prohibited_poolings needs objective='information' or 'contrastive' "
                 "(the paper's adversary head sees one pooling)",
-            ),
-            (self.info_ridge > 0 and self.info_knn_temperature > 0, "info_ridge and info_knn_temperature must be > 0"),
-            (len(self.info_mmd_bandwidths) >= 1 and min(self.info_mmd_bandwidths) > 0, "info_mmd_bandwidths > 0"),
-            (self.num_pseudo_classes >= 2 and self.pseudo_label_restarts >= 1, "num_pseudo_classes must be >= 2"),
-            (self.contrastive_temperature > 0, "contrastive_temperature must be > 0"),
-            (
-                len(self.augment_crop_scale) == 2 and 0 < self.augment_crop_scale[0] <= self.augment_crop_scale[1] <= 1,
-                "augment_crop_scale must be [low, high] with 0 < low <= high <= 1",
-            ),
-            (
-                min(self.augment_brightness, self.augment_contrast, self.augment_saturation, self.augment_noise) >= 0,
-                "augment_* strengths must be >= 0",
-            ),
-            (
-                len(self.zero_shot_generators) >= 1 and self.zero_shot_images >= 16,
-                "zero-shot needs a generator and >= 16 images",
-            ),
-            (
-                self.finetune_aware_steps >= 0 and self.finetune_aware_lr > 0 and self.finetune_aware_weight >= 0,
-                "finetune_aware_steps must be >= 0, finetune_aware_lr > 0 and finetune_aware_weight >= 0",
             ),
             (
                 not (self.finetune_aware_steps and self.objective == "contrastive"),
                 "finetune_aware_steps does not support objective='contrastive'",
             ),
-            (self.magnitude_gate is None or 0.0 <= self.magnitude_gate < 1.0, "magnitude_gate must be in [0, 1)"),
-            (self.hub_gated in (None, "auto", "manual"), "hub_gated must be None, 'auto' or 'manual'"),
         ]
         problems = [message for ok, message in checks if not ok]
+        problems += [
+            problem for name, low in WHOLE_MINIMUMS.items() if (problem := _whole(name, getattr(self, name), low))
+        ]
+        problems += [problem for name in POSITIVE_NUMBERS if (problem := _number(name, getattr(self, name), above=0))]
+        problems += [
+            problem for name in NON_NEGATIVE_NUMBERS if (problem := _number(name, getattr(self, name), least=0))
+        ]
+        problems += self._list_problems()
         if problems:
             raise ValueError("invalid EncoderLockConfig: " + "; ".join(problems))
+
+    def _list_problems(self) -> list[str]:
+        """The list-valued fields: non-empty where a lock needs one, with known names and working values."""
+        problems = []
+        kinds, generators = self.adversary_kinds, self.zero_shot_generators
+        if not _is_list(kinds) or not kinds or not all(k in ADVERSARY_KINDS for k in kinds):
+            problems.append(f"adversary_kinds must be a non-empty list from {ADVERSARY_KINDS}, got {kinds!r}")
+        if not _is_list(generators) or not generators or not all(g in GENERATORS for g in generators):
+            problems.append(
+                f"zero_shot_generators must be a non-empty list from {tuple(GENERATORS)}, got {generators!r}"
+            )
+        rates = self.adversary_learning_rates
+        if not _is_list(rates) or not rates or not _all_finite(rates, above=0):
+            problems.append(f"adversary_learning_rates must be a non-empty list of numbers > 0, got {rates!r}")
+        bandwidths = self.info_mmd_bandwidths
+        if not _is_list(bandwidths) or not bandwidths or not _all_finite(bandwidths, above=0):
+            problems.append(f"info_mmd_bandwidths must be a non-empty list of numbers > 0, got {bandwidths!r}")
+        types = self.candidate_module_types
+        if not _is_list(types) or not types or not all(isinstance(t, str) and t for t in types):
+            problems.append(f"candidate_module_types must be a non-empty list of module type names, got {types!r}")
+        patterns = self.candidate_name_patterns
+        if patterns is not None and not (_is_list(patterns) and all(isinstance(p, str) for p in patterns)):
+            problems.append(f"candidate_name_patterns must be None or a list of regexes, got {patterns!r}")
+        elif patterns:
+            problems += [problem for pattern in patterns if (problem := _regex_problem(pattern))]
+        blocks = self.candidate_blocks
+        if blocks is not None and not (_is_list(blocks) and all(_is_whole(b) and b >= -1 for b in blocks)):
+            problems.append(f"candidate_blocks must be None or a list of block indices >= -1, got {blocks!r}")
+        poolings = self.prohibited_poolings
+        if poolings is not None and not (
+            _is_list(poolings)
+            and all(p in POOLINGS for p in poolings)
+            and (AUTO_POOLINGS not in poolings or poolings == [AUTO_POOLINGS])
+        ):
+            problems.append(
+                f"prohibited_poolings must be None, [{AUTO_POOLINGS!r}] or a list from {POOLINGS[1:]}, got {poolings!r}"
+            )
+        return problems
 
     @classmethod
     def reference(cls, **overrides: Any) -> EncoderLockConfig:

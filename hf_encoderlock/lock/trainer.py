@@ -30,7 +30,7 @@ from transformers import AutoModel, Trainer, TrainerState
 from transformers.trainer_utils import TrainOutput
 
 from .._files import LOCK_CONFIG_FILE, LOCK_CONFIG_FORMAT, MASK_FILE, MODEL_CONFIG_FILE, TRAINER_STATE_FILE
-from .._utils import atomic_folder, package_versions
+from .._utils import atomic_folder, check_output_folder, package_versions
 from ..data.lock_tensors import (
     DomainTensors,
     LockDataError,
@@ -38,6 +38,7 @@ from ..data.lock_tensors import (
     PairedDomainDataset,
     as_lock_dataset,
     check_labelled_dataset,
+    content_overlap,
     label_tensor,
     preprocess_domain,
     stratified_split,
@@ -159,6 +160,8 @@ class EncoderLockTrainer(Trainer):
             )
         if authorized_dataset is None:
             raise LockDataError("authorized_dataset is required: the images whose probing must keep working")
+        if args.should_save:  # a folder that cannot be written, or holds a user's files, fails before any work
+            check_output_folder(args.output_dir, LOCK_CONFIG_FILE, args.overwrite_output_dir, "EncoderLockTrainer")
         encoder = load_encoder(model, image_processor=processing_class)
         if encoder.image_processor is None and encoder.preprocess_fn is None:
             raise EncoderError(
@@ -187,6 +190,7 @@ class EncoderLockTrainer(Trainer):
         self.lock_prohibited, self.val_prohibited = stratified_split(prohibited, args.validation_fraction, args.seed)
         self._check_eval_datasets(eval_dataset)
         self.candidates = {f"backbone.{name}": param for name, param in self._candidate_weights(args).items()}
+        self._check_budget(args)
         for name, param in encoder.named_parameters():  # the optimiser holds candidate weights only
             param.requires_grad_(name in self.candidates)
         self.reference_encoder = (
@@ -200,6 +204,7 @@ class EncoderLockTrainer(Trainer):
         if args.finetune_aware_steps and args.world_size > 1:
             raise NotImplementedError("finetune_aware_steps is single-process: its simulated steps bypass DDP")
         self._saving_checkpoint = False
+        self._saved_to: set[Path] = {Path(args.output_dir).resolve()}  # checked above, at construction
         if max(len(self.lock_authorized), len(self.lock_prohibited)) < args.per_device_train_batch_size:
             args.dataloader_drop_last = False  # less than one batch: dropping it would leave nothing to train on
         super().__init__(
@@ -244,6 +249,23 @@ class EncoderLockTrainer(Trainer):
         if data.labels is None:
             data = self._with_pseudo_labels(args, data)
         return data
+
+    def _check_budget(self, args: EncoderLockConfig) -> None:
+        """``weights_per_round`` must fit in the ``layers_per_round`` largest candidate tensors, and the whole budget
+        in the candidates: otherwise selection would silently take whole layers or run out of weights."""
+        sizes = sorted((param.numel() for param in self.candidates.values()), reverse=True)
+        per_round = sum(sizes[: args.layers_per_round])
+        if args.weights_per_round > per_round:
+            raise ValueError(
+                f"weights_per_round={args.weights_per_round} exceeds the {per_round} entries of the "
+                f"{args.layers_per_round} largest candidate layer(s) (layers_per_round): lower it or raise "
+                "layers_per_round"
+            )
+        if args.weights_per_round * args.num_rounds > sum(sizes):
+            raise ValueError(
+                f"num_rounds x weights_per_round = {args.weights_per_round * args.num_rounds} exceeds the "
+                f"{sum(sizes)} candidate weights (candidate_blocks={args.candidate_blocks}); lower the budget"
+            )
 
     def _candidate_weights(self, args: EncoderLockConfig) -> dict[str, nn.Parameter]:
         """The weights selection may choose from. ``candidate_blocks`` names transformer blocks / stages; a model
@@ -304,12 +326,7 @@ class EncoderLockTrainer(Trainer):
     def _check_domains(self, authorized: DomainTensors, prohibited: DomainTensors) -> None:
         if authorized.pixel_values.shape[1:] != prohibited.pixel_values.shape[1:]:
             raise LockDataError("authorized and prohibited images preprocess to different shapes")
-        if (
-            len(authorized) == len(prohibited)
-            and torch.equal(authorized.pixel_values, prohibited.pixel_values)
-            and (prohibited.labels is None or torch.equal(authorized.labels, prohibited.labels))
-        ):
-            raise LockDataError("the prohibited domain is identical to the authorized domain")
+        content_overlap(authorized, prohibited)  # the same images, in any order, are refused by content hash
         minimum = MIN_IMAGES_PER_DOMAIN
         for data in (authorized, prohibited):
             if len(data) < minimum:
@@ -795,6 +812,9 @@ class EncoderLockTrainer(Trainer):
             return
         self.check_weights_finite("nothing was saved")
         target = Path(output_dir or self.args.output_dir).resolve()
+        if not self._saving_checkpoint and target not in self._saved_to:  # its own saves and checkpoints: no flag
+            check_output_folder(target, LOCK_CONFIG_FILE, self.args.overwrite_output_dir, "save_model")
+            self._saved_to.add(target)
         with atomic_folder(target) as staging:
             self._write_saved_files(staging, target.name)
 

@@ -372,3 +372,26 @@ def test_non_images_rejected(fake_hub):
         domain_from_arrays([np.zeros((4, 4, 4, 4), np.uint8), np.zeros((4, 4), np.uint8)], [0, 1])
     with pytest.raises(DomainError, match="not an image"):
         domain_from_arrays(["hello", "world"], [0, 1])
+
+
+def test_hub_string_paths_are_read_only_under_an_allowed_folder(fake_hub, tmp_path):
+    for i in range(8):
+        Image.new("L", (5, 5), 20 * i).save(tmp_path / f"{i}.png")
+    paths = Dataset.from_dict({"file": [str(tmp_path / f"{i}.png") for i in range(8)], "digit": [0, 1] * 4})
+    fake_hub["data"] = DatasetDict(train=paths)
+    spec = {"name": "user/paths", "image_column": "file", "label_column": "digit", "test_size": 0.5}
+    with pytest.raises(DomainError, match=r"domain 'user/paths': column 'file' in split 'train' .* holds strings"):
+        load_domain(spec)
+    dd = load_domain(spec, allow_local_images_under=tmp_path)
+    assert sorted(row["image"].getpixel((0, 0))[0] for split in dd.values() for row in split) == list(range(0, 160, 20))
+    (tmp_path / "elsewhere").mkdir()
+    with pytest.raises(DomainError, match=r"row 0 of the 'file' column .* lies outside"):
+        load_domain(spec, allow_local_images_under=tmp_path / "elsewhere")
+
+
+def test_hub_16_bit_images_decode_scaled_not_white(fake_hub):
+    deep = [Image.fromarray(np.full((5, 5), 256 * (10 * i) + 99, np.uint16)) for i in range(8)]
+    fake_hub["data"] = DatasetDict(train=Dataset.from_dict({"img": deep, "digit": [0, 1] * 4}))
+    dd = load_domain({"name": "u/deep", "image_column": "img", "label_column": "digit", "test_size": 0.5})
+    values = sorted(row["image"].getpixel((0, 0)) for split in dd.values() for row in split)
+    assert values == [(10 * i,) * 3 for i in range(8)]

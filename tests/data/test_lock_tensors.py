@@ -13,3 +13,19 @@ def test_combined_authorized_domains_keep_each_domains_classes_apart():
     assert combined["label"] == [0, 1, 2, 0, 1, 2, 3, 4, 3, 4]
     single = toy_domain(5, 0, "red")
     assert combine_labelled_domains({"red": single}) is single
+
+
+def test_preprocessed_domains_carry_content_hashes_through_subsets_and_splits():
+    import torch
+
+    from hf_encoderlock.data.lock_tensors import HASH_BYTES, image_content_hash, preprocess_domain, stratified_split
+    from hf_encoderlock.encoders import tiny_vit_encoder
+
+    red = toy_domain(12, 0, "red")
+    data = preprocess_domain(tiny_vit_encoder(seed=0, image_size=16, patch_size=4), red, "red")
+    assert data.content_hashes.shape == (12, HASH_BYTES) and data.content_hashes.dtype == torch.uint8
+    assert bytes(data.content_hashes[5].tolist()) == image_content_hash(red[5]["image"])
+    part = data.subset(torch.tensor([5, 2]))
+    assert torch.equal(part.content_hashes, data.content_hashes[[5, 2]])
+    kept, held = stratified_split(data, 0.25, seed=0)
+    assert len(kept.content_hashes) + len(held.content_hashes) == 12

@@ -69,3 +69,90 @@ def test_from_pretrained_reruns_a_lock_with_its_settings(tmp_path, tiny_trainer)
     assert again.output_dir == str(tmp_path / "again")
     with pytest.raises(FileNotFoundError, match="encoderlock_config.json"):
         EncoderLockConfig.from_pretrained(tmp_path)
+
+
+NAN = float("nan")
+# (field, a value that cannot work): each is refused at construction, naming the field
+UNWORKABLE = [
+    ("num_rounds", 2.5),
+    ("num_rounds", True),
+    ("weights_per_round", 0),
+    ("layers_per_round", "2"),
+    ("update_steps_per_round", 0),
+    ("score_batches", 1.5),
+    ("challenge_every", -1),
+    ("adversary_seeds", 0),
+    ("adversary_epochs", 0),
+    ("adversary_hidden_size", 0),
+    ("num_pseudo_classes", 1),
+    ("pseudo_label_restarts", 0),
+    ("zero_shot_images", 8),
+    ("finetune_aware_steps", -1),
+    ("per_device_train_batch_size", 0),
+    ("learning_rate", NAN),
+    ("learning_rate", -1e-3),
+    ("learning_rate", float("inf")),
+    ("weight_decay", -0.1),
+    ("alpha", NAN),
+    ("alpha", 0.0),
+    ("objective_eps", 0.0),
+    ("score_eps", -1.0),
+    ("info_ridge", NAN),
+    ("info_knn_temperature", 0.0),
+    ("contrastive_temperature", NAN),
+    ("finetune_aware_lr", 0.0),
+    ("finetune_aware_weight", -1.0),
+    ("info_r2_weight", NAN),
+    ("info_mmd_weight", -1.0),
+    ("info_preserve_weight", NAN),
+    ("info_authorized_weight", -1.0),
+    ("augment_brightness", NAN),
+    ("augment_noise", -0.1),
+    ("augment_crop_scale", [0.5, NAN]),
+    ("augment_crop_scale", [0.8, 0.2]),
+    ("validation_fraction", NAN),
+    ("magnitude_gate", NAN),
+    ("info_mmd_bandwidths", []),
+    ("info_mmd_bandwidths", [1.0, NAN]),
+    ("adversary_kinds", []),
+    ("adversary_kinds", ["knn"]),
+    ("adversary_learning_rates", []),
+    ("adversary_learning_rates", [1e-2, -1e-3]),
+    ("zero_shot_generators", []),
+    ("zero_shot_generators", ["shiftz"]),
+    ("candidate_module_types", []),
+    ("candidate_name_patterns", ["blocks.(0"]),
+    ("candidate_name_patterns", "encoder"),
+    ("candidate_blocks", [0, 1.5]),
+    ("candidate_blocks", [-2]),
+    ("prohibited_poolings", ["cls", "bogus"]),
+    ("prohibited_poolings", ["auto", "cls"]),
+    ("variant", "semi-supervised"),
+    ("objective", "nope"),
+    ("score_function", "random"),
+    ("best_model_criterion", "best"),
+    ("hub_gated", "yes"),
+]
+
+
+@pytest.mark.parametrize("name, value", UNWORKABLE, ids=[f"{name}={value!r}" for name, value in UNWORKABLE])
+def test_every_unworkable_value_is_refused_at_construction_naming_its_field(tmp_path, name, value):
+    with pytest.raises(ValueError, match=rf"invalid EncoderLockConfig: .*{name}"):
+        EncoderLockConfig(output_dir=str(tmp_path), **{name: value})
+    assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_every_problem_is_reported_at_once_and_working_values_pass(tmp_path):
+    with pytest.raises(ValueError) as refused:
+        EncoderLockConfig(output_dir=str(tmp_path), num_rounds=2.5, learning_rate=NAN, adversary_kinds=[])
+    assert all(field in str(refused.value) for field in ("num_rounds", "learning_rate", "adversary_kinds"))
+    working = dict(
+        candidate_name_patterns=[r"encoder\.layer\.\d+\."],
+        candidate_blocks=[-1, 0, 3],
+        prohibited_poolings=["cls", "mean"],
+        magnitude_gate=0.5,
+        challenge_every=0,
+        finetune_aware_steps=0,
+    )
+    assert EncoderLockConfig(output_dir=str(tmp_path), **working).candidate_blocks == [-1, 0, 3]
+    assert EncoderLockConfig(output_dir=str(tmp_path), prohibited_poolings=None).prohibited_poolings is None

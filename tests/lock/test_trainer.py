@@ -267,6 +267,7 @@ def test_finetune_aware_lock_simulates_attacker_steps_and_changes_only_selected_
 
 def test_prohibited_poolings_concatenate_features_from_one_pass(tmp_path):
     base = dict(output_dir=str(tmp_path / "run"), use_cpu=True, report_to="none", per_device_train_batch_size=8)
+    base.update(num_rounds=2, weights_per_round=15)  # a budget the tiny ViT's candidate weights can hold
     with pytest.raises(ValueError, match="prohibited_poolings"):
         EncoderLockConfig(objective="paper", prohibited_poolings=["cls", "mean"], **base)
     encoder = tiny_vit_encoder(seed=0, image_size=16, patch_size=4)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -67,3 +69,47 @@ def test_a_run_killed_after_its_last_update_resumes_to_the_same_encoder(tmp_path
     assert resumed.best_round == whole.best_round
     for name, value in whole_encoder.state_dict().items():
         assert torch.equal(resumed_encoder.state_dict()[name], value), name
+
+
+def test_a_users_files_are_never_replaced_without_the_flag_and_never_deleted(tmp_path, tiny_trainer, monkeypatch):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="notes.txt"):
+        tiny_trainer(tmp_path)
+    _, trainer = tiny_trainer(tmp_path, overwrite_output_dir=True)
+    trainer.train()
+    trainer.save_model()
+    assert (run / "notes.txt").read_text() == "mine" and (run / "encoderlock_config.json").is_file()
+    trainer.save_model()  # the same trainer replacing its own save needs no flag
+
+    (run / "notes.txt").unlink()
+    with pytest.raises(FileExistsError, match="already holds a finished result"):
+        tiny_trainer(tmp_path)  # a finished lock from another run
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "data.csv").write_text("1,2")
+    _, careful = tiny_trainer(tmp_path / "fresh")  # no overwrite_output_dir
+    with pytest.raises(FileExistsError, match="data.csv"):
+        careful.save_model(str(other))
+    assert (other / "data.csv").read_text() == "1,2" and not (other / "config.json").exists()
+
+    monkeypatch.chdir(run)  # tiny_trainer(root) writes to root / "run": here, the current folder
+    with pytest.raises(ValueError, match="current folder"):
+        tiny_trainer(Path(".").resolve().parent, overwrite_output_dir=True)
+
+
+def test_a_folder_that_cannot_be_written_fails_before_any_work(tmp_path, tiny_trainer):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(PermissionError, match="cannot be written"):
+        tiny_trainer(blocker)  # output_dir would be a-file/run: under a file, so it can never be created
+    if os.geteuid() != 0:  # root may write into read-only folders, so this half only means something for users
+        locked = tmp_path / "read-only"
+        locked.mkdir()
+        locked.chmod(0o500)
+        try:
+            with pytest.raises(PermissionError, match="cannot be written"):
+                tiny_trainer(locked)
+        finally:
+            locked.chmod(0o700)
