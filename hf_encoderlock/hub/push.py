@@ -15,7 +15,10 @@ Any Hub-compatible server works: the ``huggingface_hub`` client honours ``HF_END
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -24,7 +27,15 @@ from torch import nn
 
 from .._files import CARD_FILE, LOCK_CONFIG_FILE, MASK_FILE, MODEL_CONFIG_FILE, SIGNATURE_FILE
 from ..encoders import EncoderAdapter
-from .card import PUBLISH_IGNORE_PATTERNS, Authorization, LockVerificationError, weight_files, write_model_card
+from .card import (
+    PUBLISH_IGNORE_PATTERNS,
+    Authorization,
+    LockVerificationError,
+    find_report,
+    published_files,
+    weight_files,
+    write_model_card,
+)
 from .signing import KeyLike, require_signing, sign_locked, verify_signature
 
 DEFAULT_COMMIT_MESSAGE = "Upload locked encoder (hf_encoderlock)"
@@ -104,24 +115,33 @@ def push_locked_to_hub(
         require_signing()
         if not Path(sign_key).expanduser().is_file():
             raise FileNotFoundError(f"no private key at {sign_key}")
-    write_model_card(
-        folder, report=report, repo_id=repo_id, gated=mode is not None, license=license, include_mask=include_mask
-    )
-    if sign_key is not None:
-        sign_locked(folder, sign_key, password=sign_password, include_mask=include_mask)
-    api = HfApi(token=token)
-    api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-    if mode is not None:
-        api.update_repo_settings(repo_id, gated=mode, repo_type="model")
-    ignore = [p for p in PUSH_IGNORE_PATTERNS if not (include_mask and p == MASK_FILE)]
-    return api.upload_folder(
-        repo_id=repo_id,
-        folder_path=folder,
-        repo_type="model",
-        revision=revision,
-        commit_message=commit_message,
-        ignore_patterns=ignore,
-    )
+    if report is None:  # looked up next to the folder now: the card is rendered in a copy elsewhere
+        report = find_report(folder, json.loads((folder / LOCK_CONFIG_FILE).read_text(encoding="utf-8")))
+    # The card is rendered (and the files signed) in a temporary copy of what is published, so the owner's folder
+    # stays byte-identical whether the push succeeds or fails.
+    with tempfile.TemporaryDirectory(prefix="encoderlock-push-") as scratch:
+        staged = Path(scratch) / folder.resolve().name
+        staged.mkdir()
+        for name in published_files(folder, include_mask=include_mask):
+            shutil.copy2(folder / name, staged / name)
+        write_model_card(
+            staged, report=report, repo_id=repo_id, gated=mode is not None, license=license, include_mask=include_mask
+        )
+        if sign_key is not None:
+            sign_locked(staged, sign_key, password=sign_password, include_mask=include_mask)
+        api = HfApi(token=token)
+        api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        if mode is not None:
+            api.update_repo_settings(repo_id, gated=mode, repo_type="model")
+        ignore = [p for p in PUSH_IGNORE_PATTERNS if not (include_mask and p == MASK_FILE)]
+        return api.upload_folder(
+            repo_id=repo_id,
+            folder_path=staged,
+            repo_type="model",
+            revision=revision,
+            commit_message=commit_message,
+            ignore_patterns=ignore,
+        )
 
 
 def open_locked(

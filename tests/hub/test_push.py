@@ -8,7 +8,7 @@ import os
 
 import pytest
 import torch
-from huggingface_hub import constants
+from huggingface_hub import HfApi, constants
 from huggingface_hub.errors import GatedRepoError
 from safetensors.torch import load_file
 from transformers import AutoImageProcessor, AutoModel
@@ -144,3 +144,21 @@ def test_offline_settings_are_restored_after_the_server_tests():
         os.environ.get("HF_ENDPOINT"),
     ) == OFFLINE_AT_IMPORT
     assert constants.ENDPOINT != "" and "127.0.0.1" not in constants.HUGGINGFACE_CO_URL_TEMPLATE
+
+
+def test_a_push_never_changes_the_local_folder_even_when_it_fails(locked_folder, fake_hub, monkeypatch):
+    def snapshot():
+        return {p.name: p.read_bytes() for p in locked_folder.iterdir() if p.is_file()}
+
+    before = snapshot()
+    push_locked_to_hub(locked_folder, "user/first", gated=True, token=TOKEN, license="apache-2.0")
+    assert snapshot() == before  # the card for the repo was rendered in a copy
+
+    def network_down(*args, **kwargs):
+        raise OSError("network down")
+
+    monkeypatch.setattr(HfApi, "upload_folder", network_down)
+    with pytest.raises(OSError, match="network down"):
+        push_locked_to_hub(locked_folder, "user/second", token=TOKEN)
+    assert snapshot() == before
+    assert not [p for p in locked_folder.parent.iterdir() if p.name.startswith(".")]
