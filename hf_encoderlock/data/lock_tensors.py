@@ -140,8 +140,8 @@ def check_image_column(dataset, name: str, column: str = "image") -> None:
     raise LockDataError(
         f"domain {name!r}: row {row} of the {column!r} column holds str, not an image: a column of file paths or "
         "URLs is never read, so that a dataset cannot make the lock open local files or fetch URLs. Store the images "
-        "in the dataset (a datasets.Image column), or allow local files under a folder you trust with "
-        f"hf_encoderlock.data.lock_tensors.cast_local_images(dataset, {column!r}, root, name)"
+        "in the dataset (a datasets.Image column), or allow local files under a folder you trust: "
+        "allow_local_images_under=root (EncoderLockTrainer, load_domain)"
     )
 
 

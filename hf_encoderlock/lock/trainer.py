@@ -113,6 +113,8 @@ class EncoderLockTrainer(Trainer):
             images to a pixel tensor (for a plain ``nn.Module``).
         column_mapping: ``{"your_image_column": "image", "your_label_column": "label"}`` for every dataset given.
         dataset_split: the split read from a ``DatasetDict``.
+        allow_local_images_under: a folder whose image files an ``image`` column of file paths may name (refused
+            otherwise, and URLs always are: a dataset must not make the machine read or fetch anything else).
     """
 
     loss_is_scaled_for_ga = False
@@ -141,6 +143,7 @@ class EncoderLockTrainer(Trainer):
         processing_class: Any | None = None,
         column_mapping: Mapping[str, str] | None = None,
         dataset_split: str = "train",
+        allow_local_images_under: str | os.PathLike | None = None,
     ) -> None:
         args = EncoderLockConfig() if args is None else args
         if not isinstance(args, EncoderLockConfig):
@@ -169,11 +172,10 @@ class EncoderLockTrainer(Trainer):
                 "AutoImageProcessor.from_pretrained(...), or a function from a list of PIL images to a pixel tensor)"
             )
         self.column_mapping, self.dataset_split = dict(column_mapping or {}), dataset_split
-        authorized_dataset = as_lock_dataset(authorized_dataset, authorized_name, self.column_mapping, dataset_split)
+        self.allow_local_images_under = allow_local_images_under
+        authorized_dataset = self._as_lock_data(authorized_dataset, authorized_name)
         if prohibited_dataset is not None:
-            prohibited_dataset = as_lock_dataset(
-                prohibited_dataset, prohibited_name, self.column_mapping, dataset_split
-            )
+            prohibited_dataset = self._as_lock_data(prohibited_dataset, prohibited_name)
         if eval_dataset is not None and isinstance(eval_dataset, dict):
             eval_dataset = {key: self._as_eval_dataset(key, value) for key, value in eval_dataset.items()}
         self.encoder = encoder
@@ -334,7 +336,17 @@ class EncoderLockTrainer(Trainer):
 
     def _as_eval_dataset(self, key: str, dataset: Any) -> Any:
         """An evaluation set read like the lock data (column mapping, split of a ``DatasetDict``)."""
-        return as_lock_dataset(dataset, f"eval_dataset[{key!r}]", self.column_mapping, self.dataset_split)
+        return self._as_lock_data(dataset, f"eval_dataset[{key!r}]")
+
+    def _as_lock_data(self, dataset: Any, name: str) -> Any:
+        """A dataset read the way every lock dataset is (column mapping, split, local image files only if allowed)."""
+        return as_lock_dataset(
+            dataset,
+            name,
+            self.column_mapping,
+            self.dataset_split,
+            allow_local_images_under=self.allow_local_images_under,
+        )
 
     def _check_eval_datasets(self, datasets: dict[str, Any] | None) -> None:
         """``{"authorized": ds, "prohibited": ds}`` whose labels the lock's heads can score (at most those keys)."""

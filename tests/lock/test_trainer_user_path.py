@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from datasets import DatasetDict, IterableDataset
+from datasets import Dataset, DatasetDict, IterableDataset
 from transformers import EarlyStoppingCallback, TrainerCallback, ViTConfig, ViTModel
 
 from hf_encoderlock import EncoderAdapter, EncoderLockConfig, EncoderLockTrainer
@@ -252,3 +252,27 @@ def test_default_config_is_the_tuned_lock_and_reference_is_the_papers():
     assert (tuned.num_rounds, tuned.weights_per_round, tuned.candidate_blocks) == (20, 510, [-1, 0])
     assert reference.objective == "paper" and reference.prohibited_poolings is None
     assert (reference.weights_per_round, reference.layers_per_round, reference.update_steps_per_round) == (100, 1, 40)
+
+
+def test_image_paths_are_read_only_under_an_allowed_root(tmp_path, toy_domains):
+    root = tmp_path / "images"
+    root.mkdir()
+    paths, labels = [], []
+    for index, row in enumerate(toy_domains.authorized):
+        path = root / f"{index}.png"
+        row["image"].save(path)
+        paths.append(str(path))
+        labels.append(row["label"])
+    as_paths = Dataset.from_dict({"image": paths, "label": labels})
+    args = make_lock_config(tmp_path / "run", TINY_LOCK)
+    with pytest.raises(LockDataError, match="allow_local_images_under"):
+        EncoderLockTrainer(_vit_model(), args, as_paths, None, processing_class=vit_image_processor(16))
+    trainer = EncoderLockTrainer(
+        _vit_model(),
+        args,
+        as_paths,
+        toy_domains.prohibited,
+        processing_class=vit_image_processor(16),
+        allow_local_images_under=root,
+    )
+    assert len(trainer.lock_authorized) + len(trainer.val_authorized) == len(paths)
