@@ -93,7 +93,11 @@ def soft_knn_excess(features: torch.Tensor, labels: torch.Tensor, temperature: f
     sq = _sq_distances(features)
     logits = -sq / (temperature * _median_sq_distance(sq))
     logits = logits.masked_fill(torch.eye(n, dtype=torch.bool, device=features.device), float("-inf"))
-    weights = logits.softmax(dim=1)
+    # A softmax written out rather than Tensor.softmax: on CPU, the backward of torch's softmax over rows holding
+    # -inf differs in the last bits between 1 and 2 threads, which the gradient-ratio scores amplify into different
+    # masks (measured). Subtracting the row max keeps it stable; exp(-inf) is exactly 0.
+    exponentials = (logits - logits.amax(dim=1, keepdim=True)).exp()
+    weights = exponentials / exponentials.sum(dim=1, keepdim=True)
     index, _ = _class_index(labels)
     same = (index[:, None] == index[None, :]).to(features.dtype)
     agreement = (weights * same).sum(dim=1)
