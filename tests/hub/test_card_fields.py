@@ -8,13 +8,12 @@ import re
 from pathlib import Path
 
 import pytest
-from huggingface_hub import ModelCard, constants
+from huggingface_hub import ModelCard
 from huggingface_hub.repocard_data import eval_results_to_model_index, model_index_to_eval_results
 
 from hf_encoderlock.encoders import tiny_vit_encoder
 from hf_encoderlock.hub import Authorization, load_locked, write_model_card
 from hf_encoderlock.hub.card import CARD_FILE, LOCK_CONFIG_FILE, METADATA_KEY, sha256_file
-from tests.hub_server import FakeHubServer
 
 PRIVATE_DIR = "/data/private/red-scans"  # where the owner kept the authorized images: must never be published
 HUB_DATASET = "someone/green-faces"
@@ -101,23 +100,6 @@ def make_locked(folder: Path, **overrides) -> Path:
 @pytest.fixture
 def locked_folder(tmp_path) -> Path:
     return make_locked(tmp_path / "locked")
-
-
-@pytest.fixture
-def fake_hub(monkeypatch, tmp_path):
-    """A Hub-compatible server on 127.0.0.1 reached through HF_ENDPOINT; offline mode lifted for this test only."""
-    with FakeHubServer() as hub:
-        for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
-            monkeypatch.delenv(name, raising=False)
-        monkeypatch.setenv("HF_ENDPOINT", hub.url)
-        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-        monkeypatch.setattr(constants, "ENDPOINT", hub.url)
-        monkeypatch.setattr(
-            constants, "HUGGINGFACE_CO_URL_TEMPLATE", hub.url + "/{repo_id}/resolve/{revision}/{filename}"
-        )
-        monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
-        yield hub
-    assert hub.unhandled == [], f"the client called endpoints the fake hub does not serve: {hub.unhandled}"
 
 
 def floats(value):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from huggingface_hub import ModelCard, constants
+from huggingface_hub import ModelCard
 from safetensors.torch import load_file, save_file
 
 import hf_encoderlock
@@ -16,7 +16,7 @@ from hf_encoderlock.hub import LockedEncoder, LockVerificationError, load_locked
 from hf_encoderlock.hub.card import CARD_FILE, LOCK_CONFIG_FILE, METADATA_KEY
 from hf_encoderlock.hub.push import MASK_FILE
 from tests.helpers import card_report, lock_config, toy_domain
-from tests.hub_server import TOKEN, FakeHubServer
+from tests.hub_server import TOKEN
 
 HIDDEN_SIZE = 32  # tiny_vit_encoder's default width
 RELEASED = {CARD_FILE, "config.json", "model.safetensors", "preprocessor_config.json", LOCK_CONFIG_FILE}
@@ -31,23 +31,6 @@ def locked_folder(tmp_path) -> Path:
     (folder / MASK_FILE).write_bytes(b"which weights changed: private")
     write_model_card(folder, report=card_report())
     return folder
-
-
-@pytest.fixture
-def fake_hub(monkeypatch, tmp_path):
-    """A Hub-compatible server on 127.0.0.1 reached through HF_ENDPOINT; offline mode lifted for this test only."""
-    with FakeHubServer() as hub:
-        for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
-            monkeypatch.delenv(name, raising=False)
-        monkeypatch.setenv("HF_ENDPOINT", hub.url)
-        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-        monkeypatch.setattr(constants, "ENDPOINT", hub.url)
-        monkeypatch.setattr(
-            constants, "HUGGINGFACE_CO_URL_TEMPLATE", hub.url + "/{repo_id}/resolve/{revision}/{filename}"
-        )
-        monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
-        yield hub
-    assert hub.unhandled == [], f"the client called endpoints the fake hub does not serve: {hub.unhandled}"
 
 
 @pytest.fixture(scope="module")
