@@ -463,6 +463,7 @@ class PairedDomainCollator:
         a_index = torch.tensor([item["authorized_index"] for item in items])
         p_index = torch.tensor([item["prohibited_index"] for item in items])
         batch = {
+            "authorized_index": a_index,  # rows of the lock's authorized tensors: per-image cached features
             "authorized_pixel_values": self.authorized.pixel_values[a_index],
             "authorized_labels": self.authorized.labels[a_index],
             "prohibited_pixel_values": self.prohibited.pixel_values[p_index],

@@ -202,6 +202,7 @@ class EncoderLockTrainer(Trainer):
         self._normalization = encoder.normalization()
         self._view_generator = torch.Generator().manual_seed(args.seed + VIEW_SEED_OFFSET)
         self.lock_state = LockState()
+        self._reference_cache: torch.Tensor | None = None  # the unlocked encoder's features per lock image
         self.guard: MaskedParameterGuard | None = None  # installed for the length of train()
         if args.finetune_aware_steps and args.world_size > 1:
             raise NotImplementedError("finetune_aware_steps is single-process: its simulated steps bypass DDP")
@@ -380,7 +381,7 @@ class EncoderLockTrainer(Trainer):
         return a_features, p_features
 
     def objective_terms(
-        self, model, a_pixels, a_labels, p_pixels, p_labels, finetune_aware: bool = False
+        self, model, a_pixels, a_labels, p_pixels, p_labels, finetune_aware: bool = False, a_index=None
     ) -> ObjectiveTerms:
         """The objective on one pair of batches through the current heads, from one forward pass of ``model``.
 
@@ -388,7 +389,9 @@ class EncoderLockTrainer(Trainer):
         pass), those with ``uses_reference_features`` the unlocked encoder's features of the authorized batch. With
         ``ddp_global_batch`` under several processes, the objective sees the global batch gathered from every rank
         (differentiably, see :func:`~hf_encoderlock.lock.distributed.gather_batch`). ``finetune_aware`` adds the
-        objective after simulated attacker fine-tuning (``finetune_aware_steps``; single-process).
+        objective after simulated attacker fine-tuning (``finetune_aware_steps``; single-process). ``a_index`` (the
+        authorized batch's rows in the lock data) reads the unlocked encoder's features from the per-image cache
+        instead of running the frozen copy again.
         """
         n_a, extra = len(a_pixels), {}
         if self.objective.uses_views:
@@ -402,9 +405,7 @@ class EncoderLockTrainer(Trainer):
         else:
             a_features, p_features = self._lock_features(model, torch.cat([a_pixels, p_pixels]), n_a)
         if self.reference_encoder is not None:
-            self.reference_encoder.to(a_pixels.device)
-            with torch.no_grad():
-                extra["authorized_reference"] = self.reference_encoder(a_pixels)
+            extra["authorized_reference"] = self._reference_features(a_pixels, a_index)
         if self.args.ddp_global_batch and self.args.world_size > 1:
             a_features, a_labels, p_features, p_labels = map(gather_batch, (a_features, a_labels, p_features, p_labels))
             extra = {key: gather_batch(value) for key, value in extra.items()}
@@ -416,6 +417,24 @@ class EncoderLockTrainer(Trainer):
             terms.logs["finetune_aware_total"] = float(after.total.detach())
         return terms
 
+    def _reference_features(self, a_pixels: torch.Tensor, a_index: torch.Tensor | None) -> torch.Tensor:
+        """The unlocked encoder's features of an authorized batch. They never change, so during training they are
+        computed once per lock image (the first time they are needed) and read by row, instead of one forward pass
+        of the frozen copy per update step; batches without rows (selection) run the frozen copy."""
+        self.reference_encoder.to(a_pixels.device)
+        if a_index is None:
+            with torch.no_grad():
+                return self.reference_encoder(a_pixels)
+        if self._reference_cache is None or self._reference_cache.device != a_pixels.device:
+            pixels = self.lock_authorized.pixel_values
+            with torch.no_grad():
+                parts = [
+                    self.reference_encoder(chunk.to(a_pixels.device))
+                    for chunk in pixels.split(self.args.per_device_train_batch_size)
+                ]
+            self._reference_cache = torch.cat(parts)
+        return self._reference_cache[a_index.to(a_pixels.device)]
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         terms = self.objective_terms(
             model,
@@ -424,6 +443,7 @@ class EncoderLockTrainer(Trainer):
             inputs["prohibited_pixel_values"],
             inputs.get("prohibited_labels"),
             finetune_aware=bool(self.args.finetune_aware_steps),
+            a_index=inputs.get("authorized_index"),
         )
         self.lock_state.last_logs = terms.logs
         if not bool(torch.isfinite(terms.total.detach()).all()):
