@@ -81,13 +81,7 @@ class MaskedParameterGuard:
                 raise ValueError(
                     f"Mask for {name!r} has shape {tuple(m.shape)}, parameter has {tuple(self._params[name].shape)}"
                 )
-        if self._installed:
-            self.restore_unselected()
-        self._remove_hooks()
-        self._partial.clear()
-        self._snapshots.clear()
-        self._full.clear()
-        self._unselected.clear()
+        self._clear()
 
         for name, param in self._params.items():
             m = mask.get(name)
@@ -198,8 +192,8 @@ class MaskedParameterGuard:
     def fully_selected(self) -> list[str]:
         return sorted(self._full)
 
-    def remove(self) -> None:
-        """Restore unselected entries, remove hooks and snapshots, and restore the original ``requires_grad``."""
+    def _clear(self) -> None:
+        """Put back every unselected entry of an installed mask, then drop its hooks, snapshots and bookkeeping."""
         if self._installed:
             self.restore_unselected()
         self._remove_hooks()
@@ -207,6 +201,10 @@ class MaskedParameterGuard:
         self._snapshots.clear()
         self._full.clear()
         self._unselected.clear()
+
+    def remove(self) -> None:
+        """Restore unselected entries, remove hooks and snapshots, and restore the original ``requires_grad``."""
+        self._clear()
         for name, flag in self._original_requires_grad.items():
             self._params[name].requires_grad_(flag)
         self._installed = False

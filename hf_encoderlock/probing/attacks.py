@@ -36,7 +36,7 @@ from ..data.domains import train_validation_split
 from ..data.lock_tensors import preprocess_domain
 from ..encoders import load_encoder
 from .heads import torch_threads
-from .probe_report import _fraction_label, _mean_std, save_report_files
+from .probe_report import SeedAccuracies, _fraction_label, save_report_files
 from .suite import ProbeConfig, SplitPlan, load_domains, split_training_rows
 
 ATTACKS = ("full", "last_k", "lora", "frozen")
@@ -327,7 +327,7 @@ def train_attack(
 
 # ---------------------------------------------------------------------------------------------------- results
 @dataclass
-class AttackScore:
+class AttackScore(SeedAccuracies):
     """Test accuracy of one attack on one domain at one training fraction, one value per seed."""
 
     attack: str
@@ -341,14 +341,6 @@ class AttackScore:
     validation_accuracy: list[float]
     hyperparameters: list[dict[str, Any]]
     trainable_parameters: int
-
-    @property
-    def mean(self) -> float:
-        return _mean_std(self.test_accuracy)[0]
-
-    @property
-    def std(self) -> float:
-        return _mean_std(self.test_accuracy)[1]
 
 
 @dataclass

@@ -73,8 +73,22 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
     return float(array.mean()), float(array.std(ddof=1)) if array.size > 1 else 0.0
 
 
+class SeedAccuracies:
+    """Mean and sample standard deviation of ``test_accuracy`` (one value per seed) for the score records."""
+
+    test_accuracy: list[float]
+
+    @property
+    def mean(self) -> float:
+        return _mean_std(self.test_accuracy)[0]
+
+    @property
+    def std(self) -> float:
+        return _mean_std(self.test_accuracy)[1]
+
+
 @dataclass
-class ProbeScore:
+class ProbeScore(SeedAccuracies):
     """Test accuracy of one head kind under one pooling at one training fraction, one value per seed."""
 
     role: str
@@ -90,17 +104,9 @@ class ProbeScore:
     validation_accuracy: list[float]
     hyperparameters: list[dict[str, Any]]
 
-    @property
-    def mean(self) -> float:
-        return _mean_std(self.test_accuracy)[0]
-
-    @property
-    def std(self) -> float:
-        return _mean_std(self.test_accuracy)[1]
-
 
 @dataclass
-class BestScore:
+class BestScore(SeedAccuracies):
     """The attacker's best per seed: the (head, pooling, hyper-parameters) with the best validation accuracy."""
 
     role: str
@@ -111,14 +117,6 @@ class BestScore:
     test_accuracy: list[float]
     validation_accuracy: list[float]
     choices: list[dict[str, Any]]
-
-    @property
-    def mean(self) -> float:
-        return _mean_std(self.test_accuracy)[0]
-
-    @property
-    def std(self) -> float:
-        return _mean_std(self.test_accuracy)[1]
 
     @property
     def usual_choice(self) -> str:
