@@ -6,10 +6,10 @@ import hashlib
 import io
 import os
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlparse
 
 import numpy as np
@@ -41,9 +41,30 @@ class LockDataError(ValueError):
     """Lock data that cannot be used; the message names the domain and the problem."""
 
 
+class LockRows(Protocol):
+    """What the lock reads from a domain, held in memory (:class:`DomainTensors`) or decoded per batch
+    (:class:`~hf_encoderlock.data.streamed.StreamedDomain`)."""
+
+    name: str
+    labels: torch.Tensor | None
+    num_classes: int
+    content_hashes: torch.Tensor | None
+
+    def __len__(self) -> int: ...
+
+    @property
+    def pixel_shape(self) -> tuple[int, ...]: ...
+
+    def subset(self, index: torch.Tensor) -> LockRows: ...
+
+    def take(self, index: torch.Tensor) -> DomainTensors: ...
+
+    def pixel_chunks(self, batch_size: int) -> Iterator[torch.Tensor]: ...
+
+
 @dataclass
 class DomainTensors:
-    """One domain's preprocessed images and labels (labels may be ``None`` for unlabelled data)."""
+    """One domain's preprocessed images and labels (labels may be ``None`` for unlabelled data), in memory."""
 
     name: str
     pixel_values: torch.Tensor
@@ -55,23 +76,24 @@ class DomainTensors:
     def __len__(self) -> int:
         return len(self.pixel_values)
 
+    @property
+    def pixel_shape(self) -> tuple[int, ...]:
+        """The shape of one preprocessed image."""
+        return tuple(self.pixel_values.shape[1:])
+
     def subset(self, index: torch.Tensor) -> DomainTensors:
         """The rows ``index``."""
         labels = None if self.labels is None else self.labels[index]
         hashes = None if self.content_hashes is None else self.content_hashes[index]
         return DomainTensors(self.name, self.pixel_values[index], labels, self.num_classes, hashes)
 
-    def batches(self, batch_size: int, count: int, generator: torch.Generator):
-        """``count`` random batches (without replacement inside a batch)."""
-        for _ in range(count):
-            index = torch.randperm(len(self), generator=generator)[:batch_size]
-            yield self.subset(index)
+    def take(self, index: torch.Tensor) -> DomainTensors:
+        """The rows ``index`` as tensors (in memory already: the same as :meth:`subset`)."""
+        return self.subset(index)
 
-    def shard(self, part: int, parts: int) -> DomainTensors:
-        """Rows ``part, part + parts, ...``: one of ``parts`` near-equal slices (a batch split over ranks or
-        micro-batches)."""
-        index = torch.arange(part, len(self), parts)
-        return self.subset(index if len(index) else torch.tensor([part % len(self)]))
+    def pixel_chunks(self, batch_size: int) -> Iterator[torch.Tensor]:
+        """The pixel values in order, ``batch_size`` rows at a time."""
+        yield from self.pixel_values.split(batch_size)
 
 
 def as_lock_dataset(
@@ -85,16 +107,17 @@ def as_lock_dataset(
     """The ``datasets.Dataset`` a lock reads, with ``image`` (and ``label``) columns.
 
     ``column_mapping`` renames the user's columns (``{"img": "image", "fine_label": "label"}``); a ``DatasetDict``
-    gives its ``split``. Streaming (iterable) datasets are refused in one line saying what to pass: the lock
-    preprocesses every image up front. An ``image`` column of strings (file paths or URLs) is refused (see
+    gives its ``split``. Streaming (iterable) datasets are refused in one line saying what to pass: the lock reads
+    rows in random order. An ``image`` column of strings (file paths or URLs) is refused (see
     :func:`check_image_column`) unless ``allow_local_images_under`` names a folder: then its paths are read as
     images when they lie inside that folder (:func:`cast_local_images`), and URLs are still refused.
     """
     if isinstance(dataset, (IterableDataset, IterableDatasetDict)):
         raise LockDataError(
-            f"domain {name!r}: a streaming dataset cannot be lock data: the lock preprocesses every image up front. "
-            "Pass a datasets.Dataset, e.g. load_dataset(..., streaming=False), or materialise a sample with "
-            "Dataset.from_list(list(stream.take(N)))"
+            f"domain {name!r}: a streaming dataset cannot be lock data: the lock reads rows in random order "
+            "(batches, weight scoring, its validation split). Pass a datasets.Dataset: load_dataset(..., "
+            "streaming=False) keeps it on disk, memory-mapped, and large domains are decoded per batch "
+            "(lock_cache_bytes); or materialise a sample with Dataset.from_list(list(stream.take(N)))"
         )
     if isinstance(dataset, DatasetDict):
         if split not in dataset:
@@ -228,6 +251,54 @@ def check_labelled_dataset(dataset, name: str, label_column: str = "label", imag
     return int(num_classes)
 
 
+def check_lock_dataset(dataset, name: str, labelled: bool = True) -> int:
+    """Validate a lock dataset before any long work (columns, labels, no string image column); returns its number
+    of classes (0 when ``labelled`` is False)."""
+    num_classes = check_labelled_dataset(dataset, name) if labelled else 0
+    if not labelled and "image" not in dataset.column_names:
+        raise LockDataError(f"domain {name!r}: no 'image' column (columns: {dataset.column_names})")
+    if not labelled and len(dataset) == 0:
+        raise LockDataError(f"domain {name!r}: the dataset is empty")
+    check_image_column(dataset, name)
+    return num_classes
+
+
+def decode_and_preprocess(
+    preprocess: Callable[[list[PILImage.Image]], torch.Tensor],
+    dataset,
+    name: str,
+    rows: Sequence[int] | None = None,
+    chunk_size: int = 256,
+    bar: tqdm | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(pixel values, content hashes)`` of every row of ``dataset`` (or of ``rows``, in their order).
+
+    Images are decoded by :func:`read_images` (never from the network, at most :data:`MAX_IMAGE_PIXELS` each,
+    16-bit and float pixels scaled to 8 bits, NaN refused) and go through ``preprocess`` in chunks of at most
+    ``chunk_size`` images and :data:`CHUNK_PIXELS` decoded pixels, so memory stays bounded whatever the image sizes.
+    """
+    parts, hashes, chunk, chunk_pixels = [], [], [], 0
+    for _, image, digest in read_images(dataset, name, chunk_size, rows):
+        chunk.append(image)
+        hashes.append(digest)
+        chunk_pixels += image.width * image.height
+        if len(chunk) >= chunk_size or chunk_pixels >= CHUNK_PIXELS:
+            parts.append(preprocess(chunk))
+            if bar is not None:
+                bar.update(len(chunk))
+            chunk, chunk_pixels = [], 0
+    if chunk:
+        parts.append(preprocess(chunk))
+        if bar is not None:
+            bar.update(len(chunk))
+    return torch.cat(parts), hash_tensor(hashes)
+
+
+def hash_tensor(hashes: Sequence[bytes]) -> torch.Tensor:
+    """``(N, HASH_BYTES)`` uint8 tensor of content hashes."""
+    return torch.frombuffer(bytearray(b"".join(hashes)), dtype=torch.uint8).reshape(-1, HASH_BYTES)
+
+
 def preprocess_domain(
     encoder: EncoderAdapter,
     dataset,
@@ -236,40 +307,17 @@ def preprocess_domain(
     chunk_size: int = 256,
     progress: bool = False,
 ) -> DomainTensors:
-    """Run a datasets ``Dataset`` (``image`` [+ ``label``]) through the encoder's processor once (with a progress
-    bar when ``progress``: thousands of large images take a while).
+    """Run a datasets ``Dataset`` (``image`` [+ ``label``]) through the encoder's processor once and hold the result
+    in memory (with a progress bar when ``progress``: thousands of large images take a while).
 
-    Images are decoded here, row by row (:func:`read_images`: never from the network, at most
-    :data:`MAX_IMAGE_PIXELS` each, 16-bit and float pixels scaled to 8 bits, NaN refused), and go through the
-    processor in chunks of at most ``chunk_size`` images and :data:`CHUNK_PIXELS` decoded pixels, so memory stays
-    bounded whatever the image sizes. The content hash of every decoded image is kept for
-    :func:`content_overlap`.
+    See :func:`decode_and_preprocess`; the content hash of every decoded image is kept for :func:`content_overlap`.
+    :func:`~hf_encoderlock.data.streamed.load_lock_domain` decides between this and decoding per batch.
     """
-    num_classes = check_labelled_dataset(dataset, name) if labelled else 0
-    if not labelled and "image" not in dataset.column_names:
-        raise LockDataError(f"domain {name!r}: no 'image' column (columns: {dataset.column_names})")
-    if not labelled and len(dataset) == 0:
-        raise LockDataError(f"domain {name!r}: the dataset is empty")
-    check_image_column(dataset, name)
-    parts, hashes, chunk, chunk_pixels = [], [], [], 0
-    bar = tqdm(total=len(dataset), desc=f"preprocess {name}", unit="img", disable=not progress, leave=False)
-    try:
-        for _, image, digest in read_images(dataset, name, chunk_size):
-            chunk.append(image)
-            hashes.append(digest)
-            chunk_pixels += image.width * image.height
-            if len(chunk) >= chunk_size or chunk_pixels >= CHUNK_PIXELS:
-                parts.append(encoder.preprocess(chunk))
-                bar.update(len(chunk))
-                chunk, chunk_pixels = [], 0
-        if chunk:
-            parts.append(encoder.preprocess(chunk))
-            bar.update(len(chunk))
-    finally:
-        bar.close()
+    num_classes = check_lock_dataset(dataset, name, labelled)
+    with tqdm(total=len(dataset), desc=f"preprocess {name}", unit="img", disable=not progress, leave=False) as bar:
+        pixels, content = decode_and_preprocess(encoder.preprocess, dataset, name, chunk_size=chunk_size, bar=bar)
     labels = torch.as_tensor(dataset["label"], dtype=torch.long) if labelled else None
-    content = torch.frombuffer(bytearray(b"".join(hashes)), dtype=torch.uint8).reshape(-1, HASH_BYTES)
-    return DomainTensors(name, torch.cat(parts), labels, num_classes, content)
+    return DomainTensors(name, pixels, labels, num_classes, content)
 
 
 def image_content_hash(image: PILImage.Image) -> bytes:
@@ -283,32 +331,44 @@ def image_content_hash(image: PILImage.Image) -> bytes:
     return digest.digest()
 
 
-def read_images(dataset, name: str, chunk_size: int = 256) -> Iterator[tuple[int, PILImage.Image, bytes]]:
-    """``(row, image with 8-bit channels, content hash)`` for every row of the ``image`` column.
+def read_images(
+    dataset, name: str, chunk_size: int = 256, rows: Sequence[int] | None = None
+) -> Iterator[tuple[int, PILImage.Image, bytes]]:
+    """``(row, image with 8-bit channels, content hash)`` for every row of the ``image`` column, or for ``rows``
+    only, in their order.
 
     A ``datasets.Image`` column is decoded here from its stored bytes or local file, ``chunk_size`` stored rows at
     a time: never from a URL (a remote reference is refused), with each image's size checked against
     :data:`MAX_IMAGE_PIXELS` before its pixels are decoded, and the EXIF orientation applied as ``datasets`` does.
     Every problem raises :class:`LockDataError` naming the domain and row.
     """
+    positions = range(len(dataset)) if rows is None else [int(row) for row in rows]
+    chunks = [positions[start : start + chunk_size] for start in range(0, len(positions), chunk_size)]
     feature = (getattr(dataset, "features", None) or {}).get("image")
     if isinstance(feature, ImageFeature):
         stored = dataset.select_columns(["image"]).with_format("arrow")  # the stored {bytes, path}, not decoded
-        for start in range(0, len(dataset), chunk_size):
-            values = stored[start : start + chunk_size].column("image").to_pylist()
-            for row, value in enumerate(values, start):
+        for chunk in chunks:
+            values = _stored_rows(stored, chunk).column("image").to_pylist()
+            for row, value in zip(chunk, values):
                 stored_image = open_stored_image(value, f"domain {name!r}: the image in row {row}")
                 image, digest = _eight_bit(stored_image, row, name)
                 yield row, _in_feature_mode(image, feature.mode, row, name), digest
         return
-    for start in range(0, len(dataset), chunk_size):
-        for row, value in enumerate(dataset[start : start + chunk_size]["image"], start):
+    for chunk in chunks:
+        for row, value in zip(chunk, _stored_rows(dataset, chunk)["image"]):
             if not isinstance(value, PILImage.Image):
                 raise LockDataError(
                     f"domain {name!r}: row {row} of the 'image' column holds {type(value).__name__}, not an image"
                 )
             check_image_pixels(value.size, f"domain {name!r}: the image in row {row}")
             yield row, *_eight_bit(value, row, name)
+
+
+def _stored_rows(dataset, chunk: Sequence[int]):
+    """Rows ``chunk`` of ``dataset``: one slice when they are consecutive (a range), else one gather."""
+    if isinstance(chunk, range):
+        return dataset[chunk.start : chunk.stop]
+    return dataset[list(chunk)]
 
 
 def _eight_bit(image: PILImage.Image, row: int, name: str) -> tuple[PILImage.Image, bytes]:
@@ -386,9 +446,7 @@ def open_stored_image(
     return image
 
 
-def content_overlap(
-    authorized: DomainTensors, prohibited: DomainTensors, max_fraction: float = MAX_SHARED_FRACTION
-) -> float:
+def content_overlap(authorized: LockRows, prohibited: LockRows, max_fraction: float = MAX_SHARED_FRACTION) -> float:
     """The share of prohibited images that are byte-identical, after decoding, to an authorized image (compared by
     content hash, so in any order); raises :class:`LockDataError` when it exceeds ``max_fraction``.
 
@@ -417,15 +475,18 @@ def content_overlap(
     return fraction
 
 
-def _row_hashes(data: DomainTensors, use_pixels: bool) -> list[bytes]:
+def _row_hashes(data: LockRows, use_pixels: bool) -> list[bytes]:
     if not use_pixels:
         return [bytes(row) for row in data.content_hashes.numpy()]
-    shape = str(tuple(data.pixel_values.shape[1:])).encode()
-    pixels = data.pixel_values.detach().cpu().contiguous().numpy()
-    return [hashlib.blake2b(shape + row.tobytes(), digest_size=HASH_BYTES).digest() for row in pixels]
+    shape = str(data.pixel_shape).encode()
+    return [
+        hashlib.blake2b(shape + row.tobytes(), digest_size=HASH_BYTES).digest()
+        for chunk in data.pixel_chunks(256)
+        for row in chunk.detach().cpu().contiguous().numpy()
+    ]
 
 
-def stratified_split(data: DomainTensors, fraction: float, seed: int) -> tuple[DomainTensors, DomainTensors]:
+def stratified_split(data: LockRows, fraction: float, seed: int) -> tuple[LockRows, LockRows]:
     """Split into (lock-train, validation) with :func:`~hf_encoderlock.data.splits.stratified_indices` (by label
     when labels exist); rows keep their original order within each part."""
     labels = None if data.labels is None else data.labels.numpy()
@@ -436,7 +497,7 @@ def stratified_split(data: DomainTensors, fraction: float, seed: int) -> tuple[D
 class PairedDomainDataset(TorchDataset):
     """Item ``i`` pairs authorized example ``i`` with a prohibited example (cycling the shorter domain)."""
 
-    def __init__(self, authorized: DomainTensors, prohibited: DomainTensors, seed: int = 0) -> None:
+    def __init__(self, authorized: LockRows, prohibited: LockRows, seed: int = 0) -> None:
         self.authorized = authorized
         self.prohibited = prohibited
         generator = torch.Generator().manual_seed(seed)
@@ -453,23 +514,26 @@ class PairedDomainDataset(TorchDataset):
 
 
 class PairedDomainCollator:
-    """Gathers the tensors of a batch of index pairs into the inputs ``compute_loss`` expects."""
+    """Gathers the tensors of a batch of index pairs into the inputs ``compute_loss`` expects. For streamed domains
+    this is where a batch's images are decoded and preprocessed: in the DataLoader's workers when
+    ``dataloader_num_workers`` > 0, on each process's own share of the batches under DDP."""
 
-    def __init__(self, authorized: DomainTensors, prohibited: DomainTensors) -> None:
+    def __init__(self, authorized: LockRows, prohibited: LockRows) -> None:
         self.authorized = authorized
         self.prohibited = prohibited
 
     def __call__(self, items: list[dict[str, int]]) -> dict[str, torch.Tensor]:
         a_index = torch.tensor([item["authorized_index"] for item in items])
         p_index = torch.tensor([item["prohibited_index"] for item in items])
+        authorized, prohibited = self.authorized.take(a_index), self.prohibited.take(p_index)
         batch = {
-            "authorized_index": a_index,  # rows of the lock's authorized tensors: per-image cached features
-            "authorized_pixel_values": self.authorized.pixel_values[a_index],
-            "authorized_labels": self.authorized.labels[a_index],
-            "prohibited_pixel_values": self.prohibited.pixel_values[p_index],
+            "authorized_index": a_index,  # rows of the lock's authorized data: per-image cached features
+            "authorized_pixel_values": authorized.pixel_values,
+            "authorized_labels": authorized.labels,
+            "prohibited_pixel_values": prohibited.pixel_values,
         }
-        if self.prohibited.labels is not None:
-            batch["prohibited_labels"] = self.prohibited.labels[p_index]
+        if prohibited.labels is not None:
+            batch["prohibited_labels"] = prohibited.labels
         return batch
 
 

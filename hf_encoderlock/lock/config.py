@@ -14,6 +14,7 @@ from typing import Any
 from transformers import TrainingArguments
 
 from .._files import LOCK_CONFIG_FILE
+from ..data.streamed import DEFAULT_LOCK_CACHE_BYTES
 from ..encoders import POOLINGS
 from ..probing.heads import GRADIENT_KINDS
 from .objectives import OBJECTIVES, InformationTermsConfig
@@ -29,6 +30,7 @@ ADVERSARY_KINDS = GRADIENT_KINDS  # the self-challenge trains heads by gradient 
 _INFO = InformationTermsConfig
 _AUG = AugmentationConfig
 BEST_MODEL_CRITERIA = ("gap", "last")
+NOT_HYPERPARAMETERS = ("lock_cache_bytes",)  # how the data is held, not what the lock does: free to change on resume
 # Validation: integer fields with the smallest value a lock can run with, and number fields that must be finite and
 # positive / non-negative (NaN passes no comparison, so each is checked for finiteness first).
 WHOLE_MINIMUMS = {
@@ -46,6 +48,8 @@ WHOLE_MINIMUMS = {
     "zero_shot_images": 16,
     "finetune_aware_steps": 0,
     "per_device_train_batch_size": 1,
+    "per_device_eval_batch_size": 1,
+    "lock_cache_bytes": 0,
 }
 POSITIVE_NUMBERS = (
     "alpha",
@@ -322,6 +326,21 @@ class EncoderLockConfig(TrainingArguments):
         default=0.2,
         metadata={"help": "Share of each domain's lock data held out to pick heads and the best encoder."},
     )
+    challenge_max_images: int | None = field(
+        default=4096,
+        metadata={
+            "help": "Images of each lock and validation split that a self-challenge encodes and fits heads on (a "
+            "fixed seeded sample, drawn once; None: all): bounds a challenge's time and memory on large domains."
+        },
+    )
+    lock_cache_bytes: int = field(
+        default=DEFAULT_LOCK_CACHE_BYTES,
+        metadata={
+            "help": "Bytes of preprocessed pixels a domain's lock images may take in memory (faster for small images); "
+            "a larger domain is decoded and preprocessed per batch from its dataset, so memory does not grow with its "
+            "size (0: always). Does not change results."
+        },
+    )
     best_model_criterion: str = field(
         default="gap",
         metadata={
@@ -358,6 +377,10 @@ class EncoderLockConfig(TrainingArguments):
     weight_decay: float = field(default=0.0, metadata={"help": "Weight decay of the masked weight updates."})
     lr_scheduler_type: str = field(default="constant", metadata={"help": "Scheduler of the masked updates."})
     per_device_train_batch_size: int = field(default=256, metadata={"help": "Images per domain per step."})
+    per_device_eval_batch_size: int = field(
+        default=512,
+        metadata={"help": "Images per forward pass when encoding lock data (self-challenges and evaluate)."},
+    )
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "Kept False: lock batches carry two domains the model does not name."}
     )
@@ -413,6 +436,11 @@ class EncoderLockConfig(TrainingArguments):
                 f"hub_gated must be None, 'auto' or 'manual', got {self.hub_gated!r}",
             ),
             (0.0 < _finite_or_nan(self.validation_fraction) < 1.0, "validation_fraction must be in (0, 1)"),
+            (
+                self.challenge_max_images is None
+                or _whole("challenge_max_images", self.challenge_max_images, 8) is None,
+                f"challenge_max_images must be None or a whole number >= 8, got {self.challenge_max_images!r}",
+            ),
             (
                 self.magnitude_gate is None or 0.0 <= _finite_or_nan(self.magnitude_gate) < 1.0,
                 f"magnitude_gate must be None or in [0, 1), got {self.magnitude_gate!r}",
@@ -514,6 +542,10 @@ class EncoderLockConfig(TrainingArguments):
 
     def lock_hyperparameters(self) -> dict[str, Any]:
         """The lock-specific fields (not the generic Trainer ones), for ``encoderlock_config.json``."""
-        own = {name for name in self.__dataclass_fields__ if name not in TrainingArguments.__dataclass_fields__}
+        own = {
+            name
+            for name in self.__dataclass_fields__
+            if name not in TrainingArguments.__dataclass_fields__ and name not in NOT_HYPERPARAMETERS
+        }
         shared = ("learning_rate", "weight_decay", "per_device_train_batch_size", "seed", "max_steps")
         return {name: getattr(self, name) for name in sorted(own | set(shared))}

@@ -34,15 +34,16 @@ from .._utils import atomic_folder, check_output_folder, package_versions
 from ..data.lock_tensors import (
     DomainTensors,
     LockDataError,
+    LockRows,
     PairedDomainCollator,
     PairedDomainDataset,
     as_lock_dataset,
     check_labelled_dataset,
     content_overlap,
     label_tensor,
-    preprocess_domain,
     stratified_split,
 )
+from ..data.streamed import load_lock_domain
 from ..encoders import EncoderAdapter, EncoderError, load_encoder
 from ..hub.card import write_model_card
 from ..hub.push import DEFAULT_COMMIT_MESSAGE, push_locked_to_hub
@@ -81,6 +82,14 @@ SCORE_SEED_STRIDE = 7919  # round r draws its score batches from a generator see
 def _lock_state_field(name: str, doc: str) -> property:
     """A read-only trainer property delegating to ``trainer.lock_state.<name>``."""
     return property(lambda trainer: getattr(trainer.lock_state, name), doc=doc)
+
+
+def _sample_rows(data: LockRows, limit: int | None, seed: int) -> LockRows:
+    """``data``, or a fixed seeded sample of ``limit`` of its rows (in their original order) when it holds more."""
+    if limit is None or len(data) <= limit:
+        return data
+    chosen = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:limit]
+    return data.subset(torch.sort(chosen).values)
 
 
 class NonFiniteWeightsError(FloatingPointError):
@@ -185,11 +194,25 @@ class EncoderLockTrainer(Trainer):
         self.domain_specs = domain_specs or {}
         self.zero_shot_source: list[str] | None = None
         self.pseudo_labelled = False
-        authorized = preprocess_domain(encoder, authorized_dataset, authorized_name, progress=not args.disable_tqdm)
+        authorized = load_lock_domain(
+            encoder, authorized_dataset, authorized_name, True, args.lock_cache_bytes, not args.disable_tqdm
+        )
         prohibited = self._prohibited_tensors(args, authorized_dataset, prohibited_dataset, prohibited_name)
         self._check_domains(authorized, prohibited)
         self.lock_authorized, self.val_authorized = stratified_split(authorized, args.validation_fraction, args.seed)
         self.lock_prohibited, self.val_prohibited = stratified_split(prohibited, args.validation_fraction, args.seed)
+        # What each self-challenge encodes: every image, or a fixed seeded sample of at most challenge_max_images
+        self.challenge_sets = {
+            key: _sample_rows(data, args.challenge_max_images, args.seed + offset)
+            for offset, (key, data) in enumerate(
+                (
+                    ("lock_authorized", self.lock_authorized),
+                    ("val_authorized", self.val_authorized),
+                    ("lock_prohibited", self.lock_prohibited),
+                    ("val_prohibited", self.val_prohibited),
+                )
+            )
+        }
         self._check_eval_datasets(eval_dataset)
         self.candidates = {f"backbone.{name}": param for name, param in self._candidate_weights(args).items()}
         self._check_budget(args)
@@ -202,7 +225,9 @@ class EncoderLockTrainer(Trainer):
         self._normalization = encoder.normalization()
         self._view_generator = torch.Generator().manual_seed(args.seed + VIEW_SEED_OFFSET)
         self.lock_state = LockState()
-        self._reference_cache: torch.Tensor | None = None  # the unlocked encoder's features per lock image
+        # The unlocked encoder's features per lock image, filled as rows are first met (see _reference_features)
+        self._reference_cache: torch.Tensor | None = None
+        self._reference_known: torch.Tensor | None = None
         self.guard: MaskedParameterGuard | None = None  # installed for the length of train()
         if args.finetune_aware_steps and args.world_size > 1:
             raise NotImplementedError("finetune_aware_steps is single-process: its simulated steps bypass DDP")
@@ -223,7 +248,7 @@ class EncoderLockTrainer(Trainer):
     # ------------------------------------------------------------------------------------ prohibited side
     def _prohibited_tensors(
         self, args: EncoderLockConfig, authorized_dataset, prohibited_dataset, name: str
-    ) -> DomainTensors:
+    ) -> LockRows:
         """The prohibited lock data of the variant: labelled (supervised), images only with pseudo-labels
         (unsupervised), or synthetic (zero-shot: generated from the authorized data unless a dataset is given)."""
         if args.variant == "zero-shot":
@@ -246,8 +271,8 @@ class EncoderLockTrainer(Trainer):
             if "image" not in columns:
                 raise LockDataError(f"domain {name!r}: no 'image' column (columns: {columns})")
             prohibited_dataset = prohibited_dataset.select_columns(["image"])  # prohibited labels are never read
-        data = preprocess_domain(
-            self.encoder, prohibited_dataset, name, labelled=labelled, progress=not args.disable_tqdm
+        data = load_lock_domain(
+            self.encoder, prohibited_dataset, name, labelled, args.lock_cache_bytes, not args.disable_tqdm
         )
         if data.labels is None:
             data = self._with_pseudo_labels(args, data)
@@ -306,7 +331,7 @@ class EncoderLockTrainer(Trainer):
         """The prohibited view: features of ``poolings`` concatenated, in order."""
         return torch.cat([pooled[p] for p in poolings], dim=1)
 
-    def _with_pseudo_labels(self, args: EncoderLockConfig, data: DomainTensors) -> DomainTensors:
+    def _with_pseudo_labels(self, args: EncoderLockConfig, data: LockRows) -> LockRows:
         """Cluster the unlocked encoder's features of unlabelled prohibited images (the poolings the objective sees)."""
         poolings = [*(self.prohibited_poolings or [self.encoder.pooling])]
         device, was_training = args.device, self.encoder.training
@@ -317,18 +342,21 @@ class EncoderLockTrainer(Trainer):
                     self._concat_poolings(self.encoder.pooled_features(chunk.to(device), poolings), poolings)
                     .float()
                     .cpu()
-                    for chunk in data.pixel_values.split(args.per_device_train_batch_size)
+                    for chunk in data.pixel_chunks(args.per_device_train_batch_size)
                 ]
             )
         self.encoder.train(was_training)
         labels = cluster_pseudo_labels(features, args.num_pseudo_classes, args.seed, args.pseudo_label_restarts)
         self.pseudo_labelled = True
-        return DomainTensors(data.name, data.pixel_values, labels, args.num_pseudo_classes)
+        return replace(data, labels=labels, num_classes=args.num_pseudo_classes)
 
     # ----------------------------------------------------------------------------------------------- checks
-    def _check_domains(self, authorized: DomainTensors, prohibited: DomainTensors) -> None:
-        if authorized.pixel_values.shape[1:] != prohibited.pixel_values.shape[1:]:
-            raise LockDataError("authorized and prohibited images preprocess to different shapes")
+    def _check_domains(self, authorized: LockRows, prohibited: LockRows) -> None:
+        if authorized.pixel_shape != prohibited.pixel_shape:
+            raise LockDataError(
+                f"authorized and prohibited images preprocess to different shapes ({authorized.pixel_shape} and "
+                f"{prohibited.pixel_shape})"
+            )
         content_overlap(authorized, prohibited)  # the same images, in any order, are refused by content hash
         minimum = MIN_IMAGES_PER_DOMAIN
         for data in (authorized, prohibited):
@@ -418,22 +446,28 @@ class EncoderLockTrainer(Trainer):
         return terms
 
     def _reference_features(self, a_pixels: torch.Tensor, a_index: torch.Tensor | None) -> torch.Tensor:
-        """The unlocked encoder's features of an authorized batch. They never change, so during training they are
-        computed once per lock image (the first time they are needed) and read by row, instead of one forward pass
-        of the frozen copy per update step; batches without rows (selection) run the frozen copy."""
+        """The unlocked encoder's features of an authorized batch. They never change, so during training each lock
+        image's features are computed the first time a batch holds it (from that batch's pixels: no extra decode)
+        and read by row afterwards, instead of one forward pass of the frozen copy per update step. Batches without
+        rows (selection) run the frozen copy."""
         self.reference_encoder.to(a_pixels.device)
         if a_index is None:
             with torch.no_grad():
                 return self.reference_encoder(a_pixels)
-        if self._reference_cache is None or self._reference_cache.device != a_pixels.device:
-            pixels = self.lock_authorized.pixel_values
+        a_index = a_index.to(a_pixels.device)
+        if self._reference_known is None or self._reference_known.device != a_pixels.device:
+            self._reference_known = torch.zeros(len(self.lock_authorized), dtype=torch.bool, device=a_pixels.device)
+            self._reference_cache = None
+        missing = ~self._reference_known[a_index]
+        if bool(missing.any()):
             with torch.no_grad():
-                parts = [
-                    self.reference_encoder(chunk.to(a_pixels.device))
-                    for chunk in pixels.split(self.args.per_device_train_batch_size)
-                ]
-            self._reference_cache = torch.cat(parts)
-        return self._reference_cache[a_index.to(a_pixels.device)]
+                fresh = self.reference_encoder(a_pixels[missing])
+            if self._reference_cache is None:
+                size = (len(self.lock_authorized), *fresh.shape[1:])
+                self._reference_cache = torch.zeros(size, dtype=fresh.dtype, device=fresh.device)
+            self._reference_cache[a_index[missing]] = fresh
+            self._reference_known[a_index[missing]] = True
+        return self._reference_cache[a_index]
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         terms = self.objective_terms(
@@ -603,9 +637,15 @@ class EncoderLockTrainer(Trainer):
         parts, first = args.world_size * accumulation, args.process_index * accumulation
         size = args.per_device_train_batch_size * parts
 
-        def shards(data: DomainTensors) -> list[DomainTensors]:
-            batches = data.batches(size, args.score_batches, generator)
-            return [batch.shard(first + j, parts) for batch in batches for j in range(accumulation)]
+        def shards(data: LockRows) -> list[DomainTensors]:
+            # Draw each global batch's rows, then decode only this rank's micro-batch shares of them
+            out = []
+            for _ in range(args.score_batches):
+                index = torch.randperm(len(data), generator=generator)[:size]
+                for part in range(first, first + accumulation):
+                    share = index[part::parts]
+                    out.append(data.take(share if len(share) else index[part % len(index)].view(1)))
+            return out
 
         def term(a: DomainTensors, p: DomainTensors, which: str):
             def closure() -> torch.Tensor:
@@ -644,12 +684,14 @@ class EncoderLockTrainer(Trainer):
 
     # ----------------------------------------------------------------------------------------- challenge
     @torch.no_grad()
-    def encode(self, data: DomainTensors, batch_size: int = 512) -> torch.Tensor:
-        """Features of the current encoder for preprocessed images (eval mode, no gradient)."""
+    def encode(self, data: LockRows, batch_size: int | None = None) -> torch.Tensor:
+        """Features of the current encoder for lock data (eval mode, no gradient), ``batch_size`` images at a time
+        (default: ``per_device_eval_batch_size``)."""
         was_training = self.encoder.training
         self.encoder.eval()
         device = self.args.device
-        parts = [self.encoder(chunk.to(device)).float().cpu() for chunk in data.pixel_values.split(batch_size)]
+        batch_size = batch_size or self.args.per_device_eval_batch_size
+        parts = [self.encoder(chunk.to(device)).float().cpu() for chunk in data.pixel_chunks(batch_size)]
         self.encoder.train(was_training)
         return torch.cat(parts)
 
@@ -679,31 +721,31 @@ class EncoderLockTrainer(Trainer):
         learning rates) is fitted on them and the strongest by validation accuracy becomes the adversary if it beats
         the current one there; a fresh authorized head is fitted the same way.
         """
-        state = self.lock_state
+        state, sets = self.lock_state, self.challenge_sets
         started = time.perf_counter()
-        a_train, a_val = self.encode(self.lock_authorized), self.encode(self.val_authorized)
-        p_train, p_val = self.encode(self.lock_prohibited), self.encode(self.val_prohibited)
+        a_train, a_val = self.encode(sets["lock_authorized"]), self.encode(sets["val_authorized"])
+        p_train, p_val = self.encode(sets["lock_prohibited"]), self.encode(sets["val_prohibited"])
         offset = 1000 * (round_index + 1)
         auth = self._fit_best_head(
             a_train,
-            self.lock_authorized.labels,
+            sets["lock_authorized"].labels,
             a_val,
-            self.val_authorized.labels,
+            sets["val_authorized"].labels,
             self.lock_authorized.num_classes,
             offset,
         )
         adv = self._fit_best_head(
             p_train,
-            self.lock_prohibited.labels,
+            sets["lock_prohibited"].labels,
             p_val,
-            self.val_prohibited.labels,
+            sets["val_prohibited"].labels,
             self.lock_prohibited.num_classes,
             offset + 500,
         )
         device = self.args.device
         in_use = state.heads  # the heads the updates before this challenge trained against
         current_adv = (
-            accuracy(in_use.adversary.cpu(), p_val, self.val_prohibited.labels) if in_use is not None else -1.0
+            accuracy(in_use.adversary.cpu(), p_val, sets["val_prohibited"].labels) if in_use is not None else -1.0
         )
         adversary = adv.module if adv.val_accuracy >= current_adv else in_use.adversary
         for module in (auth.module, adversary):
@@ -773,7 +815,7 @@ class EncoderLockTrainer(Trainer):
         for key, dataset in datasets.items():
             if key == "prohibited" and self.args.variant != "supervised":
                 continue  # the adversary predicts pseudo-classes or synthetic classes, not the domain's labels
-            data = preprocess_domain(self.encoder, dataset, key)
+            data = load_lock_domain(self.encoder, dataset, key, cache_bytes=self.args.lock_cache_bytes)
             own = self.stale_heads or self.heads
             head = own.authorized if key == "authorized" else own.adversary
             metrics[f"{metric_key_prefix}_{key}_head_accuracy"] = accuracy(head.cpu(), self.encode(data), data.labels)

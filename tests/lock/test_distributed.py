@@ -48,6 +48,8 @@ def _lock(output_dir: str, objective_override: Any = None, **overrides: Any) -> 
             for role in ("authorized", "adversary")
         },
         "losses": [e["loss"] for e in trainer.state.log_history if "loss" in e],
+        # streamed lock data: the most images one call decoded on this rank (None: held in memory)
+        "largest_decode": getattr(getattr(trainer.lock_authorized, "counter", None), "largest", None),
     }
 
 
@@ -99,6 +101,17 @@ SETUPS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
         {"objective": "information", "prohibited_poolings": ["cls", "mean"], "info_knn_weight": 1.0},
         {"per_device_train_batch_size": WORLD * PER_DEVICE},
     ),
+    # streamed lock data (decoded per batch): the same as held in memory, each rank decoding its own share
+    "information-streamed": (
+        {
+            "objective": "information",
+            "prohibited_poolings": ["cls", "mean"],
+            "info_knn_weight": 1.0,
+            "lock_cache_bytes": 0,
+            "per_device_eval_batch_size": PER_DEVICE,
+        },
+        {"per_device_train_batch_size": WORLD * PER_DEVICE},
+    ),
     # per-rank objectives (DDP only averages their gradients) = one process accumulating two micro-batches of 6
     "paper-per-rank": ({"ddp_global_batch": False}, {"gradient_accumulation_steps": WORLD}),
 }
@@ -120,6 +133,8 @@ def test_every_rank_ends_with_the_same_mask_weights_and_heads(ranks, setup):
     for role in ("authorized", "adversary"):
         for key, value in r0["heads"][role].items():
             assert torch.equal(value, r1["heads"][role][key]), f"{role} head {key} differs across ranks"
+    if SETUPS[setup][0].get("lock_cache_bytes") == 0:  # each rank decoded its own share of a batch, never more
+        assert r0["largest_decode"] == r1["largest_decode"] == PER_DEVICE
 
 
 @pytest.mark.parametrize("setup", sorted(SETUPS))
