@@ -49,6 +49,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch threads.")
     parser.add_argument("--authorized", default="mnist")
     parser.add_argument("--prohibited", default="mnist-m")
+    parser.add_argument(
+        "--lock_cache_bytes", type=int, default=None, help="0: stream the lock data (default: the config's budget)."
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -56,6 +59,8 @@ def main() -> None:
     lock_p, _ = split_for_lock(load_domain(args.prohibited), 0.5, 1500, 0)
     with tempfile.TemporaryDirectory() as tmp:
         overrides = {"num_rounds": args.rounds} if args.rounds else {}
+        if args.lock_cache_bytes is not None:
+            overrides["lock_cache_bytes"] = args.lock_cache_bytes
         config = EncoderLockConfig(output_dir=tmp, use_cpu=True, disable_tqdm=True, report_to="none", **overrides)
         encoder = load_victim()
         started = time.perf_counter()
@@ -80,6 +85,7 @@ def main() -> None:
         "finetune_images": len(authorized),
         "ratio_lock_over_finetune_epoch": lock_time / finetune,
         "threads": args.threads,
+        "lock_data": type(trainer.lock_authorized).__name__,
     }
     print(json.dumps(result, indent=2))
     print(

@@ -64,3 +64,13 @@ def test_a_challenge_encodes_a_fixed_sample_of_at_most_challenge_max_images(tmp_
     assert uncapped.challenge_max_images is None
     with pytest.raises(ValueError, match="challenge_max_images must be None or a whole number >= 8"):
         make_lock_config(tmp_path / "bad", TINY_LOCK, challenge_max_images=3)
+
+
+def test_dataloader_workers_decode_streamed_batches_to_the_same_lock(tmp_path):
+    """``dataloader_num_workers``: batches are decoded in worker processes, and the lock is unchanged."""
+    _, in_process = _lock(tmp_path, "main", TINY_LOCK, toy_domain(48, 1, "green"), lock_cache_bytes=0)
+    _, in_workers = _lock(
+        tmp_path, "workers", TINY_LOCK, toy_domain(48, 1, "green"), lock_cache_bytes=0, dataloader_num_workers=2
+    )
+    for name, value in in_process.items():
+        assert torch.equal(value, in_workers[name]), f"{name} differs with dataloader workers"
