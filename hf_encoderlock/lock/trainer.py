@@ -225,7 +225,7 @@ class EncoderLockTrainer(Trainer):
         self._normalization = encoder.normalization()
         self._view_generator = torch.Generator().manual_seed(args.seed + VIEW_SEED_OFFSET)
         self.lock_state = LockState()
-        # The unlocked encoder's features per lock image, filled as rows are first met (see _reference_features)
+        # The unlocked encoder's features per lock image, filled block by block as rows are first met
         self._reference_cache: torch.Tensor | None = None
         self._reference_known: torch.Tensor | None = None
         self.guard: MaskedParameterGuard | None = None  # installed for the length of train()
@@ -446,27 +446,31 @@ class EncoderLockTrainer(Trainer):
         return terms
 
     def _reference_features(self, a_pixels: torch.Tensor, a_index: torch.Tensor | None) -> torch.Tensor:
-        """The unlocked encoder's features of an authorized batch. They never change, so during training each lock
-        image's features are computed the first time a batch holds it (from that batch's pixels: no extra decode)
-        and read by row afterwards, instead of one forward pass of the frozen copy per update step. Batches without
-        rows (selection) run the frozen copy."""
+        """The unlocked encoder's features of an authorized batch. They never change, so during training they are
+        computed once per lock image and read by row, instead of one forward pass of the frozen copy per update step.
+        Rows are computed in fixed blocks of ``per_device_train_batch_size`` lock images, each the first time a batch
+        needs one of its rows: the same blocks whatever the batch order, so a resumed run or another DDP rank gets
+        bit-identical features, and streamed data is decoded at most once more. Batches without rows (selection)
+        run the frozen copy."""
         self.reference_encoder.to(a_pixels.device)
         if a_index is None:
             with torch.no_grad():
                 return self.reference_encoder(a_pixels)
-        a_index = a_index.to(a_pixels.device)
-        if self._reference_known is None or self._reference_known.device != a_pixels.device:
-            self._reference_known = torch.zeros(len(self.lock_authorized), dtype=torch.bool, device=a_pixels.device)
+        block, count, device = self.args.per_device_train_batch_size, len(self.lock_authorized), a_pixels.device
+        if self._reference_known is None or self._reference_known.device != device:
+            self._reference_known = torch.zeros(-(-count // block), dtype=torch.bool, device=device)
             self._reference_cache = None
-        missing = ~self._reference_known[a_index]
-        if bool(missing.any()):
+        a_index = a_index.to(device)
+        for start in (torch.unique(a_index // block) * block).tolist():
+            if bool(self._reference_known[start // block]):
+                continue
+            rows = torch.arange(start, min(start + block, count))
             with torch.no_grad():
-                fresh = self.reference_encoder(a_pixels[missing])
+                fresh = self.reference_encoder(self.lock_authorized.take(rows).pixel_values.to(device))
             if self._reference_cache is None:
-                size = (len(self.lock_authorized), *fresh.shape[1:])
-                self._reference_cache = torch.zeros(size, dtype=fresh.dtype, device=fresh.device)
-            self._reference_cache[a_index[missing]] = fresh
-            self._reference_known[a_index[missing]] = True
+                self._reference_cache = torch.zeros((count, *fresh.shape[1:]), dtype=fresh.dtype, device=device)
+            self._reference_cache[start : start + len(rows)] = fresh
+            self._reference_known[start // block] = True
         return self._reference_cache[a_index]
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):

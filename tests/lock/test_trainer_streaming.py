@@ -74,3 +74,20 @@ def test_dataloader_workers_decode_streamed_batches_to_the_same_lock(tmp_path):
     )
     for name, value in in_process.items():
         assert torch.equal(value, in_workers[name]), f"{name} differs with dataloader workers"
+
+
+def test_reference_features_come_from_fixed_blocks_whatever_the_batch(tmp_path):
+    """The frozen encoder's features of a lock image do not depend on which batch first held it (a resumed run or
+    another rank gets the same bits), and only the blocks a batch touches are computed."""
+    encoder = tiny_vit_encoder(seed=0, image_size=16, patch_size=4)
+    args = make_lock_config(
+        tmp_path / "run", TINY_LOCK, per_device_train_batch_size=BATCH, lock_cache_bytes=0, **INFORMATION
+    )
+    trainer = EncoderLockTrainer(encoder, args, toy_domain(48, 0, "red"), toy_domain(48, 1, "green"), "red", "green")
+    data = trainer.lock_authorized
+    index = torch.tensor([len(data) - 1, 2, 9])
+    got = trainer._reference_features(data.take(index).pixel_values, index)
+    assert trainer._reference_known.tolist().count(True) == 3  # the blocks of rows 2, 9 and the last
+    with torch.no_grad():
+        blocks = [trainer.reference_encoder(chunk) for chunk in data.pixel_chunks(BATCH)]
+    assert torch.equal(got, torch.cat(blocks)[index])
