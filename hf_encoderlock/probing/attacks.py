@@ -10,8 +10,11 @@ images of one domain, at several fractions of that domain's training split:
 
 The same architecture trained from scratch (``random_twin``) on the same data is the floor no lock can push an
 attacker below. Learning rate and epoch count are chosen on a validation split carved from train (the probe
-suite's splits, :func:`hf_encoderlock.probing.suite.split_training_rows`), never on test. A learning curve over training
-fractions is summarised by its area (:func:`learning_curve_auc`, NTP's SLC-AUC).
+suite's splits, :func:`hf_encoderlock.probing.suite.split_training_rows`), never on test. The default attacker is
+patient: AdamW with one learning rate for the encoder and the head, every one of ``epochs`` epochs trained (no early
+stop) and the best epoch on validation kept (never the untrained head), at least ``min_steps_per_epoch`` steps per
+epoch. A learning curve over training fractions is summarised by its area (:func:`learning_curve_auc`, NTP's
+SLC-AUC).
 """
 
 from __future__ import annotations
@@ -69,21 +72,33 @@ class AttackConfig:
     min_train_per_class: int = field(
         default=1, metadata={"help": "Fewest training examples per class at any fraction."}
     )
-    full_lrs: tuple[float, ...] = field(default=(1e-4, 1e-3), metadata={"help": "Adam lrs for full fine-tuning."})
-    last_k_lrs: tuple[float, ...] = field(default=(1e-4, 1e-3), metadata={"help": "Adam lrs for last-k fine-tuning."})
-    lora_lrs: tuple[float, ...] = field(default=(1e-3, 1e-2), metadata={"help": "Adam lrs for the LoRA adapters."})
-    frozen_lrs: tuple[float, ...] = field(default=(1e-2,), metadata={"help": "Adam lrs for the frozen attack's head."})
+    full_lrs: tuple[float, ...] = field(default=(1e-4, 1e-3), metadata={"help": "AdamW lrs for full fine-tuning."})
+    last_k_lrs: tuple[float, ...] = field(default=(1e-4, 1e-3), metadata={"help": "AdamW lrs for last-k fine-tuning."})
+    lora_lrs: tuple[float, ...] = field(default=(1e-3, 1e-2), metadata={"help": "AdamW lrs for the LoRA adapters."})
+    frozen_lrs: tuple[float, ...] = field(
+        default=(1e-3, 1e-2), metadata={"help": "AdamW lrs for the frozen attack's head."}
+    )
     scratch_lrs: tuple[float, ...] = field(
-        default=(3e-4, 1e-3), metadata={"help": "Adam lrs for training from scratch."}
+        default=(1e-4, 1e-3), metadata={"help": "AdamW lrs for training from scratch (the floor)."}
     )
-    head_lr: float = field(default=3e-3, metadata={"help": "Adam lr of the fresh linear head in every attack."})
-    weight_decay: float = field(default=0.0, metadata={"help": "Adam(W) weight decay on the encoder weights."})
-    epochs: int = field(default=10, metadata={"help": "Maximum epochs; the epoch is chosen on validation."})
-    patience: int | None = field(default=3, metadata={"help": "Stop after this many epochs without improvement."})
+    head_lr: float | None = field(
+        default=None,
+        metadata={"help": "AdamW lr of the fresh linear head; None: the run's lr (one lr for every weight)."},
+    )
+    weight_decay: float = field(
+        default=0.01, metadata={"help": "AdamW weight decay on the trained encoder weights (AdamW's default)."}
+    )
+    epochs: int = field(
+        default=10, metadata={"help": "Epochs trained; the best epoch (1..epochs) is chosen on validation."}
+    )
+    patience: int | None = field(
+        default=None,
+        metadata={"help": "Stop after this many epochs without a validation gain; None: train every epoch."},
+    )
     min_steps_per_epoch: int = field(
-        default=1, metadata={"help": "Optimiser steps per epoch at least (small fractions repeat their data)."}
+        default=10, metadata={"help": "Optimiser steps per epoch at least (small fractions repeat their data)."}
     )
-    batch_size: int = field(default=64, metadata={"help": "Images per optimiser step."})
+    batch_size: int = field(default=32, metadata={"help": "Images per optimiser step."})
     eval_batch_size: int = field(default=256, metadata={"help": "Images per forward pass when scoring."})
     last_k: int = field(default=1, metadata={"help": "Blocks trained by the last_k attack."})
     lora_r: int = field(default=8, metadata={"help": "LoRA rank."})
@@ -123,6 +138,8 @@ class AttackConfig:
             (self.epochs >= 1 and self.batch_size >= 1 and self.eval_batch_size >= 1, "epochs/batch sizes >= 1"),
             (self.last_k >= 1 and self.lora_r >= 1, "last_k and lora_r must be >= 1"),
             (self.min_train_per_class >= 1 and self.min_steps_per_epoch >= 1, "minimums must be >= 1"),
+            (self.patience is None or self.patience >= 1, "patience must be None or >= 1"),
+            (self.head_lr is None or self.head_lr > 0, "head_lr must be None or > 0"),
         ]
         for ok, message in checks:
             if not ok:
@@ -283,21 +300,24 @@ def train_attack(
     model, train: _Data, validation: _Data, num_classes: int, lr: float, config: AttackConfig, seed: int
 ) -> tuple[_Classifier, float, int]:
     """Fine-tune ``model`` (already prepared) with a fresh linear head; returns the classifier restored to its best
-    validation epoch, that validation accuracy and the epoch (0: the untrained head was best)."""
+    validation epoch, that validation accuracy and the epoch (1 to ``config.epochs``).
+
+    The head trains at ``config.head_lr`` (``None``: at ``lr``, like the encoder) without weight decay; the encoder's
+    trainable weights at ``lr`` with ``config.weight_decay``. Every epoch trains at least one step, and the untrained
+    head (epoch 0) is never kept: an attacker always trains. Without ``config.patience`` every epoch runs.
+    """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         generator = torch.Generator().manual_seed(seed)
         classifier = _Classifier(model, num_classes, generator)
         encoder_params = [p for p in model.parameters() if p.requires_grad]
-        groups = [{"params": list(classifier.head.parameters()), "lr": config.head_lr, "weight_decay": 0.0}]
+        head_lr = lr if config.head_lr is None or not encoder_params else config.head_lr
+        groups = [{"params": list(classifier.head.parameters()), "lr": head_lr, "weight_decay": 0.0}]
         if encoder_params:
             groups.append({"params": encoder_params, "lr": lr, "weight_decay": config.weight_decay})
-        elif lr != config.head_lr:
-            groups[0]["lr"] = lr
         optimizer = torch.optim.AdamW(groups)
         loss_fn = nn.CrossEntropyLoss()
-        best_acc, best_epoch, stale = _accuracy(classifier, validation, config.eval_batch_size), 0, 0
-        best_state = _trainable_state(classifier)  # epoch 0: the untrained head on the unchanged encoder
+        best_acc, best_epoch, best_state, stale = -1.0, 0, None, 0
         n = len(train.labels)
         steps = max(config.min_steps_per_epoch, math.ceil(n / config.batch_size))
         for epoch in range(1, config.epochs + 1):
@@ -314,7 +334,7 @@ def train_attack(
                 loss.backward()
                 optimizer.step()
             acc = _accuracy(classifier, validation, config.eval_batch_size)
-            if acc > best_acc:
+            if best_state is None or acc > best_acc:
                 best_acc, best_epoch, best_state, stale = acc, epoch, _trainable_state(classifier), 0
             else:
                 stale += 1

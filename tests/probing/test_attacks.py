@@ -72,6 +72,7 @@ def test_every_attack_runs_with_sane_accuracies(suite):
         assert all(0.0 <= a <= 1.0 for a in score.test_accuracy + score.validation_accuracy)
         assert score.n_train > 0 and score.n_validation > 0 and score.n_test == 30
         assert score.hyperparameters[0]["lr"] in _config().lrs(score.attack)
+        assert all(1 <= h["epochs"] <= _config().epochs for h in score.hyperparameters)  # a trained head, always
     # the toy bands are easy: full fine-tuning on all data beats chance (1/3) clearly
     assert report.score("full", "red", 1.0).mean > 0.6
     trainable = {a: report.score(a, "red", 1.0).trainable_parameters for a in report.attacks}
@@ -166,3 +167,107 @@ def test_learning_curve_auc_by_hand():
     assert math.isnan(learning_curve_auc([0.1, 1.0], [float("nan"), 0.5]))
     with pytest.raises(ValueError):
         learning_curve_auc([], [])
+
+
+# ------------------------------------------------------------------------------------------- a patient attacker
+def test_defaults_are_a_patient_attacker():
+    config = AttackConfig()
+    assert config.patience is None  # no early stop: every epoch trains
+    assert config.epochs >= 10
+    assert config.full_lrs == (1e-4, 1e-3) and config.scratch_lrs == (1e-4, 1e-3)
+    assert config.head_lr is None  # one lr for the encoder and the head
+    assert config.weight_decay == pytest.approx(0.01)  # AdamW's own default
+    assert config.min_steps_per_epoch >= 10 and config.batch_size <= 32
+    with pytest.raises(AttackError, match="patience"):
+        AttackConfig(patience=0)
+
+
+def _scripted_validation(monkeypatch, accuracies):
+    """Replace the validation scorer by a script; records the head's weights at each call."""
+    from hf_encoderlock.probing import attacks
+
+    heads, calls = [], iter(accuracies)
+
+    def fake(classifier, data, batch_size):
+        heads.append(classifier.head.weight.detach().clone())
+        return next(calls)
+
+    monkeypatch.setattr(attacks, "_accuracy", fake)
+    return heads
+
+
+def _tiny_run(encoder, domains, config, lr=1e-3):
+    from hf_encoderlock.probing.attacks import _Data, train_attack
+
+    data = domains["red"]["train"]
+    pixels, labels = encoder.preprocess(data["image"]), torch.as_tensor(data["label"])
+    model = prepare_attack(encoder, "full", config)
+    train, validation = _Data(pixels[:8], labels[:8]), _Data(pixels[40:], labels[40:])
+    return train_attack(model, train, validation, 3, lr, config, seed=0)
+
+
+def test_every_epoch_trains_and_the_best_validation_epoch_is_kept(monkeypatch, encoder, domains):
+    # patience=3 would have stopped after epoch 4; the patient attacker reaches its best epoch, 5
+    heads = _scripted_validation(monkeypatch, [0.5, 0.2, 0.2, 0.2, 0.9, 0.3])
+    classifier, accuracy, epoch = _tiny_run(encoder, domains, _config(epochs=6, batch_size=4, min_steps_per_epoch=1))
+    assert len(heads) == 6  # one score per trained epoch, none for the untrained head
+    assert (accuracy, epoch) == (0.9, 5)
+    assert torch.equal(classifier.head.weight, heads[4]) and not torch.equal(heads[4], heads[5])
+
+
+def test_the_untrained_head_is_never_kept(monkeypatch, encoder, domains):
+    # even when no trained epoch scores anything on validation, epoch 1 is returned (not epoch 0)
+    heads = _scripted_validation(monkeypatch, [0.0, 0.0, 0.0])
+    _, accuracy, epoch = _tiny_run(encoder, domains, _config(epochs=3, batch_size=4, min_steps_per_epoch=1))
+    assert (accuracy, epoch, len(heads)) == (0.0, 1, 3)
+
+
+def test_patience_still_stops_when_asked(monkeypatch, encoder, domains):
+    heads = _scripted_validation(monkeypatch, [0.5, 0.4, 0.4, 0.9])
+    _, accuracy, epoch = _tiny_run(encoder, domains, _config(epochs=4, batch_size=4, patience=2, min_steps_per_epoch=1))
+    assert (accuracy, epoch, len(heads)) == (0.5, 1, 3)
+
+
+def test_one_lr_for_head_and_encoder_and_a_floor_of_steps(monkeypatch, encoder, domains):
+    groups, steps = [], []
+
+    class Recording(torch.optim.AdamW):
+        def __init__(self, params, **kwargs):
+            super().__init__(params, **kwargs)
+            groups.extend({k: g[k] for k in ("lr", "weight_decay")} for g in self.param_groups)
+
+        def step(self, closure=None):
+            steps.append(1)
+            return super().step(closure)
+
+    monkeypatch.setattr(torch.optim, "AdamW", Recording)
+    _tiny_run(encoder, domains, _config(epochs=2, batch_size=32), lr=3e-4)  # 8 images: 1 batch, 10 steps/epoch
+    assert groups == [{"lr": 3e-4, "weight_decay": 0.0}, {"lr": 3e-4, "weight_decay": 0.01}]
+    assert len(steps) == 2 * AttackConfig().min_steps_per_epoch
+    groups.clear()
+    _tiny_run(encoder, domains, _config(epochs=1, head_lr=1e-2), lr=3e-4)
+    assert [g["lr"] for g in groups] == [1e-2, 3e-4]
+
+
+def test_every_lr_of_the_grid_runs_and_validation_alone_chooses(monkeypatch, encoder, domains):
+    from hf_encoderlock.probing import attacks
+
+    seen = []
+
+    def fake_train(model, train, validation, num_classes, lr, config, seed):
+        seen.append(lr)
+        classifier = attacks._Classifier(model, num_classes, torch.Generator().manual_seed(0))
+        classifier.lr = lr
+        return classifier, {1e-4: 0.3, 1e-3: 0.7, 1e-2: 0.5}[lr], 4
+
+    def test_score(classifier, data, batch_size):  # the lr that loses on validation would win on test
+        return {1e-4: 0.99, 1e-3: 0.1, 1e-2: 0.95}[classifier.lr]
+
+    monkeypatch.setattr(attacks, "train_attack", fake_train)
+    monkeypatch.setattr(attacks, "_accuracy", test_score)
+    config = _config(attacks=("full",), fractions=(1.0,), seeds=(0, 1), full_lrs=(1e-4, 1e-3, 1e-2))
+    report = run_attack_suite(encoder, {"red": domains["red"]}, config, random_twin=False)
+    assert seen == [1e-4, 1e-3, 1e-2] * 2
+    score = report.score("full", "red", 1.0)
+    assert score.hyperparameters == [{"lr": 1e-3, "epochs": 4}] * 2
+    assert score.validation_accuracy == [0.7, 0.7] and score.test_accuracy == [0.1, 0.1]
