@@ -9,6 +9,7 @@ from hf_encoderlock.lock.config import EncoderLockConfig
 from hf_encoderlock.lock.masking import MaskedParameterGuard
 from hf_encoderlock.lock.objectives import LockHeads, PaperObjective, build_objective
 from hf_encoderlock.lock.objectives.information import (
+    REFERENCE_FLOOR,
     InformationObjective,
     InformationTermsConfig,
     class_mmd,
@@ -77,6 +78,20 @@ def test_information_objective_normalises_by_first_value_and_scores_prohibited_o
     assert float(later.prohibited) < 0.1
     assert float(later.authorized) == pytest.approx(float(first.authorized))
     assert float(later.total) == pytest.approx(float(later.authorized + later.prohibited), rel=1e-5)
+
+
+def test_a_term_that_starts_near_zero_is_normalised_by_the_floor_not_blown_up():
+    """Features without class information (a random-init encoder's) give an MMD of about 0, even below: dividing by
+    that first value would multiply the term by up to 1 / eps."""
+    objective = InformationObjective(InformationTermsConfig(knn_weight=1.0, preserve_weight=0.0))
+    a, a_labels = _toy(3.0, seed=1)
+    p, p_labels = _toy(0.0, seed=2)  # no class structure at all
+    first = objective.terms(a, a_labels, p, p_labels, _heads(a.shape[1], 3))
+    assert objective.reference["mmd"] == REFERENCE_FLOOR and objective.reference["knn"] == REFERENCE_FLOOR
+    q, q_labels = _toy(0.0, seed=4)
+    later = objective.terms(a, a_labels, q, q_labels, _heads(a.shape[1], 3))
+    for terms in (first, later):
+        assert abs(float(terms.prohibited)) < 10  # each term within a few units, not ~1 / eps
 
 
 def test_information_objective_needs_prohibited_labels():
