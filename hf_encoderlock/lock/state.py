@@ -37,7 +37,8 @@ logger = logging.getLogger(__name__)
 
 
 def _phase_time() -> dict[str, float]:
-    return {"selection": 0.0, "update": 0.0, "challenge": 0.0}
+    # "reference": the frozen encoder's features of authorized lock images, computed once per block during updates
+    return {"selection": 0.0, "update": 0.0, "challenge": 0.0, "reference": 0.0}
 
 
 @dataclass
@@ -145,7 +146,7 @@ class LockState:
             last_challenge_round=info["last_challenge_round"],
             objective=info["objective"],
             history=list(info["history"]),
-            phase_time={k: float(v) for k, v in info["phase_time"].items()},
+            phase_time={**_phase_time(), **{k: float(v) for k, v in info["phase_time"].items()}},
             last_logs=dict(info.get("last_logs", {})),
         )
 

@@ -464,9 +464,10 @@ class EncoderLockTrainer(Trainer):
         for start in (torch.unique(a_index // block) * block).tolist():
             if bool(self._reference_known[start // block]):
                 continue
-            rows = torch.arange(start, min(start + block, count))
+            rows, started = torch.arange(start, min(start + block, count)), time.perf_counter()
             with torch.no_grad():
                 fresh = self.reference_encoder(self.lock_authorized.take(rows).pixel_values.to(device))
+            self.lock_state.phase_time["reference"] += time.perf_counter() - started
             if self._reference_cache is None:
                 self._reference_cache = torch.zeros((count, *fresh.shape[1:]), dtype=fresh.dtype, device=device)
             self._reference_cache[start : start + len(rows)] = fresh
@@ -535,9 +536,11 @@ class EncoderLockTrainer(Trainer):
         return self.objective.terms(a_features, a_labels, p_features, p_labels, self.heads, **reference_kwargs)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
-        started = time.perf_counter()
+        started, reference = time.perf_counter(), self.lock_state.phase_time["reference"]
         loss = super().training_step(model, inputs, num_items_in_batch)
-        self.lock_state.phase_time["update"] += time.perf_counter() - started
+        # reference features computed inside this step are their own phase (a one-time cost per block of images)
+        reference_time = self.lock_state.phase_time["reference"] - reference
+        self.lock_state.phase_time["update"] += time.perf_counter() - started - reference_time
         return loss
 
     # --------------------------------------------------------------------------------------------- rounds
@@ -1014,7 +1017,7 @@ class EncoderLockTrainer(Trainer):
         super()._load_from_checkpoint(resume_from_checkpoint, model)
 
     def phase_times(self) -> dict[str, float]:
-        """Seconds spent in selection, masked updates and challenges so far."""
+        """Seconds spent in selection, masked updates, challenges and computing reference features so far."""
         return dict(self.lock_state.phase_time)
 
 
