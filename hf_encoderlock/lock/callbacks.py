@@ -13,19 +13,19 @@ from typing import Protocol
 
 from transformers import TrainerCallback
 
-from .masking import MaskedParameterGuard
-
 
 class LockRunner(Protocol):
     """What the callback needs of the trainer (typed structurally: callbacks do not import the trainer module)."""
-
-    guard: MaskedParameterGuard | None
 
     def begin_lock(self, global_step: int) -> None: ...
 
     def start_round(self, round_index: int) -> None: ...
 
     def end_lock(self) -> None: ...
+
+    def before_optimizer_step(self) -> None: ...
+
+    def after_optimizer_step(self) -> None: ...
 
 
 def _round_starting_at(step: int, steps_per_round: int) -> int | None:
@@ -50,10 +50,10 @@ class LockRoundCallback(TrainerCallback):
             self.trainer.start_round(round_index)
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
-        self.trainer.guard.mask_gradients()
+        self.trainer.before_optimizer_step()
 
     def on_optimizer_step(self, args, state, control, **kwargs):
-        self.trainer.guard.restore_unselected()
+        self.trainer.after_optimizer_step()
 
     def on_train_end(self, args, state, control, **kwargs):
         self.trainer.end_lock()

@@ -303,6 +303,15 @@ class EncoderLockConfig(TrainingArguments):
         default_factory=lambda: [-1, 0],
         metadata={"help": "Optional block indices to select from (the patch embedding is block -1)."},
     )
+    authorized_projection: float | None = field(
+        default=None,
+        metadata={
+            "help": "If set, every masked update is projected, weight row by weight row within its selected entries, "
+            "off the directions in which the unlocked encoder's authorized inputs to that layer hold more than this "
+            "multiple of the layer's mean per-coordinate energy (0: only directions they never use), so authorized "
+            "features move less (None: off; keeps a frozen copy of the encoder). Linear and Conv2d weights."
+        },
+    )
     magnitude_gate: float | None = field(
         default=None,
         metadata={"help": "If set, only weights with |w| >= this quantile of their layer's |w| are eligible."},
@@ -440,6 +449,10 @@ class EncoderLockConfig(TrainingArguments):
                 self.challenge_max_images is None
                 or _whole("challenge_max_images", self.challenge_max_images, 8) is None,
                 f"challenge_max_images must be None or a whole number >= 8, got {self.challenge_max_images!r}",
+            ),
+            (
+                self.authorized_projection is None or _finite_or_nan(self.authorized_projection) >= 0.0,
+                f"authorized_projection must be None or a number >= 0, got {self.authorized_projection!r}",
             ),
             (
                 self.magnitude_gate is None or 0.0 <= _finite_or_nan(self.magnitude_gate) < 1.0,

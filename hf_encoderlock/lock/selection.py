@@ -180,8 +180,10 @@ def accumulate_gradient_stats(
     params: Mapping[str, torch.Tensor],
     losses: Iterable[Callable[[], torch.Tensor]],
     stats: GradientStats | None = None,
+    transform: Callable[[str, torch.Tensor], torch.Tensor] | None = None,
 ) -> GradientStats:
-    """Accumulate per-batch gradients of ``params`` for each loss closure.
+    """Accumulate per-batch gradients of ``params`` for each loss closure (each first passed through
+    ``transform(name, gradient)`` when given).
 
     Each closure runs the forward pass and returns a scalar loss (one batch of one domain). Gradients come from
     ``torch.autograd.grad``: no ``.grad`` attribute is touched, so an optimizer's accumulated gradients are left
@@ -205,6 +207,8 @@ def accumulate_gradient_stats(
                 grads = torch.autograd.grad(loss, tensors, allow_unused=True)
             for name, tensor, grad in zip(names, tensors, grads):
                 g = torch.zeros_like(tensor, dtype=torch.float32) if grad is None else grad.detach().float()
+                if transform is not None:
+                    g = transform(name, g)
                 if name in stats.grad_sum:
                     stats.grad_sum[name].add_(g)
                     stats.sq_sum[name].add_(g * g)

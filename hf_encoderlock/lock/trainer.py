@@ -53,6 +53,7 @@ from .config import AUTO_POOLINGS, EncoderLockConfig
 from .distributed import gather_batch
 from .masking import MaskedParameterGuard
 from .objectives import LockHeads, LockObjective, ObjectiveTerms, build_objective
+from .projection import AuthorizedProjection, layer_input_moments
 from .selection import (
     accumulate_gradient_stats,
     block_index,
@@ -218,9 +219,10 @@ class EncoderLockTrainer(Trainer):
         self._check_budget(args)
         for name, param in encoder.named_parameters():  # the optimiser holds candidate weights only
             param.requires_grad_(name in self.candidates)
-        self.reference_encoder = (
-            copy.deepcopy(encoder).eval().requires_grad_(False) if self.objective.uses_reference_features else None
-        )
+        keeps_unlocked_copy = self.objective.uses_reference_features or args.authorized_projection is not None
+        self.reference_encoder = copy.deepcopy(encoder).eval().requires_grad_(False) if keeps_unlocked_copy else None
+        self.projection: AuthorizedProjection | None = None  # built at the first round (authorized_projection)
+        self._weights_before_step: dict[str, torch.Tensor] = {}
         self.augmentation = AugmentationConfig.from_lock_config(args)
         self._normalization = encoder.normalization()
         self._view_generator = torch.Generator().manual_seed(args.seed + VIEW_SEED_OFFSET)
@@ -556,7 +558,7 @@ class EncoderLockTrainer(Trainer):
         self.guard = MaskedParameterGuard(
             self.encoder, freeze_unselected=self.args.parallel_mode.value != "distributed"
         )
-        self.guard.install(self.mask)
+        self._install_mask()
         missing = [n for n in self.candidates if n in self.guard.missing_from(self.optimizer)]
         if missing:
             raise RuntimeError(f"candidate weights missing from the optimizer: {missing[:5]}")
@@ -575,7 +577,7 @@ class EncoderLockTrainer(Trainer):
         started = time.perf_counter()
         new = self._select_weights(round_index)
         self.lock_state.mask = merge_masks(self.mask, new)
-        self.guard.install(self.mask)
+        self._install_mask()
         self.lock_state.rounds_completed = round_index + 1
         stats = mask_stats(self.mask, self.encoder)
         self.record_round(
@@ -587,6 +589,35 @@ class EncoderLockTrainer(Trainer):
             }
         )
         self._show_phase(round_index, "updates")
+
+    def _install_mask(self) -> None:
+        """Install the mask in the guard and, with ``authorized_projection``, build its rows' projectors (the
+        unlocked encoder's authorized input moments are computed at the first call, booked as ``reference``)."""
+        self.guard.install(self.mask)
+        if self.args.authorized_projection is None:
+            return
+        if self.projection is None:
+            started, device = time.perf_counter(), self.args.device
+            self.reference_encoder.to(device)
+            chunks = self.challenge_sets["lock_authorized"].pixel_chunks(self.args.per_device_eval_batch_size)
+            moments = layer_input_moments(
+                self.reference_encoder, self.candidates, (chunk.to(device) for chunk in chunks)
+            )
+            self.projection = AuthorizedProjection(moments, self.args.authorized_projection)
+            self.lock_state.phase_time["reference"] += time.perf_counter() - started
+        self.projection.prepare(self.mask)
+
+    def before_optimizer_step(self) -> None:
+        """Before each optimiser step: mask the gradients; with a projection, keep the masked weights' values."""
+        self.guard.mask_gradients()
+        if self.projection is not None:
+            self._weights_before_step = {name: self.candidates[name].detach().clone() for name in self.projection.names}
+
+    def after_optimizer_step(self) -> None:
+        """After each optimiser step: unselected entries back; with a projection, the update projected."""
+        self.guard.restore_unselected()
+        if self.projection is not None:
+            self.projection.project(self.candidates, self._weights_before_step)
 
     def _show_phase(self, round_index: int, phase: str) -> None:
         """Name the round and phase on the Trainer's progress bar: selection and challenges run between two update
@@ -668,8 +699,11 @@ class EncoderLockTrainer(Trainer):
         was_training = self.encoder.training
         self.encoder.eval()
         with self.guard.suspended():  # the guard's hooks would mask the very gradients that score weights
+            # with a projection, weights are scored by the part of their gradient that the projection lets through
             prohibited = accumulate_gradient_stats(
-                candidates, [term(a, p, "prohibited") for a, p in zip(a_batches, p_batches)]
+                candidates,
+                [term(a, p, "prohibited") for a, p in zip(a_batches, p_batches)],
+                transform=None if self.projection is None else self.projection.free_gradient,
             )
             authorized = accumulate_gradient_stats(
                 candidates, [term(a, p, "authorized") for a, p in zip(a_batches, p_batches)]

@@ -1,0 +1,160 @@
+"""Masked updates projected off the directions the authorized inputs use, one weight row at a time.
+
+A weight row ``w`` of a linear map (or a convolution's output channel, over its unfolded patch) changes the layer's
+output on an input ``x`` by ``delta . x``. If ``delta`` is orthogonal to every input the authorized images give the
+layer, their outputs do not move at all, whatever ``delta`` does to other domains (gradient projection, as in
+continual learning: GPM, Saha et al. 2021). A lock's update is sparse, so the projection is taken within each row's
+selected entries ``S``: with ``C`` the unlocked encoder's second moment of the layer's authorized inputs, the row's
+change is projected off the eigenvectors of ``C[S, S]`` whose eigenvalue is above ``threshold`` times the mean
+per-coordinate energy ``trace(C) / d``. Grey authorized images, for instance, give a patch embedding no energy along
+colour differences, so a row with two colour channels of one pixel selected may move freely along their difference.
+
+Hand-written torch on purpose: the per-row projectors are one batched ``eigh`` per weight per round, and each update
+is a gather, a batched matrix product and a scatter on the device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+__all__ = ["AuthorizedProjection", "layer_input_moments"]
+
+# Padding coordinates of a row's selected set get this many times the mean energy, so their eigenvectors are always
+# projected off (they are decoupled from the real coordinates: zero off-diagonal).
+_PAD_ENERGY = 1e12
+
+
+def _module_of(model: nn.Module, parameter_name: str) -> nn.Module:
+    return model.get_submodule(parameter_name.rpartition(".")[0])
+
+
+def _flat_inputs(module: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+    """The layer's inputs as rows matching its weight flattened to ``(out, -1)``."""
+    if isinstance(module, nn.Conv2d):
+        patches = F.unfold(inputs, module.kernel_size, module.dilation, module.padding, module.stride)
+        return patches.transpose(1, 2).reshape(-1, patches.shape[1])
+    return inputs.reshape(-1, inputs.shape[-1])
+
+
+@torch.no_grad()
+def layer_input_moments(
+    model: nn.Module, parameter_names: Iterable[str], batches: Iterable[torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """Uncentred second moment ``E[x x^T]`` of the inputs of each named weight's layer over ``batches`` of pixels.
+
+    Only ``nn.Linear`` and ``nn.Conv2d`` (ungrouped) weights are supported; others raise ``TypeError``.
+    """
+    names = list(parameter_names)
+    sums: dict[str, torch.Tensor] = {}
+    counts = dict.fromkeys(names, 0)
+    handles = []
+    for name in names:
+        module = _module_of(model, name)
+        if not isinstance(module, nn.Linear | nn.Conv2d) or getattr(module, "groups", 1) != 1:
+            raise TypeError(f"authorized projection supports Linear and ungrouped Conv2d weights, not {name!r}")
+
+        def hook(module, args, output, name=name):
+            rows = _flat_inputs(module, args[0].detach()).double()
+            sums[name] = sums.get(name, 0) + rows.T @ rows
+            counts[name] += len(rows)
+
+        handles.append(module.register_forward_hook(hook))
+    try:
+        for pixels in batches:
+            model(pixels)
+    finally:
+        for handle in handles:
+            handle.remove()
+    missing = [name for name in names if counts[name] == 0]
+    if missing:
+        raise RuntimeError(f"no inputs reached these layers in the forward pass: {missing[:5]}")
+    return {name: (sums[name] / counts[name]).float() for name in names}
+
+
+class AuthorizedProjection:
+    """Project masked weight updates off the authorized inputs' high-energy directions (see the module docstring).
+
+    ``moments``: :func:`layer_input_moments` of the unlocked encoder on authorized images. Call :meth:`prepare`
+    whenever the mask changes, then :meth:`project` after each optimiser step with the weights from before it.
+    """
+
+    def __init__(self, moments: Mapping[str, torch.Tensor], threshold: float) -> None:
+        if threshold < 0:
+            raise ValueError(f"threshold must be >= 0, got {threshold}")
+        self.moments = dict(moments)
+        self.threshold = threshold
+        # parameter name -> projector onto the layer's free directions (eigenvalue <= threshold x mean energy)
+        self.free: dict[str, torch.Tensor] = {}
+        for name, moment in self.moments.items():
+            values, vectors = torch.linalg.eigh(moment.double())
+            keep = (values <= threshold * float(moment.diagonal().mean().clamp_min(1e-30))).to(vectors.dtype)
+            self.free[name] = ((vectors * keep) @ vectors.T).to(moment.dtype)
+        # parameter name -> (rows, column index (R x k), valid (R x k), projector (R x k x k))
+        self._rows: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+    @torch.no_grad()
+    def free_gradient(self, name: str, gradient: torch.Tensor) -> torch.Tensor:
+        """``gradient`` (the weight's shape) with every row projected onto the layer's free directions: what selection
+        scores, since an entry can only move along them (weights of other layers are returned unchanged)."""
+        if name not in self.free:
+            return gradient
+        flat = gradient.reshape(gradient.shape[0], -1)
+        return (flat @ self.free[name].to(flat.device, flat.dtype)).reshape(gradient.shape)
+
+    @torch.no_grad()
+    def prepare(self, mask: Mapping[str, torch.Tensor]) -> None:
+        """Build each masked row's projector from the installed mask."""
+        self._rows.clear()
+        for name, selected in mask.items():
+            if name not in self.moments or not bool(selected.any()):
+                continue
+            moment = self.moments[name].to(selected.device)
+            flat = selected.reshape(selected.shape[0], -1)
+            if flat.shape[1] != moment.shape[0]:
+                raise ValueError(f"{name}: weight rows have {flat.shape[1]} entries, its inputs {moment.shape[0]}")
+            counts = flat.sum(dim=1)
+            rows = torch.nonzero(counts).flatten()
+            width = int(counts.max())
+            # each row's selected columns first (in column order), padded with column 0
+            order = torch.sort(flat[rows].to(torch.int8), dim=1, descending=True, stable=True).indices[:, :width]
+            valid = torch.arange(width, device=flat.device)[None, :] < counts[rows][:, None]
+            index = torch.where(valid, order, torch.zeros_like(order))
+            mean_energy = moment.diagonal().mean().clamp_min(1e-30)
+            block = moment[index[:, :, None], index[:, None, :]]
+            pair_valid = valid[:, :, None] & valid[:, None, :]
+            block = torch.where(pair_valid, block, torch.zeros_like(block))
+            pad = torch.diag_embed((~valid).to(block.dtype)) * (_PAD_ENERGY * mean_energy)
+            values, vectors = torch.linalg.eigh((block + pad).double())
+            keep = (values <= self.threshold * float(mean_energy)).to(vectors.dtype)
+            projector = (vectors * keep[:, None, :]) @ vectors.transpose(1, 2)
+            self._rows[name] = (rows, index, valid, projector.to(moment.dtype))
+
+    @torch.no_grad()
+    def project(self, params: Mapping[str, torch.Tensor], before: Mapping[str, torch.Tensor]) -> None:
+        """Replace each prepared weight by ``before + P(weight - before)``, in place, row by row."""
+        for name, (rows, index, valid, projector) in self._rows.items():
+            param = params[name]
+            start = before[name].reshape(param.shape[0], -1)
+            change = param.detach().reshape(param.shape[0], -1) - start
+            picked = change[rows[:, None], index] * valid
+            projected = (projector.to(change.dtype) @ picked.unsqueeze(-1)).squeeze(-1)
+            new_change = torch.zeros_like(change)
+            new_change[rows[:, None].expand_as(index)[valid], index[valid]] = projected[valid]
+            param.copy_((start + new_change).reshape(param.shape))
+
+    @property
+    def names(self) -> list[str]:
+        """The prepared weights (those with a selected entry)."""
+        return list(self._rows)
+
+    def kept_dimensions(self) -> dict[str, float]:
+        """Share of each prepared weight's selected entries whose directions the projection leaves free."""
+        out = {}
+        for name, (_, _, valid, projector) in self._rows.items():
+            free = projector.diagonal(dim1=1, dim2=2).sum()
+            out[name] = float(free / valid.sum().clamp_min(1))
+        return out
