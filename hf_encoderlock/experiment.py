@@ -65,7 +65,9 @@ class LockExperimentArguments:
     probe_fractions: list[float] = field(
         default_factory=lambda: [0.01, 0.1, 1.0], metadata={"help": "Training fractions the probes use."}
     )
-    probe_seeds: list[int] = field(default_factory=lambda: [0, 1], metadata={"help": "Probe seeds."})
+    probe_seeds: list[int] = field(
+        default_factory=lambda: [0, 1, 2], metadata={"help": "Probe seeds (each carves its own validation split)."}
+    )
     probe_batch_size: int = field(default=256, metadata={"help": "Images per forward pass during extraction."})
     cache_dir: str | None = field(default=None, metadata={"help": "Cache for domains and features."})
 

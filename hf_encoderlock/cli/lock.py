@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import typing
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -33,9 +34,33 @@ class ConfigFileError(ValueError):
     """A ``--config`` file that cannot be read, or that names fields no argument has."""
 
 
+NONE_WORDS = ("none", "null")  # what a flag of a field that may be None takes for None (as YAML's null)
+
+
+def _none_or(convert):
+    def parse(text: str):
+        return None if text.strip().lower() in NONE_WORDS else convert(text)
+
+    parse.__name__ = convert.__name__  # argparse names the type in its error message
+    return parse
+
+
 def lock_argument_parser() -> HfArgumentParser:
-    """The parser of the main job: experiment arguments + the lock config."""
-    return HfArgumentParser((LockExperimentArguments, EncoderLockConfig), prog="encoderlock lock")
+    """The parser of the main job: experiment arguments + the lock config. A number field that may be None (e.g.
+    ``authorized_projection``, ``challenge_max_images``) takes ``none`` or ``null`` on the command line."""
+    classes = (LockExperimentArguments, EncoderLockConfig)
+    # read before HfArgumentParser, which replaces an Optional field's type by its inner type
+    may_be_none = {
+        name
+        for cls in classes
+        for name, hint in typing.get_type_hints(cls).items()
+        if type(None) in typing.get_args(hint)
+    }
+    parser = HfArgumentParser(classes, prog="encoderlock lock")
+    for action in parser._actions:
+        if action.dest in may_be_none and action.type in (int, float):
+            action.type = _none_or(action.type)
+    return parser
 
 
 def _config_values(path: Path, parser: HfArgumentParser) -> dict:

@@ -142,6 +142,7 @@ REFERENCE_PRESET: dict[str, Any] = {
     "objective": "paper",
     "prohibited_poolings": None,
     "candidate_blocks": None,
+    "authorized_projection": None,
 }
 
 
@@ -300,11 +301,11 @@ class EncoderLockConfig(TrainingArguments):
         default=None, metadata={"help": "Optional regexes a candidate weight's qualified name must match."}
     )
     candidate_blocks: list[int] | None = field(
-        default_factory=lambda: [-1, 0],
+        default_factory=lambda: [-1, 0, 1],
         metadata={"help": "Optional block indices to select from (the patch embedding is block -1)."},
     )
     authorized_projection: float | None = field(
-        default=None,
+        default=0.01,
         metadata={
             "help": "If set, every masked update is projected, weight row by weight row within its selected entries, "
             "off the directions in which the unlocked encoder's authorized inputs to that layer hold more than this "
@@ -382,7 +383,7 @@ class EncoderLockConfig(TrainingArguments):
     output_dir: str | None = field(
         default="encoderlock_output", metadata={"help": "Where the lock's outputs and checkpoints go."}
     )
-    learning_rate: float = field(default=1e-2, metadata={"help": "Learning rate of the masked weight updates."})
+    learning_rate: float = field(default=0.1, metadata={"help": "Learning rate of the masked weight updates."})
     weight_decay: float = field(default=0.0, metadata={"help": "Weight decay of the masked weight updates."})
     lr_scheduler_type: str = field(default="constant", metadata={"help": "Scheduler of the masked updates."})
     per_device_train_batch_size: int = field(default=256, metadata={"help": "Images per domain per step."})

@@ -9,6 +9,7 @@ import pytest
 from datasets import DatasetDict
 
 from hf_encoderlock import __version__
+from hf_encoderlock.cli.lock import parse_lock_args
 from hf_encoderlock.cli.main import build_parser, main
 from hf_encoderlock.encoders import tiny_vit_encoder
 from tests.helpers import toy_domain
@@ -73,3 +74,16 @@ def test_every_sub_command_takes_both_flag_styles():
     kebab = parser.parse_args(["attack", "--encoder", "e", "--domains", "d", "--out", "o", "--max-train", "5"])
     snake = parser.parse_args(["attack", "--encoder", "e", "--domains", "d", "--out", "o", "--max_train", "5"])
     assert kebab.max_train == snake.max_train == 5
+
+
+def test_a_number_field_that_may_be_none_takes_none_on_the_command_line(tmp_path):
+    _, config = parse_lock_args(
+        ["--authorized_projection", "none", "--challenge-max-images", "NULL", "--output_dir", str(tmp_path)]
+    )
+    assert config.authorized_projection is None and config.challenge_max_images is None
+    _, config = parse_lock_args(["--authorized_projection", "0.5", "--output_dir", str(tmp_path)])
+    assert config.authorized_projection == 0.5
+    with pytest.raises(SystemExit):  # not a number and not none: argparse's one-line error
+        parse_lock_args(["--authorized_projection", "off", "--output_dir", str(tmp_path)])
+    with pytest.raises(SystemExit):  # a field that may not be None refuses it
+        parse_lock_args(["--learning_rate", "none", "--output_dir", str(tmp_path)])

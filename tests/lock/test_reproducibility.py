@@ -40,6 +40,8 @@ INFORMATION = {
     "info_preserve_weight": 1.0,
     "prohibited_poolings": ["auto"],
     "candidate_blocks": [-1, 0],
+    "authorized_projection": 0.01,
+    "learning_rate": 0.1,
 }
 
 

@@ -1,0 +1,144 @@
+"""Levers for keeping the authorized domain: each setting is a full default-task lock, probed with 3 seeds.
+
+Run by hand (a few minutes per setting on a 2-core CPU; two settings at a time with ``--jobs 2 --threads 1``):
+
+    python benchmarks/keep_levers.py --output benchmarks/results/keep_levers
+    python benchmarks/keep_levers.py --settings "tau 0.01, lr 0.1" "tau 0.02, lr 0.1" --jobs 2 --threads 1
+
+Each setting runs ``examples/lock_vit.py`` (authorized ``mnist``, prohibited ``mnist-m``, the default lock with the
+setting's flags) with probe seeds 0 1 2 at 100% of the attacker's data. Its run folder goes under ``--runs_dir``
+(git-ignored by default; a run whose ``report.json`` exists is not run again) and the victim's features are cached
+once under ``--cache_dir``. The summary gives, per setting, the advantage removed on ``mnist-m`` and kept on
+``mnist`` by the attacker's best fresh probe, on its **validation** split (200 images of the attacker's training
+split: what settings are chosen on) and on the **test** split (what is reported; nothing selects on it), each the
+mean over the probe seeds, in ``keep_levers.json`` and ``keep_levers.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+AUTHORIZED, PROHIBITED, FRACTION = "mnist", "mnist-m", 1.0
+PROBE_SEEDS = ("0", "1", "2")
+
+
+def _flags(projection: str, lr: str, blocks: str = "-1 0", steps: str = "10", *extra: str) -> list[str]:
+    """Every lever's flag spelled out, so a setting means the same lock whatever the library's defaults are."""
+    return [
+        *("--authorized_projection", projection, "--learning_rate", lr),
+        *("--candidate_blocks", *blocks.split(), "--update_steps_per_round", steps, *extra),
+    ]
+
+
+#: name -> flags of ``examples/lock_vit.py`` (on top of the default lock). "tau" is ``authorized_projection``.
+SETTINGS: dict[str, list[str]] = {
+    "no projection, lr 0.01 (the default until 2026-11-29)": _flags("none", "0.01"),
+    "tau 0, patch embedding only": _flags("0", "0.01", "-1"),
+    "tau 0.01": _flags("0.01", "0.01"),
+    "tau 0.01, lr 0.03": _flags("0.01", "0.03"),
+    "tau 0.01, lr 0.03, 4 layers a round": _flags("0.01", "0.03", "-1 0", "10", "--layers_per_round", "4"),
+    "tau 0.1, lr 0.03": _flags("0.1", "0.03"),
+    "tau 0.01, lr 0.1": _flags("0.01", "0.1"),
+    "tau 0.01, lr 0.1, 15 steps a round": _flags("0.01", "0.1", "-1 0", "15"),
+    "tau 0.01, lr 0.3": _flags("0.01", "0.3"),
+    "tau 0.003, lr 0.3": _flags("0.003", "0.3"),
+    "tau 0.01, lr 0.3, preserve 3": _flags("0.01", "0.3", "-1 0", "10", "--info_preserve_weight", "3"),
+    "tau 0.02, lr 0.1": _flags("0.02", "0.1"),
+    "tau 0.02, lr 0.1, seed 1": _flags("0.02", "0.1", "-1 0", "10", "--seed", "1"),
+    "tau 0.02, lr 0.1, preserve 3": _flags("0.02", "0.1", "-1 0", "10", "--info_preserve_weight", "3"),
+    "tau 0.02, lr 0.1, 15 steps a round": _flags("0.02", "0.1", "-1 0", "15"),
+    "tau 0.01, lr 0.1, blocks -1..1": _flags("0.01", "0.1", "-1 0 1"),
+    "tau 0.01, lr 0.1, blocks -1..1, seed 1": _flags("0.01", "0.1", "-1 0 1", "10", "--seed", "1"),
+    "tau 0.01, lr 0.1, blocks -1..2": _flags("0.01", "0.1", "-1 0 1 2"),
+    "tau 0.02, lr 0.1, blocks -1..1": _flags("0.02", "0.1", "-1 0 1"),
+    "tau 0.01, lr 0.1, blocks -1..1, 15 steps a round": _flags("0.01", "0.1", "-1 0 1", "15"),
+    "tau 0.005, lr 0.1, blocks -1..1, 15 steps a round": _flags("0.005", "0.1", "-1 0 1", "15"),
+}
+
+
+def _folder_name(name: str) -> str:
+    return "".join(c if c.isalnum() or c in ".-" else "_" for c in name)
+
+
+def run_setting(name: str, args: argparse.Namespace) -> Path:
+    """Run one setting's lock experiment unless its report exists; return its run folder."""
+    folder = Path(args.runs_dir) / _folder_name(name)
+    if (folder / "report.json").is_file():
+        return folder
+    command = [
+        *("accelerate", "launch", "--num_processes", "1", str(REPO / "examples" / "lock_vit.py")),
+        *("--output_dir", str(folder), "--probe_fractions", str(FRACTION), "--probe_seeds", *PROBE_SEEDS),
+        *("--cache_dir", str(args.cache_dir), *SETTINGS[name]),
+    ]
+    environment = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.parent / f"{folder.name}.log", "w") as log:
+        subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT, env=environment)
+    return folder
+
+
+def _best(probe: dict[str, Any], role: str, domain: str) -> dict[str, Any]:
+    return next(b for b in probe["best"][role] if b["domain"] == domain and abs(b["fraction"] - FRACTION) < 1e-9)
+
+
+def summarize_run(folder: Path) -> dict[str, Any]:
+    """Removed / kept on the validation and test splits (means over probe seeds) from a run's ``report.json``."""
+    report = json.loads((folder / "report.json").read_text())
+    before, after = report["probe_before"], report["probe_after"]
+    out: dict[str, Any] = {"total_s": report["timings"]["total_s"]}
+    for split in ("validation", "test"):
+        key = f"{split}_accuracy"
+        for domain, measure in ((AUTHORIZED, "kept"), (PROHIBITED, "removed")):
+            victim = statistics.mean(_best(before, "encoder", domain)[key])
+            twin = statistics.mean(_best(before, "random_twin", domain)[key])
+            locked = statistics.mean(_best(after, "encoder", domain)[key])
+            share = (locked - twin) if measure == "kept" else (victim - locked)
+            out[f"{split}_{domain}_locked"] = locked
+            out[f"{split}_{measure}"] = share / (victim - twin)
+    return out
+
+
+def write_summary(results: dict[str, dict[str, Any]], output: Path) -> None:
+    output.mkdir(parents=True, exist_ok=True)
+    payload = {"settings": {name: SETTINGS[name] for name in results}, "results": results}
+    (output / "keep_levers.json").write_text(json.dumps(payload, indent=2))
+    lines = [
+        "| Setting | Flags | validation: removed / kept | test: removed / kept | test accuracy mnist-m / mnist | s |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, r in results.items():
+        lines.append(
+            f"| {name} | `{' '.join(SETTINGS[name]) or '(none)'}` "
+            f"| {100 * r['validation_removed']:.1f}% / {100 * r['validation_kept']:.1f}% "
+            f"| {100 * r['test_removed']:.1f}% / {100 * r['test_kept']:.1f}% "
+            f"| {100 * r['test_mnist-m_locked']:.1f}% / {100 * r['test_mnist_locked']:.1f}% | {r['total_s']:.0f} |"
+        )
+    (output / "keep_levers.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--output", default=str(REPO / "benchmarks" / "results" / "keep_levers"))
+    parser.add_argument("--runs_dir", default="outputs/keep_levers/runs")
+    parser.add_argument("--cache_dir", default="outputs/keep_levers/cache")
+    parser.add_argument("--jobs", type=int, default=1, help="Settings run at a time.")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads per run (OMP_NUM_THREADS).")
+    args = parser.parse_args(argv)
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        folders = dict(zip(args.settings, pool.map(lambda name: run_setting(name, args), args.settings)))
+    write_summary({name: summarize_run(folder) for name, folder in folders.items()}, Path(args.output))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
