@@ -219,7 +219,7 @@ class EncoderLockTrainer(Trainer):
         self._check_budget(args)
         for name, param in encoder.named_parameters():  # the optimiser holds candidate weights only
             param.requires_grad_(name in self.candidates)
-        keeps_unlocked_copy = self.objective.uses_reference_features or args.authorized_projection is not None
+        keeps_unlocked_copy = self.objective.uses_reference_features or args.projection_threshold() is not None
         self.reference_encoder = copy.deepcopy(encoder).eval().requires_grad_(False) if keeps_unlocked_copy else None
         self.projection: AuthorizedProjection | None = None  # built at the first round (authorized_projection)
         self._weights_before_step: dict[str, torch.Tensor] = {}
@@ -594,7 +594,7 @@ class EncoderLockTrainer(Trainer):
         """Install the mask in the guard and, with ``authorized_projection``, build its rows' projectors (the
         unlocked encoder's authorized input moments are computed at the first call, booked as ``reference``)."""
         self.guard.install(self.mask)
-        if self.args.authorized_projection is None:
+        if self.args.projection_threshold() is None:
             return
         if self.projection is None:
             started, device = time.perf_counter(), self.args.device
@@ -603,7 +603,7 @@ class EncoderLockTrainer(Trainer):
             moments = layer_input_moments(
                 self.reference_encoder, self.candidates, (chunk.to(device) for chunk in chunks)
             )
-            self.projection = AuthorizedProjection(moments, self.args.authorized_projection)
+            self.projection = AuthorizedProjection(moments, self.args.projection_threshold())
             self.lock_state.phase_time["reference"] += time.perf_counter() - started
         self.projection.prepare(self.mask)
 

@@ -156,3 +156,26 @@ def test_every_problem_is_reported_at_once_and_working_values_pass(tmp_path):
     )
     assert EncoderLockConfig(output_dir=str(tmp_path), **working).candidate_blocks == [-1, 0, 3]
     assert EncoderLockConfig(output_dir=str(tmp_path), prohibited_poolings=None).prohibited_poolings is None
+
+
+@pytest.mark.parametrize(
+    "variant, given, threshold",
+    [
+        ("supervised", "auto", 0.01),
+        ("unsupervised", "auto", 0.02),
+        ("zero-shot", "auto", 0.05),
+        ("zero-shot", 0.2, 0.2),
+        ("supervised", "0.3", 0.3),  # a command-line flag arrives as text
+        ("supervised", "none", None),
+        ("supervised", None, None),
+    ],
+)
+def test_authorized_projection_resolves_per_variant_and_reads_flags(tmp_path, variant, given, threshold):
+    config = EncoderLockConfig(output_dir=str(tmp_path), variant=variant, authorized_projection=given)
+    assert config.projection_threshold() == threshold
+
+
+@pytest.mark.parametrize("bad", ["off", -0.1, NAN])
+def test_bad_authorized_projection_is_refused_by_name(tmp_path, bad):
+    with pytest.raises(ValueError, match="authorized_projection must be 'auto', None or a number >= 0"):
+        EncoderLockConfig(output_dir=str(tmp_path), authorized_projection=bad)

@@ -97,8 +97,14 @@ def _assert_same_mask(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) ->
 SETUPS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     # default: the objective sees the global batch gathered from both ranks = one process, one batch of 12
     "paper-global": ({}, {"per_device_train_batch_size": WORLD * PER_DEVICE}),
-    "information-global": (
-        {"objective": "information", "prohibited_poolings": ["cls", "mean"], "info_knn_weight": 1.0},
+    "information-global": (  # with the default lock's projected updates
+        {
+            "objective": "information",
+            "prohibited_poolings": ["cls", "mean"],
+            "info_knn_weight": 1.0,
+            "authorized_projection": 0.01,
+            "learning_rate": 0.1,
+        },
         {"per_device_train_batch_size": WORLD * PER_DEVICE},
     ),
     # streamed lock data (decoded per batch): the same as held in memory, each rank decoding its own share

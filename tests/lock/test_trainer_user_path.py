@@ -250,9 +250,9 @@ def test_default_config_is_the_tuned_lock_and_reference_is_the_papers():
     tuned, reference = EncoderLockConfig(output_dir="unused"), EncoderLockConfig.reference(output_dir="unused")
     assert tuned.objective == "information" and tuned.prohibited_poolings == ["auto"]
     assert (tuned.num_rounds, tuned.weights_per_round, tuned.candidate_blocks) == (20, 510, [-1, 0, 1])
-    assert (tuned.authorized_projection, tuned.learning_rate) == (0.01, 0.1)
+    assert (tuned.authorized_projection, tuned.projection_threshold(), tuned.learning_rate) == ("auto", 0.01, 0.1)
     assert reference.objective == "paper" and reference.prohibited_poolings is None
-    assert (reference.authorized_projection, reference.learning_rate) == (None, 1e-2)
+    assert (reference.projection_threshold(), reference.learning_rate) == (None, 1e-2)
     assert (reference.weights_per_round, reference.layers_per_round, reference.update_steps_per_round) == (100, 1, 40)
 
 
