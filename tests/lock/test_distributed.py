@@ -97,13 +97,14 @@ def _assert_same_mask(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) ->
 SETUPS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     # default: the objective sees the global batch gathered from both ranks = one process, one batch of 12
     "paper-global": ({}, {"per_device_train_batch_size": WORLD * PER_DEVICE}),
-    "information-global": (  # with the default lock's projected updates
+    # with the default lock's projected updates, at the pinned learning rate 1e-2: at 0.1 this tiny lock's masks parted
+    # in round 2 (one entry of a block-1 weight), DDP's float sums running in another order (measured)
+    "information-global": (
         {
             "objective": "information",
             "prohibited_poolings": ["cls", "mean"],
             "info_knn_weight": 1.0,
             "authorized_projection": 0.01,
-            "learning_rate": 0.1,
         },
         {"per_device_train_batch_size": WORLD * PER_DEVICE},
     ),
