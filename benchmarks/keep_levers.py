@@ -66,6 +66,15 @@ SETTINGS: dict[str, list[str]] = {
     "tau 0.02, lr 0.1, blocks -1..1": _flags("0.02", "0.1", "-1 0 1"),
     "tau 0.01, lr 0.1, blocks -1..1, 15 steps a round": _flags("0.01", "0.1", "-1 0 1", "15"),
     "tau 0.005, lr 0.1, blocks -1..1, 15 steps a round": _flags("0.005", "0.1", "-1 0 1", "15"),
+    # the variants (README, "Unsupervised and zero-shot locking"); prohibited = mnist-m in the summary either way
+    "unsupervised, tau 0.01": _flags("0.01", "0.1", "-1 0 1", "10", "--variant", "unsupervised"),
+    "unsupervised, tau 0.02": _flags("0.02", "0.1", "-1 0 1", "10", "--variant", "unsupervised"),
+    "zero-shot, tau 0.01": _flags("0.01", "0.1", "-1 0 1", "10", "--variant", "zero-shot"),
+    "zero-shot, tau 0.05": _flags("0.05", "0.1", "-1 0 1", "10", "--variant", "zero-shot"),
+    "zero-shot, tau 0.05, seed 1": _flags("0.05", "0.1", "-1 0 1", "10", "--variant", "zero-shot", "--seed", "1"),
+    "zero-shot, no projection, lr 0.01 (previous default)": _flags(
+        "none", "0.01", "-1 0", "10", "--variant", "zero-shot"
+    ),
 }
 
 

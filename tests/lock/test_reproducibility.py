@@ -3,6 +3,9 @@
 The information objective's soft-kNN term once used ``Tensor.softmax`` over rows holding ``-inf``, whose backward on
 CPU differs in the last bits between thread counts; the gradient-ratio scores amplified that into different masks
 after one round (measured with this lock: 77-296 entries per tensor, weights apart by up to 0.27).
+
+At this size the forward pass itself is thread-independent. The default task's victim at 512 images a batch is not:
+its first loss differs in the last bits between 1 and 2 threads (README, "Across thread counts").
 """
 
 from __future__ import annotations
