@@ -21,8 +21,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["AuthorizedProjection", "layer_input_moments"]
+__all__ = ["AuthorizedProjection", "layer_input_moments", "supports_projection"]
 
+# A convolution's unfolded patches are built this many rows at a time (bounds the hook's memory on large images)
+_UNFOLD_ELEMENTS = 2**25
 # Padding coordinates of a row's selected set get this many times the mean energy, so their eigenvectors are always
 # projected off (they are decoupled from the real coordinates: zero off-diagonal).
 _PAD_ENERGY = 1e12
@@ -32,12 +34,33 @@ def _module_of(model: nn.Module, parameter_name: str) -> nn.Module:
     return model.get_submodule(parameter_name.rpartition(".")[0])
 
 
-def _flat_inputs(module: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
-    """The layer's inputs as rows matching its weight flattened to ``(out, -1)``."""
+def supports_projection(model: nn.Module, parameter_name: str) -> bool:
+    """Whether a weight's updates can be projected: ``nn.Linear`` weights, and ``nn.Conv2d`` weights of ungrouped
+    convolutions with zero padding (whose inputs unfold into rows matching the flattened weight)."""
+    module = _module_of(model, parameter_name)
+    if not parameter_name.endswith("weight"):
+        return False
     if isinstance(module, nn.Conv2d):
-        patches = F.unfold(inputs, module.kernel_size, module.dilation, module.padding, module.stride)
-        return patches.transpose(1, 2).reshape(-1, patches.shape[1])
-    return inputs.reshape(-1, inputs.shape[-1])
+        return module.groups == 1 and module.padding_mode == "zeros" and not isinstance(module.padding, str)
+    return isinstance(module, nn.Linear)
+
+
+def _second_moment_sum(module: nn.Module, inputs: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """``sum x x^T`` (float64) over the layer's input rows, and their count; a convolution's patches are unfolded a
+    few images at a time."""
+    if not isinstance(module, nn.Conv2d):
+        rows = inputs.reshape(-1, inputs.shape[-1]).double()
+        return rows.T @ rows, len(rows)
+    per_image = module.weight[0].numel() * max(1, inputs.shape[-1] * inputs.shape[-2])
+    chunk = max(1, _UNFOLD_ELEMENTS // per_image)
+    total, count = 0, 0
+    for start in range(0, len(inputs), chunk):
+        patches = F.unfold(
+            inputs[start : start + chunk], module.kernel_size, module.dilation, module.padding, module.stride
+        )
+        rows = patches.transpose(1, 2).reshape(-1, patches.shape[1]).double()
+        total, count = total + rows.T @ rows, count + len(rows)
+    return total, count
 
 
 @torch.no_grad()
@@ -46,7 +69,7 @@ def layer_input_moments(
 ) -> dict[str, torch.Tensor]:
     """Uncentred second moment ``E[x x^T]`` of the inputs of each named weight's layer over ``batches`` of pixels.
 
-    Only ``nn.Linear`` and ``nn.Conv2d`` (ungrouped) weights are supported; others raise ``TypeError``.
+    Only weights that :func:`supports_projection` are accepted; others raise ``TypeError``.
     """
     names = list(parameter_names)
     sums: dict[str, torch.Tensor] = {}
@@ -54,13 +77,15 @@ def layer_input_moments(
     handles = []
     for name in names:
         module = _module_of(model, name)
-        if not isinstance(module, nn.Linear | nn.Conv2d) or getattr(module, "groups", 1) != 1:
-            raise TypeError(f"authorized projection supports Linear and ungrouped Conv2d weights, not {name!r}")
+        if not supports_projection(model, name):
+            raise TypeError(
+                f"authorized projection supports Linear and ungrouped, zero-padded Conv2d weights, not {name!r}"
+            )
 
         def hook(module, args, output, name=name):
-            rows = _flat_inputs(module, args[0].detach()).double()
-            sums[name] = sums.get(name, 0) + rows.T @ rows
-            counts[name] += len(rows)
+            moment_sum, count = _second_moment_sum(module, args[0].detach())
+            sums[name] = sums.get(name, 0) + moment_sum
+            counts[name] += count
 
         handles.append(module.register_forward_hook(hook))
     try:

@@ -53,7 +53,7 @@ from .config import AUTO_POOLINGS, EncoderLockConfig
 from .distributed import gather_batch
 from .masking import MaskedParameterGuard
 from .objectives import LockHeads, LockObjective, ObjectiveTerms, build_objective
-from .projection import AuthorizedProjection, layer_input_moments
+from .projection import AuthorizedProjection, layer_input_moments, supports_projection
 from .selection import (
     accumulate_gradient_stats,
     block_index,
@@ -600,9 +600,15 @@ class EncoderLockTrainer(Trainer):
             started, device = time.perf_counter(), self.args.device
             self.reference_encoder.to(device)
             chunks = self.challenge_sets["lock_authorized"].pixel_chunks(self.args.per_device_eval_batch_size)
-            moments = layer_input_moments(
-                self.reference_encoder, self.candidates, (chunk.to(device) for chunk in chunks)
-            )
+            projected = [name for name in self.candidates if supports_projection(self.reference_encoder, name)]
+            if len(projected) < len(self.candidates):
+                logger.warning(
+                    "authorized_projection: %d candidate weight(s) are not Linear or ungrouped, zero-padded Conv2d "
+                    "weights; their updates are not projected (e.g. %s)",
+                    len(self.candidates) - len(projected),
+                    next(name for name in self.candidates if name not in projected),
+                )
+            moments = layer_input_moments(self.reference_encoder, projected, (chunk.to(device) for chunk in chunks))
             self.projection = AuthorizedProjection(moments, self.args.projection_threshold())
             self.lock_state.phase_time["reference"] += time.perf_counter() - started
         self.projection.prepare(self.mask)

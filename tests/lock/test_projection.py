@@ -5,7 +5,8 @@ import torch
 from torch import nn
 
 from hf_encoderlock.encoders import tiny_vit_encoder
-from hf_encoderlock.lock.projection import AuthorizedProjection, layer_input_moments
+from hf_encoderlock.lock import projection as projection_module
+from hf_encoderlock.lock.projection import AuthorizedProjection, layer_input_moments, supports_projection
 from hf_encoderlock.lock.trainer import EncoderLockTrainer
 
 
@@ -76,8 +77,26 @@ def test_large_threshold_leaves_updates_alone_and_bad_input_is_refused():
     torch.testing.assert_close(model.linear.weight.detach(), expected)
     with pytest.raises(ValueError, match="threshold"):
         AuthorizedProjection(moments, threshold=-1.0)
-    with pytest.raises(TypeError, match="Linear and ungrouped Conv2d"):
+    with pytest.raises(TypeError, match="Linear and ungrouped, zero-padded Conv2d"):
         layer_input_moments(nn.Sequential(nn.LayerNorm(4)), ["0.weight"], [torch.rand(2, 4)])
+
+
+def test_only_linear_and_plain_conv_weights_are_projected_and_conv_moments_do_not_depend_on_chunking(monkeypatch):
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.Conv2d(4, 4, 3, padding=1, groups=4),  # depthwise (ConvNeXt-style): inputs do not unfold into its rows
+        nn.Conv2d(4, 4, 3, padding="same"),
+        nn.Flatten(),
+        nn.Linear(4 * 36, 2),
+    )
+    assert [supports_projection(model, f"{i}.weight") for i in (0, 1, 2, 4)] == [True, False, False, True]
+    assert not supports_projection(model, "4.bias")
+    pixels = torch.rand(5, 3, 6, 6, generator=torch.Generator().manual_seed(4))
+    whole = layer_input_moments(model, ["0.weight"], [pixels])["0.weight"]
+    monkeypatch.setattr(projection_module, "_UNFOLD_ELEMENTS", 1)  # one image at a time
+    torch.testing.assert_close(layer_input_moments(model, ["0.weight"], [pixels])["0.weight"], whole)
+    patches = nn.functional.unfold(pixels, 3, padding=1).transpose(1, 2).reshape(-1, 27)
+    torch.testing.assert_close(whole, patches.T @ patches / len(patches), rtol=1e-5, atol=1e-6)
 
 
 def test_lock_with_projection_leaves_grey_authorized_features_where_they_were(toy_domains, tiny_lock_config):

@@ -278,3 +278,31 @@ def test_image_paths_are_read_only_under_an_allowed_root(tmp_path, toy_domains):
         allow_local_images_under=root,
     )
     assert len(trainer.lock_authorized) + len(trainer.val_authorized) == len(paths)
+
+
+class DepthwiseConvNet(torch.nn.Module):
+    """A plain module with a depthwise convolution (ConvNeXt-style), which the projection cannot handle."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 8, kernel_size=4, stride=4)
+        self.depthwise = torch.nn.Conv2d(8, 8, kernel_size=3, padding=1, groups=8)
+        self.head = torch.nn.Linear(8 * 4 * 4, 16)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.depthwise(self.stem(pixels))).flatten(1))
+
+
+def test_default_projection_skips_weights_it_cannot_project_with_a_warning(tmp_path, toy_domains, caplog):
+    torch.manual_seed(0)
+    module = DepthwiseConvNet()
+    args = make_lock_config(tmp_path / "run", TINY_LOCK, authorized_projection="auto", weights_per_round=40)
+    trainer = EncoderLockTrainer(
+        module, args, toy_domains.authorized, toy_domains.prohibited, processing_class=to_pixels
+    )
+    with caplog.at_level("WARNING", logger="hf_encoderlock.lock.trainer"):
+        trainer.train()
+    assert "their updates are not projected (e.g. backbone.depthwise.weight)" in caplog.text
+    assert "backbone.depthwise.weight" in trainer.candidates and "backbone.stem.weight" in trainer.candidates
+    assert set(trainer.projection.moments) == set(trainer.candidates) - {"backbone.depthwise.weight"}
+    assert sum(int(m.sum()) for m in trainer.mask.values()) == 2 * 40
