@@ -93,8 +93,11 @@ def test_only_linear_and_plain_conv_weights_are_projected_and_conv_moments_do_no
     assert not supports_projection(model, "4.bias")
     pixels = torch.rand(5, 3, 6, 6, generator=torch.Generator().manual_seed(4))
     whole = layer_input_moments(model, ["0.weight"], [pixels])["0.weight"]
-    monkeypatch.setattr(projection_module, "_UNFOLD_ELEMENTS", 1)  # one image at a time
-    torch.testing.assert_close(layer_input_moments(model, ["0.weight"], [pixels])["0.weight"], whole)
+    monkeypatch.setattr(projection_module, "_SLICE_ELEMENTS", 1)  # one image (one row of a linear input) at a time
+    sliced = layer_input_moments(model, ["0.weight", "4.weight"], [pixels])
+    torch.testing.assert_close(sliced["0.weight"], whole)
+    monkeypatch.undo()
+    torch.testing.assert_close(sliced["4.weight"], layer_input_moments(model, ["4.weight"], [pixels])["4.weight"])
     patches = nn.functional.unfold(pixels, 3, padding=1).transpose(1, 2).reshape(-1, 27)
     torch.testing.assert_close(whole, patches.T @ patches / len(patches), rtol=1e-5, atol=1e-6)
 
