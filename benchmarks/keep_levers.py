@@ -66,6 +66,12 @@ SETTINGS: dict[str, list[str]] = {
     "tau 0.02, lr 0.1, blocks -1..1": _flags("0.02", "0.1", "-1 0 1"),
     "tau 0.01, lr 0.1, blocks -1..1, 15 steps a round": _flags("0.01", "0.1", "-1 0 1", "15"),
     "tau 0.005, lr 0.1, blocks -1..1, 15 steps a round": _flags("0.005", "0.1", "-1 0 1", "15"),
+    "tau 0.01, lr 0.1, blocks -1..1, score_eps 1 (no authorized side in the score)": _flags(
+        "0.01", "0.1", "-1 0 1", "10", "--score_eps", "1"
+    ),
+    "tau 0.01, lr 0.1, blocks -1..1, score_eps 1, seed 1": _flags(
+        "0.01", "0.1", "-1 0 1", "10", "--score_eps", "1", "--seed", "1"
+    ),
     # the variants (README, "Unsupervised and zero-shot locking"); prohibited = mnist-m in the summary either way
     "unsupervised, tau 0.01": _flags("0.01", "0.1", "-1 0 1", "10", "--variant", "unsupervised"),
     "unsupervised, tau 0.02": _flags("0.02", "0.1", "-1 0 1", "10", "--variant", "unsupervised"),
