@@ -135,13 +135,16 @@ class _StopAt(TrainerCallback):
 
 
 @pytest.mark.parametrize(
-    "objective, stop_step",
-    [("paper", 3), ("information", 2)],
-    ids=["paper-mid-round-end-of-epoch", "information-round-start-mid-epoch"],
+    "objective, stop_step, extra",
+    [("paper", 3, {}), ("information", 2, {}), ("information", 3, {"authorized_projection": 0.01})],
+    ids=["paper-mid-round-end-of-epoch", "information-round-start-mid-epoch", "information-projected-mid-round"],
 )
-def test_killed_run_resumes_to_the_same_mask_and_bit_identical_weights(tmp_path, tiny_trainer, objective, stop_step):
+def test_killed_run_resumes_to_the_same_mask_and_bit_identical_weights(
+    tmp_path, tiny_trainer, objective, stop_step, extra
+):
     """Mid-round (paper): the heads must come from the checkpoint; at a round start (information): the
-    objective's normalisation reference must. Each epoch is 3 steps, so both data-skipping paths are covered."""
+    objective's normalisation reference must; projected (mid-round): the projection is rebuilt from the unlocked
+    encoder, not from the checkpoint's weights. Each epoch is 3 steps, so both data-skipping paths are covered."""
     config = dict(
         num_rounds=3,
         update_steps_per_round=2,
@@ -150,6 +153,7 @@ def test_killed_run_resumes_to_the_same_mask_and_bit_identical_weights(tmp_path,
         challenge_every=1,
         objective=objective,
         best_model_criterion="gap",
+        **extra,
     )
     whole_encoder, whole = tiny_trainer(tmp_path / "whole", **config)
     whole.train()
