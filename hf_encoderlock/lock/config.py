@@ -589,4 +589,6 @@ class EncoderLockConfig(TrainingArguments):
             if name not in TrainingArguments.__dataclass_fields__ and name not in NOT_HYPERPARAMETERS
         }
         shared = ("learning_rate", "weight_decay", "per_device_train_batch_size", "seed", "max_steps")
-        return {name: getattr(self, name) for name in sorted(own | set(shared))}
+        values = {name: getattr(self, name) for name in sorted(own | set(shared))}
+        values["authorized_projection_threshold"] = self.projection_threshold()  # what "auto" meant for this variant
+        return dict(sorted(values.items()))

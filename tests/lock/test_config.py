@@ -173,6 +173,8 @@ def test_every_problem_is_reported_at_once_and_working_values_pass(tmp_path):
 def test_authorized_projection_resolves_per_variant_and_reads_flags(tmp_path, variant, given, threshold):
     config = EncoderLockConfig(output_dir=str(tmp_path), variant=variant, authorized_projection=given)
     assert config.projection_threshold() == threshold
+    # encoderlock_config.json (and the card) record what "auto" meant next to the field itself
+    assert config.lock_hyperparameters()["authorized_projection_threshold"] == threshold
 
 
 @pytest.mark.parametrize("bad", ["off", -0.1, NAN])
