@@ -66,6 +66,10 @@ SETTINGS: dict[str, list[str]] = {
     "tau 0.02, lr 0.1, blocks -1..1": _flags("0.02", "0.1", "-1 0 1"),
     "tau 0.01, lr 0.1, blocks -1..1, 15 steps a round": _flags("0.01", "0.1", "-1 0 1", "15"),
     "tau 0.005, lr 0.1, blocks -1..1, 15 steps a round": _flags("0.005", "0.1", "-1 0 1", "15"),
+    "tau 0, patch embedding only, lr 0.1": _flags("0", "0.1", "-1"),
+    "tau 0, patch embedding only, lr 0.3": _flags("0", "0.3", "-1"),
+    "tau 0, patch embedding only, lr 0.3, seed 1": _flags("0", "0.3", "-1", "10", "--seed", "1"),
+    "tau 0, patch embedding only, lr 0.3, seed 2": _flags("0", "0.3", "-1", "10", "--seed", "2"),
     "tau 0.01, lr 0.1, blocks -1..1, score_eps 1 (no authorized side in the score)": _flags(
         "0.01", "0.1", "-1 0 1", "10", "--score_eps", "1"
     ),
