@@ -128,8 +128,10 @@ class AuthorizedProjection:
             values, vectors = torch.linalg.eigh(moment.double())
             keep = (values <= threshold * float(moment.diagonal().mean().clamp_min(1e-30))).to(vectors.dtype)
             self.free[name] = ((vectors * keep) @ vectors.T).to(moment.dtype)
-        # parameter name -> (rows, column index (R x k), valid (R x k), projector (R x k x k))
+        # parameter name -> (partly selected rows, column index (R x k), valid (R x k), projector (R x k x k))
         self._rows: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        # parameter name -> its fully selected rows (projected with ``self.free[name]``)
+        self._full_rows: dict[str, torch.Tensor] = {}
 
     @torch.no_grad()
     def free_gradient(self, name: str, gradient: torch.Tensor) -> torch.Tensor:
@@ -142,8 +144,10 @@ class AuthorizedProjection:
 
     @torch.no_grad()
     def prepare(self, mask: Mapping[str, torch.Tensor]) -> None:
-        """Build each masked row's projector from the installed mask."""
+        """Build each masked row's projector from the installed mask. Fully selected rows share the layer's free
+        projector (the same projection, without a ``d x d`` matrix per row)."""
         self._rows.clear()
+        self._full_rows.clear()
         for name, selected in mask.items():
             if name not in self.moments or not bool(selected.any()):
                 continue
@@ -152,8 +156,11 @@ class AuthorizedProjection:
             if flat.shape[1] != moment.shape[0]:
                 raise ValueError(f"{name}: weight rows have {flat.shape[1]} entries, its inputs {moment.shape[0]}")
             counts = flat.sum(dim=1)
-            rows = torch.nonzero(counts).flatten()
-            width = int(counts.max())
+            self._full_rows[name] = torch.nonzero(counts == flat.shape[1]).flatten()
+            rows = torch.nonzero((counts > 0) & (counts < flat.shape[1])).flatten()
+            if len(rows) == 0:
+                continue
+            width = int(counts[rows].max())
             # each row's selected columns first (in column order), padded with column 0
             order = torch.sort(flat[rows].to(torch.int8), dim=1, descending=True, stable=True).indices[:, :width]
             valid = torch.arange(width, device=flat.device)[None, :] < counts[rows][:, None]
@@ -171,25 +178,36 @@ class AuthorizedProjection:
     @torch.no_grad()
     def project(self, params: Mapping[str, torch.Tensor], before: Mapping[str, torch.Tensor]) -> None:
         """Replace each prepared weight by ``before + P(weight - before)``, in place, row by row."""
-        for name, (rows, index, valid, projector) in self._rows.items():
+        for name in self.names:
             param = params[name]
             start = before[name].reshape(param.shape[0], -1)
             change = param.detach().reshape(param.shape[0], -1) - start
-            picked = change[rows[:, None], index] * valid
-            projected = (projector.to(change.dtype) @ picked.unsqueeze(-1)).squeeze(-1)
             new_change = torch.zeros_like(change)
-            new_change[rows[:, None].expand_as(index)[valid], index[valid]] = projected[valid]
+            if name in self._rows:
+                rows, index, valid, projector = self._rows[name]
+                picked = change[rows[:, None], index] * valid
+                projected = (projector.to(change.dtype) @ picked.unsqueeze(-1)).squeeze(-1)
+                new_change[rows[:, None].expand_as(index)[valid], index[valid]] = projected[valid]
+            full = self._full_rows.get(name)
+            if full is not None and len(full):
+                new_change[full] = change[full] @ self.free[name].to(change.device, change.dtype)
             param.copy_((start + new_change).reshape(param.shape))
 
     @property
     def names(self) -> list[str]:
         """The prepared weights (those with a selected entry)."""
-        return list(self._rows)
+        return [name for name in self._full_rows if name in self._rows or len(self._full_rows[name])]
 
     def kept_dimensions(self) -> dict[str, float]:
         """Share of each prepared weight's selected entries whose directions the projection leaves free."""
         out = {}
-        for name, (_, _, valid, projector) in self._rows.items():
-            free = projector.diagonal(dim1=1, dim2=2).sum()
-            out[name] = float(free / valid.sum().clamp_min(1))
+        for name in self.names:
+            free, selected = 0.0, 0
+            if name in self._rows:
+                _, _, valid, projector = self._rows[name]
+                free, selected = float(projector.diagonal(dim1=1, dim2=2).sum()), int(valid.sum())
+            full = len(self._full_rows[name])
+            free += full * float(self.free[name].diagonal().sum())
+            selected += full * self.free[name].shape[0]
+            out[name] = free / max(selected, 1)
         return out

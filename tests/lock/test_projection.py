@@ -148,3 +148,25 @@ def test_selection_scores_only_the_free_part_of_a_gradient():
     torch.testing.assert_close(free, colour_gradient - colour_gradient.mean(dim=1, keepdim=True), atol=1e-5, rtol=0)
     other = torch.randn(5, 4, generator=generator)
     assert projection.free_gradient("linear.weight", other) is other
+
+
+def test_a_fully_selected_row_is_projected_like_the_layers_free_gradient():
+    generator = torch.Generator().manual_seed(5)
+    model = TwoLayers()
+    moments = layer_input_moments(model, ["conv.weight"], [grey(32, generator)])
+    projection = AuthorizedProjection(moments, threshold=1e-6)
+    mask = torch.zeros_like(model.conv.weight, dtype=torch.bool)
+    mask[0] = True  # a whole row: shares the layer's free projector
+    mask[1, :, 0, 0] = True  # part of a row: its own projector
+    projection.prepare({"conv.weight": mask})
+    before = model.conv.weight.detach().clone()
+    step = torch.randn(before.shape, generator=generator) * mask
+    with torch.no_grad():
+        model.conv.weight.add_(step)
+    projection.project({"conv.weight": model.conv.weight}, {"conv.weight": before})
+    change = model.conv.weight.detach() - before
+    torch.testing.assert_close(change[0], projection.free_gradient("conv.weight", step)[0], atol=1e-6, rtol=0)
+    assert not change[2:].any() and not change[1][~mask[1]].any()
+    assert change[1, :, 0, 0].sum().abs() < 1e-6 and change[1, :, 0, 0].abs().sum() > 0
+    assert projection.names == ["conv.weight"]
+    assert projection.kept_dimensions()["conv.weight"] == pytest.approx((8 + 2) / (12 + 3))
