@@ -22,7 +22,7 @@ from ..data.domains import DomainError
 from ..data.lock_tensors import LockDataError
 from ..encoders import EncoderError
 from ..experiment import LockExperimentArguments, run_lock_experiment
-from ..lock.config import EncoderLockConfig
+from ..lock.config import NONE_WORDS, EncoderLockConfig
 from ..probing.lock_report import lock_report_markdown
 
 USER_ERRORS = (DomainError, EncoderError, LockDataError)
@@ -32,9 +32,6 @@ CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
 
 class ConfigFileError(ValueError):
     """A ``--config`` file that cannot be read, or that names fields no argument has."""
-
-
-NONE_WORDS = ("none", "null")  # what a flag of a field that may be None takes for None (as YAML's null)
 
 
 def _none_or(convert):

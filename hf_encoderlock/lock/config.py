@@ -29,6 +29,7 @@ AUTO_POOLINGS = "auto"  # prohibited_poolings: every pooling the encoder offers,
 # (benchmarks/keep_levers.py and the README): pseudo-labels and synthetic data carry less of the prohibited domain's
 # class structure, so their locks need more room to move.
 AUTO_PROJECTION = "auto"
+NONE_WORDS = ("none", "null")  # what a flag of a field that may be None takes for None (as YAML's null)
 PROJECTION_BY_VARIANT = {"supervised": 0.01, "unsupervised": 0.02, "zero-shot": 0.05}
 ADVERSARY_KINDS = GRADIENT_KINDS  # the self-challenge trains heads by gradient descent (no kNN)
 # Defaults of the objective's and augmentation's own knobs are declared once, on their dataclasses.
@@ -419,7 +420,7 @@ class EncoderLockConfig(TrainingArguments):
     def _read_projection(self) -> None:
         """A number given as text (a command-line flag) becomes a float; 'none' becomes None."""
         value = self.authorized_projection
-        if isinstance(value, str) and value.strip().lower() in ("none", "null"):
+        if isinstance(value, str) and value.strip().lower() in NONE_WORDS:
             self.authorized_projection = None
         elif isinstance(value, str) and value != AUTO_PROJECTION:
             try:

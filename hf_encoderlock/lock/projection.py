@@ -30,6 +30,11 @@ _SLICE_ELEMENTS = 2**24
 _PAD_ENERGY = 1e12
 
 
+def _mean_energy(moment: torch.Tensor) -> torch.Tensor:
+    """A layer's mean per-coordinate input energy ``trace(C) / d``: the unit of the projection's threshold."""
+    return moment.diagonal().mean().clamp_min(1e-30)
+
+
 def _module_of(model: nn.Module, parameter_name: str) -> nn.Module:
     return model.get_submodule(parameter_name.rpartition(".")[0])
 
@@ -86,11 +91,11 @@ def layer_input_moments(
     counts = dict.fromkeys(names, 0)
     handles = []
     for name in names:
-        module = _module_of(model, name)
         if not supports_projection(model, name):
             raise TypeError(
                 f"authorized projection supports Linear and ungrouped, zero-padded Conv2d weights, not {name!r}"
             )
+        module = _module_of(model, name)
 
         def hook(module, args, output, name=name):
             moment_sum, count = _second_moment_sum(module, args[0].detach())
@@ -126,7 +131,7 @@ class AuthorizedProjection:
         self.free: dict[str, torch.Tensor] = {}
         for name, moment in self.moments.items():
             values, vectors = torch.linalg.eigh(moment.double())
-            keep = (values <= threshold * float(moment.diagonal().mean().clamp_min(1e-30))).to(vectors.dtype)
+            keep = (values <= threshold * float(_mean_energy(moment))).to(vectors.dtype)
             self.free[name] = ((vectors * keep) @ vectors.T).to(moment.dtype)
         # parameter name -> (partly selected rows, column index (R x k), valid (R x k), projector (R x k x k))
         self._rows: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = {}
@@ -165,7 +170,7 @@ class AuthorizedProjection:
             order = torch.sort(flat[rows].to(torch.int8), dim=1, descending=True, stable=True).indices[:, :width]
             valid = torch.arange(width, device=flat.device)[None, :] < counts[rows][:, None]
             index = torch.where(valid, order, torch.zeros_like(order))
-            mean_energy = moment.diagonal().mean().clamp_min(1e-30)
+            mean_energy = _mean_energy(moment)
             block = moment[index[:, :, None], index[:, None, :]]
             pair_valid = valid[:, :, None] & valid[:, None, :]
             block = torch.where(pair_valid, block, torch.zeros_like(block))
