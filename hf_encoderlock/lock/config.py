@@ -190,6 +190,14 @@ class EncoderLockConfig(TrainingArguments):
         default=_INFO.ridge,
         metadata={"help": "objective='information': ridge penalty of the R^2 (features standardised)."},
     )
+    info_whitening_shrinkage: float = field(
+        default=_INFO.whitening_shrinkage,
+        metadata={
+            "help": "objective='information': prohibited features are whitened with their correlation shrunk this "
+            "far towards the identity before every measure, in [0, 1] (1: standardised only; below 1, class "
+            "information in low-variance directions counts, as it does for a probe on whitened features)."
+        },
+    )
     info_mmd_bandwidths: list[float] = field(
         default_factory=lambda: list(_INFO.mmd_bandwidths),
         metadata={"help": "objective='information': Gaussian MMD bandwidths, as multiples of the median distance."},
@@ -482,6 +490,10 @@ class EncoderLockConfig(TrainingArguments):
                     not isinstance(self.authorized_projection, str) and _finite_or_nan(self.authorized_projection) >= 0
                 ),
                 f"authorized_projection must be 'auto', None or a number >= 0, got {self.authorized_projection!r}",
+            ),
+            (
+                0.0 <= _finite_or_nan(self.info_whitening_shrinkage) <= 1.0,
+                f"info_whitening_shrinkage must be in [0, 1], got {self.info_whitening_shrinkage!r}",
             ),
             (
                 self.magnitude_gate is None or 0.0 <= _finite_or_nan(self.magnitude_gate) < 1.0,

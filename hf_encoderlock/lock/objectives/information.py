@@ -42,6 +42,22 @@ def standardize(features: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
 REFERENCE_FLOOR = 0.01
 
 
+def whiten(features: torch.Tensor, shrinkage: float) -> torch.Tensor:
+    """Standardised features decorrelated by the Cholesky factor of their shrunk correlation ``(1 - s) R + s I``.
+
+    ``shrinkage`` 1 leaves them standardised. Below 1, distances approach the Mahalanobis distances a whitening probe
+    sees, so class information in low-variance directions counts as much as in high-variance ones (Cholesky rather
+    than an eigendecomposition: its backward is stable when eigenvalues are close; the distance-based measures are
+    the same under any whitening rotation)."""
+    z = standardize(features)
+    if shrinkage >= 1:
+        return z
+    n, d = z.shape
+    correlation = (1 - shrinkage) * (z.T @ z / n) + shrinkage * torch.eye(d, dtype=z.dtype, device=z.device)
+    factor = torch.linalg.cholesky(correlation)
+    return torch.linalg.solve_triangular(factor, z.T, upper=False).T
+
+
 def _class_index(labels: torch.Tensor) -> tuple[torch.Tensor, int]:
     classes, index = torch.unique(labels, return_inverse=True)
     return index, len(classes)
@@ -130,6 +146,7 @@ class InformationTermsConfig:
     knn_temperature: float = 0.1
     authorized_weight: float = 1.0
     preserve_weight: float = 1.0  # hold authorized features near the unlocked encoder's
+    whitening_shrinkage: float = 1.0  # 1: standardised features; below 1: (partly) whitened, as a whitening probe sees
     eps: float = 1e-8
     weights: dict[str, float] = field(init=False)
 
@@ -147,6 +164,7 @@ class InformationTermsConfig:
             knn_temperature=config.info_knn_temperature,
             authorized_weight=config.info_authorized_weight,
             preserve_weight=config.info_preserve_weight,
+            whitening_shrinkage=config.info_whitening_shrinkage,
             eps=config.objective_eps,
         )
 
@@ -181,8 +199,8 @@ class InformationObjective(LockObjective):
         self.reference = {name: float(value) for name, value in state.get("reference", {}).items()}
 
     def measures(self, features: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The enabled raw information measures of one labelled batch (standardised inside)."""
-        config, z = self.config, standardize(features.float())
+        """The enabled raw information measures of one labelled batch (standardised, or whitened, inside)."""
+        config, z = self.config, whiten(features.float(), self.config.whitening_shrinkage)
         compute = {
             "r2": lambda: ridge_r2(z, labels, config.ridge),
             "mmd": lambda: class_mmd(z, labels, config.mmd_bandwidths),

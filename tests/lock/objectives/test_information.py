@@ -16,6 +16,7 @@ from hf_encoderlock.lock.objectives.information import (
     ridge_r2,
     soft_knn_excess,
     standardize,
+    whiten,
 )
 from hf_encoderlock.lock.trainer import EncoderLockTrainer
 from tests.helpers import FRESH_PROBE_LOCK, fresh_probe_sets, lock_between_fresh_probes, toy_domain
@@ -52,6 +53,36 @@ def test_measure_invariant_to_per_dimension_rescaling(name):
     plain = MEASURES[name](standardize(features), labels)
     rescaled = MEASURES[name](standardize(features * scales + shift), labels)
     assert torch.allclose(plain, rescaled, rtol=1e-3, atol=1e-5)
+
+
+def _hidden_in_a_low_variance_direction(n: int = 600, seed: int = 0):
+    """Two nearly equal dimensions whose small difference carries the classes, next to noise dimensions."""
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 3
+    shared = 10 * torch.randn(n, generator=generator)
+    difference = 0.5 * labels.float() + 0.1 * torch.randn(n, generator=generator)
+    noise = torch.randn(n, 4, generator=generator)
+    return torch.cat([(shared + difference)[:, None], shared[:, None], noise], dim=1), labels
+
+
+@pytest.mark.parametrize("name", ["mmd", "knn"])
+def test_whitening_finds_class_information_that_standardising_misses(name):
+    features, labels = _hidden_in_a_low_variance_direction()
+    standardised = float(MEASURES[name](whiten(features, 1.0), labels))
+    whitened = float(MEASURES[name](whiten(features, 0.01), labels))
+    assert whitened > 5 * max(standardised, 1e-3)
+
+
+def test_whitening_is_invariant_to_invertible_linear_maps_and_shrinkage_one_standardises():
+    features, labels = _toy(2.0, d=5)
+    mixing = torch.randn(5, 5, generator=torch.Generator().manual_seed(1)) + 3 * torch.eye(5)
+    for name in ("mmd", "knn"):
+        plain = MEASURES[name](whiten(features, 0.0), labels)
+        mixed = MEASURES[name](whiten(features @ mixing, 0.0), labels)
+        assert torch.allclose(plain, mixed, rtol=1e-3, atol=1e-5)
+    assert torch.equal(whiten(features, 1.0), standardize(features))
+    whitened = whiten(features, 0.0)
+    assert torch.allclose(whitened.T @ whitened / len(whitened), torch.eye(5), atol=1e-4)
 
 
 def test_ridge_r2_is_one_for_perfectly_linear_labels_and_small_for_noise():
