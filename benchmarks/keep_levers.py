@@ -76,6 +76,22 @@ SETTINGS: dict[str, list[str]] = {
     "tau 0.01, lr 0.1, blocks -1..1, score_eps 1, seed 1": _flags(
         "0.01", "0.1", "-1 0 1", "10", "--score_eps", "1", "--seed", "1"
     ),
+    "tau 0.01, lr 0.2, blocks -1..1": _flags("0.01", "0.2", "-1 0 1"),
+    "tau 0.01, lr 0.2, blocks -1..1, seed 1": _flags("0.01", "0.2", "-1 0 1", "10", "--seed", "1"),
+    "tau 0.01, lr 0.2, blocks -1..1, seed 2": _flags("0.01", "0.2", "-1 0 1", "10", "--seed", "2"),
+    "tau 0.01, lr 0.3, blocks -1..1": _flags("0.01", "0.3", "-1 0 1"),
+    "tau 0.01, lr 0.1, blocks -1..1, whitening 0.1": _flags(
+        "0.01", "0.1", "-1 0 1", "10", "--info_whitening_shrinkage", "0.1"
+    ),
+    "tau 0.01, lr 0.1, blocks -1..1, whitening 0.3": _flags(
+        "0.01", "0.1", "-1 0 1", "10", "--info_whitening_shrinkage", "0.3"
+    ),
+    "tau 0.01, lr 0.1, blocks -1..1, 10 rounds x 1020 weights x 20 steps": _flags(
+        "0.01", "0.1", "-1 0 1", "20", "--num_rounds", "10", "--weights_per_round", "1020"
+    ),
+    "tau 0.01, lr 0.1, blocks -1..1, 10 rounds x 1020 weights x 20 steps, seed 1": _flags(
+        "0.01", "0.1", "-1 0 1", "20", "--num_rounds", "10", "--weights_per_round", "1020", "--seed", "1"
+    ),
     # the variants (README, "Unsupervised and zero-shot locking"); prohibited = mnist-m in the summary either way
     "unsupervised, tau 0.01": _flags("0.01", "0.1", "-1 0 1", "10", "--variant", "unsupervised"),
     "unsupervised, tau 0.02": _flags("0.02", "0.1", "-1 0 1", "10", "--variant", "unsupervised"),
