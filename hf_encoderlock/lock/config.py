@@ -194,7 +194,7 @@ class EncoderLockConfig(TrainingArguments):
         default=_INFO.whitening_shrinkage,
         metadata={
             "help": "objective='information': prohibited features are whitened with their correlation shrunk this "
-            "far towards the identity before every measure, in [0, 1] (1: standardised only; below 1, class "
+            "far towards the identity before every measure, in (0, 1] (1: standardised only; below 1, class "
             "information in low-variance directions counts, as it does for a probe on whitened features)."
         },
     )
@@ -492,8 +492,9 @@ class EncoderLockConfig(TrainingArguments):
                 f"authorized_projection must be 'auto', None or a number >= 0, got {self.authorized_projection!r}",
             ),
             (
-                0.0 <= _finite_or_nan(self.info_whitening_shrinkage) <= 1.0,
-                f"info_whitening_shrinkage must be in [0, 1], got {self.info_whitening_shrinkage!r}",
+                # 0 would need a full-rank batch correlation: singular whenever features outnumber the batch
+                0.0 < _finite_or_nan(self.info_whitening_shrinkage) <= 1.0,
+                f"info_whitening_shrinkage must be in (0, 1], got {self.info_whitening_shrinkage!r}",
             ),
             (
                 self.magnitude_gate is None or 0.0 <= _finite_or_nan(self.magnitude_gate) < 1.0,

@@ -108,7 +108,7 @@ UNWORKABLE = [
     ("info_authorized_weight", -1.0),
     ("info_whitening_shrinkage", NAN),
     ("info_whitening_shrinkage", 1.5),
-    ("info_whitening_shrinkage", -0.1),
+    ("info_whitening_shrinkage", 0.0),
     ("augment_brightness", NAN),
     ("augment_noise", -0.1),
     ("augment_crop_scale", [0.5, NAN]),

@@ -85,6 +85,20 @@ def test_whitening_is_invariant_to_invertible_linear_maps_and_shrinkage_one_stan
     assert torch.allclose(whitened.T @ whitened / len(whitened), torch.eye(5), atol=1e-4)
 
 
+def test_whitened_objective_from_config_is_finite_when_features_outnumber_the_batch(tmp_path):
+    config = EncoderLockConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none", info_whitening_shrinkage=0.1)
+    objective = build_objective(config)
+    assert objective.config.whitening_shrinkage == 0.1
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(32, 64, generator=generator, requires_grad=True)  # 64 dimensions, a batch of 32
+    labels = torch.arange(32) % 4
+    raw = objective.measures(features, labels)
+    total = sum(raw.values())
+    total.backward()
+    assert all(bool(torch.isfinite(v)) for v in raw.values())
+    assert bool(torch.isfinite(features.grad).all()) and float(features.grad.abs().sum()) > 0
+
+
 def test_ridge_r2_is_one_for_perfectly_linear_labels_and_small_for_noise():
     features, labels = _toy(0.0, n=900, d=4)
     one_hot = torch.nn.functional.one_hot(labels, 3).float()
