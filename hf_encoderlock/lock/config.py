@@ -53,6 +53,7 @@ WHOLE_MINIMUMS = {
     "pseudo_label_restarts": 1,
     "zero_shot_images": 16,
     "finetune_aware_steps": 0,
+    "repair_steps": 0,
     "per_device_train_batch_size": 1,
     "per_device_eval_batch_size": 1,
     "lock_cache_bytes": 0,
@@ -65,6 +66,7 @@ POSITIVE_NUMBERS = (
     "info_knn_temperature",
     "contrastive_temperature",
     "finetune_aware_lr",
+    "repair_learning_rate",
     "learning_rate",
 )
 NON_NEGATIVE_NUMBERS = (
@@ -299,6 +301,21 @@ class EncoderLockConfig(TrainingArguments):
     weights_per_round: int = field(default=510, metadata={"help": "N: weights newly selected per round."})
     layers_per_round: int = field(default=2, metadata={"help": "M: layers whose weights compete each round."})
     update_steps_per_round: int = field(default=10, metadata={"help": "Masked optimiser steps after each selection."})
+    repair_steps: int = field(
+        default=0,
+        metadata={
+            "help": "Masked optimiser steps after the last round on the authorized side alone (its head's "
+            "cross-entropy and the feature preservation term), not projected: they win back what the lock cost the "
+            "authorized domain, without looking at the prohibited one. 0: none."
+        },
+    )
+    repair_learning_rate: float = field(
+        default=0.01,
+        metadata={
+            "help": "Learning rate of the repair steps (Adam moves each weight by about this much a step, and these "
+            "steps are not projected, so it is kept well below learning_rate)."
+        },
+    )
     score_function: str = field(
         default="gradient_ratio",
         metadata={"help": f"Weight score: one of {tuple(SCORE_FUNCTIONS)} (paper: gradient_ratio)."},
@@ -442,15 +459,21 @@ class EncoderLockConfig(TrainingArguments):
             return PROJECTION_BY_VARIANT[self.variant]
         return self.authorized_projection
 
+    @property
+    def lock_steps(self) -> int:
+        """Update steps of the rounds (``num_rounds x update_steps_per_round``); the repair steps follow them."""
+        return self.num_rounds * self.update_steps_per_round
+
     def _derive_length(self) -> None:
-        """A lock lasts ``num_rounds x update_steps_per_round`` update steps: ``max_steps`` is derived, and a value
-        that disagrees (or a changed ``num_train_epochs``) is refused rather than silently replaced."""
-        steps = self.num_rounds * self.update_steps_per_round
+        """A lock lasts ``num_rounds x update_steps_per_round + repair_steps`` update steps: ``max_steps`` is derived,
+        and a value that disagrees (or a changed ``num_train_epochs``) is refused rather than silently replaced."""
+        steps = self.lock_steps + self.repair_steps
         if self.max_steps is not None and self.max_steps > 0 and self.max_steps != steps:
             raise ValueError(
                 f"invalid EncoderLockConfig: max_steps={self.max_steps}, but a lock lasts num_rounds x "
-                f"update_steps_per_round = {self.num_rounds} x {self.update_steps_per_round} = {steps} update steps; "
-                "set num_rounds / update_steps_per_round and leave max_steps unset (-1)"
+                f"update_steps_per_round + repair_steps = {self.num_rounds} x {self.update_steps_per_round} + "
+                f"{self.repair_steps} = {steps} update steps; set num_rounds / update_steps_per_round / repair_steps "
+                "and leave max_steps unset (-1)"
             )
         if self.num_train_epochs != DEFAULT_NUM_TRAIN_EPOCHS:
             raise ValueError(

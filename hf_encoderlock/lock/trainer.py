@@ -223,6 +223,7 @@ class EncoderLockTrainer(Trainer):
         self.reference_encoder = copy.deepcopy(encoder).eval().requires_grad_(False) if keeps_unlocked_copy else None
         self.projection: AuthorizedProjection | None = None  # built at the first round (authorized_projection)
         self._weights_before_step: dict[str, torch.Tensor] = {}
+        self._scheduled_lrs: list[float] | None = None  # the scheduler's rates, while a repair step runs at its own
         self.augmentation = AugmentationConfig.from_lock_config(args)
         self._normalization = encoder.normalization()
         self._view_generator = torch.Generator().manual_seed(args.seed + VIEW_SEED_OFFSET)
@@ -476,16 +477,25 @@ class EncoderLockTrainer(Trainer):
             self._reference_known[start // block] = True
         return self._reference_cache[a_index]
 
+    @property
+    def repairing(self) -> bool:
+        """Whether the update being computed is one of the ``repair_steps`` after the last round."""
+        return self.state.global_step >= self.args.lock_steps
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        repairing = self.repairing
         terms = self.objective_terms(
             model,
             inputs["authorized_pixel_values"],
             inputs["authorized_labels"],
             inputs["prohibited_pixel_values"],
             inputs.get("prohibited_labels"),
-            finetune_aware=bool(self.args.finetune_aware_steps),
+            finetune_aware=bool(self.args.finetune_aware_steps) and not repairing,
             a_index=inputs.get("authorized_index"),
         )
+        if repairing:  # the authorized side alone; the prohibited terms are still computed for the logs
+            terms.total = terms.authorized
+            terms.logs["repair"] = 1.0
         self.lock_state.last_logs = terms.logs
         if not bool(torch.isfinite(terms.total.detach()).all()):
             self._stop_on_non_finite(terms)
@@ -566,7 +576,10 @@ class EncoderLockTrainer(Trainer):
     def start_round(self, round_index: int) -> None:
         """Start round ``round_index`` (at its first update step): the self-challenge when due, so that selection
         scores weights against the freshest adversary; then weight selection, unless the round's selection is
-        already in the mask (a run resumed at a round start)."""
+        already in the mask (a run resumed at a round start). Past the last round, the repair steps select nothing."""
+        if round_index >= self.args.num_rounds:
+            self._show_phase(round_index, "repair")
+            return
         if self._challenge_due(round_index):
             self._show_phase(round_index, "challenge")
             self.challenge(round_index=round_index)
@@ -613,22 +626,41 @@ class EncoderLockTrainer(Trainer):
             self.lock_state.phase_time["reference"] += time.perf_counter() - started
         self.projection.prepare(self.mask)
 
+    def _projects_this_step(self) -> bool:
+        # Repair steps are not projected: an authorized loss's gradient lies in the span of the authorized inputs,
+        # which is exactly what the projection removes.
+        return self.projection is not None and not self.repairing
+
     def before_optimizer_step(self) -> None:
-        """Before each optimiser step: mask the gradients; with a projection, keep the masked weights' values."""
+        """Before each optimiser step: mask the gradients; with a projection, keep the masked weights' values; in a
+        repair step, the optimiser at ``repair_learning_rate``."""
         self.guard.mask_gradients()
-        if self.projection is not None:
+        if self._projects_this_step():
             self._weights_before_step = {name: self.candidates[name].detach().clone() for name in self.projection.names}
+        self._scheduled_lrs = None
+        if self.repairing:
+            self._scheduled_lrs = [group["lr"] for group in self.optimizer.param_groups]
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.args.repair_learning_rate
 
     def after_optimizer_step(self) -> None:
-        """After each optimiser step: unselected entries back; with a projection, the update projected."""
+        """After each optimiser step: unselected entries back; with a projection, the update projected; the
+        scheduler's learning rate back after a repair step."""
         self.guard.restore_unselected()
-        if self.projection is not None:
+        if self._projects_this_step():
             self.projection.project(self.candidates, self._weights_before_step)
+        if self._scheduled_lrs is not None:
+            for group, lr in zip(self.optimizer.param_groups, self._scheduled_lrs):
+                group["lr"] = lr
 
     def _show_phase(self, round_index: int, phase: str) -> None:
         """Name the round and phase on the Trainer's progress bar: selection and challenges run between two update
         steps, where the bar would otherwise stand still without saying why."""
-        label = f"round {min(round_index + 1, self.args.num_rounds)}/{self.args.num_rounds}: {phase}"
+        label = (
+            phase
+            if phase == "repair"
+            else f"round {min(round_index + 1, self.args.num_rounds)}/{self.args.num_rounds}: {phase}"
+        )
         for callback in self.callback_handler.callbacks:
             bar = getattr(callback, "training_bar", None)
             if bar is not None:

@@ -41,6 +41,67 @@ def test_only_selected_entries_change(tiny_trainer, overrides):
     assert changed == mask_size
 
 
+class _SnapshotAt(TrainerCallback):
+    """Keeps a copy of the encoder's weights after ``step`` update steps."""
+
+    def __init__(self, encoder, step: int) -> None:
+        self.encoder, self.step, self.weights = encoder, step, None
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            self.weights = {name: p.detach().clone() for name, p in self.encoder.named_parameters()}
+
+
+class _RecordLearningRate(TrainerCallback):
+    """Appends the optimiser's learning rate as each step is taken (registered after the lock's own callback)."""
+
+    def __init__(self, trainer, rates: list) -> None:
+        self.trainer, self.rates = trainer, rates
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        self.rates.append(self.trainer.optimizer.param_groups[0]["lr"])
+
+
+def test_repair_steps_follow_the_rounds_inside_the_mask_unprojected_on_the_authorized_loss(tiny_trainer):
+    overrides = dict(
+        objective="information", info_preserve_weight=1.0, authorized_projection=0.0, best_model_criterion="last"
+    )
+    encoder, trainer = tiny_trainer(repair_steps=4, repair_learning_rate=0.003, **overrides)
+    rates = []
+    trainer.add_callback(_RecordLearningRate(trainer, rates))
+    assert trainer.args.max_steps == 2 * 3 + 4 and trainer.args.lock_steps == 6
+    start = {name: p.detach().clone() for name, p in encoder.named_parameters()}
+    snapshot = _SnapshotAt(encoder, 6)
+    trainer.add_callback(snapshot)
+    trainer.train()
+    assert trainer.state.global_step == 10 and trainer.rounds_completed_in_mask == 2
+    assert rates == [0.01] * 6 + [0.003] * 4  # what the optimiser stepped with
+    mask = trainer.mask
+    assert sum(int(m.sum()) for m in mask.values()) == 2 * 15  # the repair selected nothing
+    logs = [e for e in trainer.state.log_history if "lock/loss_authorized" in e]
+    assert ["lock/repair" in e for e in logs] == [False] * 6 + [True] * 4
+    for e in logs[6:]:  # a repair step's loss is the authorized side alone
+        assert float(e["loss"]) == pytest.approx(float(e["lock/loss_authorized"]), rel=1e-3)
+    after_rounds, now = snapshot.weights, dict(encoder.named_parameters())
+    for name, param in now.items():
+        if name not in mask:
+            assert torch.equal(param.detach(), start[name]), f"{name} is outside the mask but changed"
+        else:
+            assert torch.equal(param.detach()[~mask[name]], start[name][~mask[name]])
+    names = trainer.projection.names
+    assert names
+    # the rounds' change is its own projection; the repair's change is not
+    rounds_projected = {name: after_rounds[name].clone() for name in names}
+    trainer.projection.project(rounds_projected, {name: start[name] for name in names})
+    repair_projected = {name: now[name].detach().clone() for name in names}
+    trainer.projection.project(repair_projected, {name: after_rounds[name] for name in names})
+    unprojected = 0
+    for name in names:
+        assert torch.allclose(rounds_projected[name], after_rounds[name], atol=1e-6), name
+        unprojected += not torch.allclose(repair_projected[name], now[name].detach(), atol=1e-6)
+    assert unprojected > 0
+
+
 def test_logs_rounds_and_saves_a_loadable_encoder(tmp_path, tiny_trainer):
     encoder, trainer = tiny_trainer()
     trainer.train()
