@@ -305,8 +305,8 @@ class EncoderLockConfig(TrainingArguments):
         default=0,
         metadata={
             "help": "Masked optimiser steps after the last round on the authorized side alone (its head's "
-            "cross-entropy and the feature preservation term), not projected: they win back what the lock cost the "
-            "authorized domain, without looking at the prohibited one. 0: none."
+            "cross-entropy and the feature preservation term), not projected and from fresh optimiser moments: they "
+            "win back what the lock cost the authorized domain, without looking at the prohibited one. 0: none."
         },
     )
     repair_learning_rate: float = field(

@@ -578,6 +578,10 @@ class EncoderLockTrainer(Trainer):
         scores weights against the freshest adversary; then weight selection, unless the round's selection is
         already in the mask (a run resumed at a round start). Past the last round, the repair steps select nothing."""
         if round_index >= self.args.num_rounds:
+            if round_index == self.args.num_rounds:
+                # The optimiser's moments hold the lock's gradients, which were only ever applied projected: carried
+                # into unprojected repair steps they would move the authorized features (measured: drift 1.6).
+                self.optimizer.state.clear()
             self._show_phase(round_index, "repair")
             return
         if self._challenge_due(round_index):

@@ -61,6 +61,10 @@ class _RecordLearningRate(TrainerCallback):
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
         self.rates.append(self.trainer.optimizer.param_groups[0]["lr"])
 
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.moments_at = getattr(self, "moments_at", {})
+        self.moments_at[state.global_step] = len(self.trainer.optimizer.state)
+
 
 def test_repair_steps_follow_the_rounds_inside_the_mask_unprojected_on_the_authorized_loss(tiny_trainer):
     overrides = dict(
@@ -68,7 +72,8 @@ def test_repair_steps_follow_the_rounds_inside_the_mask_unprojected_on_the_autho
     )
     encoder, trainer = tiny_trainer(repair_steps=4, repair_learning_rate=0.003, **overrides)
     rates = []
-    trainer.add_callback(_RecordLearningRate(trainer, rates))
+    recorder = _RecordLearningRate(trainer, rates)
+    trainer.add_callback(recorder)
     assert trainer.args.max_steps == 2 * 3 + 4 and trainer.args.lock_steps == 6
     start = {name: p.detach().clone() for name, p in encoder.named_parameters()}
     snapshot = _SnapshotAt(encoder, 6)
@@ -76,6 +81,8 @@ def test_repair_steps_follow_the_rounds_inside_the_mask_unprojected_on_the_autho
     trainer.train()
     assert trainer.state.global_step == 10 and trainer.rounds_completed_in_mask == 2
     assert rates == [0.01] * 6 + [0.003] * 4  # what the optimiser stepped with
+    # the repair starts from fresh optimiser moments (the lock's were only ever applied projected)
+    assert recorder.moments_at[5] > 0 and recorder.moments_at[6] == 0 and recorder.moments_at[7] > 0
     mask = trainer.mask
     assert sum(int(m.sum()) for m in mask.values()) == 2 * 15  # the repair selected nothing
     logs = [e for e in trainer.state.log_history if "lock/loss_authorized" in e]
