@@ -495,7 +495,7 @@ class EncoderLockTrainer(Trainer):
         )
         if repairing:  # the authorized side alone; the prohibited terms are still computed for the logs
             terms.total = terms.authorized
-            terms.logs["repair"] = 1.0
+            terms.logs["repair_learning_rate"] = self.args.repair_learning_rate  # the Trainer logs the scheduler's
         self.lock_state.last_logs = terms.logs
         if not bool(torch.isfinite(terms.total.detach()).all()):
             self._stop_on_non_finite(terms)
