@@ -31,12 +31,19 @@ AUTHORIZED, PROHIBITED, FRACTION = "mnist", "mnist-m", 1.0
 PROBE_SEEDS = ("0", "1", "2")
 
 
-def _flags(projection: str, lr: str, blocks: str = "-1 0", steps: str = "10", *extra: str) -> list[str]:
+def _flags(
+    projection: str, lr: str, blocks: str = "-1 0", steps: str = "10", *extra: str, repair: str = "0"
+) -> list[str]:
     """Every lever's flag spelled out, so a setting means the same lock whatever the library's defaults are."""
     return [
         *("--authorized_projection", projection, "--learning_rate", lr),
-        *("--candidate_blocks", *blocks.split(), "--update_steps_per_round", steps, *extra),
+        *("--candidate_blocks", *blocks.split(), "--update_steps_per_round", steps, "--repair_steps", repair, *extra),
     ]
+
+
+def _repaired(lr: str, *extra: str) -> list[str]:
+    """Projection 0.01, blocks -1..1, 10 steps a round at ``lr``, then 20 repair steps at 0.01."""
+    return _flags("0.01", lr, "-1 0 1", "10", "--repair_learning_rate", "0.01", *extra, repair="20")
 
 
 #: name -> flags of ``examples/lock_vit.py`` (on top of the default lock). "tau" is ``authorized_projection``.
@@ -92,6 +99,9 @@ SETTINGS: dict[str, list[str]] = {
     "tau 0.01, lr 0.1, blocks -1..1, 10 rounds x 1020 weights x 20 steps, seed 1": _flags(
         "0.01", "0.1", "-1 0 1", "20", "--num_rounds", "10", "--weights_per_round", "1020", "--seed", "1"
     ),
+    "tau 0.01, lr 0.3, blocks -1..1, 20 repair steps at 0.01": _repaired("0.3"),
+    "tau 0.01, lr 0.3, blocks -1..1, 20 repair steps at 0.01, seed 1": _repaired("0.3", "--seed", "1"),
+    "tau 0.01, lr 0.3, blocks -1..1, 20 repair steps at 0.01, seed 2": _repaired("0.3", "--seed", "2"),
     # the variants (README, "Unsupervised and zero-shot locking"); prohibited = mnist-m in the summary either way
     "unsupervised, tau 0.01": _flags("0.01", "0.1", "-1 0 1", "10", "--variant", "unsupervised"),
     "unsupervised, tau 0.02": _flags("0.02", "0.1", "-1 0 1", "10", "--variant", "unsupervised"),

@@ -151,6 +151,7 @@ REFERENCE_PRESET: dict[str, Any] = {
     "prohibited_poolings": None,
     "candidate_blocks": None,
     "authorized_projection": None,
+    "repair_steps": 0,
 }
 
 
@@ -302,7 +303,7 @@ class EncoderLockConfig(TrainingArguments):
     layers_per_round: int = field(default=2, metadata={"help": "M: layers whose weights compete each round."})
     update_steps_per_round: int = field(default=10, metadata={"help": "Masked optimiser steps after each selection."})
     repair_steps: int = field(
-        default=0,
+        default=20,
         metadata={
             "help": "Masked optimiser steps after the last round on the authorized side alone (its head's "
             "cross-entropy and the feature preservation term), not projected and from fresh optimiser moments: they "
@@ -415,7 +416,7 @@ class EncoderLockConfig(TrainingArguments):
     output_dir: str | None = field(
         default="encoderlock_output", metadata={"help": "Where the lock's outputs and checkpoints go."}
     )
-    learning_rate: float = field(default=0.1, metadata={"help": "Learning rate of the masked weight updates."})
+    learning_rate: float = field(default=0.3, metadata={"help": "Learning rate of the masked weight updates."})
     weight_decay: float = field(default=0.0, metadata={"help": "Weight decay of the masked weight updates."})
     lr_scheduler_type: str = field(default="constant", metadata={"help": "Scheduler of the masked updates."})
     per_device_train_batch_size: int = field(default=256, metadata={"help": "Images per domain per step."})

@@ -16,7 +16,8 @@ def test_config_yaml_round_trip_and_reference_preset(tmp_path):
     path.write_text(yaml.safe_dump({"output_dir": str(tmp_path), "num_rounds": 4, "adversary_kinds": ["mlp"]}))
     (config,) = HfArgumentParser(EncoderLockConfig).parse_yaml_file(str(path))
     assert config.num_rounds == 4 and config.adversary_kinds == ["mlp"]
-    assert config.max_steps == 4 * config.update_steps_per_round
+    assert config.max_steps == 4 * config.update_steps_per_round + config.repair_steps
+    assert config.lock_steps == 4 * config.update_steps_per_round
     reference = EncoderLockConfig.reference(output_dir=str(tmp_path))
     assert (reference.weights_per_round, reference.layers_per_round, reference.alpha, reference.learning_rate) == (
         100,
