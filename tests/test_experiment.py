@@ -96,7 +96,7 @@ def test_an_interrupted_main_job_keeps_its_checkpoints_and_resumes(tmp_path, mon
     words += ["--output_dir", str(out), "--num_rounds", "2", "--update_steps_per_round", "2", "--weights_per_round"]
     words += ["10", "--per_device_train_batch_size", "8", "--adversary_epochs", "2", "--adversary_seeds", "1"]
     words += ["--probe_seeds", "0", "--probe_fractions", "1.0", "--use_cpu", "true"]
-    words += ["--disable_tqdm", "true", "--save_strategy", "steps", "--save_steps", "1"]
+    words += ["--disable_tqdm", "true", "--save_strategy", "steps", "--save_steps", "1", "--repair_steps", "1"]
 
     def killed(self):
         raise KeyboardInterrupt  # Ctrl-C after the last update: the checkpoints are on disk, the report is not
@@ -106,7 +106,8 @@ def test_an_interrupted_main_job_keeps_its_checkpoints_and_resumes(tmp_path, mon
         with pytest.raises(KeyboardInterrupt):
             _example_module().main(words)
     assert sorted(p.name for p in out.iterdir()) == ["checkpoints"]  # nothing that looks like a finished run
-    assert sorted(p.name for p in (out / "checkpoints").iterdir())[-1] == "checkpoint-4"
+    steps = sorted(int(p.name.removeprefix("checkpoint-")) for p in (out / "checkpoints").iterdir())
+    assert steps[-1] == 2 * 2 + 1  # the rounds' steps and the repair step
     (tmp_path / ".out.partial-left-by-a-kill").mkdir()  # as a kill during publishing would leave it
 
     _example_module().main([*words, "--resume_from_checkpoint", "true"])
