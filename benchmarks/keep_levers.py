@@ -41,9 +41,9 @@ def _flags(
     ]
 
 
-def _repaired(lr: str, *extra: str) -> list[str]:
-    """Projection 0.01, blocks -1..1, 10 steps a round at ``lr``, then 20 repair steps at 0.01."""
-    return _flags("0.01", lr, "-1 0 1", "10", "--repair_learning_rate", "0.01", *extra, repair="20")
+def _repaired(lr: str, *extra: str, projection: str = "0.01") -> list[str]:
+    """Blocks -1..1, 10 steps a round at ``lr`` projected at ``projection``, then 20 repair steps at 0.01."""
+    return _flags(projection, lr, "-1 0 1", "10", "--repair_learning_rate", "0.01", *extra, repair="20")
 
 
 #: name -> flags of ``examples/lock_vit.py`` (on top of the default lock). "tau" is ``authorized_projection``.
@@ -108,6 +108,10 @@ SETTINGS: dict[str, list[str]] = {
     "zero-shot, tau 0.01": _flags("0.01", "0.1", "-1 0 1", "10", "--variant", "zero-shot"),
     "zero-shot, tau 0.05": _flags("0.05", "0.1", "-1 0 1", "10", "--variant", "zero-shot"),
     "zero-shot, tau 0.05, seed 1": _flags("0.05", "0.1", "-1 0 1", "10", "--variant", "zero-shot", "--seed", "1"),
+    "unsupervised, tau 0.02, lr 0.3, 20 repair steps": _repaired("0.3", "--variant", "unsupervised", projection="0.02"),
+    "unsupervised, tau 0.01, lr 0.3, 20 repair steps": _repaired("0.3", "--variant", "unsupervised"),
+    "unsupervised, tau 0.02, lr 0.1, 20 repair steps": _repaired("0.1", "--variant", "unsupervised", projection="0.02"),
+    "zero-shot, tau 0.05, lr 0.3, 20 repair steps": _repaired("0.3", "--variant", "zero-shot", projection="0.05"),
     "zero-shot, no projection, lr 0.01 (previous default)": _flags(
         "none", "0.01", "-1 0", "10", "--variant", "zero-shot"
     ),

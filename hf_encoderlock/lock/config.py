@@ -30,7 +30,7 @@ AUTO_POOLINGS = "auto"  # prohibited_poolings: every pooling the encoder offers,
 # class structure, so their locks need more room to move.
 AUTO_PROJECTION = "auto"
 NONE_WORDS = ("none", "null")  # what a flag of a field that may be None takes for None (as YAML's null)
-PROJECTION_BY_VARIANT = {"supervised": 0.01, "unsupervised": 0.02, "zero-shot": 0.05}
+PROJECTION_BY_VARIANT = {"supervised": 0.01, "unsupervised": 0.01, "zero-shot": 0.05}
 ADVERSARY_KINDS = GRADIENT_KINDS  # the self-challenge trains heads by gradient descent (no kNN)
 # Defaults of the objective's and augmentation's own knobs are declared once, on their dataclasses.
 _INFO = InformationTermsConfig
@@ -342,7 +342,7 @@ class EncoderLockConfig(TrainingArguments):
             "help": "Every masked update is projected, weight row by weight row within its selected entries, off the "
             "directions in which the unlocked encoder's authorized inputs to that layer hold more than this multiple "
             "of the layer's mean per-coordinate energy, so authorized features barely move (a number >= 0; 0: only "
-            "directions they never use). 'auto': 0.01 (supervised), 0.02 (unsupervised), 0.05 (zero-shot); None or "
+            "directions they never use). 'auto': 0.01 (supervised and unsupervised), 0.05 (zero-shot); None or "
             "'none': off. Linear and Conv2d weights; keeps a frozen copy of the encoder."
         },
     )
