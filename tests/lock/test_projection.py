@@ -170,3 +170,34 @@ def test_a_fully_selected_row_is_projected_like_the_layers_free_gradient():
     assert change[1, :, 0, 0].sum().abs() < 1e-6 and change[1, :, 0, 0].abs().sum() > 0
     assert projection.names == ["conv.weight"]
     assert projection.kept_dimensions()["conv.weight"] == pytest.approx((8 + 2) / (12 + 3))
+
+
+@pytest.mark.parametrize("grey_authorized", [True, False], ids=["grey-authorized", "colour-authorized"])
+def test_a_projection_that_leaves_the_prohibited_gradient_no_room_is_reported(
+    toy_domains, tiny_lock_config, caplog, grey_authorized
+):
+    """Threshold 0 on the patch embedding: grey authorized images leave colour differences free, so much of the
+    prohibited gradient gets through; colour ones use every input direction, so almost none does, and the user is
+    warned before the lock runs on."""
+    authorized = toy_domains.authorized
+    if grey_authorized:
+        authorized = authorized.map(lambda row: {"image": row["image"].convert("L").convert("RGB")})
+    args = tiny_lock_config(
+        objective="information",
+        prohibited_poolings=["auto"],
+        candidate_blocks=[-1],
+        authorized_projection=0.0,
+        num_rounds=1,
+        update_steps_per_round=1,
+        best_model_criterion="last",
+    )
+    encoder = tiny_vit_encoder(seed=0, image_size=16, patch_size=4)
+    trainer = EncoderLockTrainer(encoder, args, authorized, toy_domains.prohibited, "a", "green")
+    with caplog.at_level("WARNING", logger="hf_encoderlock.lock.trainer"):
+        trainer.train()
+    (share,) = [h["projection_free_share"] for h in trainer.history if "projection_free_share" in h]
+    warned = any("leave free" in record.getMessage() for record in caplog.records)
+    if grey_authorized:
+        assert share > 0.1 and not warned
+    else:
+        assert share < 0.01 and warned
