@@ -30,7 +30,7 @@ AUTO_POOLINGS = "auto"  # prohibited_poolings: every pooling the encoder offers,
 # class structure, so their locks need more room to move.
 AUTO_PROJECTION = "auto"
 NONE_WORDS = ("none", "null")  # what a flag of a field that may be None takes for None (as YAML's null)
-PROJECTION_BY_VARIANT = {"supervised": 0.01, "unsupervised": 0.01, "zero-shot": 0.05}
+PROJECTION_BY_VARIANT = {"supervised": 0.01, "unsupervised": 0.02, "zero-shot": 0.05}
 ADVERSARY_KINDS = GRADIENT_KINDS  # the self-challenge trains heads by gradient descent (no kNN)
 # Defaults of the objective's and augmentation's own knobs are declared once, on their dataclasses.
 _INFO = InformationTermsConfig
@@ -303,7 +303,7 @@ class EncoderLockConfig(TrainingArguments):
     layers_per_round: int = field(default=2, metadata={"help": "M: layers whose weights compete each round."})
     update_steps_per_round: int = field(default=10, metadata={"help": "Masked optimiser steps after each selection."})
     repair_steps: int = field(
-        default=20,
+        default=0,
         metadata={
             "help": "Masked optimiser steps after the last round on the authorized side alone (its head's "
             "cross-entropy and the feature preservation term), not projected and from fresh optimiser moments: they "
@@ -342,7 +342,7 @@ class EncoderLockConfig(TrainingArguments):
             "help": "Every masked update is projected, weight row by weight row within its selected entries, off the "
             "directions in which the unlocked encoder's authorized inputs to that layer hold more than this multiple "
             "of the layer's mean per-coordinate energy, so authorized features barely move (a number >= 0; 0: only "
-            "directions they never use). 'auto': 0.01 (supervised and unsupervised), 0.05 (zero-shot); None or "
+            "directions they never use). 'auto': 0.01 (supervised), 0.02 (unsupervised), 0.05 (zero-shot); None or "
             "'none': off. Linear and Conv2d weights; keeps a frozen copy of the encoder."
         },
     )
@@ -416,7 +416,7 @@ class EncoderLockConfig(TrainingArguments):
     output_dir: str | None = field(
         default="encoderlock_output", metadata={"help": "Where the lock's outputs and checkpoints go."}
     )
-    learning_rate: float = field(default=0.3, metadata={"help": "Learning rate of the masked weight updates."})
+    learning_rate: float = field(default=0.1, metadata={"help": "Learning rate of the masked weight updates."})
     weight_decay: float = field(default=0.0, metadata={"help": "Weight decay of the masked weight updates."})
     lr_scheduler_type: str = field(default="constant", metadata={"help": "Scheduler of the masked updates."})
     per_device_train_batch_size: int = field(default=256, metadata={"help": "Images per domain per step."})
