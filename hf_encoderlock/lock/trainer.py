@@ -26,7 +26,7 @@ from huggingface_hub import HfApi
 from torch import nn
 from torch.func import functional_call
 from torch.nn import functional as F
-from transformers import AutoModel, Trainer, TrainerState
+from transformers import AutoModel, PreTrainedModel, Trainer, TrainerState
 from transformers.trainer_utils import TrainOutput
 
 from .._files import LOCK_CONFIG_FILE, LOCK_CONFIG_FORMAT, MASK_FILE, MODEL_CONFIG_FILE, TRAINER_STATE_FILE
@@ -184,6 +184,14 @@ class EncoderLockTrainer(Trainer):
             raise EncoderError(
                 f"{encoder.name} has no image processor: pass processing_class= (an image processor such as "
                 "AutoImageProcessor.from_pretrained(...), or a function from a list of PIL images to a pixel tensor)"
+            )
+        if args.push_to_hub and not isinstance(encoder.backbone, PreTrainedModel):
+            # found on the user's path: the first pushed checkpoint failed, after the lock had run, on a missing
+            # config.json; a Hub copy must load with AutoModel, which a plain module's folder cannot
+            raise EncoderError(
+                f"push_to_hub=True needs a transformers PreTrainedModel backbone, got a plain "
+                f"{type(encoder.backbone).__name__}: its locked folder (weights + encoderlock_module.json) does not "
+                "load with AutoModel, so it cannot be published. Lock with push_to_hub=False and save_model() locally."
             )
         self.column_mapping, self.dataset_split = dict(column_mapping or {}), dataset_split
         self.allow_local_images_under = allow_local_images_under
@@ -606,8 +614,8 @@ class EncoderLockTrainer(Trainer):
                 "authorized_projection: only %.2g%% of the prohibited objective's gradient lies in directions the "
                 "authorized inputs leave free, so the projected lock will remove little: the two domains use the same "
                 "input directions of the candidate layers (on the built-in pairs, colour authorized domains: 0-9%% of "
-                "the advantage removed). Consider --authorized_projection none --learning_rate 0.01 --repair_steps 0 "
-                "(README, 'Every domain pair').",
+                "the advantage removed). Consider --authorized_projection none --learning_rate 0.01 "
+                "--candidate_blocks -1 0 (README, 'Every domain pair').",
                 100 * self._last_free_share,
             )
         stats = mask_stats(self.mask, self.encoder)
@@ -753,12 +761,12 @@ class EncoderLockTrainer(Trainer):
             return closure
 
         a_batches, p_batches = shards(self.lock_authorized), shards(self.lock_prohibited)
-        energy = {"gradient": 0.0, "free": 0.0}
+        energy = {"gradient": 0.0, "free": 0.0}  # summed on the device; read once per round (no sync per layer)
 
         def free_part(name: str, gradient: torch.Tensor) -> torch.Tensor:
             free = self.projection.free_gradient(name, gradient)
-            energy["gradient"] += float(gradient.pow(2).sum())
-            energy["free"] += float(free.pow(2).sum())
+            energy["gradient"] = energy["gradient"] + gradient.pow(2).sum()
+            energy["free"] = energy["free"] + free.pow(2).sum()
             return free
 
         was_training = self.encoder.training
@@ -787,7 +795,7 @@ class EncoderLockTrainer(Trainer):
             scores, args.layers_per_round, args.weights_per_round, existing_mask=self.mask, magnitude_gate=gate
         )
         if self.projection is not None:
-            self._last_free_share = energy["free"] / max(energy["gradient"], 1e-30)
+            self._last_free_share = float(energy["free"]) / max(float(energy["gradient"]), 1e-30)
         return sync_mask_across_processes(new)
 
     # ----------------------------------------------------------------------------------------- challenge

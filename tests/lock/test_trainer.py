@@ -204,8 +204,20 @@ class _StopAt(TrainerCallback):
 
 @pytest.mark.parametrize(
     "objective, stop_step, extra",
-    [("paper", 3, {}), ("information", 2, {}), ("information", 3, {"authorized_projection": 0.01})],
-    ids=["paper-mid-round-end-of-epoch", "information-round-start-mid-epoch", "information-projected-mid-round"],
+    [
+        ("paper", 3, {}),
+        ("information", 2, {}),
+        ("information", 3, {"authorized_projection": 0.01}),
+        ("information", 6, {"authorized_projection": 0.01, "repair_steps": 3}),
+        ("information", 7, {"authorized_projection": 0.01, "repair_steps": 3}),
+    ],
+    ids=[
+        "paper-mid-round-end-of-epoch",
+        "information-round-start-mid-epoch",
+        "information-projected-mid-round",
+        "projected-killed-before-the-repair",
+        "projected-killed-inside-the-repair",
+    ],
 )
 def test_killed_run_resumes_to_the_same_mask_and_bit_identical_weights(
     tmp_path, tiny_trainer, objective, stop_step, extra

@@ -307,3 +307,36 @@ def test_default_projection_skips_weights_it_cannot_project_with_a_warning(tmp_p
     assert "backbone.depthwise.weight" in trainer.candidates and "backbone.stem.weight" in trainer.candidates
     assert set(trainer.projection.moments) == set(trainer.candidates) - {"backbone.depthwise.weight"}
     assert sum(int(m.sum()) for m in trainer.mask.values()) == 2 * 40
+
+
+def test_a_plain_module_with_own_columns_repairs_and_refuses_push_to_hub_before_any_work(
+    tmp_path, toy_domains, fake_hub
+):
+    """A user's own module and column names with repair steps: the lock runs rounds + repair steps and the bar names
+    the repair. Asked to push to the Hub, the same module is refused at construction (its folder cannot load with
+    AutoModel), not at the first checkpoint after the lock has run."""
+
+    def renamed(dataset):
+        return dataset.rename_columns({"image": "img", "label": "digit"})
+
+    def trainer_for(**overrides):
+        return EncoderLockTrainer(
+            SmallConvNet(),
+            make_lock_config(tmp_path / "run", TINY_LOCK, repair_steps=2, disable_tqdm=False, **overrides),
+            renamed(toy_domains.authorized),
+            renamed(toy_domains.prohibited),
+            processing_class=to_pixels,
+            column_mapping={"img": "image", "digit": "label"},
+            callbacks=[recorder],
+        )
+
+    torch.manual_seed(0)
+    recorder = _Recorder()
+    with pytest.raises(EncoderError, match="push_to_hub=True needs a transformers PreTrainedModel"):
+        trainer_for(push_to_hub=True, hub_model_id="user/plain", hub_token=TOKEN, hub_strategy="checkpoint")
+    assert "user/plain" not in fake_hub.repos
+    trainer = trainer_for()
+    recorder.trainer = trainer
+    trainer.train()
+    assert trainer.state.global_step == TINY_LOCK["num_rounds"] * TINY_LOCK["update_steps_per_round"] + 2
+    assert recorder.descriptions[-1] == "repair"
