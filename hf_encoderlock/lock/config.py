@@ -67,6 +67,7 @@ POSITIVE_NUMBERS = (
     "contrastive_temperature",
     "finetune_aware_lr",
     "repair_learning_rate",
+    "unprojected_learning_rate",
     "learning_rate",
 )
 NON_NEGATIVE_NUMBERS = (
@@ -81,6 +82,7 @@ NON_NEGATIVE_NUMBERS = (
     "augment_noise",
     "finetune_aware_weight",
     "weight_decay",
+    "max_authorized_drift",
 )
 
 
@@ -152,6 +154,7 @@ REFERENCE_PRESET: dict[str, Any] = {
     "candidate_blocks": None,
     "authorized_projection": None,
     "repair_steps": 0,
+    "max_authorized_drift": 0.0,
 }
 
 
@@ -303,11 +306,13 @@ class EncoderLockConfig(TrainingArguments):
     layers_per_round: int = field(default=2, metadata={"help": "M: layers whose weights compete each round."})
     update_steps_per_round: int = field(default=10, metadata={"help": "Masked optimiser steps after each selection."})
     repair_steps: int = field(
-        default=0,
+        default=20,
         metadata={
             "help": "Masked optimiser steps after the last round on the authorized side alone (its head's "
             "cross-entropy and the feature preservation term), not projected and from fresh optimiser moments: they "
-            "win back what the lock cost the authorized domain, without looking at the prohibited one. 0: none."
+            "win back what a projected lock's leaks cost the authorized domain, without looking at the prohibited "
+            "one. When authorized_projection='auto' dropped the projection, they continue the lock instead (a repair "
+            "would undo an unprojected lock). 0: none."
         },
     )
     repair_learning_rate: float = field(
@@ -315,6 +320,17 @@ class EncoderLockConfig(TrainingArguments):
         metadata={
             "help": "Learning rate of the repair steps (Adam moves each weight by about this much a step, and these "
             "steps are not projected, so it is kept well below learning_rate)."
+        },
+    )
+    max_authorized_drift: float = field(
+        default=0.1,
+        metadata={
+            "help": "Drift guard of projected updates: when a step's authorized feature drift (mean squared change "
+            "against the unlocked encoder's features, relative to their variance) exceeds this, the step's learning "
+            "rate is scaled by max_authorized_drift / drift. A projected lock cannot pull drift back (the "
+            "preservation term's gradient is what the projection removes), so at a high learning rate it can run "
+            "away from the authorized features. Only objective='information' with info_preserve_weight > 0 measures "
+            "the drift; other objectives and unprojected updates are not guarded. 0: off."
         },
     )
     score_function: str = field(
@@ -342,8 +358,19 @@ class EncoderLockConfig(TrainingArguments):
             "help": "Every masked update is projected, weight row by weight row within its selected entries, off the "
             "directions in which the unlocked encoder's authorized inputs to that layer hold more than this multiple "
             "of the layer's mean per-coordinate energy, so authorized features barely move (a number >= 0; 0: only "
-            "directions they never use). 'auto': 0.01 (supervised), 0.02 (unsupervised), 0.05 (zero-shot); None or "
-            "'none': off. Linear and Conv2d weights; keeps a frozen copy of the encoder."
+            "directions they never use). 'auto': 0.01 (supervised), 0.02 (unsupervised), 0.05 (zero-shot), and "
+            "dropped at the first round when it leaves the prohibited objective's gradient no room (the two domains "
+            "use the same input directions, e.g. a colour authorized domain): the lock then runs unprojected at "
+            "unprojected_learning_rate. None or 'none': off. Linear and Conv2d weights; keeps a frozen copy of the "
+            "encoder."
+        },
+    )
+    unprojected_learning_rate: float = field(
+        default=0.01,
+        metadata={
+            "help": "Learning rate of the masked updates once authorized_projection='auto' has dropped the "
+            "projection: unprojected updates move the authorized features as well, so they need a smaller rate "
+            "than learning_rate."
         },
     )
     magnitude_gate: float | None = field(
@@ -416,7 +443,7 @@ class EncoderLockConfig(TrainingArguments):
     output_dir: str | None = field(
         default="encoderlock_output", metadata={"help": "Where the lock's outputs and checkpoints go."}
     )
-    learning_rate: float = field(default=0.1, metadata={"help": "Learning rate of the masked weight updates."})
+    learning_rate: float = field(default=0.3, metadata={"help": "Learning rate of the masked weight updates."})
     weight_decay: float = field(default=0.0, metadata={"help": "Weight decay of the masked weight updates."})
     lr_scheduler_type: str = field(default="constant", metadata={"help": "Scheduler of the masked updates."})
     per_device_train_batch_size: int = field(default=256, metadata={"help": "Images per domain per step."})

@@ -49,6 +49,7 @@ __all__ = [
     "save_mask",
     "select_candidate_parameters",
     "select_top_weights",
+    "sum_across_processes",
     "sync_gradient_stats",
     "sync_mask_across_processes",
     "sync_scores",
@@ -534,6 +535,13 @@ def sync_gradient_stats(stats: GradientStats) -> GradientStats:
     count = torch.tensor([float(stats.num_batches)], device=_comm_device())
     torch.distributed.all_reduce(count)
     return GradientStats(grad_sum, sq_sum, int(count.item()))
+
+
+def sum_across_processes(values: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Sum each tensor over ranks (float32 on the wire); returns them unchanged when not distributed."""
+    if not _dist_active():
+        return dict(values)
+    return _all_reduce_sum(values)
 
 
 def sync_mask_across_processes(mask: Mapping[str, torch.Tensor], src: int = 0) -> Mask:

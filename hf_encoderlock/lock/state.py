@@ -65,6 +65,9 @@ class LockState:
     last_challenge_round: int | None = None
     #: ``objective.state_dict()`` as of the last save or load (``None``: not captured, e.g. a legacy checkpoint).
     objective: dict[str, Any] | None = None
+    #: ``authorized_projection='auto'`` found no room for the prohibited gradient at the first round: the lock runs
+    #: unprojected (decided once, so a resumed run keeps the decision).
+    projection_dropped: bool = False
     #: Per-round figures, in the order they were recorded.
     history: list[dict[str, Any]] = field(default_factory=list)
     #: Seconds spent in selection, masked updates and challenges.
@@ -99,6 +102,7 @@ class LockState:
             "rounds_completed": self.rounds_completed,
             "adversary_val_accuracy": self.adversary_val_accuracy,
             "last_challenge_round": self.last_challenge_round,
+            "projection_dropped": self.projection_dropped,
             "best_gap": self.best_gap,
             "best_round": self.best_round,
             "objective": self.objective if self.objective is not None else {},
@@ -144,6 +148,7 @@ class LockState:
             best_round=info["best_round"],
             adversary_val_accuracy=float(info["adversary_val_accuracy"]),
             last_challenge_round=info["last_challenge_round"],
+            projection_dropped=bool(info.get("projection_dropped", False)),
             objective=info["objective"],
             history=list(info["history"]),
             phase_time={**_phase_time(), **{k: float(v) for k, v in info["phase_time"].items()}},

@@ -48,6 +48,8 @@ def _lock(output_dir: str, objective_override: Any = None, **overrides: Any) -> 
             for role in ("authorized", "adversary")
         },
         "losses": [e["loss"] for e in trainer.state.log_history if "loss" in e],
+        "free_shares": [h.get("projection_free_share") for h in trainer.history if "mask_size" in h],
+        "projection_dropped": trainer.lock_state.projection_dropped,
         # streamed lock data: the most images one call decoded on this rank (None: held in memory)
         "largest_decode": getattr(getattr(trainer.lock_authorized, "counter", None), "largest", None),
     }
@@ -119,6 +121,19 @@ SETUPS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
         },
         {"per_device_train_batch_size": WORLD * PER_DEVICE},
     ),
+    # 'auto' on the patch embedding alone, red authorized images: no room, so the projection is dropped at the first
+    # round; every rank must take that decision from the same (summed) free share, and the drift guard from the same
+    # (global-batch) drift
+    "information-auto-dropped": (
+        {
+            "objective": "information",
+            "info_preserve_weight": 1.0,
+            "authorized_projection": "auto",
+            "candidate_blocks": [-1],
+            "max_authorized_drift": 0.01,
+        },
+        {"per_device_train_batch_size": WORLD * PER_DEVICE},
+    ),
     # per-rank objectives (DDP only averages their gradients) = one process accumulating two micro-batches of 6
     "paper-per-rank": ({"ddp_global_batch": False}, {"gradient_accumulation_steps": WORLD}),
 }
@@ -140,6 +155,8 @@ def test_every_rank_ends_with_the_same_mask_weights_and_heads(ranks, setup):
     for role in ("authorized", "adversary"):
         for key, value in r0["heads"][role].items():
             assert torch.equal(value, r1["heads"][role][key]), f"{role} head {key} differs across ranks"
+    assert r0["free_shares"] == r1["free_shares"] and r0["projection_dropped"] == r1["projection_dropped"]
+    assert r0["projection_dropped"] == (setup == "information-auto-dropped")
     if SETUPS[setup][0].get("lock_cache_bytes") == 0:  # each rank decoded its own share of a batch, never more
         assert r0["largest_decode"] == r1["largest_decode"] == PER_DEVICE
 
@@ -154,6 +171,10 @@ def test_two_ranks_match_one_process(ranks, setup, tmp_path):
     assert single["world_size"] == 1
     r0 = ranks[setup][0]
     _assert_same_mask(single["mask"], r0["mask"])
+    assert single["projection_dropped"] == r0["projection_dropped"]
+    assert [x is None for x in single["free_shares"]] == [x is None for x in r0["free_shares"]]
+    for share_single, share_ddp in zip(single["free_shares"], r0["free_shares"]):
+        assert share_single is None or share_ddp == pytest.approx(share_single, rel=1e-3, abs=1e-6)
     before = dict(tiny_vit_encoder(seed=0, image_size=16, patch_size=4).named_parameters())
     for name, value in single["weights"].items():
         delta_single = value - before[name].detach()

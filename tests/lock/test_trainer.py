@@ -109,6 +109,93 @@ def test_repair_steps_follow_the_rounds_inside_the_mask_unprojected_on_the_autho
     assert unprojected > 0
 
 
+@pytest.mark.parametrize("blocks, dropped", [([-1], True), (None, False)], ids=["no-room", "room"])
+def test_auto_projection_is_dropped_when_it_leaves_the_prohibited_gradient_no_room(
+    tiny_trainer, caplog, blocks, dropped
+):
+    """Red authorized images use every input direction of the patch embedding (the only candidate): 'auto' drops the
+    projection at the first round and runs at unprojected_learning_rate. With every block a candidate, deeper layers
+    leave room and the projection stays."""
+    _, trainer = tiny_trainer(
+        objective="information",
+        info_preserve_weight=1.0,
+        authorized_projection="auto",
+        candidate_blocks=blocks,
+        unprojected_learning_rate=0.004,
+        repair_steps=2,
+        repair_learning_rate=0.002,
+        max_authorized_drift=1e-9,  # guards projected steps only
+        best_model_criterion="last",
+    )
+    rates = []
+    recorder = _RecordLearningRate(trainer, rates)
+    trainer.add_callback(recorder)
+    with caplog.at_level("WARNING", logger="hf_encoderlock.lock.trainer"):
+        trainer.train()
+    warned = [r.getMessage() for r in caplog.records if "runs unprojected" in r.getMessage()]
+    (first,) = [h for h in trainer.history if h.get("round") == 0 and "mask_size" in h]
+    assert trainer.lock_state.projection_dropped is dropped and trainer.lock_summary()["projection_dropped"] is dropped
+    assert first.get("projection_dropped", False) is dropped
+    assert (first["projection_free_share"] < 0.01) is dropped
+    logs = [e for e in trainer.state.log_history if "lock/loss_authorized" in e]
+    drift = [float(e["lock/authorized_drift"]) for e in logs]
+    if dropped:
+        assert trainer.projection is None and len(warned) == 1
+        assert "projection_free_share" not in [h for h in trainer.history if "mask_size" in h][1]
+        # every step unprojected at its own rate, unguarded; the repair steps continue the lock (its whole loss, the
+        # optimiser's moments kept)
+        assert rates == pytest.approx([0.004] * 8)
+        assert all(recorder.moments_at[step] > 0 for step in (6, 7))
+        assert not any("lock/repair_learning_rate" in e for e in logs)
+        assert float(logs[-1]["loss"]) > float(logs[-1]["lock/loss_authorized"]) + 1e-3
+        assert sum(int(m.sum()) for m in trainer.mask.values()) == 2 * 15  # round 0 selected once, unprojected
+    else:
+        assert trainer.projection is not None and trainer.projection.names and not warned
+        assert rates[:6] == pytest.approx([0.01 * min(1.0, 1e-9 / d) if d > 0 else 0.01 for d in drift[:6]])
+        assert rates[6:] == [0.002, 0.002]  # the repair's own rate, unguarded
+
+
+def test_drift_guard_scales_each_projected_step_by_its_drift_and_holds_the_drift_down(tiny_trainer):
+    """Projected at 0.01 and lr 0.1, the tiny lock's authorized drift grows to 0.01 in six steps; a guard at 0.002
+    scales every step past it by 0.002 / drift, and the drift stays lower."""
+    overrides = dict(
+        objective="information",
+        info_preserve_weight=1.0,
+        authorized_projection=0.01,
+        learning_rate=0.1,
+        best_model_criterion="last",
+    )
+    drifts = {}
+    for tolerance in (0.0, 0.002):
+        _, trainer = tiny_trainer(max_authorized_drift=tolerance, **overrides)
+        rates = []
+        trainer.add_callback(_RecordLearningRate(trainer, rates))
+        trainer.train()
+        logs = [e for e in trainer.state.log_history if "lock/authorized_drift" in e]
+        assert len(logs) == len(rates) == 6
+        drift = [float(e["lock/authorized_drift"]) for e in logs]
+        drifts[tolerance] = drift
+        if tolerance == 0:
+            assert rates == [0.1] * 6 and not any("lock/drift_guard_scale" in e for e in logs)
+            continue
+        # each step's rate: the scheduler's, times tolerance / drift once that step's drift is above the tolerance
+        expected = [0.1 * min(1.0, tolerance / d) if d > 0 else 0.1 for d in drift]
+        assert rates == pytest.approx(expected, rel=1e-5)
+        assert [float(e["lock/drift_guard_scale"]) for e in logs] == pytest.approx([r / 0.1 for r in rates], rel=1e-3)
+        assert rates[0] == 0.1 and min(rates) < 0.05  # the first step has no drift yet; later ones are guarded
+    assert max(drifts[0.0]) > 0.005 and max(drifts[0.002]) < max(drifts[0.0])
+
+
+def test_drift_guard_leaves_objectives_without_a_drift_alone(tiny_trainer):
+    """The paper's objective measures no authorized drift: a guard has nothing to act on and every step runs at the
+    scheduler's rate."""
+    _, trainer = tiny_trainer(objective="paper", authorized_projection=0.01, max_authorized_drift=1e-9)
+    rates = []
+    trainer.add_callback(_RecordLearningRate(trainer, rates))
+    trainer.train()
+    assert rates == [0.01] * 6
+
+
 def test_logs_rounds_and_saves_a_loadable_encoder(tmp_path, tiny_trainer):
     encoder, trainer = tiny_trainer()
     trainer.train()
@@ -210,6 +297,16 @@ class _StopAt(TrainerCallback):
         ("information", 3, {"authorized_projection": 0.01}),
         ("information", 6, {"authorized_projection": 0.01, "repair_steps": 3}),
         ("information", 7, {"authorized_projection": 0.01, "repair_steps": 3}),
+        (
+            "information",
+            3,
+            {
+                "authorized_projection": "auto",
+                "candidate_blocks": [-1],
+                "info_preserve_weight": 1.0,
+                "max_authorized_drift": 0.01,
+            },
+        ),
     ],
     ids=[
         "paper-mid-round-end-of-epoch",
@@ -217,6 +314,7 @@ class _StopAt(TrainerCallback):
         "information-projected-mid-round",
         "projected-killed-before-the-repair",
         "projected-killed-inside-the-repair",
+        "auto-projection-dropped-drift-guarded-mid-round",
     ],
 )
 def test_killed_run_resumes_to_the_same_mask_and_bit_identical_weights(
@@ -224,7 +322,9 @@ def test_killed_run_resumes_to_the_same_mask_and_bit_identical_weights(
 ):
     """Mid-round (paper): the heads must come from the checkpoint; at a round start (information): the
     objective's normalisation reference must; projected (mid-round): the projection is rebuilt from the unlocked
-    encoder, not from the checkpoint's weights. Each epoch is 3 steps, so both data-skipping paths are covered."""
+    encoder, not from the checkpoint's weights; 'auto' dropped at the first round: the decision (and with it the
+    unprojected learning rate) must come from the checkpoint. Each epoch is 3 steps, so both data-skipping paths are
+    covered."""
     config = dict(
         num_rounds=3,
         update_steps_per_round=2,
@@ -256,6 +356,8 @@ def test_killed_run_resumes_to_the_same_mask_and_bit_identical_weights(
     for role in ("authorized", "adversary"):
         whole_head, resumed_head = getattr(whole.heads, role).state_dict(), getattr(resumed.heads, role).state_dict()
         assert all(torch.equal(resumed_head[k].cpu(), v.cpu()) for k, v in whole_head.items()), f"{role} head differs"
+    assert resumed.lock_state.projection_dropped == whole.lock_state.projection_dropped
+    assert (resumed.projection is None) == (whole.projection is None)
     whole_losses = [e["loss"] for e in whole.state.log_history if "loss" in e]
     resumed_losses = [e["loss"] for e in resumed.state.log_history if "loss" in e]
     assert resumed_losses == whole_losses

@@ -250,10 +250,12 @@ def test_default_config_is_the_tuned_lock_and_reference_is_the_papers():
     tuned, reference = EncoderLockConfig(output_dir="unused"), EncoderLockConfig.reference(output_dir="unused")
     assert tuned.objective == "information" and tuned.prohibited_poolings == ["auto"]
     assert (tuned.num_rounds, tuned.weights_per_round, tuned.candidate_blocks) == (20, 510, [-1, 0, 1])
-    assert (tuned.authorized_projection, tuned.projection_threshold(), tuned.learning_rate) == ("auto", 0.01, 0.1)
-    assert (tuned.repair_steps, tuned.repair_learning_rate, tuned.max_steps) == (0, 0.01, 20 * 10)
+    assert (tuned.authorized_projection, tuned.projection_threshold(), tuned.learning_rate) == ("auto", 0.01, 0.3)
+    assert (tuned.repair_steps, tuned.repair_learning_rate, tuned.max_steps) == (20, 0.01, 20 * 10 + 20)
+    assert (tuned.max_authorized_drift, tuned.unprojected_learning_rate) == (0.1, 0.01)
     assert reference.objective == "paper" and reference.prohibited_poolings is None
     assert (reference.projection_threshold(), reference.learning_rate, reference.repair_steps) == (None, 1e-2, 0)
+    assert reference.max_authorized_drift == 0
     assert (reference.weights_per_round, reference.layers_per_round, reference.update_steps_per_round) == (100, 1, 40)
 
 
