@@ -32,18 +32,30 @@ PROBE_SEEDS = ("0", "1", "2")
 
 
 def _flags(
-    projection: str, lr: str, blocks: str = "-1 0", steps: str = "10", *extra: str, repair: str = "0"
+    projection: str,
+    lr: str,
+    blocks: str = "-1 0",
+    steps: str = "10",
+    *extra: str,
+    repair: str = "0",
+    guard: str = "0",
 ) -> list[str]:
     """Every lever's flag spelled out, so a setting means the same lock whatever the library's defaults are."""
     return [
         *("--authorized_projection", projection, "--learning_rate", lr),
-        *("--candidate_blocks", *blocks.split(), "--update_steps_per_round", steps, "--repair_steps", repair, *extra),
+        *("--candidate_blocks", *blocks.split(), "--update_steps_per_round", steps, "--repair_steps", repair),
+        *("--max_authorized_drift", guard, *extra),
     ]
 
 
-def _repaired(lr: str, *extra: str, projection: str = "0.01") -> list[str]:
+def _repaired(lr: str, *extra: str, projection: str = "0.01", guard: str = "0") -> list[str]:
     """Blocks -1..1, 10 steps a round at ``lr`` projected at ``projection``, then 20 repair steps at 0.01."""
-    return _flags(projection, lr, "-1 0 1", "10", "--repair_learning_rate", "0.01", *extra, repair="20")
+    return _flags(projection, lr, "-1 0 1", "10", "--repair_learning_rate", "0.01", *extra, repair="20", guard=guard)
+
+
+def _guarded(guard: str, *extra: str) -> list[str]:
+    """The repaired lock at lr 0.3 with the drift guard at ``guard`` (0.1: the default since 2026-11-29, evening)."""
+    return _repaired("0.3", *extra, guard=guard)
 
 
 #: name -> flags of ``examples/lock_vit.py`` (on top of the default lock). "tau" is ``authorized_projection``.
@@ -102,6 +114,21 @@ SETTINGS: dict[str, list[str]] = {
     "tau 0.01, lr 0.3, blocks -1..1, 20 repair steps at 0.01": _repaired("0.3"),
     "tau 0.01, lr 0.3, blocks -1..1, 20 repair steps at 0.01, seed 1": _repaired("0.3", "--seed", "1"),
     "tau 0.01, lr 0.3, blocks -1..1, 20 repair steps at 0.01, seed 2": _repaired("0.3", "--seed", "2"),
+    "tau 0.01, lr 0.3, blocks -1..1, 20 repair steps at 0.01, 2 threads": _repaired("0.3"),
+    "tau 0.01, lr 0.3 decaying linearly, blocks -1..1, 20 repair steps": _repaired(
+        "0.3", "--lr_scheduler_type", "linear"
+    ),
+    "tau 0.01, lr 0.3 decaying linearly, blocks -1..1, 20 repair steps, seed 1": _repaired(
+        "0.3", "--lr_scheduler_type", "linear", "--seed", "1"
+    ),
+    "drift guard 0.1 (the default)": _guarded("0.1"),
+    "drift guard 0.1 (the default), seed 1": _guarded("0.1", "--seed", "1"),
+    "drift guard 0.1 (the default), seed 2": _guarded("0.1", "--seed", "2"),
+    "drift guard 0.1 (the default), 2 threads": _guarded("0.1"),
+    "drift guard 0.1 (the default), seed 1, 2 threads": _guarded("0.1", "--seed", "1"),
+    "drift guard 0.1 (the default), seed 2, 2 threads": _guarded("0.1", "--seed", "2"),
+    "drift guard 0.2, 2 threads": _guarded("0.2"),
+    "drift guard 0.05, 2 threads": _guarded("0.05"),
     # the variants (README, "Unsupervised and zero-shot locking"); prohibited = mnist-m in the summary either way
     "unsupervised, tau 0.01": _flags("0.01", "0.1", "-1 0 1", "10", "--variant", "unsupervised"),
     "unsupervised, tau 0.02": _flags("0.02", "0.1", "-1 0 1", "10", "--variant", "unsupervised"),
@@ -115,7 +142,15 @@ SETTINGS: dict[str, list[str]] = {
     "zero-shot, no projection, lr 0.01 (previous default)": _flags(
         "none", "0.01", "-1 0", "10", "--variant", "zero-shot"
     ),
+    "unsupervised, tau 0.02, drift guard 0.1 (the default)": _repaired(
+        "0.3", "--variant", "unsupervised", projection="0.02", guard="0.1"
+    ),
+    "zero-shot, tau 0.05, drift guard 0.1 (the default)": _repaired(
+        "0.3", "--variant", "zero-shot", projection="0.05", guard="0.1"
+    ),
 }
+#: settings run with 2 torch threads (``accelerate launch --num_cpu_threads_per_process 2``) whatever ``--threads`` says
+TWO_THREADS = {name for name in SETTINGS if name.endswith("2 threads")}
 
 
 def _folder_name(name: str) -> str:
@@ -127,12 +162,14 @@ def run_setting(name: str, args: argparse.Namespace) -> Path:
     folder = Path(args.runs_dir) / _folder_name(name)
     if (folder / "report.json").is_file():
         return folder
+    threads = 2 if name in TWO_THREADS else args.threads
     command = [
-        *("accelerate", "launch", "--num_processes", "1", str(REPO / "examples" / "lock_vit.py")),
+        *("accelerate", "launch", "--num_processes", "1", "--num_cpu_threads_per_process", str(threads)),
+        str(REPO / "examples" / "lock_vit.py"),
         *("--output_dir", str(folder), "--probe_fractions", str(FRACTION), "--probe_seeds", *PROBE_SEEDS),
         *("--cache_dir", str(args.cache_dir), *SETTINGS[name]),
     ]
-    environment = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    environment = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     folder.parent.mkdir(parents=True, exist_ok=True)
     with open(folder.parent / f"{folder.name}.log", "w") as log:
         subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT, env=environment)

@@ -384,6 +384,8 @@ class EncoderLockCardData:
     mask: dict[str, Any] = field(default_factory=dict)
     rounds_completed: int | None = None
     best_round: int | None = None
+    #: ``authorized_projection='auto'`` found no room at the first round and the lock ran unprojected
+    projection_dropped: bool = False
     seed: int | None = None
     versions: dict[str, str] = field(default_factory=dict)
     weight_hashes: dict[str, str] = field(default_factory=dict)
@@ -442,6 +444,7 @@ class EncoderLockCardData:
             mask=dict(lock.get("mask", {})),
             rounds_completed=lock.get("rounds_completed"),
             best_round=lock.get("best_round"),
+            projection_dropped=bool(lock.get("projection_dropped", False)),
             seed=lock.get("seed"),
             versions=dict(lock.get("versions", {})),
             weight_hashes=hashes,
@@ -616,6 +619,7 @@ class EncoderLockCardData:
             "mask_layers": mask.get("per_layer", {}),
             "rounds_completed": self.rounds_completed,
             "best_round": self.best_round,
+            "projection_dropped": self.projection_dropped,
             "seed": self.seed,
             "hyperparameters": {k: json.dumps(_tidy(v)) for k, v in sorted(self.hyperparameters.items())},
             "results": [

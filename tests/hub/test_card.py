@@ -69,6 +69,16 @@ def test_card_render_then_parse_round_trip(locked_folder):
     assert again == path.read_text()  # rendering is deterministic
 
 
+@pytest.mark.parametrize("dropped", [False, True])
+def test_card_says_when_auto_dropped_the_projection(locked_folder, dropped):
+    config = json.loads((locked_folder / "encoderlock_config.json").read_text())
+    (locked_folder / "encoderlock_config.json").write_text(json.dumps({**config, "projection_dropped": dropped}))
+    text = ModelCard.load(write_model_card(locked_folder, report=card_report(), repo_id="user/locked")).text
+    assert ("Authorized projection: dropped at the first round" in text) is dropped
+    if not dropped:  # no blank line left where the line would be
+        assert "- Rounds completed: 2 (encoder kept from round 2)\n- Seed: 7" in text
+
+
 def test_card_without_report_finds_matching_report_only(locked_folder):
     stale = card_report() | {"lock": {"mask": {**MASK, "count": 99}, "seed": 7}}
     (locked_folder.parent / "report.json").write_text(json.dumps(stale))
