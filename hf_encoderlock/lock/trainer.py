@@ -79,8 +79,8 @@ EVAL_KEYS = ("authorized", "prohibited")  # the keys of eval_dataset: which lock
 MIN_IMAGES_PER_DOMAIN = 8  # below this, a validation split carved from the lock data is meaningless
 VIEW_SEED_OFFSET = 104_729  # augmented views draw from their own generator, seeded args.seed + this
 # Below this share of the prohibited gradient's energy in the directions the projection leaves free, a projected lock
-# barely moves. Measured at round 0 (before any update) on the built-in pairs: 0.15-0.34 where the projected lock
-# removed 87-98% of the advantage (grey mnist authorized), 0.0004-0.003 where it removed at most 9% (colour authorized).
+# barely moves. Measured at round 0 (before any update) on the 12 built-in pairs: 0.15-0.35 with grey mnist authorized
+# (the projected lock removed 86-106% of the advantage), 0.00035-0.0033 with a colour domain authorized (at most 9%).
 # authorized_projection='auto' drops the projection below it.
 LOW_FREE_SHARE = 0.01
 SCORE_SEED_STRIDE = 7919  # round r draws its score batches from a generator seeded args.seed + this * (r + 1)

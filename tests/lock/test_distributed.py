@@ -48,6 +48,9 @@ def _lock(output_dir: str, objective_override: Any = None, **overrides: Any) -> 
             for role in ("authorized", "adversary")
         },
         "losses": [e["loss"] for e in trainer.state.log_history if "loss" in e],
+        "guard_scales": [
+            float(e["lock/drift_guard_scale"]) for e in trainer.state.log_history if "lock/drift_guard_scale" in e
+        ],
         "free_shares": [h.get("projection_free_share") for h in trainer.history if "mask_size" in h],
         "projection_dropped": trainer.lock_state.projection_dropped,
         # streamed lock data: the most images one call decoded on this rank (None: held in memory)
@@ -107,6 +110,9 @@ SETUPS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
             "prohibited_poolings": ["cls", "mean"],
             "info_knn_weight": 1.0,
             "authorized_projection": 0.01,
+            # the drift guard acting on every step after the first: ranks scale by the same global-batch drift
+            "info_preserve_weight": 1.0,
+            "max_authorized_drift": 1e-9,
         },
         {"per_device_train_batch_size": WORLD * PER_DEVICE},
     ),
@@ -122,15 +128,13 @@ SETUPS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
         {"per_device_train_batch_size": WORLD * PER_DEVICE},
     ),
     # 'auto' on the patch embedding alone, red authorized images: no room, so the projection is dropped at the first
-    # round; every rank must take that decision from the same (summed) free share, and the drift guard from the same
-    # (global-batch) drift
+    # round; every rank must take that decision from the same (summed) free share
     "information-auto-dropped": (
         {
             "objective": "information",
             "info_preserve_weight": 1.0,
             "authorized_projection": "auto",
             "candidate_blocks": [-1],
-            "max_authorized_drift": 0.01,
         },
         {"per_device_train_batch_size": WORLD * PER_DEVICE},
     ),
@@ -156,6 +160,9 @@ def test_every_rank_ends_with_the_same_mask_weights_and_heads(ranks, setup):
         for key, value in r0["heads"][role].items():
             assert torch.equal(value, r1["heads"][role][key]), f"{role} head {key} differs across ranks"
     assert r0["free_shares"] == r1["free_shares"] and r0["projection_dropped"] == r1["projection_dropped"]
+    assert r0["guard_scales"] == r1["guard_scales"]
+    if setup == "information-global":
+        assert len(r0["guard_scales"]) == 6 and max(r0["guard_scales"][1:]) < 1.0  # the guard acted
     assert r0["projection_dropped"] == (setup == "information-auto-dropped")
     if SETUPS[setup][0].get("lock_cache_bytes") == 0:  # each rank decoded its own share of a batch, never more
         assert r0["largest_decode"] == r1["largest_decode"] == PER_DEVICE
