@@ -54,6 +54,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--attacks", nargs="+", default=["full"], help="Attacks of the suite (scratch is added).")
     parser.add_argument("--epochs", type=int, default=None, help="Maximum epochs (default: AttackConfig's).")
+    parser.add_argument(
+        "--full_lrs", type=float, nargs="+", help="Full fine-tuning's lr grid (default: AttackConfig's)."
+    )
+    parser.add_argument(
+        "--scratch_lrs", type=float, nargs="+", help="The scratch floor's lr grid (default: AttackConfig's)."
+    )
     parser.add_argument("--full_seeds", type=int, nargs="+", help="Seeds at fraction 1 (default: --seeds).")
     parser.add_argument("--full_domains", nargs="+", help="Domains attacked at fraction 1 (default: every one).")
     parser.add_argument(
@@ -142,6 +148,9 @@ def main() -> None:
     settings = {"attacks": tuple(options.attacks), "num_threads": options.threads}
     if options.epochs is not None:
         settings["epochs"] = options.epochs
+    for grid in ("full_lrs", "scratch_lrs"):  # a stronger attacker than the default grid
+        if getattr(options, grid):
+            settings[grid] = tuple(getattr(options, grid))
     results["attack_config"] = asdict(AttackConfig(**settings))
     encoders = {
         "victim": ("victim", "default", "victim"),
