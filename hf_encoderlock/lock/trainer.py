@@ -16,7 +16,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -497,8 +497,8 @@ class EncoderLockTrainer(Trainer):
     def repairing(self) -> bool:
         """Whether the update being computed is one of the ``repair_steps`` after the last round. Not when 'auto'
         dropped the projection: unprojected, the lock's cost to the authorized domain lies along what it removed, and
-        a repair takes both back (measured on ``mnist-m`` -> ``mnist``: 3.4% of the advantage left removed), so those
-        steps continue the lock on the last round's mask instead."""
+        a repair takes both back (measured on ``mnist-m`` -> ``mnist``: 3.4% of the advantage left removed, README
+        "When the projection leaves no room"), so those steps continue the lock on the last round's mask instead."""
         return self.state.global_step >= self.args.lock_steps and not self.lock_state.projection_dropped
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -704,19 +704,19 @@ class EncoderLockTrainer(Trainer):
         scale = 1.0
         if self.lock_state.projection_dropped:  # as a factor, so that a user's scheduler still shapes the rate
             scale = self.args.unprojected_learning_rate / self.args.learning_rate
-        if self.args.max_authorized_drift > 0 and self._projects_this_step():
+        drift = self.lock_state.last_logs.get("authorized_drift")  # None: the objective measures no drift
+        if self.args.max_authorized_drift > 0 and drift is not None and self._projects_this_step():
             # The drift is this step's, measured before its update. A projected lock cannot pull the features back
             # (the preservation term's gradient is what the projection removes), so drift only grows, and at high
             # learning rates it compounds (measured: 0.01 to 1.37 over six rounds); smaller steps stop the growth.
             # Unprojected updates are left alone: the preservation term pulls their drift back.
-            drift = self.lock_state.last_logs.get("authorized_drift", 0.0)
             guard = min(1.0, self.args.max_authorized_drift / drift) if drift > 0 else 1.0
             self.lock_state.last_logs["drift_guard_scale"] = guard
             scale *= guard
         if scale != 1.0:
             self._set_step_learning_rates(lambda lr: lr * scale)
 
-    def _set_step_learning_rates(self, rate) -> None:
+    def _set_step_learning_rates(self, rate: Callable[[float], float]) -> None:
         """Run this optimiser step at ``rate(scheduled_lr)`` in every group; :meth:`after_optimizer_step` puts the
         scheduler's rates back."""
         self._scheduled_lrs = [group["lr"] for group in self.optimizer.param_groups]

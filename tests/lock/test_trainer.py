@@ -194,6 +194,7 @@ def test_drift_guard_leaves_objectives_without_a_drift_alone(tiny_trainer):
     trainer.add_callback(_RecordLearningRate(trainer, rates))
     trainer.train()
     assert rates == [0.01] * 6
+    assert not any("lock/drift_guard_scale" in e for e in trainer.state.log_history)
 
 
 def test_logs_rounds_and_saves_a_loadable_encoder(tmp_path, tiny_trainer):
