@@ -155,6 +155,26 @@ def test_auto_projection_is_dropped_when_it_leaves_the_prohibited_gradient_no_ro
         assert rates[6:] == [0.002, 0.002]  # the repair's own rate, unguarded
 
 
+@pytest.mark.parametrize("learning_rate, warned", [(0.3, True), (0.01, False)])
+def test_unprojected_lock_at_a_projected_learning_rate_is_warned_about_before_any_work(
+    tiny_lock_config, toy_domains, caplog, learning_rate, warned
+):
+    args = tiny_lock_config(authorized_projection=None, learning_rate=learning_rate)
+    with caplog.at_level("WARNING", logger="hf_encoderlock.lock.trainer"):
+        EncoderLockTrainer(
+            tiny_vit_encoder(seed=0, image_size=16, patch_size=4),
+            args,
+            toy_domains.authorized,
+            toy_domains.prohibited,
+            "red",
+            "green",
+        )
+    messages = [r.getMessage() for r in caplog.records if "authorized_projection is off" in r.getMessage()]
+    assert len(messages) == int(warned)
+    if warned:
+        assert "learning_rate is 0.3" in messages[0] and "--learning_rate 0.01" in messages[0]
+
+
 def test_drift_guard_scales_each_projected_step_by_its_drift_and_holds_the_drift_down(tiny_trainer):
     """Projected at 0.01 and lr 0.1, the tiny lock's authorized drift grows to 0.01 in six steps; a guard at 0.002
     scales every step past it by 0.002 / drift, and the drift stays lower."""
