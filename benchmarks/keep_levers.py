@@ -131,6 +131,8 @@ SETTINGS: dict[str, list[str]] = {
     "drift guard 0.1 (the default), 2 threads": _guarded("0.1"),
     "drift guard 0.1 (the default), seed 1, 2 threads": _guarded("0.1", "--seed", "1"),
     "drift guard 0.1 (the default), seed 2, 2 threads": _guarded("0.1", "--seed", "2"),
+    "drift guard 0.1 (the default), seed 3, 2 threads": _guarded("0.1", "--seed", "3"),
+    "drift guard 0.1 (the default), seed 4, 2 threads": _guarded("0.1", "--seed", "4"),
     "drift guard 0.2, 2 threads": _guarded("0.2"),
     "drift guard 0.05, 2 threads": _guarded("0.05"),
     # the variants (README, "Unsupervised and zero-shot locking"); prohibited = mnist-m in the summary either way
