@@ -68,6 +68,7 @@ PINNED_DEFAULTS: dict[str, Any] = dict(
     info_whitening_shrinkage=1.0,
     repair_steps=0,
     max_authorized_drift=0.0,
+    prohibited_batch_factor=1,
     num_rounds=10,
     weights_per_round=100,
     layers_per_round=1,

@@ -516,14 +516,19 @@ class PairedDomainDataset(TorchDataset):
 class PairedDomainCollator:
     """Gathers the tensors of a batch of index pairs into the inputs ``compute_loss`` expects. For streamed domains
     this is where a batch's images are decoded and preprocessed: in the DataLoader's workers when
-    ``dataloader_num_workers`` > 0, on each process's own share of the batches under DDP."""
+    ``dataloader_num_workers`` > 0, on each process's own share of the batches under DDP.
 
-    def __init__(self, authorized: LockRows, prohibited: LockRows) -> None:
+    With ``prohibited_per_authorized`` k > 1 the batch holds every item's prohibited example but only every k-th
+    item's authorized one: the prohibited side of a batch is k times the authorized side, still without an image
+    twice when the prohibited domain is the longer one (each of its rows is in one item per pass)."""
+
+    def __init__(self, authorized: LockRows, prohibited: LockRows, prohibited_per_authorized: int = 1) -> None:
         self.authorized = authorized
         self.prohibited = prohibited
+        self.prohibited_per_authorized = prohibited_per_authorized
 
     def __call__(self, items: list[dict[str, int]]) -> dict[str, torch.Tensor]:
-        a_index = torch.tensor([item["authorized_index"] for item in items])
+        a_index = torch.tensor([item["authorized_index"] for item in items[:: self.prohibited_per_authorized]])
         p_index = torch.tensor([item["prohibited_index"] for item in items])
         authorized, prohibited = self.authorized.take(a_index), self.prohibited.take(p_index)
         batch = {

@@ -44,6 +44,7 @@ WHOLE_MINIMUMS = {
     "weights_per_round": 1,
     "layers_per_round": 1,
     "update_steps_per_round": 1,
+    "prohibited_batch_factor": 1,
     "score_batches": 1,
     "challenge_every": 0,
     "adversary_seeds": 1,
@@ -144,6 +145,7 @@ REFERENCE_PRESET: dict[str, Any] = {
     "learning_rate": 1e-2,
     "weight_decay": 0.0,
     "update_steps_per_round": 40,
+    "prohibited_batch_factor": 1,
     "challenge_every": 5,
     "num_rounds": 100,
     "score_batches": 10,
@@ -305,6 +307,16 @@ class EncoderLockConfig(TrainingArguments):
     weights_per_round: int = field(default=510, metadata={"help": "N: weights newly selected per round."})
     layers_per_round: int = field(default=2, metadata={"help": "M: layers whose weights compete each round."})
     update_steps_per_round: int = field(default=10, metadata={"help": "Masked optimiser steps after each selection."})
+    prohibited_batch_factor: int = field(
+        default=2,
+        metadata={
+            "help": "Prohibited images per authorized image in an update batch: the prohibited side of a batch holds "
+            "this times per_device_train_batch_size images (lowered, with a warning, when the lock data hold fewer "
+            "than one such batch). The information measures are batch statistics; on 256 images the default lock "
+            "drove them to their label-shuffled floor while fresh probes still found the classes, and a larger "
+            "batch lets them see that weaker information (README, 'Prohibited batch')."
+        },
+    )
     repair_steps: int = field(
         default=20,
         metadata={
@@ -446,7 +458,10 @@ class EncoderLockConfig(TrainingArguments):
     learning_rate: float = field(default=0.3, metadata={"help": "Learning rate of the masked weight updates."})
     weight_decay: float = field(default=0.0, metadata={"help": "Weight decay of the masked weight updates."})
     lr_scheduler_type: str = field(default="constant", metadata={"help": "Scheduler of the masked updates."})
-    per_device_train_batch_size: int = field(default=256, metadata={"help": "Images per domain per step."})
+    per_device_train_batch_size: int = field(
+        default=256,
+        metadata={"help": "Authorized images per step (the prohibited side: prohibited_batch_factor times as many)."},
+    )
     per_device_eval_batch_size: int = field(
         default=512,
         metadata={"help": "Images per forward pass when encoding lock data (self-challenges and evaluate)."},

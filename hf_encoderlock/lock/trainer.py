@@ -263,16 +263,21 @@ class EncoderLockTrainer(Trainer):
             raise NotImplementedError("finetune_aware_steps is single-process: its simulated steps bypass DDP")
         self._saving_checkpoint = False
         self._saved_to: set[Path] = {Path(args.output_dir).resolve()}  # checked above, at construction
+        self.prohibited_batch_factor = self._usable_prohibited_batch_factor(args)
         if max(len(self.lock_authorized), len(self.lock_prohibited)) < args.per_device_train_batch_size:
             args.dataloader_drop_last = False  # less than one batch: dropping it would leave nothing to train on
         super().__init__(
             model=encoder,
             args=args,
             train_dataset=PairedDomainDataset(self.lock_authorized, self.lock_prohibited, seed=args.seed),
-            data_collator=PairedDomainCollator(self.lock_authorized, self.lock_prohibited),
+            data_collator=PairedDomainCollator(
+                self.lock_authorized, self.lock_prohibited, prohibited_per_authorized=self.prohibited_batch_factor
+            ),
             eval_dataset=eval_dataset,
             callbacks=list(callbacks or []),
         )
+        # a batch is k x per_device_train_batch_size pairs, of which the collator keeps k x prohibited, 1 x authorized
+        self._train_batch_size = self.prohibited_batch_factor * args.train_batch_size
         self.add_callback(LockRoundCallback(self))
 
     # ------------------------------------------------------------------------------------ prohibited side
@@ -324,6 +329,22 @@ class EncoderLockTrainer(Trainer):
                 f"num_rounds x weights_per_round = {args.weights_per_round * args.num_rounds} exceeds the "
                 f"{sum(sizes)} candidate weights (candidate_blocks={args.candidate_blocks}); lower the budget"
             )
+
+    def _usable_prohibited_batch_factor(self, args: EncoderLockConfig) -> int:
+        """``prohibited_batch_factor``, lowered (with a warning) until a batch of that many pairs per authorized
+        image fits in one pass over the lock data (pairs: as many as the longer domain has images)."""
+        pairs, batch = max(len(self.lock_authorized), len(self.lock_prohibited)), args.per_device_train_batch_size
+        usable = max(1, min(args.prohibited_batch_factor, pairs // batch))
+        if usable < args.prohibited_batch_factor:
+            logger.warning(
+                "prohibited_batch_factor %d needs %d prohibited lock images per batch, but the lock data hold %d "
+                "pairs; using %d",
+                args.prohibited_batch_factor,
+                args.prohibited_batch_factor * batch,
+                pairs,
+                usable,
+            )
+        return usable
 
     def _candidate_weights(self, args: EncoderLockConfig) -> dict[str, nn.Parameter]:
         """The weights selection may choose from. ``candidate_blocks`` names transformer blocks / stages; a model

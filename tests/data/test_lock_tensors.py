@@ -1,5 +1,9 @@
 """Lock tensors (hf_encoderlock.data.lock_tensors): several authorized domains combined into one labelled set."""
 
+import pytest
+import torch
+
+from hf_encoderlock.data.lock_tensors import DomainTensors, PairedDomainCollator, PairedDomainDataset
 from tests.helpers import toy_domain
 
 
@@ -29,3 +33,26 @@ def test_preprocessed_domains_carry_content_hashes_through_subsets_and_splits():
     assert torch.equal(part.content_hashes, data.content_hashes[[5, 2]])
     kept, held = stratified_split(data, 0.25, seed=0)
     assert len(kept.content_hashes) + len(held.content_hashes) == 12
+
+
+
+def _numbered_rows(n: int, first: int) -> DomainTensors:
+    """``n`` one-pixel 'images' whose pixel is their row number plus ``first``."""
+    return DomainTensors("rows", torch.arange(first, first + n).float()[:, None], torch.zeros(n, dtype=torch.long), 1)
+
+
+@pytest.mark.parametrize("factor", [1, 2, 3])
+def test_collated_batches_hold_factor_times_more_distinct_prohibited_images(factor):
+    authorized, prohibited = _numbered_rows(24, 0), _numbered_rows(24, 100)
+    dataset = PairedDomainDataset(authorized, prohibited, seed=0)
+    collate = PairedDomainCollator(authorized, prohibited, prohibited_per_authorized=factor)
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(1)).tolist()  # as a random sampler
+    size = 4 * factor
+    for start in range(0, len(order) - size + 1, size):
+        batch = collate([dataset[i] for i in order[start : start + size]])
+        a_rows = batch["authorized_pixel_values"][:, 0].long().tolist()
+        p_rows = batch["prohibited_pixel_values"][:, 0].long().tolist()
+        assert len(a_rows) == 4 and len(p_rows) == 4 * factor
+        assert len(set(p_rows)) == len(p_rows)  # no prohibited image twice in a batch
+        assert batch["authorized_index"].tolist() == a_rows  # the rows the reference cache reads
+        assert torch.equal(batch["authorized_labels"], authorized.labels[batch["authorized_index"]])

@@ -217,6 +217,27 @@ def test_drift_guard_leaves_objectives_without_a_drift_alone(tiny_trainer):
     assert not any("lock/drift_guard_scale" in e for e in trainer.state.log_history)
 
 
+@pytest.mark.parametrize("factor, usable", [(2, 2), (9, 3)])
+def test_prohibited_batches_are_factor_times_the_authorized_ones(tiny_trainer, caplog, factor, usable):
+    """The tiny lock holds 38 pairs and batches of 12 authorized images: a factor of 2 gives 24 prohibited images a
+    step; 9 would need 108, so it is lowered to the 3 that fit in one pass, with a warning before any work."""
+    with caplog.at_level("WARNING", logger="hf_encoderlock.lock.trainer"):
+        _, trainer = tiny_trainer(prohibited_batch_factor=factor)
+    warned = [r.getMessage() for r in caplog.records if "prohibited_batch_factor" in r.getMessage()]
+    assert len(warned) == int(factor != usable)
+    if warned:
+        assert f"prohibited_batch_factor {factor} needs 108" in warned[0] and f"using {usable}" in warned[0]
+    sizes, compute_loss = [], trainer.compute_loss
+
+    def recording(model, inputs, *args, **kwargs):
+        sizes.append((len(inputs["authorized_pixel_values"]), len(inputs["prohibited_pixel_values"])))
+        return compute_loss(model, inputs, *args, **kwargs)
+
+    trainer.compute_loss = recording
+    trainer.train()
+    assert sizes == [(12, 12 * usable)] * 6
+
+
 def test_logs_rounds_and_saves_a_loadable_encoder(tmp_path, tiny_trainer):
     encoder, trainer = tiny_trainer()
     trainer.train()
