@@ -39,23 +39,45 @@ def _flags(
     *extra: str,
     repair: str = "0",
     guard: str = "0",
+    factor: str = "1",
 ) -> list[str]:
     """Every lever's flag spelled out, so a setting means the same lock whatever the library's defaults are."""
     return [
         *("--authorized_projection", projection, "--learning_rate", lr),
         *("--candidate_blocks", *blocks.split(), "--update_steps_per_round", steps, "--repair_steps", repair),
-        *("--max_authorized_drift", guard, *extra),
+        *("--max_authorized_drift", guard, "--prohibited_batch_factor", factor, *extra),
     ]
 
 
-def _repaired(lr: str, *extra: str, projection: str = "0.01", guard: str = "0") -> list[str]:
+def _repaired(lr: str, *extra: str, projection: str = "0.01", guard: str = "0", factor: str = "1") -> list[str]:
     """Blocks -1..1, 10 steps a round at ``lr`` projected at ``projection``, then 20 repair steps at 0.01."""
-    return _flags(projection, lr, "-1 0 1", "10", "--repair_learning_rate", "0.01", *extra, repair="20", guard=guard)
+    return _flags(
+        projection,
+        lr,
+        "-1 0 1",
+        "10",
+        "--repair_learning_rate",
+        "0.01",
+        *extra,
+        repair="20",
+        guard=guard,
+        factor=factor,
+    )
 
 
-def _guarded(guard: str, *extra: str) -> list[str]:
-    """The repaired lock at lr 0.3 with the drift guard at ``guard`` (0.1: the default since 2026-11-29, evening)."""
-    return _repaired("0.3", *extra, guard=guard)
+def _guarded(guard: str, *extra: str, factor: str = "1") -> list[str]:
+    """The repaired lock at lr 0.3 with the drift guard at ``guard`` (0.1: the default from 2026-11-29, evening)."""
+    return _repaired("0.3", *extra, guard=guard, factor=factor)
+
+
+def _doubled(*extra: str) -> list[str]:
+    """The guarded lock with twice as many prohibited images as authorized ones a step."""
+    return _guarded("0.1", *extra, factor="2")
+
+
+def _whitened(*extra: str) -> list[str]:
+    """The doubled lock whose information measures see prohibited features whitened (shrinkage 0.1)."""
+    return _doubled("--info_whitening_shrinkage", "0.1", *extra)
 
 
 #: name -> flags of ``examples/lock_vit.py`` (on top of the default lock). "tau" is ``authorized_projection``.
@@ -123,18 +145,38 @@ SETTINGS: dict[str, list[str]] = {
     "tau 0.01, lr 0.3 decaying linearly, blocks -1..1, 20 repair steps, seed 1": _repaired(
         "0.3", "--lr_scheduler_type", "linear", "--seed", "1"
     ),
-    "drift guard 0.1 (the default)": _guarded("0.1"),
-    "drift guard 0.1 (the default), seed 1": _guarded("0.1", "--seed", "1"),
-    "drift guard 0.1 (the default), seed 2": _guarded("0.1", "--seed", "2"),
-    "drift guard 0.1 (the default), seed 3": _guarded("0.1", "--seed", "3"),
-    "drift guard 0.1 (the default), seed 4": _guarded("0.1", "--seed", "4"),
-    "drift guard 0.1 (the default), 2 threads": _guarded("0.1"),
-    "drift guard 0.1 (the default), seed 1, 2 threads": _guarded("0.1", "--seed", "1"),
-    "drift guard 0.1 (the default), seed 2, 2 threads": _guarded("0.1", "--seed", "2"),
-    "drift guard 0.1 (the default), seed 3, 2 threads": _guarded("0.1", "--seed", "3"),
-    "drift guard 0.1 (the default), seed 4, 2 threads": _guarded("0.1", "--seed", "4"),
+    "drift guard 0.1 (previous default)": _guarded("0.1"),
+    "drift guard 0.1 (previous default), seed 1": _guarded("0.1", "--seed", "1"),
+    "drift guard 0.1 (previous default), seed 2": _guarded("0.1", "--seed", "2"),
+    "drift guard 0.1 (previous default), seed 3": _guarded("0.1", "--seed", "3"),
+    "drift guard 0.1 (previous default), seed 4": _guarded("0.1", "--seed", "4"),
+    "drift guard 0.1 (previous default), 2 threads": _guarded("0.1"),
+    "drift guard 0.1 (previous default), seed 1, 2 threads": _guarded("0.1", "--seed", "1"),
+    "drift guard 0.1 (previous default), seed 2, 2 threads": _guarded("0.1", "--seed", "2"),
+    "drift guard 0.1 (previous default), seed 3, 2 threads": _guarded("0.1", "--seed", "3"),
+    "drift guard 0.1 (previous default), seed 4, 2 threads": _guarded("0.1", "--seed", "4"),
     "drift guard 0.2, 2 threads": _guarded("0.2"),
     "drift guard 0.05, 2 threads": _guarded("0.05"),
+    "prohibited batch x2": _doubled(),
+    "prohibited batch x2, seed 1": _doubled("--seed", "1"),
+    "prohibited batch x2, seed 2": _doubled("--seed", "2"),
+    "prohibited batch x2, seed 3": _doubled("--seed", "3"),
+    "prohibited batch x2, seed 4": _doubled("--seed", "4"),
+    "prohibited batch x2, 2 threads": _doubled(),
+    "prohibited batch x2, seed 1, 2 threads": _doubled("--seed", "1"),
+    "prohibited batch x2, seed 2, 2 threads": _doubled("--seed", "2"),
+    "prohibited batch x2, seed 3, 2 threads": _doubled("--seed", "3"),
+    "prohibited batch x2, seed 4, 2 threads": _doubled("--seed", "4"),
+    "prohibited batch x2, whitening 0.1": _whitened(),
+    "prohibited batch x2, whitening 0.1, seed 1": _whitened("--seed", "1"),
+    "prohibited batch x2, whitening 0.1, seed 2": _whitened("--seed", "2"),
+    "prohibited batch x2, whitening 0.1, seed 3": _whitened("--seed", "3"),
+    "prohibited batch x2, whitening 0.1, seed 4": _whitened("--seed", "4"),
+    "prohibited batch x2, whitening 0.1, 2 threads": _whitened(),
+    "prohibited batch x2, whitening 0.1, seed 1, 2 threads": _whitened("--seed", "1"),
+    "prohibited batch x2, whitening 0.1, seed 2, 2 threads": _whitened("--seed", "2"),
+    "prohibited batch x2, whitening 0.1, seed 3, 2 threads": _whitened("--seed", "3"),
+    "prohibited batch x2, whitening 0.1, seed 4, 2 threads": _whitened("--seed", "4"),
     # the variants (README, "Unsupervised and zero-shot locking"); prohibited = mnist-m in the summary either way
     "unsupervised, tau 0.01": _flags("0.01", "0.1", "-1 0 1", "10", "--variant", "unsupervised"),
     "unsupervised, tau 0.02": _flags("0.02", "0.1", "-1 0 1", "10", "--variant", "unsupervised"),
@@ -148,11 +190,17 @@ SETTINGS: dict[str, list[str]] = {
     "zero-shot, no projection, lr 0.01 (previous default)": _flags(
         "none", "0.01", "-1 0", "10", "--variant", "zero-shot"
     ),
-    "unsupervised, tau 0.02, drift guard 0.1 (the default)": _repaired(
+    "unsupervised, tau 0.02, drift guard 0.1 (previous default)": _repaired(
         "0.3", "--variant", "unsupervised", projection="0.02", guard="0.1"
     ),
-    "zero-shot, tau 0.05, drift guard 0.1 (the default)": _repaired(
+    "zero-shot, tau 0.05, drift guard 0.1 (previous default)": _repaired(
         "0.3", "--variant", "zero-shot", projection="0.05", guard="0.1"
+    ),
+    "unsupervised, prohibited batch x2": _repaired(
+        "0.3", "--variant", "unsupervised", projection="0.02", guard="0.1", factor="2"
+    ),
+    "zero-shot, prohibited batch x2": _repaired(
+        "0.3", "--variant", "zero-shot", projection="0.05", guard="0.1", factor="2"
     ),
 }
 #: settings run with 2 torch threads (``accelerate launch --num_cpu_threads_per_process 2``) whatever ``--threads`` says

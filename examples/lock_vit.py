@@ -1,6 +1,7 @@
 """Lock a vision encoder against a prohibited domain and report how strong the lock really is.
 
-    accelerate launch examples/lock_vit.py                       # offline, CPU: built-in victim ViT,
+    accelerate launch --num_cpu_threads_per_process 2 examples/lock_vit.py   # offline, CPU (both cores of a
+                                                                 # 2-core machine): built-in victim ViT,
                                                                  # authorized mnist, prohibited mnist-m
     accelerate launch examples/lock_vit.py --model google/vit-base-patch16-224-in21k \\
         --authorized user/authorized-ds --prohibited user/prohibited-ds --output_dir out/vit-b
@@ -10,7 +11,7 @@
                                                                  # every other domain is reported as a target
 
 The defaults are ``EncoderLockConfig()``'s: the tuned lock (the information objective, ~1% of the weights in the
-patch embedding and first block); ``examples/configs/default.yaml`` spells the same values out. The same job is
+patch embedding and first two blocks); ``examples/configs/default.yaml`` spells the same values out. The same job is
 ``encoderlock lock`` for a pip install.
 
 Writes OUTPUT_DIR/victim/ and OUTPUT_DIR/locked/ (encoder folders that ``AutoModel.from_pretrained`` loads),

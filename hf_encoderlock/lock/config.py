@@ -312,9 +312,8 @@ class EncoderLockConfig(TrainingArguments):
         metadata={
             "help": "Prohibited images per authorized image in an update batch: the prohibited side of a batch holds "
             "this times per_device_train_batch_size images (lowered, with a warning, when the lock data hold fewer "
-            "than one such batch). The information measures are batch statistics; on 256 images the default lock "
-            "drove them to their label-shuffled floor while fresh probes still found the classes, and a larger "
-            "batch lets them see that weaker information (README, 'Prohibited batch')."
+            "than one such batch). The information measures are batch statistics, and a larger prohibited batch "
+            "estimates them, and their gradient, with less noise (README, 'Prohibited batch')."
         },
     )
     repair_steps: int = field(

@@ -80,6 +80,8 @@ UNWORKABLE = [
     ("weights_per_round", 0),
     ("layers_per_round", "2"),
     ("update_steps_per_round", 0),
+    ("prohibited_batch_factor", 0),
+    ("prohibited_batch_factor", 1.5),
     ("score_batches", 1.5),
     ("challenge_every", -1),
     ("adversary_seeds", 0),
