@@ -41,11 +41,13 @@ def _flags(
     guard: str = "0",
     factor: str = "1",
 ) -> list[str]:
-    """Every lever's flag spelled out, so a setting means the same lock whatever the library's defaults are."""
+    """Every lever's flag spelled out, so a setting means the same lock whatever the library's defaults are (a flag in
+    ``extra`` repeats one of these and wins: the last occurrence of a flag counts)."""
     return [
         *("--authorized_projection", projection, "--learning_rate", lr),
         *("--candidate_blocks", *blocks.split(), "--update_steps_per_round", steps, "--repair_steps", repair),
-        *("--max_authorized_drift", guard, "--prohibited_batch_factor", factor, *extra),
+        *("--max_authorized_drift", guard, "--prohibited_batch_factor", factor, "--info_whitening_shrinkage", "1"),
+        *extra,
     ]
 
 
@@ -76,7 +78,8 @@ def _doubled(*extra: str) -> list[str]:
 
 
 def _whitened(*extra: str) -> list[str]:
-    """The doubled lock whose information measures see prohibited features whitened (shrinkage 0.1)."""
+    """The doubled lock whose information measures see prohibited features whitened (shrinkage 0.1): the default
+    since the night of 2026-11-29."""
     return _doubled("--info_whitening_shrinkage", "0.1", *extra)
 
 
@@ -196,11 +199,18 @@ SETTINGS: dict[str, list[str]] = {
     "zero-shot, tau 0.05, drift guard 0.1 (previous default)": _repaired(
         "0.3", "--variant", "zero-shot", projection="0.05", guard="0.1"
     ),
-    "unsupervised, prohibited batch x2": _repaired(
-        "0.3", "--variant", "unsupervised", projection="0.02", guard="0.1", factor="2"
+    "unsupervised, prohibited batch x2, whitening 0.1 (the default)": _repaired(
+        "0.3",
+        "--variant",
+        "unsupervised",
+        "--info_whitening_shrinkage",
+        "0.1",
+        projection="0.02",
+        guard="0.1",
+        factor="2",
     ),
-    "zero-shot, prohibited batch x2": _repaired(
-        "0.3", "--variant", "zero-shot", projection="0.05", guard="0.1", factor="2"
+    "zero-shot, prohibited batch x2, whitening 0.1 (the default)": _repaired(
+        "0.3", "--variant", "zero-shot", "--info_whitening_shrinkage", "0.1", projection="0.05", guard="0.1", factor="2"
     ),
 }
 #: settings run with 2 torch threads (``accelerate launch --num_cpu_threads_per_process 2``) whatever ``--threads`` says

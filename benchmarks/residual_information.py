@@ -13,7 +13,8 @@ reports, on standardised and on whitened features (correlation shrunk 0.1 and 0.
 The objective drives the standardised measures down; the attacker's probes whiten features first, so class
 information in low-variance directions shows only in the whitened columns.
 
-A second table shows the measures as the lock sees them (CLS and mean features concatenated, standardised), each
+A second table shows the measures as the lock sees them (CLS and mean features concatenated; standardised, as the
+lock did until 2026-11-29, and whitened with shrinkage 0.1, as the default lock does since), each
 averaged over the 2,048 images cut into lock batches of ``--lock_batches`` sizes (default 256 and 512), next to
 the same measure with the labels shuffled within the batch: the floor a measure reaches on a batch of that size
 when no class information is left. A measure at its floor gives the lock no signal, whatever a fresh probe still
@@ -34,7 +35,13 @@ from PIL import Image
 
 from hf_encoderlock.data.builtin import builtin_arrays
 from hf_encoderlock.encoders import load_encoder
-from hf_encoderlock.lock.objectives.information import InformationObjective, class_mmd, soft_knn_excess, whiten
+from hf_encoderlock.lock.objectives.information import (
+    InformationObjective,
+    InformationTermsConfig,
+    class_mmd,
+    soft_knn_excess,
+    whiten,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 VIEWS = {"standardised": 1.0, "whitened 0.1": 0.1, "whitened 0.01": 0.01}
@@ -48,16 +55,20 @@ def two_fold_knn_accuracy(features: torch.Tensor, labels: torch.Tensor, k: int =
     return float((predicted == labels[half:]).float().mean())
 
 
-def objective_floors(name: str, concatenated: torch.Tensor, labels: torch.Tensor, batch: int) -> dict:
-    """The default objective's raw measures averaged over the lock batches of ``batch`` images, with true and with
-    shuffled labels (one permutation per batch, seeded)."""
-    objective, generator = InformationObjective(), torch.Generator().manual_seed(0)
+def objective_floors(
+    name: str, concatenated: torch.Tensor, labels: torch.Tensor, batch: int, shrinkage: float = 1.0
+) -> dict:
+    """The information objective's raw measures (on features whitened with ``shrinkage``; 1: standardised) averaged
+    over the lock batches of ``batch`` images, with true and with shuffled labels (one permutation per batch,
+    seeded)."""
+    objective = InformationObjective(InformationTermsConfig(whitening_shrinkage=shrinkage))
+    generator = torch.Generator().manual_seed(0)
     true, shuffled = [], []
     for start in range(0, len(labels) - batch + 1, batch):
         features, targets = concatenated[start : start + batch], labels[start : start + batch]
         true.append(objective.measures(features, targets))
         shuffled.append(objective.measures(features, targets[torch.randperm(batch, generator=generator)]))
-    row = {"encoder": name, "batch": batch, "batches": len(true)}
+    row = {"encoder": name, "batch": batch, "shrinkage": shrinkage, "batches": len(true)}
     for term in true[0]:
         row[term] = float(torch.stack([m[term] for m in true]).mean())
         row[f"{term}_shuffled"] = float(torch.stack([m[term] for m in shuffled]).mean())
@@ -87,7 +98,11 @@ def measure(
                 }
             )
     concatenated = torch.cat([pooled["cls"], pooled["mean"]], dim=1)
-    return rows, [objective_floors(path, concatenated, labels, size) for size in lock_batches]
+    return rows, [
+        objective_floors(path, concatenated, labels, size, shrinkage)
+        for size in lock_batches
+        for shrinkage in (1.0, 0.1)
+    ]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -124,14 +139,15 @@ def main(argv: list[str] | None = None) -> None:
         )
     lines += [
         "",
-        "As the lock sees them (CLS + mean, standardised), mean over lock batches; in brackets: labels shuffled.",
+        "As the lock sees them (CLS + mean; shrinkage 1 = standardised), mean over lock batches; in brackets: labels "
+        "shuffled.",
         "",
-        "| Encoder | Batch | R^2 | class MMD | soft-kNN excess |",
-        "|---|---|---|---|---|",
+        "| Encoder | Batch | Shrinkage | R^2 | class MMD | soft-kNN excess |",
+        "|---|---|---|---|---|---|",
     ]
     for r in floors:
         cells = " | ".join(f"{r[t]:.4f} ({r[t + '_shuffled']:.4f})" for t in ("r2", "mmd", "knn"))
-        lines.append(f"| {r['encoder']} | {r['batch']} | {cells} |")
+        lines.append(f"| {r['encoder']} | {r['batch']} | {r['shrinkage']:g} | {cells} |")
     (output / "residual_information.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -35,7 +35,6 @@ def test_preprocessed_domains_carry_content_hashes_through_subsets_and_splits():
     assert len(kept.content_hashes) + len(held.content_hashes) == 12
 
 
-
 def _numbered_rows(n: int, first: int) -> DomainTensors:
     """``n`` one-pixel 'images' whose pixel is their row number plus ``first``."""
     return DomainTensors("rows", torch.arange(first, first + n).float()[:, None], torch.zeros(n, dtype=torch.long), 1)
