@@ -34,6 +34,7 @@ PRIVATE_FILES = (MASK_FILE, LOCK_STATE_FILE, LOCK_TENSORS_FILE, TRAINER_STATE_FI
 REPORT_FORMAT_VERSION = 1  # probe and attack reports (``format_version`` in their JSON)
 PROBE_REPORT_STEM = "probe_report"  # probe_report.json / .md / .png
 ATTACK_REPORT_STEM = "attack_report"
+ADAPTIVE_REPORT_STEM = "adaptive_report"  # the adaptive attacker (knows the method): adaptive_report.json / .md
 AUDIT_JSON, AUDIT_MD = "audit.json", "audit.md"
 # The main job's output folder
 REPORT_JSON, REPORT_MD, REPORT_PNG = "report.json", "report.md", "probe.png"

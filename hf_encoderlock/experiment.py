@@ -27,7 +27,9 @@ from .encoders import EncoderAdapter, load_encoder
 from .hub.card import write_model_card
 from .lock.config import EncoderLockConfig
 from .lock.trainer import EncoderLockTrainer
+from .probing.adaptive import AdaptiveConfig, run_adaptive_suite
 from .probing.lock_report import build_lock_report, lock_report_markdown, plot_lock_report
+from .probing.probe_report import TWIN_ROLE
 from .probing.suite import ProbeConfig, run_probe_suite
 from .victim import load_victim
 
@@ -69,6 +71,13 @@ class LockExperimentArguments:
         default_factory=lambda: [0, 1, 2], metadata={"help": "Probe seeds (each carves its own validation split)."}
     )
     probe_batch_size: int = field(default=256, metadata={"help": "Images per forward pass during extraction."})
+    adaptive_attacks: bool = field(
+        default=True,
+        metadata={
+            "help": "After the lock, attack each prohibited domain as an attacker who knows the method would "
+            "(weight sanitisation, input transformations, both; probe-only) and report the worst case."
+        },
+    )
     cache_dir: str | None = field(default=None, metadata={"help": "Cache for domains and features."})
 
     def __post_init__(self) -> None:
@@ -203,6 +212,26 @@ def run_lock_experiment(args: LockExperimentArguments, lock_config: EncoderLockC
         tick = time.perf_counter()
         after = run_probe_suite(encoder, probe_domains, probe_config, random_twin=False, cache_dir=args.cache_dir)
         timings["probe_after_s"] = time.perf_counter() - tick
+        adaptive = None
+        if args.adaptive_attacks:
+            tick = time.perf_counter()
+            full = max(before.fractions)
+            adaptive = run_adaptive_suite(
+                encoder,
+                {name: probe_domains[name] for name in prohibited_names},
+                AdaptiveConfig(fraction=full, seeds=tuple(args.probe_seeds), batch_size=args.probe_batch_size),
+                # the attacker's own authorized images (the lock never used them) give the matching transforms'
+                # target statistics
+                authorized=probe_domains[authorized_names[0]]["train"],
+                baselines={
+                    name: {
+                        "victim": before.best(name, full).mean,
+                        "random_twin": before.best(name, full, TWIN_ROLE).mean,
+                    }
+                    for name in prohibited_names
+                },
+            )
+            timings["adaptive_s"] = time.perf_counter() - tick
         timings.update({f"lock_{k}_s": v for k, v in trainer.phase_times().items()})
         timings["total_s"] = time.perf_counter() - started
 
@@ -216,6 +245,7 @@ def run_lock_experiment(args: LockExperimentArguments, lock_config: EncoderLockC
             history=trainer.history,
             timings=timings,
             experiment=asdict(args),
+            adaptive=adaptive,
         )
         (staging / REPORT_JSON).write_text(json.dumps(report, indent=2, default=str))
         write_model_card(staging / LOCKED_SUBDIR, report)

@@ -1,17 +1,29 @@
-"""``encoderlock attack``: fine-tuning attacks (full, last-k blocks, LoRA) against training from scratch."""
+"""``encoderlock attack``: the attacker's suites against an encoder.
+
+- ``--suite finetune`` (default): fine-tuning attacks (full, last-k blocks, LoRA, re-initialisation) against training
+  from scratch, at several fractions of each domain;
+- ``--suite probe``: the adaptive attacker's probe-only families (weight sanitisation, input transformations, both)
+  and the worst case over them;
+- ``--suite full``: the probe-only families plus the adaptive fine-tuning families (patient full fine-tuning,
+  re-initialisation then fine-tuning, fine-tuning after the chosen sanitiser).
+"""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from .._files import ATTACK_REPORT_STEM
-from ..data.domains import DomainError
+from .._files import ADAPTIVE_REPORT_STEM, ATTACK_REPORT_STEM
+from ..data.domains import DomainError, DomainSpec, load_domain
 from ..encoders import EncoderError
+from ..probing.adaptive import AdaptiveConfig, AdaptiveError, adaptive_report_markdown, run_adaptive_suite
 from ..probing.attacks import ATTACKS, AttackConfig, AttackError, attack_report_markdown, run_attack_suite
+from ..probing.sanitize import SanitizeError
+from ..probing.transforms import TransformError
 from ..victim import load_victim
 
-USER_ERRORS = (DomainError, EncoderError, AttackError)
+USER_ERRORS = (DomainError, EncoderError, AttackError, AdaptiveError, SanitizeError, TransformError)
+SUITES = ("finetune", "probe", "full")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -21,11 +33,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--domains", nargs="+", required=True, metavar="DOMAIN", help="Domains to attack on.")
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="Output folder for the report.")
-    parser.add_argument("--authorized", nargs="*", default=[], metavar="DOMAIN", help="Domains recorded as authorized.")
+    parser.add_argument(
+        "--suite",
+        choices=SUITES,
+        default="finetune",
+        help="finetune: fine-tuning attacks against scratch (default); probe: the adaptive attacker's probe-only "
+        "families and their worst case; full: probe plus the adaptive fine-tuning families.",
+    )
+    parser.add_argument(
+        "--authorized",
+        nargs="*",
+        default=[],
+        metavar="DOMAIN",
+        help="Domains recorded as authorized; with --suite probe/full the first one's training split gives the "
+        "attacker's authorized sample (its channel statistics).",
+    )
     parser.add_argument("--prohibited", nargs="*", default=[], metavar="DOMAIN", help="Domains recorded as prohibited.")
+    parser.add_argument(
+        "--victim",
+        metavar="PATH_OR_HUB_ID",
+        help="--suite probe/full: the unlocked encoder ('victim' for the built-in one), for advantage removed.",
+    )
     parser.add_argument("--attacks", nargs="+", choices=ATTACKS, help="Attacks (default: full last_k lora).")
     parser.add_argument("--fractions", type=float, nargs="+", help="Training fractions (default 0.01 0.1 1).")
-    parser.add_argument("--seeds", type=int, nargs="+", help="Seeds (default 0).")
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", help="Seeds (default 0; probe seeds 0 1 2 for the adaptive suite)."
+    )
     parser.add_argument("--epochs", type=int, help="Maximum epochs per attack run.")
     parser.add_argument("--max-train", type=int, help="Cap on each domain's training split (stratified).")
     parser.add_argument("--max-test", type=int, help="Cap on each domain's test split.")
@@ -34,8 +67,40 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="No progress bars.")
 
 
+def _encoder(name: str | None):
+    return load_victim() if name == "victim" else name
+
+
+def _run_adaptive(args: argparse.Namespace) -> int:
+    overrides = {
+        "seeds": args.seeds,
+        "finetune_fractions": args.fractions,
+        "finetune_epochs": args.epochs,
+        "num_threads": args.threads,
+    }
+    config = AdaptiveConfig(
+        suite=args.suite, progress=not args.quiet, **{k: v for k, v in overrides.items() if v is not None}
+    )
+    reference = None
+    if args.authorized:
+        reference = load_domain(DomainSpec(args.authorized[0]), seed=config.domain_seed)["train"]
+    report = run_adaptive_suite(
+        _encoder(args.encoder),
+        args.domains,
+        config,
+        authorized=reference,
+        victim=_encoder(args.victim),
+        output_dir=args.out,
+    )
+    print(adaptive_report_markdown(report))
+    print(f"wrote {args.out}/{ADAPTIVE_REPORT_STEM}.json and .md")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
-    """Handler of ``encoderlock attack``: run :func:`run_attack_suite` and print where the report went."""
+    """Handler of ``encoderlock attack``: run the chosen suite and print where the report went."""
+    if args.suite != "finetune":
+        return _run_adaptive(args)
     overrides = {
         "attacks": args.attacks,
         "fractions": args.fractions,
@@ -46,11 +111,8 @@ def run(args: argparse.Namespace) -> int:
         "num_threads": args.threads,
     }
     config = AttackConfig(progress=not args.quiet, **{k: v for k, v in overrides.items() if v is not None})
-    encoder = args.encoder
-    if encoder == "victim":
-        encoder = load_victim()
     report = run_attack_suite(
-        encoder,
+        _encoder(args.encoder),
         args.domains,
         config,
         random_twin=not args.no_scratch,

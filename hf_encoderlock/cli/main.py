@@ -3,6 +3,8 @@
     encoderlock probe --encoder PATH_OR_HUB_ID --domains mnist digits --out DIR
     encoderlock probe --victim --domains mnist digits --out DIR --fractions 0.01 0.1 1 --seeds 0 1 2
     encoderlock attack --encoder OUT/locked --domains mnist mnist-m --authorized mnist --prohibited mnist-m --out DIR
+    encoderlock attack --suite probe --encoder OUT/locked --victim OUT/victim --domains mnist-m --authorized mnist \
+        --out DIR
     encoderlock audit OUT/locked --original OUT/victim --out DIR
     encoderlock push OUT/locked user/vit-locked --gated
 
@@ -40,10 +42,13 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     ),
     "attack": (
         "attack",
-        "Fine-tuning attacks on an encoder: full, last-k blocks, LoRA, against training from scratch.",
-        "Fine-tune the encoder with a fresh head on each domain (full, last-k blocks, LoRA), choosing learning rate "
-        "and epoch on a validation split of the training images, and compare with the same architecture trained "
-        "from scratch; writes attack_report.json, .md and .png.",
+        "Attack an encoder: fine-tuning against scratch, or the adaptive attacker who knows the method (--suite).",
+        "--suite finetune (default): fine-tune the encoder with a fresh head on each domain (full, last-k blocks, "
+        "LoRA, re-initialisation), choosing learning rate and epoch on a validation split of the training images, "
+        "and compare with the same architecture trained from scratch; writes attack_report.json, .md and .png. "
+        "--suite probe: weight sanitisation, input transformations and both, then fresh probes, each chosen on "
+        "validation, and the worst case over them; --suite full adds patient and re-initialised fine-tuning; "
+        "both write adaptive_report.json and .md.",
     ),
     "push": (
         "push",

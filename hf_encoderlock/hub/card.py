@@ -71,7 +71,17 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.:-]+$")  # "user/name" or "user/d
 YAML_DECIMALS = 4  # measured fractions in the front matter: 0.283, never 0.28300000000000003
 MASK_SIGNIFICANT_DIGITS = 4  # a mask fraction is tiny (2.3e-07): rounded to significant digits, not decimals
 # The per-domain fields of the ``encoderlock: accuracy:`` block, as the report's table names them.
-ACCURACY_KEYS = ("role", "random_twin", "victim", "locked", "lock_own_head", "advantage_removed", "advantage_kept")
+ACCURACY_KEYS = (
+    "role",
+    "random_twin",
+    "victim",
+    "locked",
+    "lock_own_head",
+    "advantage_removed",
+    "advantage_kept",
+    "adaptive_worst",  # the adaptive attacker's worst case (probe-only families) and the advantage it leaves removed
+    "adaptive_removed",
+)
 # One line per built-in domain for the card's training-data section (the recipes of ``data/builtin.py``'s docstring;
 # kept here because the data layer has no per-domain description table).
 BUILTIN_DESCRIPTIONS = {
@@ -348,6 +358,8 @@ def _recorded_results(folder: Path, hashes: dict[str, str]) -> dict[str, Any]:
         row = {"domain": domain, **{k: entry[k] for k in ACCURACY_KEYS if k in entry}}
         if entry.get("attacker_choice"):
             row["attacker_choice_locked"] = entry["attacker_choice"]
+        if entry.get("adaptive_attack"):
+            row["adaptive_attack"] = entry["adaptive_attack"]
         results.append(row)
         for head, measured in (entry.get("heads") or {}).items():
             measured = measured if isinstance(measured, dict) else {}
@@ -486,6 +498,8 @@ class EncoderLockCardData:
         }
         if row.get("attacker_choice_locked"):
             entry["attacker_choice"] = row["attacker_choice_locked"]
+        if row.get("adaptive_attack"):
+            entry["adaptive_attack"] = row["adaptive_attack"]
         heads = {
             h["head"]: {"pooling": h.get("pooling"), "accuracy": _rounded(h.get("accuracy"))}
             for h in self.head_results
@@ -631,6 +645,17 @@ class EncoderLockCardData:
                     "choice": row.get("attacker_choice_locked") or "n/a",
                 }
                 for row in self.results
+            ],
+            "worst_cases": [
+                {
+                    "domain": row["domain"],
+                    "accuracy": percent(row.get("adaptive_worst")),
+                    "attack": row.get("adaptive_attack") or "n/a",
+                    "removed": percent(row.get("adaptive_removed")),
+                    "fresh": percent(row.get("advantage_removed")),
+                }
+                for row in self.results
+                if row.get("adaptive_worst") is not None
             ],
             "head_results": [
                 {**h, "accuracy": percent(h["accuracy"])}

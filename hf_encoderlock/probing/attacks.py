@@ -6,7 +6,9 @@ images of one domain, at several fractions of that domain's training split:
 - ``"full"``: every encoder weight trains;
 - ``"last_k"``: only the last ``k`` transformer blocks (and whatever follows them, e.g. the final norm);
 - ``"lora"``: LoRA adapters (``peft``) on the attention projections; base weights stay frozen;
-- ``"frozen"``: the encoder stays frozen (an end-to-end linear probe on images, for reference).
+- ``"frozen"``: the encoder stays frozen (an end-to-end linear probe on images, for reference);
+- ``"reinit"``: the blocks a lock may change (``reinit_blocks``; the patch embedding is block -1) re-initialised at
+  random, then every weight trains: the attacker who knows which blocks the lock's defaults edit.
 
 The same architecture trained from scratch (``random_twin``) on the same data is the floor no lock can push an
 attacker below. Learning rate and epoch count are chosen on a validation split carved from train (the probe
@@ -42,7 +44,7 @@ from .heads import torch_threads
 from .probe_report import SeedAccuracies, _fraction_label, save_report_files
 from .suite import ProbeConfig, SplitPlan, load_domains, split_training_rows
 
-ATTACKS = ("full", "last_k", "lora", "frozen")
+ATTACKS = ("full", "last_k", "lora", "frozen", "reinit")
 SCRATCH = "scratch"
 ATTENTION_PROJECTION = re.compile(
     r"(^|\.)(attention|attn|self_attn|self_attention)(\.(attention|self|output))?\."
@@ -77,6 +79,16 @@ class AttackConfig:
     lora_lrs: tuple[float, ...] = field(default=(1e-3, 1e-2), metadata={"help": "AdamW lrs for the LoRA adapters."})
     frozen_lrs: tuple[float, ...] = field(
         default=(1e-3, 1e-2), metadata={"help": "AdamW lrs for the frozen attack's head."}
+    )
+    reinit_lrs: tuple[float, ...] = field(
+        default=(1e-4, 1e-3), metadata={"help": "AdamW lrs for fine-tuning after re-initialisation."}
+    )
+    reinit_blocks: tuple[int, ...] = field(
+        default=(-1, 0, 1),
+        metadata={
+            "help": "Blocks the reinit attack re-initialises (-1: everything before the block stack, i.e. the "
+            "patch embedding); the default is the lock's default candidate blocks, which the attacker knows."
+        },
     )
     scratch_lrs: tuple[float, ...] = field(
         default=(1e-4, 1e-3), metadata={"help": "AdamW lrs for training from scratch (the floor)."}
@@ -127,7 +139,8 @@ class AttackConfig:
         self.seeds = tuple(int(s) for s in self.seeds)
         if self.lora_targets is not None:
             self.lora_targets = tuple(self.lora_targets)
-        for name in ("full_lrs", "last_k_lrs", "lora_lrs", "frozen_lrs", "scratch_lrs"):
+        self.reinit_blocks = tuple(int(b) for b in self.reinit_blocks)
+        for name in ("full_lrs", "last_k_lrs", "lora_lrs", "frozen_lrs", "reinit_lrs", "scratch_lrs"):
             setattr(self, name, tuple(float(lr) for lr in getattr(self, name)))
         checks = [
             (set(self.attacks) <= set(ATTACKS), f"attacks must be a subset of {ATTACKS}"),
@@ -140,6 +153,7 @@ class AttackConfig:
             (self.min_train_per_class >= 1 and self.min_steps_per_epoch >= 1, "minimums must be >= 1"),
             (self.patience is None or self.patience >= 1, "patience must be None or >= 1"),
             (self.head_lr is None or self.head_lr > 0, "head_lr must be None or > 0"),
+            (bool(self.reinit_blocks) and min(self.reinit_blocks) >= -1, "reinit_blocks must be indices >= -1"),
         ]
         for ok, message in checks:
             if not ok:
@@ -202,6 +216,25 @@ def last_k_parameter_names(backbone: nn.Module, k: int) -> list[str]:
     return names
 
 
+def block_parameter_names(backbone: nn.Module, blocks: Iterable[int]) -> list[str]:
+    """Parameters of the given blocks of the stack; block -1 is every parameter registered before the stack (the
+    patch embedding, CLS token and position embeddings)."""
+    stack_name, stack = transformer_blocks(backbone)
+    wanted = set(blocks)
+    beyond = [b for b in wanted if b >= len(stack)]
+    if beyond:
+        raise AttackError(f"blocks {sorted(beyond)} asked for, but the backbone has only {len(stack)} blocks")
+    prefix = f"{stack_name}." if stack_name else ""
+    names, before_stack = [], True
+    for name, _ in backbone.named_parameters():
+        in_stack = name.startswith(prefix)
+        before_stack = before_stack and not in_stack
+        index = int(name[len(prefix) :].split(".", 1)[0]) if in_stack else None
+        if (before_stack and -1 in wanted) or (index is not None and index in wanted):
+            names.append(name)
+    return names
+
+
 def attention_projections(backbone: nn.Module) -> list[str]:
     """Names of the ``nn.Linear`` attention projections (q/k/v/o, query/key/value/dense, qkv/proj ...)."""
     names = [n for n, m in backbone.named_modules() if isinstance(m, nn.Linear) and ATTENTION_PROJECTION.search(n)]
@@ -251,6 +284,14 @@ def _prepare(model, attack: str, config: AttackConfig):
         trainable = set(last_k_parameter_names(backbone, config.last_k))
     elif attack == "frozen":
         trainable = set()
+    elif attack == "reinit":
+        trainable = {n for n, _ in backbone.named_parameters()}
+        fresh = dict(model.random_init_twin(config.random_twin_seed).backbone.named_parameters())
+        chosen = set(block_parameter_names(backbone, config.reinit_blocks))
+        with torch.no_grad():
+            for name, param in backbone.named_parameters():
+                if name in chosen:
+                    param.copy_(fresh[name])
     elif attack == "lora":
         add_lora(backbone, config)
         return model

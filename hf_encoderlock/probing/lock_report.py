@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .._utils import markdown_row, optional_import, percent
+from .adaptive import AdaptiveReport, adaptive_table_markdown
 from .probe_report import ENCODER_ROLE, ProbeReport, lock_measures
 
 HOLD_THRESHOLD = 0.9  # advantage removed at 100% data above which the report says the lock holds
@@ -21,7 +22,8 @@ MIN_MEASURABLE_ADVANTAGE = 0.03  # victim minus twin accuracy below which the ra
 
 
 def prohibited_verdict(row: dict[str, Any]) -> str:
-    """One sentence on a prohibited domain's row (victim, random_twin, locked, advantage_removed)."""
+    """One sentence on a prohibited domain's row (victim, random_twin, locked, advantage_removed, and the adaptive
+    attacker's worst case when it ran): the lock holds only if fresh probes and the worst case both stay low."""
     removed = row.get("advantage_removed", float("nan"))
     if removed is None or math.isnan(removed) or row["victim"] - row["random_twin"] < MIN_MEASURABLE_ADVANTAGE:
         return (
@@ -29,8 +31,21 @@ def prohibited_verdict(row: dict[str, Any]) -> str:
             f"(victim {100 * row['victim']:.1f}%, twin {100 * row['random_twin']:.1f}%, "
             f"locked {100 * row['locked']:.1f}%)"
         )
+    worst = row.get("adaptive_removed")
+    if worst is not None and not math.isnan(worst):
+        against = (
+            f"an attacker who knows the method ({row['adaptive_attack']}) reaches {100 * row['adaptive_worst']:.1f}%: "
+            f"{100 * worst:.0f}% of the advantage removed, against {100 * removed:.0f}% under fresh probes "
+            f"(victim {100 * row['victim']:.1f}%)"
+        )
+        if min(removed, worst) >= HOLD_THRESHOLD:
+            return f"lock holds: {against}"
+        return f"lock does NOT hold: {against}"
     if removed >= HOLD_THRESHOLD:
-        return f"lock holds: {100 * removed:.0f}% of the victim's advantage removed"
+        return (
+            f"lock holds against fresh probes: {100 * removed:.0f}% of the victim's advantage removed "
+            "(no adaptive attacker ran)"
+        )
     return (
         f"lock does NOT hold: only {100 * removed:.0f}% of the victim's advantage removed "
         f"(fresh probes reach {100 * row['locked']:.1f}%, victim {100 * row['victim']:.1f}%)"
@@ -47,8 +62,10 @@ def build_lock_report(
     history: list[dict[str, Any]],
     timings: dict[str, float],
     experiment: dict[str, Any],
+    adaptive: AdaptiveReport | None = None,
 ) -> dict[str, Any]:
-    """One JSON-ready dict with everything the run measured."""
+    """One JSON-ready dict with everything the run measured (``adaptive``: the adaptive attacker's report on the
+    locked encoder, whose worst case joins each prohibited row)."""
     measures = lock_measures(before, after, authorized=authorized, prohibited=prohibited)
     full = max(before.fractions)
     table = []
@@ -63,6 +80,13 @@ def build_lock_report(
                 "lock_own_head": own_head_accuracy.get(row["domain"]),
             }
         )
+        if adaptive is not None and adaptive.chosen(row["domain"]):
+            worst = adaptive.worst_case(row["domain"])
+            table[-1].update(
+                adaptive_worst=worst.test,
+                adaptive_removed=adaptive.removed(worst.test, row["domain"]),
+                adaptive_attack=f"{worst.family}: {worst.label}",
+            )
     verdict = {row["domain"]: prohibited_verdict(row) for row in table if row["role"] == "prohibited"}
     return {
         "authorized": list(authorized),
@@ -77,6 +101,7 @@ def build_lock_report(
         "experiment": experiment,
         "probe_before": before.to_dict(),
         "probe_after": after.to_dict(),
+        "adaptive": adaptive.to_dict() if adaptive is not None else None,
     }
 
 
@@ -106,6 +131,7 @@ def lock_report_markdown(report: dict[str, Any]) -> str:
         "validation split of the attacker's own training images (never the lock's), scored on the test split. "
         "The lock's own head is the adversary head the lock trained against: its accuracy is not the lock's strength.",
         "",
+        *_adaptive_markdown(report),
         "## Verdict",
         "",
         *[f"- {domain}: {text}" for domain, text in report["verdict"].items()],
@@ -116,6 +142,31 @@ def lock_report_markdown(report: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _adaptive_markdown(report: dict[str, Any]) -> list[str]:
+    """The adaptive attacker's section: the worst case per prohibited domain, then its per-family table."""
+    if not report.get("adaptive"):
+        return []
+    adaptive = AdaptiveReport.from_dict(report["adaptive"])
+    lines = [
+        "## An attacker who knows the method (adaptive suite, probe-only families)",
+        "",
+        "Weights sanitised without data, inputs transformed alike for train and test, and both; each attack's "
+        "strength, head and pooling chosen on the attacker's validation split. The worst case is the highest test "
+        "accuracy over the attacks so chosen; advantage removed is against the victim and twin on clean images.",
+        "",
+    ]
+    for row in adaptive.summary():
+        lines += [
+            f"**{row['domain']}**: worst case {percent(row['worst_accuracy'])} ({row['worst_family']}: "
+            f"{row['worst_attack']}), **{percent(row['worst_removed'])} of the advantage removed** (fresh probes: "
+            f"{percent(row['fresh_probe_removed'])}).",
+            "",
+            *adaptive_table_markdown(adaptive, row["domain"]),
+            "",
+        ]
+    return lines
 
 
 def plot_lock_report(report: dict[str, Any], path: str | Path) -> Path:

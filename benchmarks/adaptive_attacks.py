@@ -1,0 +1,80 @@
+"""The adaptive attacker (knows the method) against a lock the main job made, on the attacker's own images.
+
+Run by hand on the output folder of a main job (``accelerate launch examples/lock_vit.py --output_dir RUN`` or
+``encoderlock lock``):
+
+    python benchmarks/adaptive_attacks.py --run RUN --out benchmarks/results/adaptive/default --suite full
+
+Rebuilds the attacker's data exactly as the main job split it (the share of each lock domain's training split that
+the lock never used; the untouched test split), reads the victim's and random-init twin's clean fresh-probe
+accuracies from the run's ``report.json``, and runs :func:`hf_encoderlock.probing.adaptive.run_adaptive_suite` on
+``RUN/locked`` for each prohibited domain: the probe-only families, and with ``--suite full`` the fine-tuning
+families too (patient full fine-tuning, re-initialisation of the blocks a lock may change then fine-tuning, and
+fine-tuning after the chosen sanitiser), each against training from scratch and against the same attacker on
+``RUN/victim``. Writes ``adaptive_report.json`` and ``.md`` into ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from hf_encoderlock.experiment import LockExperimentArguments, _load_domains, split_for_lock
+from hf_encoderlock.probing.adaptive import AdaptiveConfig, run_adaptive_suite
+
+
+def attacker_domains(experiment: dict) -> tuple[dict, dict, LockExperimentArguments]:
+    """(prohibited attacker data, authorized attacker data, arguments) as the main job split them."""
+    args = LockExperimentArguments(**experiment)
+    domains = _load_domains(args)
+    attacker = {}
+    for name in [*args.authorized_domains(), args.prohibited]:
+        display = args.spec(name).display_name
+        _, attacker[display] = split_for_lock(domains[display], args.lock_share, args.max_lock_images, args.domain_seed)
+    return attacker, domains, args
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", type=Path, required=True, help="A finished main job's output folder.")
+    parser.add_argument("--out", type=Path, required=True, help="Where adaptive_report.json / .md go.")
+    parser.add_argument("--suite", choices=("probe", "full"), default="full")
+    parser.add_argument("--finetune_fractions", type=float, nargs="+", default=[0.1])
+    parser.add_argument("--finetune_epochs", type=int, default=50)
+    parser.add_argument("--finetune_lrs", type=float, nargs="+", default=[1e-4, 3e-4, 1e-3, 3e-3])
+    parser.add_argument("--finetune_seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--no_victim_finetune", action="store_true", help="Skip the victim's fine-tuning row.")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    report = json.loads((args.run / "report.json").read_text())
+    attacker, _, experiment = attacker_domains(report["experiment"])
+    prohibited = [row for row in report["table"] if row["role"] == "prohibited"]
+    authorized = [row["domain"] for row in report["table"] if row["role"] == "authorized"]
+    baselines = {row["domain"]: {"victim": row["victim"], "random_twin": row["random_twin"]} for row in prohibited}
+    config = AdaptiveConfig(
+        suite=args.suite,
+        seeds=tuple(experiment.probe_seeds),
+        finetune_fractions=tuple(args.finetune_fractions),
+        finetune_epochs=args.finetune_epochs,
+        finetune_lrs=tuple(args.finetune_lrs),
+        finetune_seeds=tuple(args.finetune_seeds),
+    )
+    adaptive = run_adaptive_suite(
+        str(args.run / "locked"),
+        {row["domain"]: attacker[row["domain"]] for row in prohibited if row["domain"] in attacker},
+        config,
+        authorized=attacker[authorized[0]]["train"],
+        baselines=baselines,
+        victim=None if args.no_victim_finetune or args.suite == "probe" else str(args.run / "victim"),
+        output_dir=args.out,
+    )
+    print(adaptive.to_markdown())
+
+
+if __name__ == "__main__":
+    main()
