@@ -26,15 +26,18 @@ from hf_encoderlock.experiment import LockExperimentArguments, _load_domains, sp
 from hf_encoderlock.probing.adaptive import AdaptiveConfig, run_adaptive_suite
 
 
-def attacker_domains(experiment: dict) -> tuple[dict, dict, LockExperimentArguments]:
-    """(prohibited attacker data, authorized attacker data, arguments) as the main job split them."""
+def attacker_domains(experiment: dict, variant: str) -> tuple[dict, LockExperimentArguments]:
+    """``{domain: the attacker's DatasetDict}`` as the main job split them, and the job's arguments: a lock domain's
+    train split is the share the lock never used; a domain the lock never saw (every target of a zero-shot lock) is
+    the attacker's whole."""
     args = LockExperimentArguments(**experiment)
     domains = _load_domains(args)
-    attacker = {}
-    for name in [*args.authorized_domains(), args.prohibited]:
+    attacker = dict(domains)
+    lock_domains = [*args.authorized_domains(), *([args.prohibited] if variant != "zero-shot" else [])]
+    for name in lock_domains:
         display = args.spec(name).display_name
         _, attacker[display] = split_for_lock(domains[display], args.lock_share, args.max_lock_images, args.domain_seed)
-    return attacker, domains, args
+    return attacker, args
 
 
 def main() -> None:
@@ -52,7 +55,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     report = json.loads((args.run / "report.json").read_text())
-    attacker, _, experiment = attacker_domains(report["experiment"])
+    attacker, experiment = attacker_domains(report["experiment"], report["lock"]["variant"])
     prohibited = [row for row in report["table"] if row["role"] == "prohibited"]
     authorized = [row["domain"] for row in report["table"] if row["role"] == "authorized"]
     baselines = {row["domain"]: {"victim": row["victim"], "random_twin": row["random_twin"]} for row in prohibited}
@@ -66,7 +69,7 @@ def main() -> None:
     )
     adaptive = run_adaptive_suite(
         str(args.run / "locked"),
-        {row["domain"]: attacker[row["domain"]] for row in prohibited if row["domain"] in attacker},
+        {row["domain"]: attacker[row["domain"]] for row in prohibited},
         config,
         authorized=attacker[authorized[0]]["train"],
         baselines=baselines,

@@ -15,6 +15,9 @@ __version__ = "0.1.0.dev0"
 
 _EXPORTS: dict[str, tuple[str, ...]] = {
     "probing.attacks": ("AttackConfig", "AttackError", "AttackReport", "learning_curve_auc", "run_attack_suite"),
+    "probing.adaptive": ("AdaptiveConfig", "AdaptiveError", "AdaptiveReport", "run_adaptive_suite"),
+    "probing.sanitize": ("SANITIZERS", "count_outliers", "sanitize_module"),
+    "probing.transforms": ("TRANSFORMS", "transformed_encoder"),
     "audit": ("AuditError", "AuditReport", "audit_locked"),
     "lock.variants.augmentations": ("AugmentationConfig", "augmented_view"),
     "lock.callbacks": ("LockRoundCallback",),
@@ -108,4 +111,5 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from .lock.callbacks import LockRoundCallback  # noqa: F401
     from .lock.config import EncoderLockConfig  # noqa: F401
     from .lock.trainer import EncoderLockTrainer  # noqa: F401
+    from .probing.adaptive import AdaptiveConfig, run_adaptive_suite  # noqa: F401
     from .probing.suite import ProbeConfig, run_probe_suite  # noqa: F401

@@ -83,6 +83,13 @@ def test_lock_vit_example_writes_loadable_folders_and_honest_report(tmp_path):
     assert report["lock"]["mask"]["count"] > 0
     assert "green" in report["verdict"]
     assert "Lock's own head (stale)" in (out / "report.md").read_text()
+    # the adaptive attacker ran on the prohibited domain; its worst case is in the table, report and card
+    worst = report["adaptive"]["worst_case"][0]
+    assert worst["domain"] == "green" and 0.0 <= worst["worst_accuracy"] <= 1.0
+    assert worst["worst_accuracy"] >= worst["fresh_probe"]  # fresh probes are one of the attacks
+    assert rows["green"]["adaptive_worst"] == worst["worst_accuracy"]
+    assert "An attacker who knows the method" in (out / "report.md").read_text()
+    assert "Worst case of an attacker who knows the method" in (out / "locked" / "README.md").read_text()
 
 
 def test_an_interrupted_main_job_keeps_its_checkpoints_and_resumes(tmp_path, monkeypatch):

@@ -333,6 +333,15 @@ class EncoderLockConfig(TrainingArguments):
             "steps are not projected, so it is kept well below learning_rate)."
         },
     )
+    weight_bound: float | None = field(
+        default=None,
+        metadata={
+            "help": "Bounded updates: after every step, each changed weight is clamped to its tensor's median plus or "
+            "minus this many robust standard deviations (1.4826 x MAD, of the unlocked tensor; widened to the "
+            "weight's own unlocked value), so no changed weight stands out of its tensor's distribution (an attacker "
+            "resets or clips such outliers without data). Unchanged weights are never touched. None: unbounded."
+        },
+    )
     max_authorized_drift: float = field(
         default=0.1,
         metadata={
@@ -564,6 +573,10 @@ class EncoderLockConfig(TrainingArguments):
             (
                 self.magnitude_gate is None or 0.0 <= _finite_or_nan(self.magnitude_gate) < 1.0,
                 f"magnitude_gate must be None or in [0, 1), got {self.magnitude_gate!r}",
+            ),
+            (
+                self.weight_bound is None or _finite_or_nan(self.weight_bound) > 0.0,
+                f"weight_bound must be None or a number > 0 (robust standard deviations), got {self.weight_bound!r}",
             ),
             (
                 _all_finite([self.info_r2_weight, self.info_mmd_weight, self.info_knn_weight])

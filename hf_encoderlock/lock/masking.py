@@ -32,7 +32,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-__all__ = ["MaskedParameterGuard", "changed_entries", "snapshot_state"]
+__all__ = ["MaskedParameterGuard", "changed_entries", "natural_range", "snapshot_state"]
 
 
 class MaskedParameterGuard:
@@ -217,6 +217,15 @@ class MaskedParameterGuard:
 
 
 # ---------------------------------------------------------------------------------------------------------- audit
+
+
+def natural_range(tensor: torch.Tensor, bound: float) -> tuple[float, float]:
+    """``median -/+ bound x robust std`` of a tensor's entries (robust std: 1.4826 x the median absolute deviation,
+    which equals the standard deviation of a normal distribution): the range a bounded update keeps weights in."""
+    flat = tensor.detach().float().reshape(-1)
+    median = flat.median()
+    scale = 1.4826 * (flat - median).abs().median()
+    return float(median - bound * scale), float(median + bound * scale)
 
 
 def _bits(t: torch.Tensor) -> torch.Tensor:

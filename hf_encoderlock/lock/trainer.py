@@ -51,7 +51,7 @@ from ..probing.heads import HeadTrainingConfig, accuracy, best_head, train_heads
 from .callbacks import LockRoundCallback
 from .config import AUTO_POOLINGS, AUTO_PROJECTION, EncoderLockConfig
 from .distributed import gather_batch
-from .masking import MaskedParameterGuard
+from .masking import MaskedParameterGuard, natural_range
 from .objectives import LockHeads, LockObjective, ObjectiveTerms, build_objective
 from .projection import AuthorizedProjection, layer_input_moments, supports_projection
 from .selection import (
@@ -230,6 +230,15 @@ class EncoderLockTrainer(Trainer):
         }
         self._check_eval_datasets(eval_dataset)
         self.candidates = {f"backbone.{name}": param for name, param in self._candidate_weights(args).items()}
+        # Per entry, the range a bounded update keeps it in: its tensor's natural range, widened to the entry's own
+        # unlocked value, so a natural outlier that gets selected is not pulled in (a lock that erased the tensor's
+        # outliers would be a tell too). From the unlocked weights: derived, so recomputed on resume.
+        self.weight_ranges: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        if args.weight_bound is not None:
+            for name, param in self.candidates.items():
+                low, high = natural_range(param.detach(), args.weight_bound)
+                original = param.detach()
+                self.weight_ranges[name] = (original.clamp(max=low), original.clamp(min=high))
         self._check_budget(args)
         for name, param in encoder.named_parameters():  # the optimiser holds candidate weights only
             param.requires_grad_(name in self.candidates)
@@ -761,6 +770,14 @@ class EncoderLockTrainer(Trainer):
         self.guard.restore_unselected()
         if self._projects_this_step():
             self.projection.project(self.candidates, self._weights_before_step)
+        if self.weight_ranges:  # last: whatever moved a weight, it ends inside its tensor's natural range
+            with torch.no_grad():
+                for name, selected in self.mask.items():
+                    if name in self.weight_ranges:
+                        low, high = self.weight_ranges[name]
+                        param = self.candidates[name]
+                        bounded = torch.minimum(torch.maximum(param, low.to(param.device)), high.to(param.device))
+                        param.copy_(torch.where(selected.to(param.device), bounded, param))
         if self._scheduled_lrs is not None:
             for group, lr in zip(self.optimizer.param_groups, self._scheduled_lrs):
                 group["lr"] = lr

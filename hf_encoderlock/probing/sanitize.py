@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 MAD_TO_STD = 1.4826  # the MAD of a normal distribution times this is its standard deviation
-DEFAULT_Z_THRESHOLDS = (4.0, 6.0, 10.0)
+# Down to 2.5: an attacker who knows a lock's weight bound (EncoderLockConfig.weight_bound) looks just inside it.
+DEFAULT_Z_THRESHOLDS = (2.5, 3.0, 4.0, 6.0)
 
 
 class SanitizeError(ValueError):

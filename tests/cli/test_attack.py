@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from hf_encoderlock.cli.main import main
 
 
@@ -37,3 +39,39 @@ def test_cli_attack_writes_the_fine_tuning_report(encoder_dir, domain_dir, tmp_p
     assert all(0.0 <= acc <= 1.0 for score in data["scores"] for acc in score["test_accuracy"])
     assert (out / "attack_report.png").read_bytes()[:4] == b"\x89PNG"
     assert "lora" in capsys.readouterr().out
+
+
+def test_cli_attack_suite_probe_writes_the_adaptive_report(encoder_dir, domain_dir, tmp_path, capsys):
+    out = tmp_path / "adaptive"
+    code = main(
+        ["attack", "--suite", "probe", "--encoder", str(encoder_dir), "--victim", str(encoder_dir),
+         "--domains", str(domain_dir), "--authorized", str(domain_dir), "--out", str(out), "--seeds", "0",
+         "--threads", "1", "--quiet"]
+    )  # fmt: skip
+    assert code == 0
+    data = json.loads((out / "adaptive_report.json").read_text())
+    families = {o["family"] for o in data["outcomes"]}
+    assert families == {"fresh_probe", "sanitize", "transform", "sanitize+transform"}
+    # the encoder is its own victim here: whatever the attacks reach, nothing of the advantage was removed by a lock
+    worst = data["worst_case"][0]
+    assert worst["worst_accuracy"] >= worst["fresh_probe"]
+    assert "Worst case" in capsys.readouterr().out
+
+
+def test_cli_attack_rejects_an_unknown_suite(encoder_dir, domain_dir, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(
+            [
+                "attack",
+                "--suite",
+                "all",
+                "--encoder",
+                str(encoder_dir),
+                "--domains",
+                str(domain_dir),
+                "--out",
+                str(tmp_path),
+            ]
+        )
+    assert exited.value.code == 2
+    assert "invalid choice: 'all'" in capsys.readouterr().err

@@ -105,3 +105,25 @@ def test_gated_card_asks_to_acknowledge_each_prohibited_use(locked_folder):
     assert "green" in meta["extra_gated_prompt"]
     assert meta["extra_gated_heading"] and meta["extra_gated_description"] and meta["extra_gated_button_content"]
     assert "Access to this repository is gated" in ModelCard.load(path).text
+
+
+def test_card_states_the_adaptive_worst_case_beside_fresh_probes(locked_folder):
+    report = card_report()
+    green = report["table"][1]
+    green.update(
+        advantage_removed=0.98,
+        adaptive_worst=0.899,
+        adaptive_removed=0.002,
+        adaptive_attack="sanitize: reset_outliers 6",
+    )
+    path = write_model_card(locked_folder, report=report, repo_id="user/locked")
+    card = ModelCard.load(path)
+    assert "- green: 89.9% (sanitize: reset_outliers 6): 0.2% of the advantage removed, against 98.0% under fresh" in (
+        card.text
+    )
+    meta = card.data.to_dict()[METADATA_KEY]["accuracy"]["green"]
+    assert meta["adaptive_worst"] == pytest.approx(0.899) and meta["adaptive_attack"] == "sanitize: reset_outliers 6"
+    # a card re-rendered from its own metadata (no report.json beside it) keeps the line
+    path.with_name("report.json").unlink(missing_ok=True)
+    again = write_model_card(locked_folder, repo_id="user/locked").read_text()
+    assert "0.2% of the advantage removed" in again

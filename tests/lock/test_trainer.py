@@ -41,6 +41,29 @@ def test_only_selected_entries_change(tiny_trainer, overrides):
     assert changed == mask_size
 
 
+def test_bounded_updates_keep_changed_weights_in_their_tensor_range_and_leave_the_rest(tiny_trainer):
+    encoder, trainer = tiny_trainer(best_model_criterion="last", weight_bound=1.0, learning_rate=0.5)
+    before = {name: p.detach().clone() for name, p in encoder.named_parameters()}
+    trainer.train()
+    moved_to_edge = 0
+    for name, selected in trainer.mask.items():
+        param = dict(encoder.named_parameters())[name].detach()
+        original = before[name]
+        median = original.median()
+        scale = 1.4826 * (original - median).abs().median()
+        low, high = float(median - scale), float(median + scale)
+        # inside the range, or no further out than the entry's own unlocked value
+        low_i, high_i = original.clamp(max=low)[selected], original.clamp(min=high)[selected]
+        assert bool(((param[selected] >= low_i - 1e-6) & (param[selected] <= high_i + 1e-6)).all()), name
+        # unselected entries are never clamped, even where they lie outside the range
+        assert torch.equal(param[~selected], original[~selected]), name
+        assert bool(((original < low) | (original > high)).any()), name  # there were such entries to leave alone
+        moved_to_edge += int(
+            ((param[selected] - low).abs() < 1e-6).sum() + ((param[selected] - high).abs() < 1e-6).sum()
+        )
+    assert moved_to_edge > 0  # at lr 0.5 the bound is what stopped some weights
+
+
 class _SnapshotAt(TrainerCallback):
     """Keeps a copy of the encoder's weights after ``step`` update steps."""
 

@@ -17,6 +17,7 @@ from hf_encoderlock.probing.attacks import (
     AttackReport,
     add_lora,
     attention_projections,
+    block_parameter_names,
     last_k_parameter_names,
     learning_curve_auc,
     prepare_attack,
@@ -271,3 +272,21 @@ def test_every_lr_of_the_grid_runs_and_validation_alone_chooses(monkeypatch, enc
     score = report.score("full", "red", 1.0)
     assert score.hyperparameters == [{"lr": 1e-3, "epochs": 4}] * 2
     assert score.validation_accuracy == [0.7, 0.7] and score.test_accuracy == [0.1, 0.1]
+
+
+def test_reinit_redraws_exactly_the_lockable_blocks_and_trains_everything(encoder):
+    names = block_parameter_names(encoder.backbone, (-1, 0))
+    assert any(n.startswith("embeddings.") for n in names) and any(n.startswith("layers.0.") for n in names)
+    assert not any(n.startswith(("layers.1.", "layernorm.", "pooler.")) for n in names)
+    # the fixture's encoder was built with seed 0, like a twin of seed 0: redraw with another seed
+    model = prepare_attack(encoder, "reinit", _config(reinit_blocks=(-1, 0), random_twin_seed=5))
+    original = {n: p.detach().clone() for n, p in encoder.backbone.named_parameters()}
+    twin = dict(encoder.random_init_twin(5).backbone.named_parameters())
+    for name, param in model.backbone.named_parameters():
+        assert param.requires_grad, name
+        assert torch.equal(param, twin[name] if name in names else original[name]), name
+    kernel = "embeddings.patch_embeddings.projection.weight"
+    assert not torch.equal(twin[kernel], original[kernel])
+    assert torch.equal(encoder.backbone.get_parameter(kernel), original[kernel])  # the caller's encoder is untouched
+    with pytest.raises(AttackError, match="only 2 blocks"):
+        block_parameter_names(encoder.backbone, (5,))
