@@ -188,6 +188,7 @@ class LockedEncoder:
         report: dict[str, Any] | None = None,
         sign_key: str | os.PathLike | None = None,
         sign_password: str | bytes | None = None,
+        base_model: str | None = None,
     ) -> Any:
         """Push the verified files to ``repo_id`` with a card rendered for it (see :func:`push_locked_to_hub`);
         returns the ``CommitInfo``.
@@ -217,6 +218,7 @@ class LockedEncoder:
                 license=license,
                 sign_key=sign_key,
                 sign_password=sign_password,
+                base_model=base_model,
             )
 
     def __repr__(self) -> str:

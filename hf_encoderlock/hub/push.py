@@ -16,6 +16,7 @@ Any Hub-compatible server works: the ``huggingface_hub`` client honours ``HF_END
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -33,10 +34,15 @@ from .card import (
     LockVerificationError,
     find_report,
     published_files,
+    published_patterns,
+    refuse_links,
+    unpublished_files,
     weight_files,
     write_model_card,
 )
 from .signing import KeyLike, require_signing, sign_locked, verify_signature
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_COMMIT_MESSAGE = "Upload locked encoder (hf_encoderlock)"
 GATING_MODES = ("auto", "manual")
@@ -92,8 +98,14 @@ def push_locked_to_hub(
     license: str | None = None,
     sign_key: str | os.PathLike | None = None,
     sign_password: str | bytes | None = None,
+    base_model: str | None = None,
 ) -> Any:
     """Push a locked encoder folder to ``repo_id``; returns the ``CommitInfo``.
+
+    Only the allow-listed files are uploaded (:data:`hf_encoderlock._files.PUBLISHED_FILES`: the encoder's config
+    and weights, its image processor, ``encoderlock_config.json``, the card and the signature); anything else in the
+    folder stays local, and a folder whose published files are symbolic links is refused. ``base_model`` (a Hub id)
+    is named in the card only when given here or already named by the folder's card.
 
     The card is rendered again first (with this ``repo_id``, the gating choice and ``license``, a Hub license id)
     so that it always matches the files being uploaded. ``gated`` is ``True`` (= ``"auto"``), ``"auto"``,
@@ -105,6 +117,8 @@ def push_locked_to_hub(
     """
     folder = Path(folder)
     _check_locked_folder(folder)
+    names = published_files(folder, include_mask=include_mask)
+    refuse_links(folder, names)
     mode = _gating_mode(gated)
     if sign_key is None and (folder / SIGNATURE_FILE).exists():
         raise ValueError(
@@ -122,10 +136,20 @@ def push_locked_to_hub(
     with tempfile.TemporaryDirectory(prefix="encoderlock-push-") as scratch:
         staged = Path(scratch) / folder.resolve().name
         staged.mkdir()
-        for name in published_files(folder, include_mask=include_mask):
-            shutil.copy2(folder / name, staged / name)
+        for name in names:
+            shutil.copy2(folder / name, staged / name, follow_symlinks=False)
+        left_out = unpublished_files(folder, include_mask=include_mask)
+        if left_out:
+            logger.info("push: not uploading %s (not one of the lock's files)", ", ".join(left_out))
+        overrides = {"base_model": base_model} if base_model is not None else {}
         write_model_card(
-            staged, report=report, repo_id=repo_id, gated=mode is not None, license=license, include_mask=include_mask
+            staged,
+            report=report,
+            repo_id=repo_id,
+            gated=mode is not None,
+            license=license,
+            include_mask=include_mask,
+            **overrides,
         )
         if sign_key is not None:
             sign_locked(staged, sign_key, password=sign_password, include_mask=include_mask)
@@ -140,6 +164,7 @@ def push_locked_to_hub(
             repo_type="model",
             revision=revision,
             commit_message=commit_message,
+            allow_patterns=published_patterns(include_mask),
             ignore_patterns=ignore,
         )
 

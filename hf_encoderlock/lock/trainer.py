@@ -45,7 +45,7 @@ from ..data.lock_tensors import (
 )
 from ..data.streamed import load_lock_domain
 from ..encoders import EncoderAdapter, EncoderError, load_encoder
-from ..hub.card import write_model_card
+from ..hub.card import is_hub_id, public_domain_record, write_model_card
 from ..hub.push import DEFAULT_COMMIT_MESSAGE, push_locked_to_hub
 from ..probing.heads import HeadTrainingConfig, accuracy, best_head, train_heads
 from .callbacks import LockRoundCallback
@@ -182,6 +182,15 @@ class EncoderLockTrainer(Trainer):
         if args.should_save:  # a folder that cannot be written, or holds a user's files, fails before any work
             check_output_folder(args.output_dir, LOCK_CONFIG_FILE, args.overwrite_output_dir, "EncoderLockTrainer")
         encoder = load_encoder(model, image_processor=processing_class)
+        source = getattr(getattr(encoder.backbone, "config", None), "_name_or_path", "") or ""
+        if is_hub_id(source):
+            logger.warning(
+                "The encoder was loaded from the Hub repository %s. If that repository is public, locking protects "
+                "nothing: anyone can download its unlocked weights. Lock an encoder whose weights are not published; "
+                "the card does not name %s unless you pass base_model= when pushing.",
+                source,
+                source,
+            )
         if encoder.image_processor is None and encoder.preprocess_fn is None:
             raise EncoderError(
                 f"{encoder.name} has no image processor: pass processing_class= (an image processor such as "
@@ -1064,9 +1073,10 @@ class EncoderLockTrainer(Trainer):
         }
 
     def _base_model(self) -> str | None:
-        """The checkpoint the encoder was loaded from (``config._name_or_path``), when the backbone records one."""
+        """The Hub id the encoder was loaded from (``config._name_or_path``); ``None`` for a local folder (its path
+        is never recorded in a file that may be published) or when the backbone records none."""
         name = getattr(getattr(self.encoder.backbone, "config", None), "_name_or_path", "") or ""
-        return name or None
+        return name if is_hub_id(name) else None
 
     def _prohibited_specs(self) -> list[Any]:
         if self.zero_shot_source is not None:
@@ -1075,12 +1085,12 @@ class EncoderLockTrainer(Trainer):
         spec = self.domain_specs.get("prohibited", self.prohibited_name)
         if self.pseudo_labelled:
             pseudo = f"k-means, k={self.args.num_pseudo_classes}"
-            return [{"domain": spec, "labels": "none read", "pseudo_labels": pseudo}]
-        return [spec]
+            return [{"domain": public_domain_record(spec), "labels": "none read", "pseudo_labels": pseudo}]
+        return [public_domain_record(spec)]
 
     def _authorized_specs(self) -> list[Any]:
         specs = self.domain_specs.get("authorized", self.authorized_name)
-        return list(specs) if isinstance(specs, (list, tuple)) else [specs]
+        return [public_domain_record(s) for s in (specs if isinstance(specs, (list, tuple)) else [specs])]
 
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         """Write the encoder alone (``AutoModel.from_pretrained`` loads it), its processor, config and mask.
