@@ -179,10 +179,13 @@ class EncoderLockTrainer(Trainer):
             )
         if authorized_dataset is None:
             raise LockDataError("authorized_dataset is required: the images whose probing must keep working")
-        if args.should_save:  # a folder that cannot be written, or holds a user's files, fails before any work
-            check_output_folder(args.output_dir, LOCK_CONFIG_FILE, args.overwrite_output_dir, "EncoderLockTrainer")
         encoder = load_encoder(model, image_processor=processing_class)
         source = getattr(getattr(encoder.backbone, "config", None), "_name_or_path", "") or ""
+        self._sources = [model if isinstance(model, (str, os.PathLike)) else None, source]
+        if args.should_save:  # a folder that cannot be written, holds a user's files or the source: before any work
+            check_output_folder(
+                args.output_dir, LOCK_CONFIG_FILE, args.overwrite_output_dir, "EncoderLockTrainer", self._sources
+            )
         if is_hub_id(source):
             logger.warning(
                 "The encoder was loaded from the Hub repository %s. If that repository is public, locking protects "
@@ -1104,7 +1107,7 @@ class EncoderLockTrainer(Trainer):
         self.check_weights_finite("nothing was saved")
         target = Path(output_dir or self.args.output_dir).resolve()
         if not self._saving_checkpoint and target not in self._saved_to:  # its own saves and checkpoints: no flag
-            check_output_folder(target, LOCK_CONFIG_FILE, self.args.overwrite_output_dir, "save_model")
+            check_output_folder(target, LOCK_CONFIG_FILE, self.args.overwrite_output_dir, "save_model", self._sources)
             self._saved_to.add(target)
         with atomic_folder(target) as staging:
             self._write_saved_files(staging, target.name)
