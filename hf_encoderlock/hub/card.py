@@ -149,6 +149,15 @@ def unpublished_files(folder: str | Path, include_mask: bool = False) -> list[st
     return sorted(p.name for p in Path(folder).iterdir() if p.name not in published)
 
 
+def accountable_files(folder: str | Path) -> list[str]:
+    """The top-level files a verification must account for: the published ones, and any other a loader could read
+    (weights, ``.json``, ``.py``); hidden and private files, and a user's other files (notes), are not."""
+    root = Path(folder)
+    loadable = [p.name for p in root.iterdir() if p.is_file() and p.name.endswith(LOADABLE_SUFFIXES)]
+    names = {*published_files(root), *weight_files(root), *loadable}
+    return sorted(n for n in names if not n.startswith(".") and not is_private_file(n))
+
+
 def refuse_links(folder: str | Path, names: list[str]) -> None:
     """Raise ``ValueError`` when one of ``names`` in ``folder`` is a symbolic link: a push would upload the bytes
     of whatever it points to, possibly a file outside the folder."""
@@ -823,10 +832,7 @@ class Authorization:
                 "(hf_encoderlock.write_model_card(folder), or push the lock again)"
             )
         declared = {**self.files, **self.weights}
-        loadable = [p.name for p in folder.iterdir() if p.is_file() and p.name.endswith(LOADABLE_SUFFIXES)]
-        candidates = {*published_files(folder), *loadable} - set(UNHASHED_FILES)
-        candidates = {n for n in candidates if not n.startswith(".") and not is_private_file(n)}
-        present = set(weight_files(folder)) | candidates
+        present = set(accountable_files(folder)) - set(UNHASHED_FILES)
         present |= {n for n in declared if is_private_file(n) and (folder / n).is_file()}
         problems = [f"{n}: missing" for n in sorted(set(declared) - present) if not is_private_file(n)]
         problems += [f"{n}: not declared in the card" for n in sorted(present - set(declared))]

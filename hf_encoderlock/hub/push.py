@@ -20,6 +20,7 @@ import logging
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -40,7 +41,7 @@ from .card import (
     weight_files,
     write_model_card,
 )
-from .signing import KeyLike, require_signing, sign_locked, verify_signature
+from .signing import KeyLike, require_signing, sign_locked, signature_mismatches, verify_signature
 
 logger = logging.getLogger(__name__)
 
@@ -198,6 +199,15 @@ def open_locked(
         )
     if public_key is not None:  # first: the signature covers the card that the next check trusts
         verify_signature(folder, public_key)
+    else:
+        mismatches = signature_mismatches(folder)
+        if mismatches:  # the owner signed other files: without the key this cannot be refused, but must be said
+            warnings.warn(
+                f"{repo_id_or_path}: {SIGNATURE_FILE} no longer matches the files, which were edited after signing "
+                f"({'; '.join(mismatches)}); pass public_key= (the owner's) to refuse such a lock",
+                UserWarning,
+                stacklevel=3,
+            )
     authorization = Authorization.from_card(folder / CARD_FILE)
     authorization.verify(folder)
     adapter = EncoderAdapter.from_pretrained(folder, pooling=pooling, model=model)
