@@ -224,6 +224,12 @@ def is_hub_id(name: Any) -> bool:
     return isinstance(name, str) and bool(_HUB_ID.match(name)) and not _is_local_path(name)
 
 
+def names_a_repo(name: Any) -> bool:
+    """Whether ``name`` is written as a Hub repository id (``user/name``), whether or not a folder of that name
+    exists here (an explicit path starts with ``.``, ``/`` or ``~``)."""
+    return isinstance(name, str) and bool(_HUB_ID.match(name)) and ":" not in name
+
+
 def _public_name(name: str) -> str:
     """``name``, or only its last component when it is a local path."""
     if is_hub_id(name) or not _is_local_path(name):

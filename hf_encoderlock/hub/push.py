@@ -34,6 +34,7 @@ from .card import (
     Authorization,
     LockVerificationError,
     find_report,
+    names_a_repo,
     published_files,
     published_patterns,
     refuse_links,
@@ -187,9 +188,17 @@ def open_locked(
     does not match, or, with ``public_key`` (the owner's PEM public key: a path or the PEM text), when ``model.sig``
     is missing, was made with another key or any file was added, removed or changed since signing. ``model`` is
     needed for a folder saved from a plain torch module (see ``EncoderAdapter.from_pretrained``).
+
+    A local folder is opened only without ``revision``: with it, a name such as ``user/name`` is always the Hub
+    repository (a folder of the same name here does not shadow the pin), and a path is refused.
     """
     local = Path(repo_id_or_path)
-    if local.is_dir():
+    if local.is_dir() and revision is not None and not names_a_repo(repo_id_or_path):
+        raise ValueError(
+            f"revision={revision!r} pins a commit of a Hub repository, but {local} is a local folder; drop revision "
+            "to open the folder, or pass the repository id"
+        )
+    if local.is_dir() and revision is None:  # a pinned revision always means the Hub repository, never a folder
         folder = local
     else:
         folder = Path(

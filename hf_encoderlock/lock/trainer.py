@@ -44,7 +44,7 @@ from ..data.lock_tensors import (
     stratified_split,
 )
 from ..data.streamed import load_lock_domain
-from ..encoders import EncoderAdapter, EncoderError, load_encoder
+from ..encoders import NO_REMOTE_CODE, EncoderAdapter, EncoderError, load_encoder
 from ..hub.card import is_hub_id, public_domain_record, write_model_card
 from ..hub.push import DEFAULT_COMMIT_MESSAGE, push_locked_to_hub
 from ..probing.heads import HeadTrainingConfig, accuracy, best_head, train_heads
@@ -1224,7 +1224,7 @@ class EncoderLockTrainer(Trainer):
         if (Path(resume_from_checkpoint) / MODEL_CONFIG_FILE).is_file():
             # from_pretrained maps the on-disk names (which can differ from in-memory names across transformers
             # releases) back to this model's; a strict load then guarantees every tensor was restored.
-            saved = AutoModel.from_pretrained(resume_from_checkpoint).state_dict()
+            saved = AutoModel.from_pretrained(resume_from_checkpoint, **NO_REMOTE_CODE).state_dict()
             self.encoder.backbone.load_state_dict(saved, strict=True)
             return
         super()._load_from_checkpoint(resume_from_checkpoint, model)
