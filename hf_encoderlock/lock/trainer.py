@@ -215,6 +215,14 @@ class EncoderLockTrainer(Trainer):
         if eval_dataset is not None and isinstance(eval_dataset, dict):
             eval_dataset = {key: self._as_eval_dataset(key, value) for key, value in eval_dataset.items()}
         self.encoder = encoder
+        # Normalisation layers that keep running statistics (BatchNorm): the lock runs them as deployed, on their
+        # statistics, which it never updates; otherwise every forward in train mode would change buffers outside the
+        # mask, and the saved encoder would not be "the original but for the masked weights".
+        self._statistics_modules = [
+            module
+            for module in encoder.modules()
+            if getattr(module, "track_running_stats", False) and getattr(module, "running_mean", None) is not None
+        ]
         self.objective = objective or build_objective(args)
         self.prohibited_poolings = self._resolve_prohibited_poolings(args.prohibited_poolings)
         self.authorized_name, self.prohibited_name = authorized_name, prohibited_name
@@ -484,6 +492,8 @@ class EncoderLockTrainer(Trainer):
         authorized batch's rows in the lock data) reads the unlocked encoder's features from the per-image cache
         instead of running the frozen copy again.
         """
+        for module in self._statistics_modules:  # the Trainer puts the model in train mode before every step
+            module.eval()
         n_a, extra = len(a_pixels), {}
         if self.objective.uses_views:
             views = augmented_view(
