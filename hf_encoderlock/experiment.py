@@ -30,7 +30,7 @@ from .data.domains import BUILTIN_DOMAINS, DomainSpec, load_domain, train_valida
 from .data.lock_tensors import combine_labelled_domains
 from .encoders import EncoderAdapter, load_encoder
 from .hub.card import write_model_card
-from .lock.config import EncoderLockConfig
+from .lock.config import EncoderLockConfig, check_supported_settings
 from .lock.trainer import EncoderLockTrainer
 from .probing.lock_report import build_lock_report, lock_report_markdown, plot_lock_report
 from .probing.suite import ProbeConfig, run_probe_suite
@@ -134,6 +134,7 @@ def run_lock_experiment(args: LockExperimentArguments, lock_config: EncoderLockC
     """Victim -> probes -> lock -> probes -> ``report.json``/``report.md``/``probe.png`` under ``output_dir``."""
     started = time.perf_counter()
     optional_import("matplotlib", "plots", "the main job's probe.png")  # fail before any long work, not at the end
+    check_supported_settings(lock_config)  # not after the "before" probes
     target = Path(lock_config.output_dir)
     resuming = bool(lock_config.resume_from_checkpoint)
     check_output_folder(

@@ -49,7 +49,7 @@ from ..hub.card import is_hub_id, public_domain_record, write_model_card
 from ..hub.push import DEFAULT_COMMIT_MESSAGE, push_locked_to_hub
 from ..probing.heads import HeadTrainingConfig, accuracy, best_head, train_heads
 from .callbacks import LockRoundCallback
-from .config import AUTO_POOLINGS, AUTO_PROJECTION, EncoderLockConfig
+from .config import AUTO_POOLINGS, AUTO_PROJECTION, EncoderLockConfig, check_supported_settings
 from .distributed import gather_batch
 from .masking import MaskedParameterGuard
 from .objectives import LockHeads, LockObjective, ObjectiveTerms, build_objective
@@ -164,19 +164,7 @@ class EncoderLockTrainer(Trainer):
         args = EncoderLockConfig() if args is None else args
         if not isinstance(args, EncoderLockConfig):
             raise TypeError(f"args must be an EncoderLockConfig, got {type(args).__name__}")
-        for engine, enabled in (("FSDP", args.fsdp), ("DeepSpeed", args.deepspeed)):  # fail before any work
-            if enabled or os.environ.get(f"ACCELERATE_USE_{engine.upper()}", "false").lower() in ("1", "true", "yes"):
-                raise NotImplementedError(
-                    f"EncoderLockTrainer does not support {engine}: weight selection and the exact masked updates need "
-                    "whole, unsharded encoder weights on every rank. Use DDP (accelerate distributed_type MULTI_GPU) "
-                    "or one process."
-                )
-        if args.load_best_model_at_end:
-            raise ValueError(
-                "load_best_model_at_end is not used by a lock: the kept encoder is chosen by best_model_criterion "
-                "('gap': the best fresh-head validation gap, restored at the end of train()); set "
-                "load_best_model_at_end=False"
-            )
+        check_supported_settings(args)  # fail before any work
         if authorized_dataset is None:
             raise LockDataError("authorized_dataset is required: the images whose probing must keep working")
         encoder = load_encoder(model, image_processor=processing_class)
