@@ -34,11 +34,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import AutoModel
 
-from ._files import AUDIT_JSON, AUDIT_MD, CARD_FILE, LOCK_CONFIG_FILE, MASK_FILE, MODEL_CONFIG_FILE
+from ._files import (
+    AUDIT_JSON,
+    AUDIT_MD,
+    CARD_FILE,
+    LOCK_CONFIG_FILE,
+    MASK_FILE,
+    MODEL_CONFIG_FILE,
+    PLAIN_MODULE_CONFIG_FILE,
+)
 from ._utils import finite, markdown_row, percent
 from .data.domains import BUILTIN_DOMAINS, DomainSpec
-from .encoders import load_encoder
+from .encoders import NO_REMOTE_CODE, load_encoder
 from .hub.card import Authorization, LockVerificationError, _domain_name
 from .lock.masking import _bits
 from .lock.selection import block_index, load_mask, select_candidate_parameters
@@ -72,12 +81,25 @@ def _preview(names: Sequence[str]) -> str:
 
 # ---------------------------------------------------------------------------------------------------- loading
 def load_backbone(source: str | os.PathLike | torch.nn.Module) -> torch.nn.Module:
-    """The backbone module of a folder, ``"victim"``, a Hub id, an adapter or a module."""
+    """The backbone module of a folder, ``"victim"``, a Hub id, an adapter or a module.
+
+    A transformers checkpoint is loaded without its image processor (only probing needs one)."""
     if isinstance(source, torch.nn.Module):
         return getattr(source, "backbone", source)
     if str(source) == VICTIM:
         return load_backbone(load_victim())
-    return load_encoder(str(source)).backbone
+    if (Path(source).expanduser() / PLAIN_MODULE_CONFIG_FILE).is_file():
+        return load_encoder(str(source)).backbone  # says what it needs to rebuild a plain module
+    return AutoModel.from_pretrained(str(source), **NO_REMOTE_CODE).eval()
+
+
+def initialised_on_load(source: str | os.PathLike, loaded: Mapping[str, torch.Tensor]) -> list[str]:
+    """Tensors of ``source``'s backbone that its checkpoint lacks (a ``pooler`` the model class adds): loading
+    initialises them at random, so a second load under another seed disagrees with ``loaded`` on them."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(torch.initial_seed() + 1)
+        again = state_of(load_backbone(source))
+    return sorted(n for n in loaded if n in again and not torch.equal(loaded[n], again[n]))
 
 
 def state_of(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -583,7 +605,16 @@ def audit_locked(
                 raise AuditError(line)
             report.problems.append(line)  # files that do not match their card: a tampered lock
         else:
+            absent = initialised_on_load(original, original_state) if not isinstance(original, torch.nn.Module) else []
+            if absent:
+                report.notes.append(
+                    f"{len(absent)} tensor(s) are not in the original checkpoint (initialised at random when it is "
+                    f"loaded), so there is no original to compare them with: {_preview(absent)}"
+                )
+                original_state = {n: t for n, t in original_state.items() if n not in absent}
+                locked_state = {n: t for n, t in locked_state.items() if n not in absent}
             report.weights, problems = compare_weights(original_state, locked_state, mask)
+            report.weights["not_in_original"] = absent
             report.problems += problems
     else:
         report.unchecked.append(

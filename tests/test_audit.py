@@ -276,3 +276,21 @@ def test_without_the_original_the_audit_says_what_it_could_not_check(audit_folde
     assert main(["audit", str(locked), "--no-probes"]) == 1
     out = capsys.readouterr().out
     assert "Result: INCOMPLETE" in out and "not checked: which weights changed" in out
+
+
+def test_tensors_the_original_checkpoint_lacks_are_named_not_blamed(audit_folders, tmp_path):
+    """An original saved without its pooler: loading it initialises one at random, each time differently."""
+    from safetensors.torch import load_file, save_file
+
+    from hf_encoderlock.cli.main import main
+
+    original, locked = audit_folders
+    weights = original / "model.safetensors"
+    tensors = {k: v for k, v in load_file(str(weights)).items() if not k.startswith("pooler.")}
+    save_file(tensors, str(weights), metadata={"format": "pt"})
+    (original / "preprocessor_config.json").unlink()  # --no-probes needs no image processor
+    report = audit_locked(locked, original=original, probes=False)
+    assert report.ok, report.problems + report.unchecked
+    assert report.weights["not_in_original"] == ["pooler.dense.weight"]  # its bias starts at zero: deterministic
+    assert any("not in the original checkpoint" in n for n in report.notes)
+    assert main(["audit", str(locked), "--original", str(original), "--no-probes"]) == 0
