@@ -14,6 +14,8 @@ CARD_FILE = "README.md"  # the model card
 CARD_FORMAT = "encoderlock-card/v1"
 MODEL_CONFIG_FILE = "config.json"  # written by transformers' save_pretrained
 MODEL_WEIGHTS_FILE = "model.safetensors"
+MODEL_WEIGHTS_INDEX_FILE = "model.safetensors.index.json"  # a sharded save's index (transformers' name)
+MODEL_WEIGHTS_SHARDS = "model-*-of-*.safetensors"  # a sharded save's pieces (glob)
 PROCESSOR_CONFIG_FILE = "preprocessor_config.json"  # written by an image processor's save_pretrained
 # A plain torch module (no transformers config) is saved as its state dict in MODEL_WEIGHTS_FILE plus this file.
 PLAIN_MODULE_CONFIG_FILE = "encoderlock_module.json"
@@ -56,12 +58,30 @@ SIGNATURE_FILE = "model.sig"
 # The card format whose ``encoderlock:`` block hashes every published file, not only the weights (v1 did).
 CARD_FORMAT_V2 = "encoderlock-card/v2"
 
+# ------------------------------------------------------------------------------------------------ what we publish
+# The only names (globs, top-level files) a push uploads and a card hashes: what transformers writes for an encoder
+# and its image processor, and this package's own files. Anything else in a locked folder (a user's notes, keys,
+# other weights) never leaves the machine. The mask is added only when a push asks for it.
+PUBLISHED_FILES = (
+    MODEL_CONFIG_FILE,
+    MODEL_WEIGHTS_FILE,
+    MODEL_WEIGHTS_INDEX_FILE,
+    MODEL_WEIGHTS_SHARDS,
+    PROCESSOR_CONFIG_FILE,
+    PLAIN_MODULE_CONFIG_FILE,
+    LOCK_CONFIG_FILE,
+    CARD_FILE,
+    SIGNATURE_FILE,
+)
+
 # ------------------------------------------------------------------------------------------- what we may replace
 # Names (globs) of everything this package writes into an output folder. Anything else there is the user's: a save
 # or a main job refuses such a folder unless overwrite_output_dir, and never deletes it either way.
 PACKAGE_OUTPUTS = (
     MODEL_CONFIG_FILE,
     MODEL_WEIGHTS_FILE,
+    MODEL_WEIGHTS_INDEX_FILE,
+    MODEL_WEIGHTS_SHARDS,
     PROCESSOR_CONFIG_FILE,
     PLAIN_MODULE_CONFIG_FILE,
     CARD_FILE,

@@ -16,9 +16,39 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from ._files import PACKAGE_OUTPUTS, RETIRED_INFIX, SAVED_FOLDER_MODE, STAGING_INFIX
+from ._files import (
+    CARD_FILE,
+    CARD_FORMAT,
+    CHECKPOINTS_SUBDIR,
+    LOCK_CONFIG_FILE,
+    LOCKED_SUBDIR,
+    MODEL_CONFIG_FILE,
+    MODEL_WEIGHTS_FILE,
+    MODEL_WEIGHTS_INDEX_FILE,
+    MODEL_WEIGHTS_SHARDS,
+    PACKAGE_OUTPUTS,
+    PLAIN_MODULE_CONFIG_FILE,
+    PROCESSOR_CONFIG_FILE,
+    RETIRED_INFIX,
+    SAVED_FOLDER_MODE,
+    STAGING_INFIX,
+    VICTIM_SUBDIR,
+)
 
 VERSIONED_PACKAGES = ("hf_encoderlock", "torch", "transformers", "datasets", "accelerate")
+# Generic names a user's own model folder also holds: ours only beside the lock's own config (every package save
+# writes them together), or in the main job's victim copy.
+SHARED_MODEL_NAMES = (
+    MODEL_CONFIG_FILE,
+    MODEL_WEIGHTS_FILE,
+    MODEL_WEIGHTS_INDEX_FILE,
+    MODEL_WEIGHTS_SHARDS,
+    PROCESSOR_CONFIG_FILE,
+)
+OWN_FOLDER_MARKERS = (LOCK_CONFIG_FILE, PLAIN_MODULE_CONFIG_FILE)
+# Sub-folders of an output folder that only this package writes into: looked into for a user's files too.
+PACKAGE_SUBDIRS = (VICTIM_SUBDIR, LOCKED_SUBDIR, CHECKPOINTS_SUBDIR)
+CARD_MARKER = CARD_FORMAT.rsplit("/", 1)[0]  # every card this package renders names its format
 
 
 # ----------------------------------------------------------------------------------------------- atomic folders
@@ -31,18 +61,28 @@ def staging_folder(target: str | Path) -> Path:
     return staging
 
 
+def _merge_kept_entries(source: Path, staging: Path) -> None:
+    """Move every entry of ``source`` that ``staging`` does not have into it, looking into the sub-folders both
+    have, so that replacing ``source`` by ``staging`` deletes only files the new save rewrote."""
+    for entry in source.iterdir():
+        counterpart = staging / entry.name
+        if not counterpart.exists() and not counterpart.is_symlink():
+            entry.rename(counterpart)
+        elif entry.is_dir() and not entry.is_symlink() and counterpart.is_dir() and not counterpart.is_symlink():
+            _merge_kept_entries(entry, counterpart)
+
+
 def publish_folder(staging: str | Path, target: str | Path) -> None:
     """Put the fully written ``staging`` folder at ``target`` by renames (same file system).
 
     An existing ``target`` is replaced; its entries that the new save did not write (checkpoints, logs, a user's
-    files) are moved over first, so publishing never deletes a file this package did not just rewrite. ``target``
-    is missing only between two renames, and never holds a partly written save.
+    files, also inside sub-folders such as ``victim/``) are moved over first, so publishing never deletes a file this
+    package did not just rewrite. ``target`` is missing only between two renames, and never holds a partly written
+    save.
     """
     staging, target = Path(staging), Path(target)
     if target.exists():
-        for entry in target.iterdir():
-            if not (staging / entry.name).exists():
-                entry.rename(staging / entry.name)
+        _merge_kept_entries(target, staging)
         retired = Path(tempfile.mkdtemp(prefix=f".{target.name}{RETIRED_INFIX}", dir=target.parent))
         target.rename(retired)  # replaces the empty placeholder
         staging.rename(target)
@@ -51,25 +91,80 @@ def publish_folder(staging: str | Path, target: str | Path) -> None:
         staging.rename(target)
 
 
+def _reads_as_card(path: Path) -> bool:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            return CARD_MARKER in handle.read(1 << 16)
+    except OSError:
+        return False
+
+
+def is_package_output(path: str | Path) -> bool:
+    """Whether ``path`` is something this package writes and may replace: a name of ``PACKAGE_OUTPUTS``, and for the
+    names a user's own folder also holds, written by us (a ``README.md`` that is one of our cards; a ``config.json``
+    or weights beside the lock's own config, or in the main job's ``victim/`` copy)."""
+    path = Path(path)
+    name = path.name
+    if path.is_symlink() or not any(fnmatch.fnmatch(name, pattern) for pattern in PACKAGE_OUTPUTS):
+        return False
+    if name == CARD_FILE:
+        return path.is_file() and _reads_as_card(path)
+    if any(fnmatch.fnmatch(name, pattern) for pattern in SHARED_MODEL_NAMES):
+        folder = path.parent
+        return folder.name == VICTIM_SUBDIR or any((folder / marker).is_file() for marker in OWN_FOLDER_MARKERS)
+    return True
+
+
 def foreign_entries(folder: str | Path) -> list[str]:
-    """Names in ``folder`` that this package does not write (a user's files); empty when it does not exist."""
+    """Entries of ``folder`` that this package did not write (a user's files), also inside its ``victim/``,
+    ``locked/`` and ``checkpoints/`` sub-folders (named ``victim/notes.txt``); empty when it does not exist."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    return sorted(
-        entry.name
-        for entry in folder.iterdir()
-        if not any(fnmatch.fnmatch(entry.name, pattern) for pattern in PACKAGE_OUTPUTS)
-    )
+    found = []
+    for entry in sorted(folder.iterdir()):
+        if not is_package_output(entry):
+            found.append(entry.name)
+        elif entry.name in PACKAGE_SUBDIRS and entry.is_dir():
+            found += [f"{entry.name}/{name}" for name in foreign_entries(entry)]
+    return found
 
 
-def check_output_folder(folder: str | Path, finished_marker: str, overwrite: bool, what: str) -> None:
-    """Refuse, before any work, an output folder that cannot be written, that holds a user's files, or that holds a
-    finished result (``finished_marker``) which ``overwrite`` does not allow replacing. A user's files are never
-    deleted: with ``overwrite`` they are kept beside the new result."""
+def _loaded_from(sources: Iterable[str | os.PathLike | None]) -> list[Path]:
+    """The existing local folders among ``sources`` (a Hub id or a missing path is not one)."""
+    folders = []
+    for source in sources:
+        if source is None or not str(source):
+            continue
+        path = Path(source).expanduser()
+        if path.is_file():
+            path = path.parent
+        if path.is_dir():
+            folders.append(path.resolve())
+    return folders
+
+
+def check_output_folder(
+    folder: str | Path,
+    finished_marker: str,
+    overwrite: bool,
+    what: str,
+    sources: Iterable[str | os.PathLike | None] = (),
+) -> None:
+    """Refuse, before any work, an output folder that cannot be written, that is (or contains) a folder the encoder
+    was loaded from (``sources``; refused even with ``overwrite``), that holds a user's files (a ``README.md`` or
+    ``config.json`` this package did not write included), or that holds a finished result (``finished_marker``)
+    which ``overwrite`` does not allow replacing. A user's files are never deleted: with ``overwrite`` they are
+    kept beside the new result (a user's ``README.md`` or ``config.json`` is replaced)."""
     folder = Path(folder).resolve()
     if folder == Path.cwd().resolve() or folder in Path.cwd().resolve().parents:
         raise ValueError(f"{what}: output_dir {folder} is the current folder or contains it; pass a sub-folder")
+    for source in _loaded_from(sources):
+        if source == folder or folder in source.parents:
+            raise ValueError(
+                f"{what}: output_dir {folder} is, or contains, {source}, the folder the encoder was loaded from; "
+                "writing there would replace the original weights: choose another output_dir"
+            )
     existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
     if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK):
         raise PermissionError(f"{what}: output_dir {folder} cannot be written")
@@ -87,6 +182,36 @@ def check_output_folder(folder: str | Path, finished_marker: str, overwrite: boo
             f"{what}: output_dir {folder} already holds a finished result ({finished_marker}); choose another "
             "folder, or pass overwrite_output_dir=True to replace it"
         )
+
+
+def refuse_replacing_user_files(folder: str | Path, names: Iterable[str], what: str) -> None:
+    """Raise ``FileExistsError`` when writing ``names`` into ``folder`` would replace a file this package did not
+    write (a user's ``README.md`` or ``config.json``)."""
+    folder = Path(folder)
+    theirs = [name for name in names if (folder / name).exists() and not is_package_output(folder / name)]
+    if theirs:
+        raise FileExistsError(
+            f"{what}: {folder} holds {', '.join(theirs)}, which this package did not write and would replace; "
+            "choose another folder or move them first"
+        )
+
+
+def remove_package_outputs(folder: str | Path) -> list[str]:
+    """Delete what this package wrote in ``folder`` (its checkpoints, logs, staging leftovers) and the folder
+    itself once empty; a user's files, and the folder holding them, stay. Returns the names kept."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    for entry in folder.iterdir():
+        if is_package_output(entry) or (STAGING_INFIX in entry.name or RETIRED_INFIX in entry.name):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+    kept = sorted(entry.name for entry in folder.iterdir())
+    if not kept:
+        folder.rmdir()
+    return kept
 
 
 def remove_stale_staging(target: str | Path) -> list[Path]:

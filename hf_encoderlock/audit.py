@@ -14,6 +14,11 @@ Checks, each recorded in :class:`AuditReport` (``problems`` lists every failed c
    (``candidate_blocks``, module types and name patterns);
 6. probes: the probe suite rerun on the locked encoder (and its random twin) on the lock's domains.
 
+A declaration the checks rely on that is missing (the lock config, its mask count, budget, candidate blocks, and,
+without a mask, its per-tensor counts) fails the audit; so does an encoder with more than ``MAX_CHANGED_FRACTION`` of
+its entries changed. What could not be checked (the changed weights, without the original) is listed in
+``AuditReport.unchecked`` and makes the result ``INCOMPLETE``, never ``OK``.
+
 An audit that cannot run as asked (the original missing or of another architecture, an unreadable mask) raises
 :class:`AuditError` with a one-line message; ``encoderlock audit`` exits 2 for it and 1 when a check fails.
 """
@@ -29,11 +34,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import AutoModel
 
-from ._files import AUDIT_JSON, AUDIT_MD, CARD_FILE, LOCK_CONFIG_FILE, MASK_FILE, MODEL_CONFIG_FILE
+from ._files import (
+    AUDIT_JSON,
+    AUDIT_MD,
+    CARD_FILE,
+    LOCK_CONFIG_FILE,
+    MASK_FILE,
+    MODEL_CONFIG_FILE,
+    PLAIN_MODULE_CONFIG_FILE,
+)
 from ._utils import finite, markdown_row, percent
 from .data.domains import BUILTIN_DOMAINS, DomainSpec
-from .encoders import load_encoder
+from .encoders import NO_REMOTE_CODE, load_encoder
 from .hub.card import Authorization, LockVerificationError, _domain_name
 from .lock.masking import _bits
 from .lock.selection import block_index, load_mask, select_candidate_parameters
@@ -43,6 +57,9 @@ from .victim import load_victim
 
 VICTIM = "victim"
 PREVIEW = 3  # tensor names a one-line message lists before "..."
+# A lock changes a sparse set of weights; an encoder with more of its entries changed than this is not a lock of the
+# original, whatever its files declare.
+MAX_CHANGED_FRACTION = 0.1
 _HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")  # "name" or "user/name": may be a Hub id
 
 
@@ -64,12 +81,25 @@ def _preview(names: Sequence[str]) -> str:
 
 # ---------------------------------------------------------------------------------------------------- loading
 def load_backbone(source: str | os.PathLike | torch.nn.Module) -> torch.nn.Module:
-    """The backbone module of a folder, ``"victim"``, a Hub id, an adapter or a module."""
+    """The backbone module of a folder, ``"victim"``, a Hub id, an adapter or a module.
+
+    A transformers checkpoint is loaded without its image processor (only probing needs one)."""
     if isinstance(source, torch.nn.Module):
         return getattr(source, "backbone", source)
     if str(source) == VICTIM:
         return load_backbone(load_victim())
-    return load_encoder(str(source)).backbone
+    if (Path(source).expanduser() / PLAIN_MODULE_CONFIG_FILE).is_file():
+        return load_encoder(str(source)).backbone  # says what it needs to rebuild a plain module
+    return AutoModel.from_pretrained(str(source), **NO_REMOTE_CODE).eval()
+
+
+def initialised_on_load(source: str | os.PathLike, loaded: Mapping[str, torch.Tensor]) -> list[str]:
+    """Tensors of ``source``'s backbone that its checkpoint lacks (a ``pooler`` the model class adds): loading
+    initialises them at random, so a second load under another seed disagrees with ``loaded`` on them."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(torch.initial_seed() + 1)
+        again = state_of(load_backbone(source))
+    return sorted(n for n in loaded if n in again and not torch.equal(loaded[n], again[n]))
 
 
 def state_of(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -253,6 +283,25 @@ def check_declared(
         "changed": changed,
     }
     problems = []
+    # What the lock declares is what every count below is checked against: a missing declaration fails (an audit
+    # that skipped it would pass a lock that removed its own limits).
+    missing = [
+        "mask.count (how many weights the lock changed)" if declared is None else None,
+        "hyperparameters.weights_per_round" if per_round is None else None,
+        "rounds_completed / hyperparameters.num_rounds" if rounds is None else None,
+        "hyperparameters.candidate_blocks (which weights the lock may change)"
+        if "candidate_blocks" not in hyper
+        else None,
+        f"mask.per_layer (where the lock changed weights; no {MASK_FILE} stands in for it)"
+        if mask is None and not isinstance(declared_mask.get("per_layer"), dict)
+        else None,
+    ]
+    problems += [f"{LOCK_CONFIG_FILE} does not declare {what}: it cannot be checked" for what in missing if what]
+    if weights is not None and weights["fraction"] > MAX_CHANGED_FRACTION:
+        problems.append(
+            f"{100 * weights['fraction']:.1f}% of the encoder's entries changed: a lock changes a sparse set of "
+            f"weights (at most {100 * MAX_CHANGED_FRACTION:g}% here), this is another model"
+        )
     if rounds is not None and num_rounds is not None and rounds > num_rounds:
         problems.append(f"{LOCK_CONFIG_FILE} says {rounds} rounds completed of num_rounds={num_rounds}")
     if budget is not None:
@@ -379,13 +428,22 @@ class AuditReport:
     probes: dict[str, Any] | None = None
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    unchecked: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return not self.problems
+        """No check failed and none that decides whether the lock is what it claims was skipped."""
+        return not self.problems and not self.unchecked
+
+    @property
+    def result(self) -> str:
+        """``"OK"``, ``"PROBLEMS FOUND"`` or ``"INCOMPLETE"`` (nothing failed, but something could not be checked)."""
+        if self.problems:
+            return "PROBLEMS FOUND"
+        return "INCOMPLETE" if self.unchecked else "OK"
 
     def to_dict(self) -> dict[str, Any]:
-        return dict(asdict(self), ok=self.ok)
+        return dict(asdict(self), ok=self.ok, result=self.result)
 
     def to_json(self, path: str | os.PathLike | None = None) -> str:
         text = json.dumps(finite(self.to_dict()), indent=2, default=str)
@@ -394,8 +452,9 @@ class AuditReport:
         return text
 
     def to_markdown(self) -> str:
-        lines = [f"# Audit: {self.locked}", "", f"**Result: {'OK' if self.ok else 'PROBLEMS FOUND'}**", ""]
-        lines += [f"- problem: {p}" for p in self.problems] + [f"- note: {n}" for n in self.notes]
+        lines = [f"# Audit: {self.locked}", "", f"**Result: {self.result}**", ""]
+        lines += [f"- problem: {p}" for p in self.problems]
+        lines += [f"- not checked: {u}" for u in self.unchecked] + [f"- note: {n}" for n in self.notes]
         if self.weights is not None:
             w = self.weights
             lines += [
@@ -531,8 +590,8 @@ def audit_locked(
         )
     report.config, problems = check_config(folder, mask)
     report.problems += problems
-    if report.config is None:
-        report.notes.append(f"no {LOCK_CONFIG_FILE}")
+    if report.config is None and not problems:
+        report.problems.append(f"no {LOCK_CONFIG_FILE}: nothing declares what the lock changed")
     report.card, problems = check_card(folder, mask_count)
     report.problems += problems
     lock, _ = _read_lock_config(folder)
@@ -546,25 +605,35 @@ def audit_locked(
                 raise AuditError(line)
             report.problems.append(line)  # files that do not match their card: a tampered lock
         else:
+            absent = initialised_on_load(original, original_state) if not isinstance(original, torch.nn.Module) else []
+            if absent:
+                report.notes.append(
+                    f"{len(absent)} tensor(s) are not in the original checkpoint (initialised at random when it is "
+                    f"loaded), so there is no original to compare them with: {_preview(absent)}"
+                )
+                original_state = {n: t for n, t in original_state.items() if n not in absent}
+                locked_state = {n: t for n, t in locked_state.items() if n not in absent}
             report.weights, problems = compare_weights(original_state, locked_state, mask)
+            report.weights["not_in_original"] = absent
             report.problems += problems
     else:
-        report.notes.append("no original encoder given: the changed-weights check is skipped")
+        report.unchecked.append(
+            "which weights changed: no original encoder given (--original), so a model changed everywhere cannot "
+            "be told from its lock"
+        )
         if mask is not None and locked_module is not None:
             report.problems += check_mask(mask, state_of(locked_module))
     candidates = None
     module = original_module if original_module is not None else locked_module
     if lock is not None and module is not None:
         candidates = candidate_weights(module, lock.get("hyperparameters") or {})
-        if candidates is None:
+        if candidates is None:  # check_declared names the missing declaration as a failed check
             report.notes.append(f"{LOCK_CONFIG_FILE} records no candidate_blocks: the candidate check is skipped")
     if lock is not None:
         report.declared, problems = check_declared(
             lock, report.card.get("mask_count"), mask, report.weights, candidates
         )
         report.problems += problems
-        if report.declared["budget"] is None:
-            report.notes.append(f"{LOCK_CONFIG_FILE} records no rounds x weights_per_round budget")
     authorized, prohibited = default_domains(report.config)
     if probes:
         if domains is None:

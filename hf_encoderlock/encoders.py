@@ -36,6 +36,9 @@ from ._files import (
 )
 
 POOLINGS = ("auto", "cls", "mean", "pooler", "spatial_mean")
+# Every transformers load: never run code shipped with a checkpoint, and never ask about it (a terminal would get an
+# interactive "run the custom code? [y/N]" prompt for a config with ``auto_map`` otherwise).
+NO_REMOTE_CODE: dict[str, Any] = {"trust_remote_code": False}
 PIL_MODE_FOR_CHANNELS = {1: "L", 3: "RGB"}  # input channel counts a PIL image can be converted to
 SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N"})
 # Transparent pixels are composited on white (what an image viewer shows), for every alpha mode alike; PIL's own
@@ -334,7 +337,7 @@ class EncoderAdapter(nn.Module):
         if config is not None and hasattr(self.backbone, "save_pretrained"):
             from transformers import AutoModel
 
-            twin = AutoModel.from_config(copy.deepcopy(config))
+            twin = AutoModel.from_config(copy.deepcopy(config), **NO_REMOTE_CODE)
         else:
             twin = copy.deepcopy(self.backbone)
             for module in twin.modules():
@@ -399,12 +402,17 @@ class EncoderAdapter(nn.Module):
             return cls._from_plain_folder(local, model, pooling, preprocess_fn)
         if local.exists() and not (local / MODEL_CONFIG_FILE).is_file():
             raise EncoderError(f"{source} has no {MODEL_CONFIG_FILE}: it is not a saved encoder folder")
+        if kwargs.pop("trust_remote_code", False):
+            raise EncoderError(
+                "trust_remote_code=True is not supported: a lock is loaded with transformers' own classes only, "
+                "never with code shipped in the model's folder or repository"
+            )
         try:
-            backbone = AutoModel.from_pretrained(source, **kwargs)
-        except OSError as error:
+            backbone = AutoModel.from_pretrained(source, **kwargs, **NO_REMOTE_CODE)
+        except (OSError, ValueError) as error:  # ValueError: a config that needs custom code (auto_map)
             raise EncoderError(f"could not load the encoder {source!r}: {error}") from error
         try:
-            processor = AutoImageProcessor.from_pretrained(source)
+            processor = AutoImageProcessor.from_pretrained(source, **NO_REMOTE_CODE)
         except (OSError, ValueError) as error:
             raise EncoderError(f"{source!r} has no usable image processor: {error}") from error
         backbone.eval()
@@ -431,7 +439,7 @@ class EncoderAdapter(nn.Module):
         if (folder / PROCESSOR_CONFIG_FILE).is_file():
             from transformers import AutoImageProcessor
 
-            processor = AutoImageProcessor.from_pretrained(str(folder))
+            processor = AutoImageProcessor.from_pretrained(str(folder), **NO_REMOTE_CODE)
         chosen = info.get("pooling", "auto") if pooling == "auto" else pooling
         return cls(
             model.eval(), pooling=chosen, image_processor=processor, preprocess_fn=preprocess_fn, name=str(folder)
@@ -474,7 +482,7 @@ def _processor_of(backbone: nn.Module) -> Any | None:
     from transformers import AutoImageProcessor
 
     try:
-        return AutoImageProcessor.from_pretrained(name)
+        return AutoImageProcessor.from_pretrained(name, **NO_REMOTE_CODE)
     except (OSError, ValueError):  # no processor saved there, or not reachable offline
         return None
 

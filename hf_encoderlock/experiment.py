@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,12 +19,18 @@ from typing import Any
 from datasets import DatasetDict
 
 from ._files import CHECKPOINTS_SUBDIR, LOCKED_SUBDIR, REPORT_JSON, REPORT_MD, REPORT_PNG, VICTIM_SUBDIR
-from ._utils import atomic_folder, check_output_folder, optional_import, remove_stale_staging
+from ._utils import (
+    atomic_folder,
+    check_output_folder,
+    optional_import,
+    remove_package_outputs,
+    remove_stale_staging,
+)
 from .data.domains import BUILTIN_DOMAINS, DomainSpec, load_domain, train_validation_split
 from .data.lock_tensors import combine_labelled_domains
 from .encoders import EncoderAdapter, load_encoder
 from .hub.card import write_model_card
-from .lock.config import EncoderLockConfig
+from .lock.config import EncoderLockConfig, check_supported_settings
 from .lock.trainer import EncoderLockTrainer
 from .probing.adaptive import AdaptiveConfig, run_adaptive_suite
 from .probing.lock_report import build_lock_report, lock_report_markdown, plot_lock_report
@@ -138,9 +143,12 @@ def run_lock_experiment(args: LockExperimentArguments, lock_config: EncoderLockC
     """Victim -> probes -> lock -> probes -> ``report.json``/``report.md``/``probe.png`` under ``output_dir``."""
     started = time.perf_counter()
     optional_import("matplotlib", "plots", "the main job's probe.png")  # fail before any long work, not at the end
+    check_supported_settings(lock_config)  # not after the "before" probes
     target = Path(lock_config.output_dir)
     resuming = bool(lock_config.resume_from_checkpoint)
-    check_output_folder(target, REPORT_JSON, lock_config.overwrite_output_dir or resuming, "the main job")
+    check_output_folder(
+        target, REPORT_JSON, lock_config.overwrite_output_dir or resuming, "the main job", sources=[args.model]
+    )
     for stale in remove_stale_staging(target):
         logger.warning("removed %s, left by an interrupted run", stale)
     resume = lock_config.resume_from_checkpoint
@@ -251,6 +259,6 @@ def run_lock_experiment(args: LockExperimentArguments, lock_config: EncoderLockC
         write_model_card(staging / LOCKED_SUBDIR, report)
         (staging / REPORT_MD).write_text(lock_report_markdown(report))
         plot_lock_report(report, staging / REPORT_PNG)
-    shutil.rmtree(target / CHECKPOINTS_SUBDIR, ignore_errors=True)  # the run finished: its checkpoints are done with
+    remove_package_outputs(target / CHECKPOINTS_SUBDIR)  # the run finished: its checkpoints (only) are done with
     lock_config.output_dir = str(target)
     return report

@@ -292,6 +292,9 @@ def build_audit_folders(root: Path, domain_paths: dict | None = None) -> tuple[P
         "objective": "paper",
         **paths,
         "mask": {"count": 7, "per_layer": {n: int(m.sum()) for n, m in mask.items()}},
+        # what a real lock declares: its budget (1 round x 7 weights) and the blocks it may change
+        "hyperparameters": {"num_rounds": 1, "weights_per_round": 7, "candidate_blocks": [0, 1]},
+        "rounds_completed": 1,
     }
     (root / "locked" / "encoderlock_config.json").write_text(json.dumps(config))
     write_model_card(root / "locked", report=None)

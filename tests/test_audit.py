@@ -219,3 +219,78 @@ def test_missing_original_and_unreadable_mask_are_user_errors(audit_folders, tmp
         audit_locked(locked, probes=False, mask=tmp_path / "broken.safetensors")
     with pytest.raises(AuditError, match="no mask file at"):
         audit_locked(locked, probes=False, mask=tmp_path / "none.safetensors")
+
+
+# ------------------------------------------------------------------------------- what the audit could not check
+def change_everything(locked) -> dict[str, int]:
+    """Every entry of every tensor changed (another model), the mask deleted; returns the per-tensor counts."""
+    encoder = load_encoder(str(locked))
+    with torch.no_grad():
+        for param in encoder.backbone.parameters():
+            param.add_(1.0)
+    encoder.backbone.save_pretrained(locked)
+    (locked / MASK_FILE).unlink()
+    return {n: p.numel() for n, p in encoder.backbone.named_parameters()}
+
+
+def test_deleted_declarations_fail_the_audit(audit_folders, capsys):
+    from hf_encoderlock.cli.main import main
+
+    original, locked = audit_folders
+    change_everything(locked)
+    path = locked / "encoderlock_config.json"
+    config = json.loads(path.read_text())
+    del config["mask"], config["hyperparameters"], config["rounds_completed"]  # the budget and counts removed
+    path.write_text(json.dumps(config))
+    write_model_card(locked, report=None)  # the card rendered again: its hashes match
+    report = audit_locked(locked, original=original, probes=False)
+    assert not report.ok and report.result == "PROBLEMS FOUND"
+    for what in ("mask.count", "weights_per_round", "candidate_blocks", "mask.per_layer"):
+        assert any(what in p and "cannot be checked" in p for p in report.problems), (what, report.problems)
+    assert main(["audit", str(locked), "--original", str(original), "--no-probes"]) == 1
+    assert "Result: OK" not in capsys.readouterr().out
+
+
+def test_an_enlarged_budget_does_not_pass_a_fully_changed_model(audit_folders):
+    original, locked = audit_folders
+    counts = change_everything(locked)
+    set_lock(locked, budget=(1, 10**6), candidate_blocks=None, count=sum(counts.values()), per_layer=counts)
+    config = json.loads((locked / "encoderlock_config.json").read_text())
+    config["hyperparameters"]["candidate_blocks"] = None  # every block a candidate
+    (locked / "encoderlock_config.json").write_text(json.dumps(config))
+    write_model_card(locked, report=None)
+    report = audit_locked(locked, original=original, probes=False)
+    assert not report.ok
+    assert any("of the encoder's entries changed" in p for p in report.problems), report.problems
+
+
+def test_without_the_original_the_audit_says_what_it_could_not_check(audit_folders, capsys):
+    from hf_encoderlock.cli.main import main
+
+    _, locked = audit_folders
+    change_everything(locked)
+    write_model_card(locked, report=None)
+    report = audit_locked(locked, probes=False)
+    assert not report.ok and report.result == "INCOMPLETE"
+    assert any("no original encoder given" in u for u in report.unchecked)
+    assert main(["audit", str(locked), "--no-probes"]) == 1
+    out = capsys.readouterr().out
+    assert "Result: INCOMPLETE" in out and "not checked: which weights changed" in out
+
+
+def test_tensors_the_original_checkpoint_lacks_are_named_not_blamed(audit_folders, tmp_path):
+    """An original saved without its pooler: loading it initialises one at random, each time differently."""
+    from safetensors.torch import load_file, save_file
+
+    from hf_encoderlock.cli.main import main
+
+    original, locked = audit_folders
+    weights = original / "model.safetensors"
+    tensors = {k: v for k, v in load_file(str(weights)).items() if not k.startswith("pooler.")}
+    save_file(tensors, str(weights), metadata={"format": "pt"})
+    (original / "preprocessor_config.json").unlink()  # --no-probes needs no image processor
+    report = audit_locked(locked, original=original, probes=False)
+    assert report.ok, report.problems + report.unchecked
+    assert report.weights["not_in_original"] == ["pooler.dense.weight"]  # its bias starts at zero: deterministic
+    assert any("not in the original checkpoint" in n for n in report.notes)
+    assert main(["audit", str(locked), "--original", str(original), "--no-probes"]) == 0

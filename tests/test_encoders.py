@@ -1,5 +1,7 @@
 """The encoder adapter: pooling on token and conv backbones, preprocessing, saving and loading."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -113,3 +115,34 @@ def test_missing_encoder_files_fail_clearly(tmp_path):
         load_encoder(tmp_path)
     with pytest.raises(EncoderError, match="unknown pooling"):
         tiny_vit_encoder(pooling="max")
+
+
+def test_transformers_is_never_asked_to_run_code_shipped_with_a_checkpoint(tmp_path, monkeypatch):
+    """A config with ``auto_map`` would make transformers prompt "run the custom code? [y/N]" in a terminal."""
+    import transformers.models.auto.auto_factory as auto_factory
+    import transformers.models.auto.configuration_auto as configuration_auto
+    import transformers.models.auto.image_processing_auto as image_processing_auto
+
+    asked = []
+    for module in (auto_factory, configuration_auto, image_processing_auto):
+        original = module.resolve_trust_remote_code
+
+        def record(trust_remote_code, *args, _original=original, **kwargs):
+            asked.append(trust_remote_code)
+            return _original(trust_remote_code, *args, **kwargs)
+
+        monkeypatch.setattr(module, "resolve_trust_remote_code", record)
+    folder = tmp_path / "custom"
+    tiny_vit_encoder(seed=0, image_size=16, patch_size=4).save_pretrained(folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["auto_map"] = {"AutoConfig": "modeling_evil.EvilConfig", "AutoModel": "modeling_evil.EvilModel"}
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "modeling_evil.py").write_text(f"open({str(tmp_path / 'ran')!r}, 'w').write('ran')\n")
+    try:
+        EncoderAdapter.from_pretrained(folder)
+    except EncoderError:
+        pass  # refusing the custom code is fine; running it or asking about it is not
+    assert not (tmp_path / "ran").exists()
+    assert asked and all(value is False for value in asked), asked
+    with pytest.raises(EncoderError, match="trust_remote_code=True is not supported"):
+        EncoderAdapter.from_pretrained(folder, trust_remote_code=True)

@@ -36,7 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Handler of ``encoderlock audit``: 0 when every check passes, 1 when one fails; an audit that cannot run as
+    """Handler of ``encoderlock audit``: 0 when every check passes, 1 when one fails or one could not run (no
+    ``--original``: the result is INCOMPLETE); an audit that cannot run as
     asked (missing original, unreadable mask, another architecture) raises a one-line user error (exit 2)."""
 
     overrides = {"fractions": args.fractions, "seeds": args.seeds, "heads": args.heads, "epochs": args.epochs}

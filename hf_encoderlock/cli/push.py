@@ -36,6 +36,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--include-mask", action="store_true", help=f"Also upload {MASK_FILE} (kept local by default).")
     parser.add_argument("--license", default=None, help="License id for the model card (e.g. apache-2.0, other).")
     parser.add_argument(
+        "--base-model",
+        default=None,
+        help="Name this Hub id as the card's base_model (not named by default: it points to the unlocked weights).",
+    )
+    parser.add_argument(
         "--sign-key",
         type=Path,
         default=None,
@@ -60,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
         license=args.license,
         sign_key=args.sign_key,
         sign_password=os.environ.get(PASSWORD_ENV) if args.sign_key else None,
+        base_model=args.base_model,
     )
     print(f"pushed {args.folder} to {args.repo_id}: {getattr(info, 'commit_url', info)}")
     return 0

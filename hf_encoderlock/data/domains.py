@@ -47,7 +47,13 @@ from .._utils import atomic_folder
 from ..encoders import SIXTEEN_BIT_MODES, EncoderError, convert_image, float_pixels_to_8bit, integer_pixels_to_8bit
 from .builtin import BUILTIN_DOMAINS, BUILTIN_VERSION, TEST_FRACTION, builtin_arrays
 from .errors import DomainError
-from .lock_tensors import LockDataError, cast_local_images, check_image_pixels, open_stored_image
+from .lock_tensors import (
+    LockDataError,
+    allow_images_under,
+    cast_local_images,
+    check_image_pixels,
+    open_stored_image,
+)
 from .splits import stratified_indices
 
 __all__ = [
@@ -176,6 +182,11 @@ def load_domain(
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise DomainError(f"domain {spec.name!r}: seed must be a non-negative integer, got {seed!r}")
     seed = int(seed)
+    if allow_local_images_under is not None:
+        try:
+            allow_images_under(allow_local_images_under, spec.display_name)
+        except LockDataError as err:
+            raise DomainError(str(err)) from err
     builtin = _builtin_name(spec.name)
     if builtin is not None:
         return _cached_builtin(builtin, seed, Path(cache_dir) if cache_dir is not None else default_cache_dir())
@@ -448,6 +459,7 @@ def _load_image_folder(
     where = repr(str(root))
     if not root.is_dir():
         raise DomainError(f"domain {where}: not a folder")
+    allow_images_under(root, str(root))  # the user named this folder: its files are the domain's images
     if (root / train_split).is_dir():
         split_dirs = [root / train_split] + ([root / test_split] if test_split and (root / test_split).is_dir() else [])
         class_names = sorted({d.name for split in split_dirs for d in _class_dirs(split)})

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlparse
 
+import datasets.config
 import numpy as np
 import torch
 from datasets import Dataset, DatasetDict, IterableDataset, IterableDatasetDict
@@ -142,10 +143,56 @@ def as_lock_dataset(
             if column in mapping or (column in LOCK_COLUMNS and column not in mapping.values())
         ]
         dataset = dataset.select_columns(keep).rename_columns(mapping)
-    if allow_local_images_under is not None and _is_string_column(dataset, "image"):
-        return cast_local_images(dataset, "image", allow_local_images_under, name)
+    if allow_local_images_under is not None:
+        allow_images_under(allow_local_images_under, name)
+        if _is_string_column(dataset, "image"):
+            return cast_local_images(dataset, "image", allow_local_images_under, name)
     check_image_column(dataset, name)
     return dataset
+
+
+# ------------------------------------------------------------------------------------------ the image-path rule
+# A datasets.Image value may be stored as {"bytes": None, "path": ...}: decoding it opens that path. Every reader of
+# this package opens such a path only inside a folder the user named: a folder given as allow_local_images_under,
+# or an image folder loaded as a domain (load_domain), for the rest of the process; and the datasets library's own
+# download folder (a Hub dataset of image files is stored as paths there). Anything else is refused.
+_ALLOWED_IMAGE_ROOTS: set[Path] = set()
+
+
+def allow_images_under(root: str | os.PathLike, name: str = "images") -> Path:
+    """Let stored image paths inside ``root`` be opened (for the rest of the process); returns the resolved root.
+    Raises :class:`LockDataError` when ``root`` is not a folder."""
+    base = Path(root).expanduser()
+    if not base.is_dir():
+        raise LockDataError(f"domain {name!r}: allow_local_images_under={os.fspath(root)!r} is not a folder")
+    base = base.resolve()
+    _ALLOWED_IMAGE_ROOTS.add(base)
+    return base
+
+
+def restore_image_roots(roots: Sequence[Path]) -> None:
+    """Allow again, in this process, folders allowed in another (a DataLoader worker started with ``spawn`` does
+    not inherit the allowances of the process that made its dataset)."""
+    _ALLOWED_IMAGE_ROOTS.update(Path(root) for root in roots)
+
+
+def allowed_image_roots() -> list[Path]:
+    """The folders stored image paths may point into (see :func:`allow_images_under`)."""
+    downloads = Path(datasets.config.DOWNLOADED_DATASETS_PATH).expanduser().resolve()
+    return sorted({*_ALLOWED_IMAGE_ROOTS, downloads})
+
+
+def check_stored_image_path(path: str, subject: str, error: type[ValueError] = LockDataError) -> Path:
+    """The resolved file a stored image ``path`` names, when it lies in an allowed folder (symbolic links followed
+    first); raises ``error`` otherwise, so that a dataset cannot make this machine open any file it names."""
+    resolved = Path(path).expanduser().resolve()
+    if not any(resolved.is_relative_to(root) for root in allowed_image_roots()):
+        raise error(
+            f"{subject} is stored as a path to a file outside the dataset ({path!r}); such paths are opened only "
+            "inside a folder you allow: pass allow_local_images_under=<folder> (EncoderLockTrainer, load_domain), "
+            "or store the image bytes in the dataset"
+        )
+    return resolved
 
 
 def _is_string_column(dataset, column: str) -> bool:
@@ -179,10 +226,7 @@ def cast_local_images(dataset: Dataset, column: str, root: str | os.PathLike, na
     let a dataset point at local files. Every path must name an existing file inside ``root`` once resolved
     (relative paths are taken from ``root``; symbolic links are followed first); URLs are refused. Raises
     :class:`LockDataError` naming the domain and row."""
-    base = Path(root).expanduser()
-    if not base.is_dir():
-        raise LockDataError(f"domain {name!r}: allow_local_images_under={os.fspath(root)!r} is not a folder")
-    base = base.resolve()
+    base = allow_images_under(root, name)
     resolved = []
     for row, value in enumerate(dataset[column]):
         where = f"domain {name!r}: row {row} of the {column!r} column"
@@ -408,7 +452,8 @@ def check_image_pixels(size: tuple[int, int], subject: str, error: type[ValueErr
 def open_stored_image(
     value: dict | None, subject: str, *, load: bool = True, error: type[ValueError] = LockDataError
 ) -> PILImage.Image:
-    """Open one stored ``{bytes, path}`` value of a ``datasets.Image`` column, never over the network.
+    """Open one stored ``{bytes, path}`` value of a ``datasets.Image`` column, never over the network, and a stored
+    path only inside an allowed folder (:func:`check_stored_image_path`).
 
     The size is checked (:func:`check_image_pixels`) from the header, before any pixel is decoded; with ``load``
     the pixels are then decoded and the EXIF orientation applied (as ``datasets`` decodes). Without ``load`` only
@@ -423,6 +468,8 @@ def open_stored_image(
             f"{subject} is a remote reference ({path!r}), not data in the dataset: images are never fetched over "
             "the network; download them and store them in the dataset"
         )
+    if data is None:
+        path = str(check_stored_image_path(path, subject, error))
     try:
         if data is None and load:
             with open(path, "rb") as file:  # read whole, so that no file handle outlives the decode

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -21,11 +22,13 @@ from tqdm.auto import tqdm
 from ..encoders import EncoderAdapter
 from .lock_tensors import (
     DomainTensors,
+    allowed_image_roots,
     check_lock_dataset,
     decode_and_preprocess,
     hash_tensor,
     preprocess_domain,
     read_images,
+    restore_image_roots,
 )
 
 DEFAULT_LOCK_CACHE_BYTES = 512 * 2**20  # per domain: 891 images at 224 px (3 x 224 x 224 float32), 43,690 at 32 px
@@ -59,6 +62,8 @@ class StreamedDomain:
     content_hashes: torch.Tensor | None = None
     chunk_size: int = 256
     counter: DecodeCounter = field(default_factory=DecodeCounter)
+    #: the folders stored image paths may point into, as allowed where this domain was made (travels to workers)
+    image_roots: tuple[Path, ...] = field(default_factory=lambda: tuple(allowed_image_roots()))
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -73,6 +78,7 @@ class StreamedDomain:
         """Decode and preprocess the rows ``index`` (a batch)."""
         index = torch.as_tensor(index, dtype=torch.long).reshape(-1)
         rows = self.rows[index].tolist()
+        restore_image_roots(self.image_roots)
         pixels, hashes = decode_and_preprocess(self.preprocess, self.dataset, self.name, rows, self.chunk_size)
         self.counter.images += len(rows)
         self.counter.largest = max(self.counter.largest, len(rows))

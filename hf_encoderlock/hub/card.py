@@ -20,8 +20,9 @@ import fnmatch
 import hashlib
 import json
 import math
+import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ from .._files import (
     LOCK_CONFIG_FILE,
     MASK_FILE,
     PRIVATE_FILES,
+    PUBLISHED_FILES,
     REPORT_JSON,
     SIGNATURE_FILE,
 )
@@ -50,7 +52,11 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgp
 # the lock's mask and Trainer state are not part of the released model (file-name patterns)
 NON_MODEL_WEIGHT_FILES = PRIVATE_FILES
 # What a push never uploads: subfolders (checkpoints), hidden files and the private files (globs, upload_folder's).
+# Only PUBLISHED_FILES are uploaded at all; these patterns are a second guard.
 PUBLISH_IGNORE_PATTERNS = ("*/*", ".*", *PRIVATE_FILES)
+# Names a loader could read besides the published ones (another weight format, a config, custom code): such a file
+# in a locked folder that the card does not declare fails verification. Other files (a user's notes) are ignored.
+LOADABLE_SUFFIXES = (".json", ".py")
 # Published, but not hashed in the card: the card cannot hash itself, and the signature is written after it.
 UNHASHED_FILES = (CARD_FILE, SIGNATURE_FILE)
 PROBE_HEADS = ("linear", "mlp", "knn")
@@ -130,15 +136,47 @@ def is_private_file(name: str) -> bool:
     return any(fnmatch.fnmatch(name, pattern) for pattern in PRIVATE_FILES)
 
 
+def published_patterns(include_mask: bool = False) -> list[str]:
+    """The allow-list a push uploads from (globs of top-level names): ``PUBLISHED_FILES``, and the mask when asked."""
+    return [*PUBLISHED_FILES, *([MASK_FILE] if include_mask else [])]
+
+
 def published_files(folder: str | Path, include_mask: bool = False) -> list[str]:
-    """Names of the top-level files of ``folder`` that a push uploads (no subfolder, hidden or private file; the
-    mask only with ``include_mask``)."""
-    ignored = [p for p in PUBLISH_IGNORE_PATTERNS if not (include_mask and p == MASK_FILE)]
+    """Names of the top-level files of ``folder`` that a push uploads: only the allow-listed names
+    (:data:`hf_encoderlock._files.PUBLISHED_FILES`; the mask only with ``include_mask``), never a user's file."""
+    allowed = published_patterns(include_mask)
     return sorted(
         p.name
         for p in Path(folder).iterdir()
-        if p.is_file() and not any(fnmatch.fnmatch(p.name, pattern) for pattern in ignored)
+        if p.is_file() and any(fnmatch.fnmatch(p.name, pattern) for pattern in allowed)
     )
+
+
+def unpublished_files(folder: str | Path, include_mask: bool = False) -> list[str]:
+    """Names of the top-level entries of ``folder`` that a push leaves out (a user's files, subfolders, private and
+    hidden files)."""
+    published = set(published_files(folder, include_mask=include_mask))
+    return sorted(p.name for p in Path(folder).iterdir() if p.name not in published)
+
+
+def accountable_files(folder: str | Path) -> list[str]:
+    """The top-level files a verification must account for: the published ones, and any other a loader could read
+    (weights, ``.json``, ``.py``); hidden and private files, and a user's other files (notes), are not."""
+    root = Path(folder)
+    loadable = [p.name for p in root.iterdir() if p.is_file() and p.name.endswith(LOADABLE_SUFFIXES)]
+    names = {*published_files(root), *weight_files(root), *loadable}
+    return sorted(n for n in names if not n.startswith(".") and not is_private_file(n))
+
+
+def refuse_links(folder: str | Path, names: list[str]) -> None:
+    """Raise ``ValueError`` when one of ``names`` in ``folder`` is a symbolic link: a push would upload the bytes
+    of whatever it points to, possibly a file outside the folder."""
+    links = [name for name in names if (Path(folder) / name).is_symlink()]
+    if links:
+        raise ValueError(
+            f"{folder} holds symbolic links ({', '.join(links)}); a push uploads only regular files written into the "
+            "folder: replace the links by the files themselves (a Hub download: LockedEncoder.push_to_hub copies it)"
+        )
 
 
 def file_hashes(folder: str | Path, include_mask: bool = False) -> dict[str, str]:
@@ -196,11 +234,34 @@ def is_hub_id(name: Any) -> bool:
     return isinstance(name, str) and bool(_HUB_ID.match(name)) and not _is_local_path(name)
 
 
+def names_a_repo(name: Any) -> bool:
+    """Whether ``name`` is written as a Hub repository id (``user/name``), whether or not a folder of that name
+    exists here (an explicit path starts with ``.``, ``/`` or ``~``)."""
+    return isinstance(name, str) and bool(_HUB_ID.match(name)) and ":" not in name
+
+
 def _public_name(name: str) -> str:
     """``name``, or only its last component when it is a local path."""
     if is_hub_id(name) or not _is_local_path(name):
         return name
     return re.split(r"[\\/]", name.rstrip("/\\"))[-1] or "local"
+
+
+def public_domain_record(entry: Any) -> Any:
+    """A domain as ``encoderlock_config.json`` may record it: a local path (a string, ``+``-joined names, or the
+    ``name`` / ``domain`` of a spec dict or :class:`DomainSpec`) reduced to its last component; Hub ids and built-in
+    names unchanged."""
+    if isinstance(entry, DomainSpec):
+        entry = asdict(entry)
+    if isinstance(entry, os.PathLike):
+        entry = os.fspath(entry)
+    if isinstance(entry, str):
+        return "+".join(_public_name(part) for part in entry.split("+"))
+    if isinstance(entry, dict):
+        return {k: public_domain_record(v) if k in ("name", "domain") else v for k, v in entry.items()}
+    if isinstance(entry, (list, tuple)):
+        return [public_domain_record(e) for e in entry]
+    return entry
 
 
 def _spec_name(entry: Any) -> tuple[str, str | None] | None:
@@ -474,14 +535,12 @@ class EncoderLockCardData:
             )
         else:
             values.update(_recorded_results(folder, hashes))
-        # the caller's choice, the backbone's checkpoint, the experiment's model, the current card's: only a Hub id
-        # is published, never a local path
-        candidates = [
-            overrides.pop("base_model", None),
-            lock.get("base_model"),
-            ((report or {}).get("experiment") or {}).get("model"),
-            values.get("base_model"),
-        ]
+        if report is not None:  # a base_model the current card names was asked for: keep it
+            values["base_model"] = _recorded_results(folder, hashes).get("base_model")
+        # Named only when asked: the caller's choice, or the current card's (asked for when it was written). The
+        # checkpoint the lock started from is not named by default: it points to the unlocked weights. Only a Hub id
+        # is published, never a local path.
+        candidates = [overrides.pop("base_model", None), values.get("base_model")]
         values["base_model"] = next((c for c in candidates if is_hub_id(c) and ":" not in c), None)
         values.update({k: v for k, v in overrides.items() if not (k == "license" and v is None)})
         if not values.get("prohibited_uses"):
@@ -804,7 +863,7 @@ class Authorization:
                 "(hf_encoderlock.write_model_card(folder), or push the lock again)"
             )
         declared = {**self.files, **self.weights}
-        present = set(weight_files(folder)) | {n for n in published_files(folder) if n not in UNHASHED_FILES}
+        present = set(accountable_files(folder)) - set(UNHASHED_FILES)
         present |= {n for n in declared if is_private_file(n) and (folder / n).is_file()}
         problems = [f"{n}: missing" for n in sorted(set(declared) - present) if not is_private_file(n)]
         problems += [f"{n}: not declared in the card" for n in sorted(present - set(declared))]

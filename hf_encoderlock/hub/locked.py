@@ -21,7 +21,7 @@ from PIL import Image
 from torch import nn
 
 from .._files import LOCK_CONFIG_FILE, SIGNATURE_FILE
-from .._utils import atomic_folder
+from .._utils import atomic_folder, refuse_replacing_user_files
 from ..encoders import EncoderAdapter
 from .card import Authorization, find_report, published_files
 from .push import DEFAULT_COMMIT_MESSAGE, open_locked, push_locked_to_hub
@@ -150,8 +150,10 @@ class LockedEncoder:
     def _copy_verified(self, target: Path, include_mask: bool = False, signature: bool = True) -> Path:
         """Copy the released files into ``target`` (atomically) and check the copies against the card (and the
         signature, when the lock was loaded with a public key and the copy keeps it)."""
+        released = _release_files(self.folder, include_mask=include_mask, signature=signature)
+        refuse_replacing_user_files(target, [path.name for path in released], "save_pretrained")
         with atomic_folder(target) as staging:
-            for path in _release_files(self.folder, include_mask=include_mask, signature=signature):
+            for path in released:
                 shutil.copy2(path, staging / path.name)  # follows a cache snapshot's links to the real bytes
             if signature and self.public_key is not None:
                 verify_signature(staging, self.public_key)
@@ -164,7 +166,8 @@ class LockedEncoder:
 
         The files are copied, not re-serialised: a locked encoder's weights are the ones its card's hashes declare,
         so changes made to ``.encoder`` in memory are not saved. Raises ``LockVerificationError`` (and leaves
-        ``save_directory`` as it was) when the files no longer match the card.
+        ``save_directory`` as it was) when the files no longer match the card, and ``FileExistsError`` when
+        ``save_directory`` holds a file of the same name this package did not write (a user's ``README.md``).
         """
         target = Path(save_directory)
         if target.resolve() == self.folder.resolve():
@@ -188,6 +191,7 @@ class LockedEncoder:
         report: dict[str, Any] | None = None,
         sign_key: str | os.PathLike | None = None,
         sign_password: str | bytes | None = None,
+        base_model: str | None = None,
     ) -> Any:
         """Push the verified files to ``repo_id`` with a card rendered for it (see :func:`push_locked_to_hub`);
         returns the ``CommitInfo``.
@@ -217,6 +221,7 @@ class LockedEncoder:
                 license=license,
                 sign_key=sign_key,
                 sign_password=sign_password,
+                base_model=base_model,
             )
 
     def __repr__(self) -> str:

@@ -16,9 +16,11 @@ Any Hub-compatible server works: the ``huggingface_hub`` client honours ``HF_END
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -32,11 +34,17 @@ from .card import (
     Authorization,
     LockVerificationError,
     find_report,
+    names_a_repo,
     published_files,
+    published_patterns,
+    refuse_links,
+    unpublished_files,
     weight_files,
     write_model_card,
 )
-from .signing import KeyLike, require_signing, sign_locked, verify_signature
+from .signing import KeyLike, require_signing, sign_locked, signature_mismatches, verify_signature
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_COMMIT_MESSAGE = "Upload locked encoder (hf_encoderlock)"
 GATING_MODES = ("auto", "manual")
@@ -92,8 +100,14 @@ def push_locked_to_hub(
     license: str | None = None,
     sign_key: str | os.PathLike | None = None,
     sign_password: str | bytes | None = None,
+    base_model: str | None = None,
 ) -> Any:
     """Push a locked encoder folder to ``repo_id``; returns the ``CommitInfo``.
+
+    Only the allow-listed files are uploaded (:data:`hf_encoderlock._files.PUBLISHED_FILES`: the encoder's config
+    and weights, its image processor, ``encoderlock_config.json``, the card and the signature); anything else in the
+    folder stays local, and a folder whose published files are symbolic links is refused. ``base_model`` (a Hub id)
+    is named in the card only when given here or already named by the folder's card.
 
     The card is rendered again first (with this ``repo_id``, the gating choice and ``license``, a Hub license id)
     so that it always matches the files being uploaded. ``gated`` is ``True`` (= ``"auto"``), ``"auto"``,
@@ -105,6 +119,8 @@ def push_locked_to_hub(
     """
     folder = Path(folder)
     _check_locked_folder(folder)
+    names = published_files(folder, include_mask=include_mask)
+    refuse_links(folder, names)
     mode = _gating_mode(gated)
     if sign_key is None and (folder / SIGNATURE_FILE).exists():
         raise ValueError(
@@ -122,10 +138,20 @@ def push_locked_to_hub(
     with tempfile.TemporaryDirectory(prefix="encoderlock-push-") as scratch:
         staged = Path(scratch) / folder.resolve().name
         staged.mkdir()
-        for name in published_files(folder, include_mask=include_mask):
-            shutil.copy2(folder / name, staged / name)
+        for name in names:
+            shutil.copy2(folder / name, staged / name, follow_symlinks=False)
+        left_out = unpublished_files(folder, include_mask=include_mask)
+        if left_out:
+            logger.info("push: not uploading %s (not one of the lock's files)", ", ".join(left_out))
+        overrides = {"base_model": base_model} if base_model is not None else {}
         write_model_card(
-            staged, report=report, repo_id=repo_id, gated=mode is not None, license=license, include_mask=include_mask
+            staged,
+            report=report,
+            repo_id=repo_id,
+            gated=mode is not None,
+            license=license,
+            include_mask=include_mask,
+            **overrides,
         )
         if sign_key is not None:
             sign_locked(staged, sign_key, password=sign_password, include_mask=include_mask)
@@ -140,6 +166,7 @@ def push_locked_to_hub(
             repo_type="model",
             revision=revision,
             commit_message=commit_message,
+            allow_patterns=published_patterns(include_mask),
             ignore_patterns=ignore,
         )
 
@@ -161,9 +188,17 @@ def open_locked(
     does not match, or, with ``public_key`` (the owner's PEM public key: a path or the PEM text), when ``model.sig``
     is missing, was made with another key or any file was added, removed or changed since signing. ``model`` is
     needed for a folder saved from a plain torch module (see ``EncoderAdapter.from_pretrained``).
+
+    A local folder is opened only without ``revision``: with it, a name such as ``user/name`` is always the Hub
+    repository (a folder of the same name here does not shadow the pin), and a path is refused.
     """
     local = Path(repo_id_or_path)
-    if local.is_dir():
+    if local.is_dir() and revision is not None and not names_a_repo(repo_id_or_path):
+        raise ValueError(
+            f"revision={revision!r} pins a commit of a Hub repository, but {local} is a local folder; drop revision "
+            "to open the folder, or pass the repository id"
+        )
+    if local.is_dir() and revision is None:  # a pinned revision always means the Hub repository, never a folder
         folder = local
     else:
         folder = Path(
@@ -173,6 +208,15 @@ def open_locked(
         )
     if public_key is not None:  # first: the signature covers the card that the next check trusts
         verify_signature(folder, public_key)
+    else:
+        mismatches = signature_mismatches(folder)
+        if mismatches:  # the owner signed other files: without the key this cannot be refused, but must be said
+            warnings.warn(
+                f"{repo_id_or_path}: {SIGNATURE_FILE} no longer matches the files, which were edited after signing "
+                f"({'; '.join(mismatches)}); pass public_key= (the owner's) to refuse such a lock",
+                UserWarning,
+                stacklevel=3,
+            )
     authorization = Authorization.from_card(folder / CARD_FILE)
     authorization.verify(folder)
     adapter = EncoderAdapter.from_pretrained(folder, pooling=pooling, model=model)

@@ -25,7 +25,14 @@ from typing import Any
 
 from .._files import CARD_FILE, SIGNATURE_FILE
 from .._utils import optional_import
-from .card import Authorization, LockVerificationError, is_private_file, published_files, sha256_file
+from .card import (
+    Authorization,
+    LockVerificationError,
+    accountable_files,
+    is_private_file,
+    published_files,
+    sha256_file,
+)
 
 __all__ = ["SIGNATURE_FILE", "require_signing", "sign_locked", "signed_files", "verify_signature"]
 
@@ -149,16 +156,11 @@ def _signed_digests(signature: Path) -> dict[str, tuple[str, str]]:
 
 
 def _present_files(folder: Path, signed: dict[str, Any]) -> list[str]:
-    """The top-level files a signature must account for: every non-hidden file but the signature, and a private
-    file (the mask) only when the signature lists it (a local folder keeps its private files next to the lock)."""
-    return sorted(
-        p.name
-        for p in folder.iterdir()
-        if p.is_file()
-        and not p.name.startswith(".")
-        and p.name != SIGNATURE_FILE
-        and (not is_private_file(p.name) or p.name in signed)
-    )
+    """The top-level files a signature must account for: the same files as the card's verification (published or
+    loadable, see :func:`accountable_files`) but the signature, and a private file (the mask) only when the
+    signature lists it (a local folder keeps its private files next to the lock)."""
+    private = [p.name for p in folder.iterdir() if p.is_file() and is_private_file(p.name) and p.name in signed]
+    return sorted({*accountable_files(folder), *private} - {SIGNATURE_FILE})
 
 
 def _differences(folder: Path, present: list[str], signed: dict[str, tuple[str, str]]) -> list[str]:
@@ -169,6 +171,23 @@ def _differences(folder: Path, present: list[str], signed: dict[str, tuple[str, 
         if name in signed and algorithm == HASH_ALGORITHM and sha256_file(folder / name) != digest:
             problems.append(f"{name}: changed since it was signed")
     return problems
+
+
+def signature_mismatches(folder: str | Path) -> list[str]:
+    """Without a key: how ``folder``'s files differ from the digests its ``model.sig`` lists (files added, removed
+    or changed since signing); empty when there is no signature or nothing differs.
+
+    This proves nothing about who signed (only :func:`verify_signature` with the owner's key does), but a signature
+    that no longer matches says the folder was edited after signing."""
+    folder = Path(folder)
+    signature = folder / SIGNATURE_FILE
+    if not signature.is_file():
+        return []
+    try:
+        signed = _signed_digests(signature)
+    except LockVerificationError as error:
+        return [str(error)]
+    return _differences(folder, _present_files(folder, signed), signed)
 
 
 def verify_signature(folder: str | Path, public_key: KeyLike) -> None:

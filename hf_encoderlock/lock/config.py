@@ -160,6 +160,29 @@ REFERENCE_PRESET: dict[str, Any] = {
 }
 
 
+class UnsupportedSettingError(ValueError, NotImplementedError):
+    """A Trainer setting a lock cannot honour (FSDP, DeepSpeed, ``load_best_model_at_end``): a user error, refused
+    before any work (the CLI exits 2)."""
+
+
+def check_supported_settings(args: TrainingArguments) -> None:
+    """Refuse, before any work, the Trainer settings a lock cannot honour: sharded engines (FSDP, DeepSpeed, also
+    when ``accelerate launch`` asks for them through the environment) and ``load_best_model_at_end``."""
+    for engine, enabled in (("FSDP", args.fsdp), ("DeepSpeed", args.deepspeed)):
+        if enabled or os.environ.get(f"ACCELERATE_USE_{engine.upper()}", "false").lower() in ("1", "true", "yes"):
+            raise UnsupportedSettingError(
+                f"EncoderLockTrainer does not support {engine}: weight selection and the exact masked updates need "
+                "whole, unsharded encoder weights on every rank. Use DDP (accelerate distributed_type MULTI_GPU) "
+                "or one process."
+            )
+    if args.load_best_model_at_end:
+        raise UnsupportedSettingError(
+            "load_best_model_at_end is not used by a lock: the kept encoder is chosen by best_model_criterion "
+            "('gap': the best fresh-head validation gap, restored at the end of train()); set "
+            "load_best_model_at_end=False"
+        )
+
+
 @dataclass
 class EncoderLockConfig(TrainingArguments):
     """Arguments of an EncoderLock run.

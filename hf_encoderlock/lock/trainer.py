@@ -44,12 +44,12 @@ from ..data.lock_tensors import (
     stratified_split,
 )
 from ..data.streamed import load_lock_domain
-from ..encoders import EncoderAdapter, EncoderError, load_encoder
-from ..hub.card import write_model_card
+from ..encoders import NO_REMOTE_CODE, EncoderAdapter, EncoderError, load_encoder
+from ..hub.card import is_hub_id, public_domain_record, write_model_card
 from ..hub.push import DEFAULT_COMMIT_MESSAGE, push_locked_to_hub
 from ..probing.heads import HeadTrainingConfig, accuracy, best_head, train_heads
 from .callbacks import LockRoundCallback
-from .config import AUTO_POOLINGS, AUTO_PROJECTION, EncoderLockConfig
+from .config import AUTO_POOLINGS, AUTO_PROJECTION, EncoderLockConfig, check_supported_settings
 from .distributed import gather_batch
 from .masking import MaskedParameterGuard, natural_range
 from .objectives import LockHeads, LockObjective, ObjectiveTerms, build_objective
@@ -164,24 +164,24 @@ class EncoderLockTrainer(Trainer):
         args = EncoderLockConfig() if args is None else args
         if not isinstance(args, EncoderLockConfig):
             raise TypeError(f"args must be an EncoderLockConfig, got {type(args).__name__}")
-        for engine, enabled in (("FSDP", args.fsdp), ("DeepSpeed", args.deepspeed)):  # fail before any work
-            if enabled or os.environ.get(f"ACCELERATE_USE_{engine.upper()}", "false").lower() in ("1", "true", "yes"):
-                raise NotImplementedError(
-                    f"EncoderLockTrainer does not support {engine}: weight selection and the exact masked updates need "
-                    "whole, unsharded encoder weights on every rank. Use DDP (accelerate distributed_type MULTI_GPU) "
-                    "or one process."
-                )
-        if args.load_best_model_at_end:
-            raise ValueError(
-                "load_best_model_at_end is not used by a lock: the kept encoder is chosen by best_model_criterion "
-                "('gap': the best fresh-head validation gap, restored at the end of train()); set "
-                "load_best_model_at_end=False"
-            )
+        check_supported_settings(args)  # fail before any work
         if authorized_dataset is None:
             raise LockDataError("authorized_dataset is required: the images whose probing must keep working")
-        if args.should_save:  # a folder that cannot be written, or holds a user's files, fails before any work
-            check_output_folder(args.output_dir, LOCK_CONFIG_FILE, args.overwrite_output_dir, "EncoderLockTrainer")
         encoder = load_encoder(model, image_processor=processing_class)
+        source = getattr(getattr(encoder.backbone, "config", None), "_name_or_path", "") or ""
+        self._sources = [model if isinstance(model, (str, os.PathLike)) else None, source]
+        if args.should_save:  # a folder that cannot be written, holds a user's files or the source: before any work
+            check_output_folder(
+                args.output_dir, LOCK_CONFIG_FILE, args.overwrite_output_dir, "EncoderLockTrainer", self._sources
+            )
+        if is_hub_id(source):
+            logger.warning(
+                "The encoder was loaded from the Hub repository %s. If that repository is public, locking protects "
+                "nothing: anyone can download its unlocked weights. Lock an encoder whose weights are not published; "
+                "the card does not name %s unless you pass base_model= when pushing.",
+                source,
+                source,
+            )
         if encoder.image_processor is None and encoder.preprocess_fn is None:
             raise EncoderError(
                 f"{encoder.name} has no image processor: pass processing_class= (an image processor such as "
@@ -203,6 +203,14 @@ class EncoderLockTrainer(Trainer):
         if eval_dataset is not None and isinstance(eval_dataset, dict):
             eval_dataset = {key: self._as_eval_dataset(key, value) for key, value in eval_dataset.items()}
         self.encoder = encoder
+        # Normalisation layers that keep running statistics (BatchNorm): the lock runs them as deployed, on their
+        # statistics, which it never updates; otherwise every forward in train mode would change buffers outside the
+        # mask, and the saved encoder would not be "the original but for the masked weights".
+        self._statistics_modules = [
+            module
+            for module in encoder.modules()
+            if getattr(module, "track_running_stats", False) and getattr(module, "running_mean", None) is not None
+        ]
         self.objective = objective or build_objective(args)
         self.prohibited_poolings = self._resolve_prohibited_poolings(args.prohibited_poolings)
         self.authorized_name, self.prohibited_name = authorized_name, prohibited_name
@@ -481,6 +489,8 @@ class EncoderLockTrainer(Trainer):
         authorized batch's rows in the lock data) reads the unlocked encoder's features from the per-image cache
         instead of running the frozen copy again.
         """
+        for module in self._statistics_modules:  # the Trainer puts the model in train mode before every step
+            module.eval()
         n_a, extra = len(a_pixels), {}
         if self.objective.uses_views:
             views = augmented_view(
@@ -1081,9 +1091,10 @@ class EncoderLockTrainer(Trainer):
         }
 
     def _base_model(self) -> str | None:
-        """The checkpoint the encoder was loaded from (``config._name_or_path``), when the backbone records one."""
+        """The Hub id the encoder was loaded from (``config._name_or_path``); ``None`` for a local folder (its path
+        is never recorded in a file that may be published) or when the backbone records none."""
         name = getattr(getattr(self.encoder.backbone, "config", None), "_name_or_path", "") or ""
-        return name or None
+        return name if is_hub_id(name) else None
 
     def _prohibited_specs(self) -> list[Any]:
         if self.zero_shot_source is not None:
@@ -1092,12 +1103,12 @@ class EncoderLockTrainer(Trainer):
         spec = self.domain_specs.get("prohibited", self.prohibited_name)
         if self.pseudo_labelled:
             pseudo = f"k-means, k={self.args.num_pseudo_classes}"
-            return [{"domain": spec, "labels": "none read", "pseudo_labels": pseudo}]
-        return [spec]
+            return [{"domain": public_domain_record(spec), "labels": "none read", "pseudo_labels": pseudo}]
+        return [public_domain_record(spec)]
 
     def _authorized_specs(self) -> list[Any]:
         specs = self.domain_specs.get("authorized", self.authorized_name)
-        return list(specs) if isinstance(specs, (list, tuple)) else [specs]
+        return [public_domain_record(s) for s in (specs if isinstance(specs, (list, tuple)) else [specs])]
 
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         """Write the encoder alone (``AutoModel.from_pretrained`` loads it), its processor, config and mask.
@@ -1111,7 +1122,7 @@ class EncoderLockTrainer(Trainer):
         self.check_weights_finite("nothing was saved")
         target = Path(output_dir or self.args.output_dir).resolve()
         if not self._saving_checkpoint and target not in self._saved_to:  # its own saves and checkpoints: no flag
-            check_output_folder(target, LOCK_CONFIG_FILE, self.args.overwrite_output_dir, "save_model")
+            check_output_folder(target, LOCK_CONFIG_FILE, self.args.overwrite_output_dir, "save_model", self._sources)
             self._saved_to.add(target)
         with atomic_folder(target) as staging:
             self._write_saved_files(staging, target.name)
@@ -1228,7 +1239,7 @@ class EncoderLockTrainer(Trainer):
         if (Path(resume_from_checkpoint) / MODEL_CONFIG_FILE).is_file():
             # from_pretrained maps the on-disk names (which can differ from in-memory names across transformers
             # releases) back to this model's; a strict load then guarantees every tensor was restored.
-            saved = AutoModel.from_pretrained(resume_from_checkpoint).state_dict()
+            saved = AutoModel.from_pretrained(resume_from_checkpoint, **NO_REMOTE_CODE).state_dict()
             self.encoder.backbone.load_state_dict(saved, strict=True)
             return
         super()._load_from_checkpoint(resume_from_checkpoint, model)

@@ -38,7 +38,7 @@ def test_card_render_then_parse_round_trip(locked_folder):
     assert meta["accuracy"]["green"]["advantage_removed"] is None  # NaN never reaches YAML
     assert meta["weights"] == {"model.safetensors": sha256_file(locked_folder / "model.safetensors")}
     assert not any(key.startswith("extra_gated") for key in card.data.to_dict())
-    assert card.data.base_model == "google/vit-base-patch16-224"
+    assert card.data.base_model is None  # the lock config's Hub source is named only when asked
 
     results = {(r.dataset_name, r.metric_name): r.metric_value for r in card.data.eval_results}
     assert results == {

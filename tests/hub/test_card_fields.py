@@ -115,10 +115,18 @@ def floats(value):
 
 
 # ------------------------------------------------------------------------------------------------- base_model
-def test_a_hub_base_model_is_published(locked_folder):
+def test_a_hub_base_model_is_named_only_when_asked(locked_folder):
+    # the lock config records the Hub source, but naming it points readers to the unlocked weights
     card = ModelCard.load(write_model_card(locked_folder, report=report(), repo_id="user/locked"))
-    assert card.data.base_model == "google/vit-base-patch16-224"  # from the lock config, not the report's path
+    assert card.data.base_model is None and "google/vit-base-patch16-224" not in card.text
+    asked = write_model_card(
+        locked_folder, report=report(), repo_id="user/locked", base_model="google/vit-base-patch16-224"
+    )
+    card = ModelCard.load(asked)
+    assert card.data.base_model == "google/vit-base-patch16-224"
     assert "[google/vit-base-patch16-224](https://huggingface.co/google/vit-base-patch16-224)" in card.text
+    # kept when the card is rendered again (a push re-renders it): it was asked for
+    assert ModelCard.load(write_model_card(locked_folder, report=report())).data.base_model is not None
 
 
 @pytest.mark.parametrize("where", ["absolute", "relative", "missing"])

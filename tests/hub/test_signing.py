@@ -225,3 +225,15 @@ def test_cli_sign_and_push_with_sign_key(locked_folder, keys, fake_hub, capsys):
     (locked_folder / "config.json").write_text("{}")
     assert cli_main(["sign", str(locked_folder), "--key", str(keys[0])]) == 2
     assert "config.json: sha256" in capsys.readouterr().err
+
+
+def test_a_signed_folder_edited_after_signing_warns_without_a_key(signed_folder, recwarn):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an untouched signed lock loads without a word
+        load_locked(signed_folder)
+    rewrite(signed_folder / "preprocessor_config.json")
+    write_model_card(signed_folder, report=card_report())  # the card re-hashed to match: only model.sig disagrees
+    with pytest.warns(UserWarning, match=r"model.sig no longer matches.*preprocessor_config.json: changed since"):
+        LockedEncoder.from_pretrained(signed_folder)

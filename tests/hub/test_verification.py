@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 from huggingface_hub import ModelCard
 
+from hf_encoderlock.encoders import tiny_vit_encoder
 from hf_encoderlock.hub import Authorization, LockedEncoder, LockVerificationError, load_locked, write_model_card
 from hf_encoderlock.hub.card import CARD_FILE, LOCK_CONFIG_FILE, METADATA_KEY, sha256_file
 from hf_encoderlock.hub.push import MASK_FILE, push_locked_to_hub
@@ -147,3 +149,19 @@ def test_revision_pins_a_pull_to_the_reviewed_commit(carded, fake_hub):
         load_locked("user/pinned")
     encoder, _, _ = load_locked("user/pinned", revision=reviewed)
     assert encoder.backbone.config.num_hidden_layers == 2
+
+
+def test_a_local_folder_named_like_the_repo_does_not_shadow_a_pinned_revision(carded, fake_hub, tmp_path, monkeypatch):
+    push_locked_to_hub(carded, "user/pinned", token=TOKEN)
+    reviewed = fake_hub.repos["user/pinned"].commits[-1][0]
+    monkeypatch.chdir(tmp_path)
+    decoy = tmp_path / "user" / "pinned"  # a folder an attacker planted where the user runs the code
+    shutil.copytree(carded, decoy)
+    encoder = tiny_vit_encoder(seed=5, image_size=16, patch_size=4, num_layers=1)
+    encoder.save_pretrained(decoy)
+    write_model_card(decoy)  # a self-consistent decoy: its card matches its files
+    opened = LockedEncoder.from_pretrained("user/pinned", revision=reviewed)
+    assert decoy.resolve() not in opened.folder.resolve().parents and opened.folder.resolve() != decoy.resolve()
+    assert opened.encoder.backbone.config.num_hidden_layers == 2  # the reviewed commit, not the decoy
+    with pytest.raises(ValueError, match="is a local folder"):
+        load_locked(Path("./user/pinned"), revision=reviewed)
