@@ -51,6 +51,11 @@ def main() -> None:
     parser.add_argument("--finetune_seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--no_victim_finetune", action="store_true", help="Skip the victim's fine-tuning row.")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--target", choices=("locked", "victim"), default="locked", help="Attack RUN/locked (default) or RUN/victim."
+    )
+    parser.add_argument("--sanitizers", nargs="*", help="Sanitisers to try (default: all; none: no sanitiser).")
+    parser.add_argument("--transforms", nargs="*", help="Transforms to try (default: all; none: no transform).")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -59,7 +64,12 @@ def main() -> None:
     prohibited = [row for row in report["table"] if row["role"] == "prohibited"]
     authorized = [row["domain"] for row in report["table"] if row["role"] == "authorized"]
     baselines = {row["domain"]: {"victim": row["victim"], "random_twin": row["random_twin"]} for row in prohibited}
+    chosen = {
+        k: tuple(v) for k, v in (("sanitizers", args.sanitizers), ("transforms", args.transforms)) if v is not None
+    }
     config = AdaptiveConfig(
+        **chosen,
+        combine=bool(chosen.get("sanitizers", True)) and bool(chosen.get("transforms", True)),
         suite=args.suite,
         seeds=tuple(experiment.probe_seeds),
         finetune_fractions=tuple(args.finetune_fractions),
@@ -68,7 +78,7 @@ def main() -> None:
         finetune_seeds=tuple(args.finetune_seeds),
     )
     adaptive = run_adaptive_suite(
-        str(args.run / "locked"),
+        str(args.run / args.target),
         {row["domain"]: attacker[row["domain"]] for row in prohibited},
         config,
         authorized=attacker[authorized[0]]["train"],

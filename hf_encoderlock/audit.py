@@ -12,7 +12,10 @@ Checks, each recorded in :class:`AuditReport` (``problems`` lists every failed c
    budget ``rounds x weights_per_round``; without a mask (a pulled lock keeps none), each changed tensor must be
    one the config declares masked weights in, with at most that many changes, and a candidate weight of the lock
    (``candidate_blocks``, module types and name patterns);
-6. probes: the probe suite rerun on the locked encoder (and its random twin) on the lock's domains.
+6. probes: the probe suite rerun on the locked encoder (and its random twin) on the lock's domains;
+7. tell-tale weights: per weight tensor, the entries beyond ``OUTLIER_Z`` robust standard deviations of its median
+   (what an attacker's data-free sanitiser resets), against the original's; a tensor with more than twice the
+   original's count is named in a note (a weak lock, not a dishonest one: it does not fail the audit).
 
 A declaration the checks rely on that is missing (the lock config, its mask count, budget, candidate blocks, and,
 without a mask, its per-tensor counts) fails the audit; so does an encoder with more than ``MAX_CHANGED_FRACTION`` of
@@ -52,6 +55,7 @@ from .hub.card import Authorization, LockVerificationError, _domain_name
 from .lock.masking import _bits
 from .lock.selection import block_index, load_mask, select_candidate_parameters
 from .probing.probe_report import TWIN_ROLE
+from .probing.sanitize import count_outliers
 from .probing.suite import ProbeConfig, run_probe_suite
 from .victim import load_victim
 
@@ -413,6 +417,40 @@ def default_domains(config: Mapping[str, Any] | None) -> tuple[list[str], list[s
     return builtin(config.get("authorized")), builtin(config.get("prohibited"))
 
 
+OUTLIER_Z = 6.0  # robust standard deviations beyond which an entry is a tell-tale outlier (check 7)
+
+
+def check_outliers(locked: torch.nn.Module, original: torch.nn.Module | None) -> tuple[dict[str, Any], list[str]]:
+    """Check 7: per weight tensor, entries beyond ``OUTLIER_Z`` robust std in the locked encoder (and the original);
+    the notes name the tensors with more than twice the original's count (every tensor with any, without one)."""
+    locked_counts = count_outliers(locked, OUTLIER_Z)
+    original_counts = count_outliers(original, OUTLIER_Z) if original is not None else None
+    flagged = [
+        name
+        for name, count in locked_counts.items()
+        if count > (2 * original_counts.get(name, 0) if original_counts is not None else 0)
+    ]
+    summary = {
+        "z": OUTLIER_Z,
+        "locked": sum(locked_counts.values()),
+        "original": sum(original_counts.values()) if original_counts is not None else None,
+        "flagged": {name: [locked_counts[name], (original_counts or {}).get(name)] for name in flagged},
+    }
+    notes = []
+    if flagged and original_counts is not None:
+        notes.append(
+            f"tell-tale weights: {len(flagged)} tensor(s) hold more than twice the original's entries beyond "
+            f"{OUTLIER_Z:g} robust std ({summary['locked']} in all against {summary['original']}): a data-free "
+            f"outlier reset may undo this lock (docs/THREAT_MODEL.md); e.g. {_preview(flagged)}"
+        )
+    elif flagged:
+        notes.append(
+            f"{summary['locked']} entries in {len(flagged)} tensor(s) lie beyond {OUTLIER_Z:g} robust std of their "
+            "tensor's median (without the original, they cannot be told from natural outliers)"
+        )
+    return summary, notes
+
+
 # ---------------------------------------------------------------------------------------------------- report
 @dataclass
 class AuditReport:
@@ -426,6 +464,7 @@ class AuditReport:
     card: dict[str, Any] | None = None
     declared: dict[str, Any] | None = None
     probes: dict[str, Any] | None = None
+    outliers: dict[str, Any] | None = None
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     unchecked: list[str] = field(default_factory=list)
@@ -634,6 +673,11 @@ def audit_locked(
             lock, report.card.get("mask_count"), mask, report.weights, candidates
         )
         report.problems += problems
+    if locked_module is None:
+        locked_module = _load(folder, "locked")
+    if locked_module is not None:
+        report.outliers, notes = check_outliers(locked_module, original_module)
+        report.notes += notes
     authorized, prohibited = default_domains(report.config)
     if probes:
         if domains is None:

@@ -294,3 +294,26 @@ def test_tensors_the_original_checkpoint_lacks_are_named_not_blamed(audit_folder
     assert report.weights["not_in_original"] == ["pooler.dense.weight"]  # its bias starts at zero: deterministic
     assert any("not in the original checkpoint" in n for n in report.notes)
     assert main(["audit", str(locked), "--original", str(original), "--no-probes"]) == 0
+
+
+def test_tell_tale_outliers_are_named_against_the_original(audit_folders):
+    original, locked = audit_folders  # its 5 edits (+0.5) lie far beyond their tensors' spread
+    report = audit_locked(locked, original=original, probes=False)
+    assert set(report.outliers["flagged"]) == {"layers.0.attention.q_proj.weight", "layers.1.mlp.fc1.weight"}
+    assert report.outliers["locked"] >= report.outliers["original"] + 5
+    assert any(note.startswith("tell-tale weights: 2 tensor(s)") for note in report.notes)
+    assert report.ok  # a weak lock is not a dishonest one: the integrity checks still pass
+    assert "tell-tale" in report.to_markdown()
+
+
+def test_edits_inside_the_tensor_range_are_not_tell_tale(audit_folders):
+    original, locked = audit_folders
+    encoder, source = load_encoder(str(locked)), load_encoder(str(original))
+    with torch.no_grad():  # the same entries, moved by a small step instead
+        for name, param in encoder.backbone.named_parameters():
+            param.copy_(source.backbone.get_parameter(name))
+        encoder.backbone.get_parameter("layers.0.attention.q_proj.weight")[0, 0] += 0.001
+    encoder.backbone.save_pretrained(locked)
+    report = audit_locked(locked, original=original, probes=False)
+    assert report.outliers["flagged"] == {} and report.outliers["locked"] == report.outliers["original"]
+    assert not any("tell-tale" in note for note in report.notes)
