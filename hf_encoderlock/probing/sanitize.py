@@ -21,7 +21,8 @@ from torch import nn
 
 MAD_TO_STD = 1.4826  # the MAD of a normal distribution times this is its standard deviation
 # Down to 2.5: an attacker who knows a lock's weight bound (EncoderLockConfig.weight_bound) looks just inside it.
-DEFAULT_Z_THRESHOLDS = (2.5, 3.0, 4.0, 6.0)
+# Every grid lists the gentlest edit first: when validation cannot tell strengths apart, the attacker keeps the first.
+DEFAULT_Z_THRESHOLDS = (6.0, 4.0, 3.0, 2.5)
 
 
 class SanitizeError(ValueError):

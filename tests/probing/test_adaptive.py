@@ -20,6 +20,8 @@ from hf_encoderlock.probing.adaptive import (
     AttackOutcome,
     run_adaptive_suite,
 )
+from hf_encoderlock.probing.lock_report import prohibited_verdict
+from hf_encoderlock.probing.sanitize import SANITIZERS
 from hf_encoderlock.probing.suite import ProbeConfig, run_probe_suite
 
 from .conftest import image_domain
@@ -90,15 +92,30 @@ def test_without_a_victim_the_removal_is_not_invented():
 def test_a_lock_of_a_few_huge_weights_is_broken_by_the_sanitiser(encoder, outlier_lock, prohibited, baselines):
     config = AdaptiveConfig(sanitizers=("reset_outliers", "gaussian_noise"), transforms=("greyscale",), **FAST)
     report = run_adaptive_suite(outlier_lock, prohibited, config, baselines=baselines)
-    fresh = report.summary()[0]
-    # fresh probes alone would call this a strong lock ...
-    assert fresh["fresh_probe_removed"] > 0.6
+    summary, victim = report.summary()[0], baselines["p"]["victim"]
+    # fresh probes alone would call this a lock ...
+    assert summary["fresh_probe"] <= victim - 0.3
     # ... the attacker who looks at the weights gets the victim's accuracy back, and the report says so
-    assert fresh["worst_family"] in (SANITIZE, COMBINED)
-    assert fresh["worst_removed"] < 0.2
+    assert summary["worst_family"] in (SANITIZE, COMBINED)
+    assert summary["worst_accuracy"] >= victim - 0.05
     assert report.best_in_family("p", SANITIZE).attack == "reset_outliers"
     assert sum(report.outliers.values()) >= 96
+    row = {**baselines["p"], "locked": summary["fresh_probe"], "advantage_removed": summary["fresh_probe_removed"]}
+    row.update(adaptive_worst=summary["worst_accuracy"], adaptive_removed=summary["worst_removed"])
+    assert prohibited_verdict({**row, "adaptive_attack": summary["worst_attack"]}).startswith("lock does NOT hold")
     assert "reset_outliers" in report.to_markdown()
+
+
+def test_on_a_validation_tie_the_gentlest_strength_is_kept():
+    report = AdaptiveReport(
+        "enc",
+        {"p": {}},
+        {},
+        {},
+        [outcome(SANITIZE, "reset_outliers", z, 1.0, test) for z, test in ((6.0, 0.97), (4.0, 0.97), (2.5, 0.86))],
+    )
+    assert report.chosen("p")[0].strength == 6.0
+    assert SANITIZERS["reset_outliers"].strengths[0] == max(SANITIZERS["reset_outliers"].strengths)
 
 
 def test_transforms_apply_to_train_and_test_alike(encoder, prohibited, baselines, tmp_path, monkeypatch):
