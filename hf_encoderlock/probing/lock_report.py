@@ -124,12 +124,16 @@ def lock_report_markdown(report: dict[str, Any]) -> str:
     ]
     for row in report["table"]:
         cells = [percent(row.get(key), missing="-") for key in TABLE_COLUMNS]
+        if row["victim"] - row["random_twin"] < MIN_MEASURABLE_ADVANTAGE:  # a ratio of two noises says nothing
+            cells[-2:] = ["within noise" if row.get(key) is not None else "-" for key in TABLE_COLUMNS[-2:]]
         lines.append(markdown_row([row["domain"], row["role"] or "other", *cells]))
     lines += [
         "",
         "Fresh probe = the attacker's best of linear, MLP and kNN heads over CLS and mean pooling, chosen on a "
         "validation split of the attacker's own training images (never the lock's), scored on the test split. "
-        "The lock's own head is the adversary head the lock trained against: its accuracy is not the lock's strength.",
+        "The lock's own head is the adversary head the lock trained against: its accuracy is not the lock's strength. "
+        f"Where the victim beats its twin by less than {100 * MIN_MEASURABLE_ADVANTAGE:.0f} points, the advantage "
+        "ratios are within probe noise and not shown.",
         "",
         *_adaptive_markdown(report),
         "## Verdict",

@@ -20,3 +20,21 @@ def test_verdict_judges_by_the_worst_case_of_the_adaptive_attacker():
     assert text.startswith("lock does NOT hold") and "reset_outliers 6" in text and "96% under fresh probes" in text
     held = {**row, "adaptive_worst": 0.27, "adaptive_removed": 0.94, "adaptive_attack": "transform: greyscale 1"}
     assert prohibited_verdict(held).startswith("lock holds: an attacker who knows the method")
+
+
+def test_markdown_shows_no_ratio_where_the_advantage_is_within_noise():
+    from hf_encoderlock.probing.lock_report import lock_report_markdown
+
+    rows = [
+        {"domain": "digits", "role": None, "random_twin": 0.955, "victim": 0.961, "locked": 0.935,
+         "advantage_removed": 4.0, "advantage_kept": -3.0},
+        {"domain": "mnist-m", "role": "prohibited", "random_twin": 0.253, "victim": 0.719, "locked": 0.262,
+         "advantage_removed": 0.981},
+    ]  # fmt: skip
+    lock = {"variant": "supervised", "objective": "information", "mask": {"count": 1, "num_parameters": 10,
+            "fraction": 0.1}, "rounds_completed": 1}  # fmt: skip
+    text = lock_report_markdown({"authorized": ["mnist"], "prohibited": ["mnist-m"], "fraction": 1.0, "table": rows,
+                                 "verdict": {}, "lock": lock, "timings": {}})  # fmt: skip
+    assert "400.0%" not in text and "-300.0%" not in text
+    assert "| digits | other | 95.5% | 96.1% | 93.5% | - | within noise | within noise |" in text
+    assert "98.1%" in text
