@@ -25,17 +25,20 @@ from __future__ import annotations
 import json
 import os
 import time
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import torch
 from datasets import DatasetDict
+from PIL import Image
 
 from .._files import ADAPTIVE_REPORT_STEM, REPORT_FORMAT_VERSION
 from .._utils import finite, markdown_row, package_versions, percent
-from ..encoders import load_encoder
+from ..encoders import EncoderAdapter, load_encoder
 from .attacks import SCRATCH, AttackConfig, run_attack_suite
 from .heads import torch_threads
 from .probe_report import ENCODER_ROLE, TWIN_ROLE, load_encoderlock_metric
@@ -498,6 +501,29 @@ def _outcomes(report, family: str, attack: str, strength: float | None, fraction
     return out
 
 
+class PixelCache:
+    """Pixel values of images already preprocessed by ``encoder``, keyed by their pixels' checksums.
+
+    Weight sanitisers change the weights, not the preprocessing, so the feature extraction of every sanitised copy
+    (and of the untouched encoder) reuses the pixels of the first; the images of a split arrive in the same batches
+    each time.
+    """
+
+    def __init__(self, encoder: EncoderAdapter) -> None:
+        self.encoder = encoder
+        self._pixels: dict[tuple[int, ...], torch.Tensor] = {}
+
+    def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        key = tuple(zlib.crc32(image.tobytes()) for image in images) + (len(images),)
+        if key not in self._pixels:
+            self._pixels[key] = self.encoder.preprocess(images)
+        return self._pixels[key]
+
+    def view(self, model: EncoderAdapter) -> EncoderAdapter:
+        """``model`` (same weights) preprocessing through this cache."""
+        return EncoderAdapter(model.backbone, pooling=model.pooling, preprocess_fn=self.preprocess, name=model.name)
+
+
 def reference_stats(authorized: Any, share: float, seed: int = 0, image_column: str = "image") -> ChannelStats:
     """Channel statistics of ``share`` of the attacker's authorized images (at least one image)."""
     count = max(1, int(round(share * len(authorized))))
@@ -576,13 +602,16 @@ def run_adaptive_suite(
             bar.set_postfix_str(f"{family}: {attack}")
             bar.update(1)
 
+        # The untouched encoder and every sanitised copy see the same pixels: preprocess each image once.
+        pixels = PixelCache(encoder)
         tick = time.perf_counter()
-        probe(encoder, resolved, FRESH_PROBE, "none", None)
+        probe(pixels.view(encoder), resolved, FRESH_PROBE, "none", None)
         timings[FRESH_PROBE] = time.perf_counter() - tick
         tick = time.perf_counter()
         for name in config.sanitizers:
             for strength in SANITIZERS[name].strengths:
-                probe(sanitize_module(encoder, name, strength, config.noise_seed), resolved, SANITIZE, name, strength)
+                sanitised = sanitize_module(encoder, name, strength, config.noise_seed)
+                probe(pixels.view(sanitised), resolved, SANITIZE, name, strength)
         timings[SANITIZE] = time.perf_counter() - tick
         tick = time.perf_counter()
         for domain, dataset in resolved.items():  # per domain: the statistics matching starts from its own

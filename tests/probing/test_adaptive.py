@@ -21,7 +21,7 @@ from hf_encoderlock.probing.adaptive import (
     run_adaptive_suite,
 )
 from hf_encoderlock.probing.lock_report import prohibited_verdict
-from hf_encoderlock.probing.sanitize import SANITIZERS
+from hf_encoderlock.probing.sanitize import SANITIZERS, sanitize_module
 from hf_encoderlock.probing.suite import ProbeConfig, run_probe_suite
 
 from .conftest import image_domain
@@ -146,3 +146,21 @@ def test_bad_settings_fail_before_any_work():
         AdaptiveConfig(sanitizers=("shave",))
     with pytest.raises(AdaptiveError, match="suite must be one of"):
         AdaptiveConfig(suite="everything")
+
+
+def test_the_pixel_cache_preprocesses_each_image_once_and_changes_no_feature(encoder, prohibited):
+    calls = []
+    cache = adaptive.PixelCache(encoder)
+    real = encoder.preprocess
+
+    def counting(images):
+        calls.append(len(images))
+        return real(images)
+
+    cache.encoder = type("Counting", (), {"preprocess": staticmethod(counting)})()
+    images = prohibited["p"]["test"]["image"][:5]
+    first, again = cache.preprocess(images), cache.preprocess(list(images))
+    assert calls == [5] and torch.equal(first, again)
+    sanitised = sanitize_module(encoder, "gaussian_noise", 0.2)
+    with torch.no_grad():
+        assert torch.equal(cache.view(sanitised).features(cache.preprocess(images)), sanitised.features(real(images)))
