@@ -22,7 +22,6 @@ accuracies on clean images.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 import zlib
@@ -37,11 +36,11 @@ from datasets import DatasetDict
 from PIL import Image
 
 from .._files import ADAPTIVE_REPORT_STEM, REPORT_FORMAT_VERSION
-from .._utils import finite, markdown_row, package_versions, percent
+from .._utils import markdown_row, package_versions, percent
 from ..encoders import EncoderAdapter, load_encoder
 from .attacks import SCRATCH, AttackConfig, run_attack_suite
 from .heads import torch_threads
-from .probe_report import ENCODER_ROLE, TWIN_ROLE, load_encoderlock_metric
+from .probe_report import ENCODER_ROLE, TWIN_ROLE, load_encoderlock_metric, report_json
 from .sanitize import SANITIZERS, count_outliers, sanitize_module
 from .suite import ProbeConfig, load_domains, run_probe_suite
 from .transforms import TRANSFORMS, ChannelStats, domain_stats, transformed_encoder
@@ -356,11 +355,7 @@ class AdaptiveReport:
 
     def to_json(self, path: str | os.PathLike | None = None) -> str:
         """The report as strict JSON (NaN as null); also written to ``path`` when given."""
-        text = json.dumps(finite(self.to_dict()), indent=2)
-        if path is not None:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            Path(path).write_text(text + "\n", encoding="utf-8")
-        return text
+        return report_json(self.to_dict(), path)
 
     def to_markdown(self) -> str:
         return adaptive_report_markdown(self)

@@ -36,12 +36,12 @@ import torch
 from torch import nn
 
 from .._files import ATTACK_REPORT_STEM, REPORT_FORMAT_VERSION
-from .._utils import finite, markdown_row, optional_import, package_versions, percent
+from .._utils import markdown_row, optional_import, package_versions, percent
 from ..data.domains import train_validation_split
 from ..data.lock_tensors import preprocess_domain
 from ..encoders import load_encoder
 from .heads import torch_threads
-from .probe_report import SeedAccuracies, _fraction_label, save_report_files
+from .probe_report import SeedAccuracies, _fraction_label, report_json, save_report_files
 from .suite import ProbeConfig, SplitPlan, load_domains, split_training_rows
 
 ATTACKS = ("full", "last_k", "lora", "frozen", "reinit")
@@ -508,13 +508,7 @@ class AttackReport:
 
     def to_json(self, path: str | os.PathLike | None = None) -> str:
         """The report as strict JSON (NaN as null); also written to ``path`` when given."""
-        import json
-
-        text = json.dumps(finite(self.to_dict()), indent=2)
-        if path is not None:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            Path(path).write_text(text + "\n", encoding="utf-8")
-        return text
+        return report_json(self.to_dict(), path)
 
     def to_markdown(self) -> str:
         return attack_report_markdown(self)

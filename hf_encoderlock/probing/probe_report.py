@@ -232,11 +232,7 @@ class ProbeReport:
 
     def to_json(self, path: str | os.PathLike | None = None) -> str:
         """The report as JSON (NaN written as null); also written to ``path`` when given."""
-        text = json.dumps(finite(self.to_dict()), indent=2)
-        if path is not None:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            Path(path).write_text(text + "\n", encoding="utf-8")
-        return text
+        return report_json(self.to_dict(), path)
 
     @classmethod
     def from_json(cls, path: str | os.PathLike) -> ProbeReport:
@@ -252,6 +248,15 @@ class ProbeReport:
     def save(self, output_dir: str | os.PathLike, stem: str = PROBE_REPORT_STEM) -> dict[str, Path]:
         """Write ``{stem}.json``, ``{stem}.md`` and ``{stem}.png`` into ``output_dir``."""
         return save_report_files(self, output_dir, stem)
+
+
+def report_json(data: dict[str, Any], path: str | os.PathLike | None = None) -> str:
+    """A report's dict as strict JSON (NaN and inf as null), also written to ``path`` (folders made) when given."""
+    text = json.dumps(finite(data), indent=2)
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(text + "\n", encoding="utf-8")
+    return text
 
 
 def save_report_files(report: Any, output_dir: str | os.PathLike, stem: str) -> dict[str, Path]:
