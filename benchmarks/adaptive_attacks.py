@@ -50,6 +50,7 @@ def main() -> None:
     parser.add_argument("--finetune_lrs", type=float, nargs="+", default=[1e-4, 3e-4, 1e-3, 3e-3])
     parser.add_argument("--finetune_seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--no_victim_finetune", action="store_true", help="Skip the victim's fine-tuning row.")
+    parser.add_argument("--domains", nargs="+", help="Prohibited domains to attack (default: every one of the run).")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
         "--target", choices=("locked", "victim"), default="locked", help="Attack RUN/locked (default) or RUN/victim."
@@ -61,7 +62,11 @@ def main() -> None:
 
     report = json.loads((args.run / "report.json").read_text())
     attacker, experiment = attacker_domains(report["experiment"], report["lock"]["variant"])
-    prohibited = [row for row in report["table"] if row["role"] == "prohibited"]
+    prohibited = [
+        row
+        for row in report["table"]
+        if row["role"] == "prohibited" and (args.domains is None or row["domain"] in args.domains)
+    ]
     authorized = [row["domain"] for row in report["table"] if row["role"] == "authorized"]
     baselines = {row["domain"]: {"victim": row["victim"], "random_twin": row["random_twin"]} for row in prohibited}
     chosen = {
