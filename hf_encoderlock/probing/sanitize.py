@@ -135,7 +135,7 @@ SANITIZERS: dict[str, Sanitizer] = {
         Sanitizer(
             "gaussian_noise",
             add_noise,
-            (0.05, 0.2),
+            (0.05,),
             "relative_std",
             "Gaussian noise of this many robust std added to every entry",
         ),
