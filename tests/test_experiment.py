@@ -82,6 +82,7 @@ def test_lock_vit_example_writes_loadable_folders_and_honest_report(tmp_path):
     assert "advantage_removed" in rows["green"] and "advantage_kept" in rows["red"]
     assert report["lock"]["mask"]["count"] > 0
     assert "green" in report["verdict"]
+    assert report["verdict"]["red"].startswith(("authorized use", "not measurable"))  # the authorized side is judged
     assert "Lock's own head (stale)" in (out / "report.md").read_text()
     # the adaptive attacker ran on the prohibited domain; its worst case is in the table, report and card
     worst = report["adaptive"]["worst_case"][0]

@@ -38,3 +38,13 @@ def test_markdown_shows_no_ratio_where_the_advantage_is_within_noise():
     assert "400.0%" not in text and "-300.0%" not in text
     assert "| digits | other | 95.5% | 96.1% | 93.5% | - | within noise | within noise |" in text
     assert "98.1%" in text
+
+
+def test_verdict_looks_at_the_authorized_side_too():
+    from hf_encoderlock.probing.lock_report import authorized_verdict
+
+    row = {"victim": 0.80, "random_twin": 0.30, "locked": 0.565, "advantage_kept": 0.53}
+    assert authorized_verdict(row).startswith("authorized use DAMAGED: only 53%")
+    assert authorized_verdict({**row, "locked": 0.79, "advantage_kept": 0.98}).startswith("authorized use kept: 98%")
+    noise = {"victim": 0.961, "random_twin": 0.955, "locked": 0.935, "advantage_kept": -3.0}
+    assert authorized_verdict(noise).startswith("not measurable")
