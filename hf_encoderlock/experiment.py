@@ -238,6 +238,7 @@ def run_lock_experiment(args: LockExperimentArguments, lock_config: EncoderLockC
                     }
                     for name in prohibited_names
                 },
+                fresh_probes=after,  # the fresh-probe family is the "after" probes: not run twice
             )
             timings["adaptive_s"] = time.perf_counter() - tick
         timings.update({f"lock_{k}_s": v for k, v in trainer.phase_times().items()})

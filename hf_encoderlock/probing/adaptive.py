@@ -40,7 +40,7 @@ from .._utils import markdown_row, package_versions, percent
 from ..encoders import EncoderAdapter, load_encoder
 from .attacks import SCRATCH, AttackConfig, run_attack_suite
 from .heads import torch_threads
-from .probe_report import ENCODER_ROLE, TWIN_ROLE, load_encoderlock_metric, report_json
+from .probe_report import ENCODER_ROLE, TWIN_ROLE, ProbeReport, load_encoderlock_metric, report_json
 from .sanitize import SANITIZERS, count_outliers, sanitize_module
 from .suite import ProbeConfig, load_domains, run_probe_suite
 from .transforms import TRANSFORMS, ChannelStats, domain_stats, transformed_encoder
@@ -478,9 +478,11 @@ def adaptive_report_markdown(report: AdaptiveReport) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------- the suite
-def _outcomes(report, family: str, attack: str, strength: float | None, fraction: float) -> list[AttackOutcome]:
+def _outcomes(
+    report, family: str, attack: str, strength: float | None, fraction: float, domains=None
+) -> list[AttackOutcome]:
     out = []
-    for domain in report.domain_names:
+    for domain in report.domain_names if domains is None else list(domains):
         best = report.best(domain, fraction, ENCODER_ROLE)
         out.append(
             AttackOutcome(
@@ -550,6 +552,7 @@ def run_adaptive_suite(
     baselines: Mapping[str, Mapping[str, float]] | None = None,
     victim: Any | None = None,
     output_dir: str | os.PathLike | None = None,
+    fresh_probes: ProbeReport | None = None,
 ) -> AdaptiveReport:
     """Attack ``encoder`` on each (prohibited) domain with every adaptive family; the encoder is never modified.
 
@@ -562,6 +565,8 @@ def run_adaptive_suite(
         baselines: ``{domain: {"victim": acc, "random_twin": acc}}`` clean fresh-probe accuracies (e.g. from the
             main job's "before" probes); else they are probed here, the victim only when ``victim`` is given.
         victim: the unlocked encoder, for the baselines and (suite "full") its own fine-tuning row.
+        fresh_probes: the probe suite's report on this same encoder and data at ``config.fraction`` with the same
+            seeds (the main job's "after" probes): used as the fresh-probe family instead of probing again.
         output_dir: if given, ``adaptive_report.json`` and ``.md`` are written there.
     """
     from tqdm.auto import tqdm
@@ -600,7 +605,11 @@ def run_adaptive_suite(
         # The untouched encoder and every sanitised copy see the same pixels: preprocess each image once.
         pixels = PixelCache(encoder)
         tick = time.perf_counter()
-        probe(pixels.view(encoder), resolved, FRESH_PROBE, "none", None)
+        if fresh_probes is not None:
+            outcomes.extend(_outcomes(fresh_probes, FRESH_PROBE, "none", None, config.fraction, resolved))
+            bar.update(1)
+        else:
+            probe(pixels.view(encoder), resolved, FRESH_PROBE, "none", None)
         timings[FRESH_PROBE] = time.perf_counter() - tick
         tick = time.perf_counter()
         for name in config.sanitizers:

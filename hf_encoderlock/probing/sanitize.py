@@ -22,7 +22,7 @@ from torch import nn
 MAD_TO_STD = 1.4826  # the MAD of a normal distribution times this is its standard deviation
 # Down to 2.5: an attacker who knows a lock's weight bound (EncoderLockConfig.weight_bound) looks just inside it.
 # Every grid lists the gentlest edit first: when validation cannot tell strengths apart, the attacker keeps the first.
-DEFAULT_Z_THRESHOLDS = (6.0, 4.0, 3.0, 2.5)
+DEFAULT_Z_THRESHOLDS = (6.0, 4.0, 2.5)
 
 
 class SanitizeError(ValueError):
@@ -142,7 +142,7 @@ SANITIZERS: dict[str, Sanitizer] = {
         Sanitizer(
             "int8_requantize",
             requantize_int8,
-            (100.0, 99.9),
+            (100.0,),
             "percentile",
             "per-tensor symmetric int8 round trip, scale from this percentile of |w| (100: absmax)",
         ),
