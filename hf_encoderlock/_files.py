@@ -78,18 +78,10 @@ PUBLISHED_FILES = (
 # Names (globs) of everything this package writes into an output folder. Anything else there is the user's: a save
 # or a main job refuses such a folder unless overwrite_output_dir, and never deletes it either way.
 PACKAGE_OUTPUTS = (
-    MODEL_CONFIG_FILE,
-    MODEL_WEIGHTS_FILE,
-    MODEL_WEIGHTS_INDEX_FILE,
-    MODEL_WEIGHTS_SHARDS,
-    PROCESSOR_CONFIG_FILE,
-    PLAIN_MODULE_CONFIG_FILE,
-    CARD_FILE,
-    LOCK_CONFIG_FILE,
+    *PUBLISHED_FILES,
     *PRIVATE_FILES,
     "checkpoint-*",
     "runs",
-    SIGNATURE_FILE,
     REPORT_JSON,
     REPORT_MD,
     REPORT_PNG,

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from datasets import ClassLabel, Dataset, Features
+from datasets import ClassLabel, Dataset, DatasetDict, Features
 from datasets import Image as ImageFeature
 from huggingface_hub import ModelCard
 from PIL import Image
@@ -299,3 +299,21 @@ def build_audit_folders(root: Path, domain_paths: dict | None = None) -> tuple[P
     (root / "locked" / "encoderlock_config.json").write_text(json.dumps(config))
     write_model_card(root / "locked", report=None)
     return root / "orig", root / "locked"
+
+
+def toy_main_job_inputs(root: Path) -> tuple[Path, list[str]]:
+    """A saved tiny ViT and two saved toy domains under ``root``: ``(model folder, the main job's flags naming
+    them)``; callers add the lock's size and ``--output_dir``."""
+    model_dir = root / "tiny"
+    tiny_vit_encoder(seed=0, image_size=16, patch_size=4).save_pretrained(model_dir)
+    for name, style, seed in (("red", "red", 0), ("green", "green", 1)):
+        splits = {"train": toy_domain(60, seed, style), "test": toy_domain(20, seed + 10, style)}
+        DatasetDict(splits).save_to_disk(root / name)
+    return model_dir, [
+        "--model",
+        str(model_dir),
+        "--authorized",
+        str(root / "red"),
+        "--prohibited",
+        str(root / "green"),
+    ]

@@ -10,7 +10,7 @@ from transformers import AutoImageProcessor, AutoModel
 
 from hf_encoderlock.encoders import tiny_vit_encoder
 from hf_encoderlock.lock.trainer import EncoderLockTrainer
-from tests.helpers import toy_domain
+from tests.helpers import toy_domain, toy_main_job_inputs
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "lock_vit.py"
 
@@ -94,13 +94,8 @@ def test_lock_vit_example_writes_loadable_folders_and_honest_report(tmp_path):
 
 
 def test_an_interrupted_main_job_keeps_its_checkpoints_and_resumes(tmp_path, monkeypatch):
-    model_dir = tmp_path / "tiny"
-    tiny_vit_encoder(seed=0, image_size=16, patch_size=4).save_pretrained(model_dir)
-    for name, style, seed in (("red", "red", 0), ("green", "green", 1)):
-        splits = {"train": toy_domain(60, seed, style), "test": toy_domain(20, seed + 10, style)}
-        DatasetDict(splits).save_to_disk(tmp_path / name)
+    model_dir, words = toy_main_job_inputs(tmp_path)
     out = tmp_path / "out"
-    words = ["--model", str(model_dir), "--authorized", str(tmp_path / "red"), "--prohibited", str(tmp_path / "green")]
     words += ["--output_dir", str(out), "--num_rounds", "2", "--update_steps_per_round", "2", "--weights_per_round"]
     words += ["10", "--per_device_train_batch_size", "8", "--adversary_epochs", "2", "--adversary_seeds", "1"]
     words += ["--probe_seeds", "0", "--probe_fractions", "1.0", "--use_cpu", "true"]

@@ -7,13 +7,12 @@ import importlib.util
 from pathlib import Path
 
 import pytest
-from datasets import DatasetDict
 
 from hf_encoderlock.encoders import tiny_vit_encoder
 from hf_encoderlock.hub.card import write_model_card
 from hf_encoderlock.hub.locked import LockedEncoder
 from hf_encoderlock.lock.trainer import EncoderLockTrainer
-from tests.helpers import toy_domain
+from tests.helpers import toy_domain, toy_main_job_inputs
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "lock_vit.py"
 
@@ -72,13 +71,8 @@ def test_locked_encoder_save_pretrained_keeps_a_users_readme(locked_folder, tmp_
 
 @pytest.mark.slow
 def test_the_main_job_never_deletes_a_users_files(tmp_path):
-    model_dir = tmp_path / "tiny"
-    tiny_vit_encoder(seed=0, image_size=16, patch_size=4).save_pretrained(model_dir)
-    for name, style, seed in (("red", "red", 0), ("green", "green", 1)):
-        splits = {"train": toy_domain(60, seed, style), "test": toy_domain(20, seed + 10, style)}
-        DatasetDict(splits).save_to_disk(tmp_path / name)
+    model_dir, words = toy_main_job_inputs(tmp_path)
     out = tmp_path / "out"
-    words = ["--model", str(model_dir), "--authorized", str(tmp_path / "red"), "--prohibited", str(tmp_path / "green")]
     words += ["--num_rounds", "1", "--update_steps_per_round", "1", "--weights_per_round", "5"]
     words += ["--per_device_train_batch_size", "8", "--adversary_epochs", "1", "--adversary_seeds", "1"]
     words += ["--probe_seeds", "0", "--probe_fractions", "1.0", "--use_cpu", "true", "--disable_tqdm", "true"]
