@@ -498,6 +498,24 @@ def _outcomes(
     return out
 
 
+def _check_columns(domains: Mapping[str, DatasetDict], authorized: Any | None, config: AdaptiveConfig) -> None:
+    """Every split names the configured image and label columns, the authorized sample its image column: said
+    before any attack runs."""
+    wanted = (config.image_column, config.label_column)
+    for name, dataset in domains.items():
+        for split, part in dataset.items():
+            missing = [c for c in wanted if c not in part.column_names]
+            if missing:
+                raise AdaptiveError(
+                    f"domain {name!r} split {split!r} has no column(s) {missing} (columns: {part.column_names}); "
+                    "set AdaptiveConfig.image_column / label_column"
+                )
+    if authorized is not None and config.image_column not in authorized.column_names:
+        raise AdaptiveError(
+            f"the authorized sample has no {config.image_column!r} column (columns: {authorized.column_names})"
+        )
+
+
 class PixelCache:
     """Pixel values of images already preprocessed by ``encoder``, keyed by their pixels' checksums.
 
@@ -578,6 +596,7 @@ def run_adaptive_suite(
         encoder = load_encoder(encoder)
         probe_config = config.probe_config()
         resolved = load_domains(domains, probe_config)
+        _check_columns(resolved, authorized, config)
         reference = (
             reference_stats(authorized, config.reference_share, config.transform_seed, config.image_column)
             if authorized is not None

@@ -141,6 +141,15 @@ def test_transforms_apply_to_train_and_test_alike(encoder, prohibited, baselines
     assert (tmp_path / "adaptive_report.json").is_file() and (tmp_path / "adaptive_report.md").is_file()
 
 
+def test_missing_columns_are_named_before_any_attack(encoder, prohibited):
+    renamed = {"p": prohibited["p"].rename_column("image", "img")}
+    with pytest.raises(AdaptiveError, match=r"domain 'p' split 'train' has no column\(s\) \['image'\]"):
+        run_adaptive_suite(encoder, renamed, AdaptiveConfig(**FAST))
+    config = AdaptiveConfig(image_column="img", **FAST)
+    with pytest.raises(AdaptiveError, match="the authorized sample has no 'img' column"):
+        run_adaptive_suite(encoder, renamed, config, authorized=prohibited["p"]["train"])
+
+
 def test_bad_settings_fail_before_any_work():
     with pytest.raises(AdaptiveError, match="sanitizers must be a subset"):
         AdaptiveConfig(sanitizers=("shave",))
