@@ -17,6 +17,7 @@ from .._files import LOCK_CONFIG_FILE
 from ..data.streamed import DEFAULT_LOCK_CACHE_BYTES
 from ..encoders import POOLINGS
 from ..probing.heads import GRADIENT_KINDS
+from ..probing.transforms import TRANSFORMS, TransformError, parse_transform_spec
 from .objectives import OBJECTIVES, InformationTermsConfig
 from .selection import SCORE_FUNCTIONS
 from .variants.augmentations import AugmentationConfig
@@ -93,6 +94,14 @@ def _is_whole(value: Any) -> bool:
 
 def _is_finite(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_transform_spec(spec: Any) -> bool:
+    try:
+        parse_transform_spec(spec)
+    except TransformError:
+        return False
+    return isinstance(spec, str)
 
 
 def _finite_or_nan(value: Any) -> float:
@@ -365,6 +374,16 @@ class EncoderLockConfig(TrainingArguments):
             "resets or clips such outliers without data). Unchanged weights are never touched. None: unbounded."
         },
     )
+    prohibited_transforms: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "Input transformations an attacker who knows the method would try (names from "
+            "hf_encoderlock.probing.transforms.TRANSFORMS, each optionally 'name:strength', e.g. 'greyscale' or "
+            "'permute_channels:5'): each adds a transformed copy of every prohibited lock image, with its label, so "
+            "the lock's updates and its adversaries see those images too. Copies are split into lock and validation "
+            "parts independently of their originals. []: none."
+        },
+    )
     max_authorized_drift: float = field(
         default=0.1,
         metadata={
@@ -596,6 +615,12 @@ class EncoderLockConfig(TrainingArguments):
             (
                 self.magnitude_gate is None or 0.0 <= _finite_or_nan(self.magnitude_gate) < 1.0,
                 f"magnitude_gate must be None or in [0, 1), got {self.magnitude_gate!r}",
+            ),
+            (
+                isinstance(self.prohibited_transforms, (list, tuple))
+                and all(_is_transform_spec(spec) for spec in self.prohibited_transforms),
+                f"prohibited_transforms must be a list of 'name' or 'name:strength' with a name from "
+                f"{sorted(TRANSFORMS)}, got {self.prohibited_transforms!r}",
             ),
             (
                 self.weight_bound is None or _finite_or_nan(self.weight_bound) > 0.0,

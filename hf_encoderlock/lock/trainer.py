@@ -48,6 +48,7 @@ from ..encoders import NO_REMOTE_CODE, EncoderAdapter, EncoderError, load_encode
 from ..hub.card import is_hub_id, public_domain_record, write_model_card
 from ..hub.push import DEFAULT_COMMIT_MESSAGE, push_locked_to_hub
 from ..probing.heads import HeadTrainingConfig, accuracy, best_head, train_heads
+from ..probing.transforms import TRANSFORMS, domain_stats, parse_transform_spec, with_transformed_copies
 from .callbacks import LockRoundCallback
 from .config import AUTO_POOLINGS, AUTO_PROJECTION, EncoderLockConfig, check_supported_settings
 from .distributed import gather_batch
@@ -323,12 +324,24 @@ class EncoderLockTrainer(Trainer):
             if "image" not in columns:
                 raise LockDataError(f"domain {name!r}: no 'image' column (columns: {columns})")
             prohibited_dataset = prohibited_dataset.select_columns(["image"])  # prohibited labels are never read
+        if args.prohibited_transforms:
+            prohibited_dataset = self._with_attacker_views(args, authorized_dataset, prohibited_dataset)
         data = load_lock_domain(
             self.encoder, prohibited_dataset, name, labelled, args.lock_cache_bytes, not args.disable_tqdm
         )
         if data.labels is None:
             data = self._with_pseudo_labels(args, data)
         return data
+
+    @staticmethod
+    def _with_attacker_views(args: EncoderLockConfig, authorized_dataset, prohibited_dataset):
+        """The prohibited lock images plus one copy per ``prohibited_transforms`` entry: the inputs an attacker who
+        knows the method shows the encoder (the adaptive suite's transforms, one implementation for both sides).
+        Reference statistics for the ``match_*`` transforms come from the authorized images, as the attacker's do."""
+        names = [parse_transform_spec(spec)[0] for spec in args.prohibited_transforms]
+        needs_reference = any(TRANSFORMS[name].needs_reference for name in names)
+        reference = domain_stats(authorized_dataset, seed=args.seed) if needs_reference else None
+        return with_transformed_copies(prohibited_dataset, args.prohibited_transforms, reference, args.seed)
 
     def _check_budget(self, args: EncoderLockConfig) -> None:
         """``weights_per_round`` must fit in the ``layers_per_round`` largest candidate tensors, and the whole budget

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from datasets import Dataset
+from datasets import Dataset, concatenate_datasets
 from PIL import Image, ImageEnhance, ImageOps
 
 from ..encoders import EncoderAdapter
@@ -221,3 +221,48 @@ def domain_stats(dataset: Dataset, image_column: str = "image", max_images: int 
     """Channel statistics of up to ``max_images`` seeded rows of ``dataset``."""
     rows = np.random.default_rng(seed).permutation(len(dataset))[:max_images]
     return ChannelStats.of_images([dataset[int(i)][image_column] for i in rows])
+
+
+def parse_transform_spec(spec: str) -> tuple[str, float]:
+    """``"name"`` or ``"name:strength"`` -> (name, strength); a bare name takes the transform's first listed strength.
+    Raises :class:`TransformError` naming the problem."""
+    name, _, strength = str(spec).partition(":")
+    if name not in TRANSFORMS:
+        raise TransformError(f"unknown transform {name!r} in {spec!r}; choose one of {sorted(TRANSFORMS)}")
+    if not strength:
+        return name, TRANSFORMS[name].strengths[0]
+    try:
+        value = float(strength)
+    except ValueError:
+        raise TransformError(f"transform {spec!r}: the strength after ':' must be a number") from None
+    if not np.isfinite(value) or value < 0:
+        raise TransformError(f"transform {spec!r}: the strength must be a finite number >= 0")
+    return name, value
+
+
+def with_transformed_copies(
+    dataset: Dataset,
+    specs: Sequence[str],
+    reference: ChannelStats | None = None,
+    seed: int = 0,
+    image_column: str = "image",
+) -> Dataset:
+    """``dataset`` followed by one transformed copy of every row per spec (``"name[:strength]"``), other columns
+    (labels) unchanged: the images an attacker who knows the method would show the encoder, for a defence to train
+    on. Transforms that need a reference (``match_*``) take ``reference``; the source statistics are the dataset's."""
+    parsed = [parse_transform_spec(spec) for spec in specs]
+    if not parsed:
+        return dataset
+    needs_source = any(TRANSFORMS[name].needs_reference for name, _ in parsed)
+    for name, _ in parsed:
+        _checked(name, reference)
+    source = domain_stats(dataset, image_column, seed=seed) if needs_source else None
+
+    def copies(name: str, strength: float) -> Dataset:
+        def transform(batch: dict) -> dict:
+            images = apply_transform(batch[image_column], name, strength, seed, reference, source)
+            return {**batch, image_column: images}
+
+        return dataset.map(transform, batched=True, batch_size=256, desc=f"transformed copies: {name} {strength:g}")
+
+    return concatenate_datasets([dataset, *(copies(name, strength) for name, strength in parsed)])

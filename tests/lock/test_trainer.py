@@ -529,3 +529,18 @@ def test_prohibited_poolings_concatenate_features_from_one_pass(tmp_path):
     dim = encoder(pixels[:1]).shape[1]
     assert a_features.shape == (3, dim) and p_features.shape == (5, 2 * dim)
     assert torch.allclose(p_features[:, dim:], encoder.features(pixels[3:], "mean"), atol=1e-5)
+
+
+def test_prohibited_transforms_add_the_attackers_views_to_the_lock_data(tiny_trainer):
+    _, plain = tiny_trainer()
+    _, trainer = tiny_trainer(prohibited_transforms=["greyscale"])
+    plain_count = len(plain.lock_prohibited) + len(plain.val_prohibited)
+    assert len(trainer.lock_prohibited) + len(trainer.val_prohibited) == 2 * plain_count
+    pixels = torch.cat([trainer.lock_prohibited.take(torch.arange(len(trainer.lock_prohibited))).pixel_values])
+    # the greyscale copies have equal channels once the processor's per-channel normalisation is undone
+    mean, std = (torch.as_tensor(v).view(1, 3, 1, 1) for v in trainer._normalization)
+    raw = pixels * std + mean
+    grey = (raw[:, 0] - raw[:, 2]).abs().amax(dim=(1, 2)) < 1e-2
+    assert 0 < int(grey.sum()) < len(raw)
+    with pytest.raises(ValueError, match="prohibited_transforms"):
+        EncoderLockConfig(output_dir="unused", prohibited_transforms=["sepia"])

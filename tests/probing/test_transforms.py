@@ -10,8 +10,11 @@ from hf_encoderlock.probing.transforms import (
     ChannelStats,
     TransformError,
     apply_transform,
+    parse_transform_spec,
     transformed_encoder,
+    with_transformed_copies,
 )
+from tests.helpers import toy_domain
 
 
 def coloured(n: int = 6, seed: int = 0) -> list[Image.Image]:
@@ -86,3 +89,27 @@ def test_bad_requests_name_the_problem(encoder):
     with pytest.raises(TransformError, match="needs channel statistics"):
         transformed_encoder(encoder, "match_image_stats", 1.0)
     assert {t for t, spec in TRANSFORMS.items() if spec.needs_reference} == {"match_domain_stats", "match_image_stats"}
+
+
+def test_transformed_copies_follow_the_rows_with_labels_kept():
+    dataset = toy_domain(6, seed=0, style="green")
+    both = with_transformed_copies(dataset, ["greyscale", "permute_channels:5"], seed=0)
+    assert len(both) == 3 * len(dataset)
+    assert list(both["label"]) == list(dataset["label"]) * 3
+    for row in range(len(dataset)):
+        original = pixels(dataset[row]["image"])
+        assert (pixels(both[row]["image"]) == original).all()
+        grey = pixels(both[len(dataset) + row]["image"])
+        assert (grey[..., 0] == grey[..., 2]).all() and not (grey == original).all()
+        assert (pixels(both[2 * len(dataset) + row]["image"]) == original[..., ::-1]).all()
+
+
+@pytest.mark.parametrize("spec", ["sepia", "greyscale:x", "resample:-2", "resample:nan"])
+def test_transform_specs_are_checked_by_name_and_strength(spec):
+    with pytest.raises(TransformError, match="transform"):
+        parse_transform_spec(spec)
+
+
+def test_transform_spec_without_strength_takes_the_first_listed():
+    assert parse_transform_spec("permute_channels") == ("permute_channels", TRANSFORMS["permute_channels"].strengths[0])
+    assert parse_transform_spec("resample:3") == ("resample", 3.0)
