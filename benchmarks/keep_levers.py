@@ -26,6 +26,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from transformers import AutoModel
+
+from hf_encoderlock.audit import check_outliers
+
 REPO = Path(__file__).resolve().parents[1]
 AUTHORIZED, PROHIBITED, FRACTION = "mnist", "mnist-m", 1.0
 PROBE_SEEDS = ("0", "1", "2")
@@ -180,6 +184,20 @@ SETTINGS: dict[str, list[str]] = {
     "prohibited batch x2, whitening 0.1, seed 2, 2 threads": _whitened("--seed", "2"),
     "prohibited batch x2, whitening 0.1, seed 3, 2 threads": _whitened("--seed", "3"),
     "prohibited batch x2, whitening 0.1, seed 4, 2 threads": _whitened("--seed", "4"),
+    # issue 25: levers against the attacker who knows the method (each run also gets the adaptive suite's
+    # probe-only families; the summary's worst case is theirs)
+    "bounded 6, greyscale copies, 2 threads": _whitened("--weight_bound", "6", "--prohibited_transforms", "greyscale"),
+    "bounded 6, greyscale copies, no projection, lr 0.01, 2 threads": _whitened(
+        "--weight_bound",
+        "6",
+        "--prohibited_transforms",
+        "greyscale",
+        "--authorized_projection",
+        "none",
+        "--learning_rate",
+        "0.01",
+    ),
+    "greyscale copies, 2 threads": _whitened("--prohibited_transforms", "greyscale"),
     # the variants (README, "Unsupervised and zero-shot locking"); prohibited = mnist-m in the summary either way
     "unsupervised, tau 0.01": _flags("0.01", "0.1", "-1 0 1", "10", "--variant", "unsupervised"),
     "unsupervised, tau 0.02": _flags("0.02", "0.1", "-1 0 1", "10", "--variant", "unsupervised"),
@@ -258,7 +276,25 @@ def summarize_run(folder: Path) -> dict[str, Any]:
             share = (locked - twin) if measure == "kept" else (victim - locked)
             out[f"{split}_{domain}_locked"] = locked
             out[f"{split}_{measure}"] = share / (victim - twin)
+        if report.get("adaptive"):
+            # the attacker's best chosen attack on this split: the highest accuracy over the adaptive families
+            families = report["adaptive"]["families"][PROHIBITED]
+            worst = max(families, key=lambda family: _mean(family[key]))
+            victim = statistics.mean(_best(before, "encoder", PROHIBITED)[key])
+            twin = statistics.mean(_best(before, "random_twin", PROHIBITED)[key])
+            out[f"{split}_worst_removed"] = (victim - _mean(worst[key])) / (victim - twin)
+            out[f"{split}_worst_attack"] = f"{worst['family']}: {worst['attack']} {worst['strength'] or ''}".strip()
+    if (folder / "locked").is_dir() and (folder / "victim").is_dir():
+        summary, _ = check_outliers(
+            AutoModel.from_pretrained(folder / "locked"), AutoModel.from_pretrained(folder / "victim")
+        )
+        out["outliers_beyond_6"] = {"locked": summary["locked"], "victim": summary["original"]}
+        out["tensors_over_twice_the_victims_outliers"] = len(summary["flagged"])
     return out
+
+
+def _mean(value: float | list[float]) -> float:
+    return statistics.mean(value) if isinstance(value, list) else value
 
 
 def write_summary(results: dict[str, dict[str, Any]], output: Path) -> None:
@@ -276,6 +312,26 @@ def write_summary(results: dict[str, dict[str, Any]], output: Path) -> None:
             f"| {100 * r['test_removed']:.1f}% / {100 * r['test_kept']:.1f}% "
             f"| {100 * r['test_mnist-m_locked']:.1f}% / {100 * r['test_mnist_locked']:.1f}% | {r['total_s']:.0f} |"
         )
+    adaptive = {name: r for name, r in results.items() if "test_worst_removed" in r}
+    if adaptive:
+        lines += [
+            "",
+            "An attacker who knows the method (adaptive suite, probe-only families): advantage removed on mnist-m by "
+            "the attack that is strongest on the attacker's validation split, and by the one strongest on test; "
+            "entries beyond 6 robust std (all tensors) and tensors holding more than twice the victim's.",
+            "",
+            "| Setting | validation: worst case removed (attack) | test: worst case removed (attack) "
+            "| beyond 6 sd: locked / victim | tensors > 2x victim |",
+            "|---|---|---|---|---|",
+        ]
+        for name, r in adaptive.items():
+            outliers = r.get("outliers_beyond_6") or {}
+            lines.append(
+                f"| {name} | {100 * r['validation_worst_removed']:.1f}% ({r['validation_worst_attack']}) "
+                f"| {100 * r['test_worst_removed']:.1f}% ({r['test_worst_attack']}) "
+                f"| {outliers.get('locked', '-')} / {outliers.get('victim', '-')} "
+                f"| {r.get('tensors_over_twice_the_victims_outliers', '-')} |"
+            )
     (output / "keep_levers.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
