@@ -35,6 +35,7 @@ from .lock.trainer import EncoderLockTrainer
 from .probing.adaptive import AdaptiveConfig, run_adaptive_suite
 from .probing.lock_report import build_lock_report, lock_report_markdown, plot_lock_report
 from .probing.probe_report import TWIN_ROLE
+from .probing.sanitize import count_outliers
 from .probing.suite import ProbeConfig, run_probe_suite
 from .victim import load_victim
 
@@ -191,6 +192,7 @@ def run_lock_experiment(args: LockExperimentArguments, lock_config: EncoderLockC
         before = run_probe_suite(encoder, probe_domains, probe_config, random_twin=True, cache_dir=args.cache_dir)
         timings["probe_before_s"] = time.perf_counter() - tick
 
+        victim_outliers = count_outliers(encoder.backbone)  # the lock changes the encoder in place
         # Checkpoints live outside the staging folder, under output_dir, so an interrupted run can resume from them.
         lock_config.output_dir = str(target / CHECKPOINTS_SUBDIR)
         trainer = EncoderLockTrainer(
@@ -239,6 +241,7 @@ def run_lock_experiment(args: LockExperimentArguments, lock_config: EncoderLockC
                     for name in prohibited_names
                 },
                 fresh_probes=after,  # the fresh-probe family is the "after" probes: not run twice
+                victim_outliers=victim_outliers,
             )
             timings["adaptive_s"] = time.perf_counter() - tick
         timings.update({f"lock_{k}_s": v for k, v in trainer.phase_times().items()})

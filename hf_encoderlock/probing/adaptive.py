@@ -223,6 +223,29 @@ class AdaptiveReport:
     outliers: dict[str, int] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
+    #: the unlocked encoder's per-tensor counts beyond 6 robust std (None: not known)
+    victim_outliers: dict[str, int] | None = None
+
+    def telltale_tensors(self) -> list[str]:
+        """Tensors holding more than twice the victim's entries beyond 6 robust std (the issue's "no tell-tale
+        weights" rule); with the victim's counts unknown, every tensor holding any."""
+        victim = self.victim_outliers
+        return [name for name, n in self.outliers.items() if n > (2 * victim.get(name, 0) if victim is not None else 0)]
+
+    def outlier_line(self) -> str:
+        """One sentence on the outlier weights an attacker can see (and reset) without data."""
+        total = sum(self.outliers.values())
+        line = f"Weights beyond 6 robust std of their tensor's median: {total} over {len(self.outliers)} tensors"
+        if self.victim_outliers is None:
+            return line + " (the victim's count is unknown)."
+        flagged = self.telltale_tensors()
+        line += f" (victim: {sum(self.victim_outliers.values())})"
+        if not flagged:
+            return line + "; no tensor holds more than twice the victim's."
+        return line + (
+            f"; {len(flagged)} tensor(s) hold more than twice the victim's, tell-tale weights that a data-free "
+            "outlier reset finds."
+        )
 
     def chosen(self, domain: str) -> list[AttackOutcome]:
         """Per attack on ``domain``, the strength the attacker chose on validation (ties: the first tried)."""
@@ -316,6 +339,8 @@ class AdaptiveReport:
             "outcomes": [dict(asdict(o), validation=o.validation, test=o.test) for o in self.outcomes],
             "finetune": [dict(asdict(o), test=o.test, scratch=o.scratch) for o in self.finetune],
             "outliers_beyond_6": self.outliers,
+            "victim_outliers_beyond_6": self.victim_outliers,
+            "telltale_tensors": self.telltale_tensors(),
             "timings": self.timings,
             "versions": self.versions,
         }
@@ -351,6 +376,7 @@ class AdaptiveReport:
             data.get("outliers_beyond_6", {}),
             data.get("timings", {}),
             data.get("versions", {}),
+            data.get("victim_outliers_beyond_6"),
         )
 
     def to_json(self, path: str | os.PathLike | None = None) -> str:
@@ -466,12 +492,8 @@ def adaptive_report_markdown(report: AdaptiveReport) -> str:
                     ]
                 )
             )
-    if report.outliers:
-        total = sum(report.outliers.values())
-        lines += [
-            "",
-            f"Weights beyond 6 robust std of their tensor's median: {total} over {len(report.outliers)} tensors.",
-        ]
+    if report.outliers or report.victim_outliers is not None:
+        lines += ["", report.outlier_line()]
     if report.timings:
         lines += ["", "## Timings (s)", "", *[f"- {k}: {v:.1f}" for k, v in report.timings.items()]]
     return "\n".join(lines) + "\n"
@@ -571,6 +593,7 @@ def run_adaptive_suite(
     victim: Any | None = None,
     output_dir: str | os.PathLike | None = None,
     fresh_probes: ProbeReport | None = None,
+    victim_outliers: Mapping[str, int] | None = None,
 ) -> AdaptiveReport:
     """Attack ``encoder`` on each (prohibited) domain with every adaptive family; the encoder is never modified.
 
@@ -586,6 +609,9 @@ def run_adaptive_suite(
         fresh_probes: the probe suite's report on this same encoder and data at ``config.fraction`` with the same
             seeds (the main job's "after" probes): used as the fresh-probe family instead of probing again.
         output_dir: if given, ``adaptive_report.json`` and ``.md`` are written there.
+        victim_outliers: the unlocked encoder's per-tensor counts beyond 6 robust std
+            (:func:`~hf_encoderlock.probing.sanitize.count_outliers`), when the victim itself is not at hand (the main
+            job counts them before the lock changes the encoder in place); counted on ``victim`` otherwise.
     """
     from tqdm.auto import tqdm
 
@@ -689,10 +715,17 @@ def run_adaptive_suite(
         {k: v for k, v in count_outliers(encoder.backbone).items() if v},
         timings,
         package_versions(),
+        dict(victim_outliers) if victim_outliers is not None else _victim_outliers(victim),
     )
     if output_dir is not None:
         report.save(output_dir)
     return report
+
+
+def _victim_outliers(victim: Any | None) -> dict[str, int] | None:
+    if victim is None:
+        return None
+    return count_outliers(load_encoder(victim).backbone)
 
 
 def _finetune_families(

@@ -195,7 +195,7 @@ def _adaptive_markdown(report: dict[str, Any]) -> list[str]:
             *adaptive_table_markdown(adaptive, row["domain"]),
             "",
         ]
-    return lines
+    return [*lines, adaptive.outlier_line(), ""]
 
 
 def plot_lock_report(report: dict[str, Any], path: str | Path) -> Path:

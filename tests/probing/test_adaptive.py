@@ -2,6 +2,7 @@
 made of a few huge weights is reported as broken."""
 
 import copy
+import json
 import math
 
 import numpy as np
@@ -173,3 +174,16 @@ def test_the_pixel_cache_preprocesses_each_image_once_and_changes_no_feature(enc
     sanitised = sanitize_module(encoder, "gaussian_noise", 0.2)
     with torch.no_grad():
         assert torch.equal(cache.view(sanitised).features(cache.preprocess(images)), sanitised.features(real(images)))
+
+
+def test_telltale_tensors_are_those_over_twice_the_victims_outliers_and_the_report_says_so():
+    report = AdaptiveReport("enc", {"p": {}}, {}, {}, outliers={"a.weight": 5, "b.weight": 4, "c.weight": 1})
+    assert report.telltale_tensors() == ["a.weight", "b.weight", "c.weight"]  # victim unknown: any outlier counts
+    assert "unknown" in report.outlier_line()
+    report.victim_outliers = {"a.weight": 2, "b.weight": 2, "d.weight": 7}
+    assert report.telltale_tensors() == ["a.weight", "c.weight"]  # 5 > 2 x 2; 4 is not > 4; 1 > 2 x 0
+    assert "2 tensor(s) hold more than twice the victim's" in report.outlier_line()
+    again = AdaptiveReport.from_dict(json.loads(report.to_json()))
+    assert again.victim_outliers == report.victim_outliers and again.telltale_tensors() == ["a.weight", "c.weight"]
+    report.outliers = {"a.weight": 4}
+    assert "no tensor holds more than twice" in report.outlier_line()
