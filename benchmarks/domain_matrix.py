@@ -51,6 +51,9 @@ OBJECTIVE_LABELS = {"information": "default lock (information)", "paper": "paper
 FRACTION = 1.0
 MIN_MEASURABLE_ADVANTAGE = 0.03  # as in hf_encoderlock.probing.lock_report: below it the ratios are probe noise
 CELLS_SUBDIR = "cells"
+#: advantage removed by fresh probes, kept by fresh probes, removed in the worst case of the adaptive suite's
+#: probe-only families (sanitised weights, transformed inputs, both): the lock's strength
+MEASURES: tuple[str, ...] = ("advantage_removed", "advantage_kept", "adaptive_worst_removed")
 SUMMARY_JSON, SUMMARY_MD, SUMMARY_PNG = "domain_matrix.json", "domain_matrix.md", "domain_matrix.png"
 
 
@@ -217,12 +220,19 @@ def cell_from_report(report: dict[str, Any], objective: str, authorized: str, pr
         )
     by_role = {r["role"]: r for r in rows if r["role"] in ("authorized", "prohibited")}
     lock = report["lock"]
+    # the attacker who knows the method (the main job's adaptive suite, probe-only families), where it ran
+    adaptive = report.get("adaptive") or {}
+    worst = next((w for w in adaptive.get("worst_case", []) if w["domain"] == prohibited), {})
     return {
         "objective": objective,
         "authorized": authorized,
         "prohibited": prohibited,
         "advantage_removed": by_role["prohibited"]["advantage_removed"],
         "advantage_kept": by_role["authorized"]["advantage_kept"],
+        "adaptive_worst_removed": _finite(worst.get("worst_removed")),
+        "adaptive_worst_accuracy": _finite(worst.get("worst_accuracy")),
+        "adaptive_worst_attack": f"{worst['worst_family']}: {worst['worst_attack']}" if worst else None,
+        "telltale_tensors": adaptive.get("telltale_tensors"),
         "weights_changed": lock["mask"]["count"],
         "fraction_changed": lock["mask"]["fraction"],
         "num_parameters": lock["mask"]["num_parameters"],
@@ -306,6 +316,17 @@ def _accuracies(row: dict[str, Any] | None) -> str:
     return f"{_pct(row['victim'])} / {_pct(row['random_twin'])} / {_pct(row['locked'])}"
 
 
+def _worst(cell: dict[str, Any]) -> str:
+    if cell.get("adaptive_worst_removed") is None:
+        return "not measured"
+    accuracy, removed = _pct(cell["adaptive_worst_accuracy"]), _pct(cell["adaptive_worst_removed"])
+    return f"{accuracy}% ({cell['adaptive_worst_attack']}): {removed}"
+
+
+def _count(items: list[str] | None) -> str:
+    return "-" if items is None else str(len(items))
+
+
 def _objectives_present(cells: dict, requested: list[str]) -> list[str]:
     present = {key[0] for key in cells}
     return [o for o in OBJECTIVES if o in present or o in requested]
@@ -320,13 +341,13 @@ def summarize(output: Path, objectives: list[str]) -> dict[str, Any]:
         objective: {
             measure: {
                 a: {
-                    p: (cells[(objective, a, p)][measure] if (objective, a, p) in cells else None)
+                    p: (cells[(objective, a, p)].get(measure) if (objective, a, p) in cells else None)
                     for p in LOCK_DOMAINS
                     if p != a
                 }
                 for a in LOCK_DOMAINS
             }
-            for measure in ("advantage_removed", "advantage_kept")
+            for measure in MEASURES
         }
         for objective in objectives
     }
@@ -364,6 +385,9 @@ def _matrix_table(summary: dict[str, Any], objective: str, measure: str, cells: 
                 entries.append("not run")
             else:
                 cell = cells[(objective, a, p)]
+                if measure == "adaptive_worst_removed":
+                    entries.append(_pct(cell.get(measure)))
+                    continue
                 row = _row(cell, "prohibited" if measure == "advantage_removed" else "authorized")
                 entries.append(f"{_pct(cell[measure])}{_seed_range(row, measure)}")
         lines.append(f"| **{a}** | " + " | ".join(entries) + " |")
@@ -385,7 +409,15 @@ def summary_markdown(summary: dict[str, Any], cells: dict, all_cells: list) -> s
     ]
     for objective in summary["objectives"]:
         label = OBJECTIVE_LABELS[objective]
-        for measure, title in (("advantage_removed", "removed (prohibited)"), ("advantage_kept", "kept (authorized)")):
+        for measure, title in (
+            ("advantage_removed", "removed (prohibited)"),
+            ("advantage_kept", "kept (authorized)"),
+            ("adaptive_worst_removed", "removed in the worst case of an attacker who knows the method (prohibited)"),
+        ):
+            if measure == "adaptive_worst_removed" and not any(
+                cells[key].get(measure) is not None for key in cells if key[0] == objective
+            ):
+                continue
             lines += [f"## {label}: advantage {title}, %", ""]
             lines += _matrix_table(summary, objective, measure, cells)
             lines.append("")
@@ -393,13 +425,14 @@ def summary_markdown(summary: dict[str, Any], cells: dict, all_cells: list) -> s
         "## Per cell: accuracies (victim / random-init twin / locked, %)",
         "",
         "| Objective | Authorized | Prohibited | Authorized: victim / twin / locked | Kept | "
-        "Prohibited: victim / twin / locked | Removed | digits: victim / twin / locked | Weights changed | Time |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "Prohibited: victim / twin / locked | Removed | Worst case (attack): removed | Tell-tale tensors | "
+        "digits: victim / twin / locked | Weights changed | Time |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for key in all_cells:
         objective, a, p = key
         if key not in cells:
-            lines.append(f"| {objective} | {a} | {p} | not run | | | | | | |")
+            lines.append(f"| {objective} | {a} | {p} | not run | | | | | | | | |")
             continue
         cell = cells[key]
         auth, proh = _row(cell, "authorized"), _row(cell, "prohibited")
@@ -408,7 +441,8 @@ def summary_markdown(summary: dict[str, Any], cells: dict, all_cells: list) -> s
         weights = f"{cell['weights_changed']:,} ({100 * cell['fraction_changed']:.2f}%)"
         lines.append(
             f"| {objective} | {a} | {p} | {_accuracies(auth)} | {_pct(cell['advantage_kept'])} | "
-            f"{_accuracies(proh)} | {_pct(cell['advantage_removed'])} | {_accuracies(other)} | {weights} | "
+            f"{_accuracies(proh)} | {_pct(cell['advantage_removed'])} | {_worst(cell)} | "
+            f"{_count(cell.get('telltale_tensors'))} | {_accuracies(other)} | {weights} | "
             f"{seconds / 60:.1f} min |"
         )
     lines += [
@@ -430,10 +464,15 @@ def plot_matrix(summary: dict[str, Any], path: Path) -> None:
 
     objectives = summary["objectives"]
     n = len(LOCK_DOMAINS)
-    figure, axes = plt.subplots(len(objectives), 2, figsize=(12, 4.5 * len(objectives)), squeeze=False)
-    panels = (
+    panels = [
         ("advantage_removed", "removed (prohibited)", "Reds", 0.0),
         ("advantage_kept", "kept (authorized)", "Greens", 0.7),
+    ]
+    measured = summary["matrices"][objectives[0]].get("adaptive_worst_removed", {}) if objectives else {}
+    if any(value is not None for row in measured.values() for value in row.values()):
+        panels.append(("adaptive_worst_removed", "removed, worst case (adaptive)", "Reds", 0.0))
+    figure, axes = plt.subplots(
+        len(objectives), len(panels), figsize=(6 * len(panels), 4.5 * len(objectives)), squeeze=False
     )
     for axes_row, objective in zip(axes, objectives):
         for axis, (measure, title, cmap_name, low) in zip(axes_row, panels):
