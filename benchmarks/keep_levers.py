@@ -180,7 +180,7 @@ SETTINGS: dict[str, list[str]] = {
     "prohibited batch x2, whitening 0.1, seed 2, 2 threads": _whitened("--seed", "2"),
     "prohibited batch x2, whitening 0.1, seed 3, 2 threads": _whitened("--seed", "3"),
     "prohibited batch x2, whitening 0.1, seed 4, 2 threads": _whitened("--seed", "4"),
-    # the variants (README, "Unsupervised and zero-shot locking"); prohibited = mnist-m in the summary either way
+    # the variants (docs/VARIANTS.md); prohibited = mnist-m in the summary either way
     "unsupervised, tau 0.01": _flags("0.01", "0.1", "-1 0 1", "10", "--variant", "unsupervised"),
     "unsupervised, tau 0.02": _flags("0.02", "0.1", "-1 0 1", "10", "--variant", "unsupervised"),
     "zero-shot, tau 0.01": _flags("0.01", "0.1", "-1 0 1", "10", "--variant", "zero-shot"),

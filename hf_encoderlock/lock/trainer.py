@@ -256,7 +256,7 @@ class EncoderLockTrainer(Trainer):
             logger.warning(
                 "authorized_projection is off, and every update moves the authorized features too, but learning_rate "
                 "is %g: unprojected locks were measured at %g (unprojected_learning_rate); set --learning_rate %g "
-                "unless you mean it (README, 'A lock that holds against fresh probes')",
+                "unless you mean it (docs/DEFAULT_LOCK.md)",
                 args.learning_rate,
                 args.unprojected_learning_rate,
                 args.unprojected_learning_rate,
@@ -548,8 +548,9 @@ class EncoderLockTrainer(Trainer):
     def repairing(self) -> bool:
         """Whether the update being computed is one of the ``repair_steps`` after the last round. Not when 'auto'
         dropped the projection: unprojected, the lock's cost to the authorized domain lies along what it removed, and
-        a repair takes both back (measured on ``mnist-m`` -> ``mnist``: 3.4% of the advantage left removed, README
-        "When the projection leaves no room"), so those steps continue the lock on the last round's mask instead."""
+        a repair takes both back (measured on ``mnist-m`` -> ``mnist``: 3.4% of the advantage left removed,
+        docs/DEFAULT_LOCK.md "When the projection leaves no room"), so those steps continue the lock on the last
+        round's mask instead."""
         return self.state.global_step >= self.args.lock_steps and not self.lock_state.projection_dropped
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -699,14 +700,14 @@ class EncoderLockTrainer(Trainer):
         if self.args.authorized_projection != AUTO_PROJECTION:
             logger.warning(
                 "authorized_projection: %s. Consider authorized_projection='auto', which then runs unprojected "
-                "(README, 'Every domain pair').",
+                "(docs/RESULTS.md, 'Every domain pair').",
                 why,
             )
             return
         logger.warning(
             "authorized_projection='auto': %s. The lock runs unprojected at unprojected_learning_rate=%g instead "
-            "(any repair steps continue it); expect it to cost the authorized domain more (README, 'Every domain "
-            "pair').",
+            "(any repair steps continue it); expect it to cost the authorized domain more (docs/RESULTS.md, 'Every "
+            "domain pair').",
             why,
             self.args.unprojected_learning_rate,
         )
