@@ -198,7 +198,7 @@ SETTINGS: dict[str, list[str]] = {
         "0.01",
     ),
     "greyscale copies, 2 threads": _whitened("--prohibited_transforms", "greyscale"),
-    # the variants (README, "Unsupervised and zero-shot locking"); prohibited = mnist-m in the summary either way
+    # the variants (docs/VARIANTS.md); prohibited = mnist-m in the summary either way
     "unsupervised, tau 0.01": _flags("0.01", "0.1", "-1 0 1", "10", "--variant", "unsupervised"),
     "unsupervised, tau 0.02": _flags("0.02", "0.1", "-1 0 1", "10", "--variant", "unsupervised"),
     "zero-shot, tau 0.01": _flags("0.01", "0.1", "-1 0 1", "10", "--variant", "zero-shot"),

@@ -10,8 +10,9 @@ block 0 budgeted, of which 2 rounds run), 5 masked updates a round at batch 16 +
 split, lock data streamed (``lock_cache_bytes=0``). Then plain fine-tuning of the same encoder (every weight, a linear
 head, AdamW) on the same batches, for images per second side by side. Peak RSS is sampled from ``/proc``.
 
-Writes ``vit_base_lock.json`` and ``vit_base_lock.md`` under ``--out``; the README quotes them, with an estimate of a
-full default-budget lock of this model on one GPU derived from the measured ratio (stated as an estimate).
+Writes ``vit_base_lock.json`` and ``vit_base_lock.md`` under ``--out``; docs/LARGE_DATASETS.md quotes them,
+with an estimate of a full default-budget lock of this model on one GPU derived from the measured ratio (stated as an
+estimate).
 """
 
 from __future__ import annotations

@@ -61,7 +61,10 @@ class LockExperimentArguments:
     prohibited: str = field(default="mnist-m", metadata={"help": "Prohibited domain: built-in name, folder or Hub id."})
     report_domains: list[str] | None = field(
         default=None,
-        metadata={"help": "Further domains probed before and after (default: every other built-in domain)."},
+        metadata={
+            "help": "Further domains probed before and after (default: every other built-in domain with the built-in "
+            "victim; none with --model)."
+        },
     )
     image_column: str = field(default="image", metadata={"help": "Image column of Hub / folder domains."})
     label_column: str = field(default="label", metadata={"help": "Label column of Hub / folder domains."})
@@ -84,7 +87,13 @@ class LockExperimentArguments:
             "(weight sanitisation, input transformations, both; probe-only) and report the worst case."
         },
     )
-    cache_dir: str | None = field(default=None, metadata={"help": "Cache for domains and features."})
+    cache_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Cache for built-in domains and features (default: built-in domains in $HF_ENCODERLOCK_CACHE or "
+            "~/.cache/hf_encoderlock; features in memory only)."
+        },
+    )
 
     def __post_init__(self) -> None:
         if not 0.0 < self.lock_share < 1.0:

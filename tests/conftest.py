@@ -8,6 +8,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import json  # noqa: E402
+import subprocess  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any, NamedTuple  # noqa: E402
 
@@ -23,6 +24,13 @@ from tests.hub_server import FakeHubServer  # noqa: E402
 
 # OMP_NUM_THREADS, when set, wins: on a shared, loaded machine two spinning threads per op run ~10x slower than one.
 torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or max(1, min(2, os.cpu_count() or 1))))
+
+
+@pytest.fixture(autouse=True)
+def _own_working_directory(tmp_path_factory, monkeypatch):
+    """Run every test in a temporary folder of its own, so that a relative path (a default ``output_dir``, a
+    ``save_pretrained("locked")``) can never write into the checkout."""
+    monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
 
 
 @pytest.fixture(autouse=True)
@@ -122,3 +130,40 @@ def fake_hub(monkeypatch, tmp_path):
 def audit_folders(tmp_path) -> tuple[Path, Path]:
     """``(orig, locked)`` folders: a saved tiny encoder and a hand-made lock of it (see ``build_audit_folders``)."""
     return build_audit_folders(tmp_path)
+
+
+# ------------------------------------------------------------------------------------------------- a clean checkout
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+_STATUS_BEFORE = pytest.StashKey[str | None]()
+
+
+def _checkout_status() -> str | None:
+    """``git status --porcelain`` of the checkout, or ``None`` outside a git checkout."""
+    try:
+        done = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=all"],
+            cwd=REPOSITORY,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout if done.returncode == 0 else None
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    session.config.stash[_STATUS_BEFORE] = _checkout_status()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the run when the tests changed the checkout: a test wrote where it should have used tmp_path."""
+    before, after = session.config.stash.get(_STATUS_BEFORE, None), _checkout_status()
+    if before is None or after is None or before == after:
+        return
+    changed = sorted(set(after.splitlines()) ^ set(before.splitlines()))
+    session.config.get_terminal_writer().line(
+        "the tests changed the checkout (git status --porcelain): " + "; ".join(changed[:10]), red=True
+    )
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED

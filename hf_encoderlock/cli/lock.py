@@ -4,19 +4,21 @@
 Every field of :class:`~hf_encoderlock.experiment.LockExperimentArguments` and
 :class:`~hf_encoderlock.lock.config.EncoderLockConfig` (which includes all of ``transformers.TrainingArguments``) is
 a flag, in ``--snake_case`` or ``--kebab-case``. ``--config FILE`` (YAML or JSON) sets values that flags then
-override; a lone ``FILE.yaml`` / ``FILE.json`` argument works as ``--config FILE``.
+override; a lone ``FILE.yaml`` / ``FILE.json`` argument works as ``--config FILE``. ``--help`` lists the main job's
+own flags by group; ``--help-all`` adds every ``TrainingArguments`` flag.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import typing
 from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
-from transformers import HfArgumentParser
+from transformers import HfArgumentParser, TrainingArguments
 
 from ..data.domains import DomainError
 from ..data.lock_tensors import LockDataError
@@ -24,10 +26,50 @@ from ..encoders import EncoderError
 from ..experiment import LockExperimentArguments, run_lock_experiment
 from ..lock.config import NONE_WORDS, EncoderLockConfig
 from ..probing.lock_report import lock_report_markdown
+from .lock_help import HELP_ALL_WORD, cached_help, help_request, store_help
 
 USER_ERRORS = (DomainError, EncoderError, LockDataError)
 PASSTHROUGH = True  # cli.main hands every word after `lock` to parse_lock_args
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
+USAGE = (
+    "encoderlock lock [--config FILE] [--FLAG VALUE ...]   "
+    f"(--help: the main job's flags; {HELP_ALL_WORD}: every TrainingArguments flag too)"
+)
+
+#: ``--help`` groups, in order: the main job's own flags and the few Trainer flags a lock is run with. A field of
+#: ours that is in no group still shows, under "Other lock settings"; the other TrainingArguments flags show under one
+#: heading with ``--help-all`` only.
+HELP_GROUPS: dict[str, tuple[str, ...]] = {
+    "Encoder and data": (
+        "model", "pooling", "authorized", "prohibited", "report_domains", "image_column", "label_column",
+        "lock_share", "max_lock_images", "domain_seed", "cache_dir", "lock_cache_bytes", "output_dir",
+        "overwrite_output_dir",
+    ),
+    "Lock: budget, selection and updates": (
+        "num_rounds", "weights_per_round", "layers_per_round", "update_steps_per_round", "learning_rate",
+        "per_device_train_batch_size", "prohibited_batch_factor", "authorized_projection", "unprojected_learning_rate",
+        "max_authorized_drift", "repair_steps", "repair_learning_rate", "weight_bound", "magnitude_gate",
+        "score_function", "score_eps", "score_batches", "candidate_blocks", "candidate_module_types",
+        "candidate_name_patterns", "seed", "ddp_global_batch",
+    ),
+    "Objective and variant": (
+        "variant", "objective", "alpha", "objective_eps", "info_r2_weight", "info_mmd_weight", "info_knn_weight",
+        "info_ridge", "info_whitening_shrinkage", "info_mmd_bandwidths", "info_knn_temperature",
+        "info_preserve_weight", "info_authorized_weight", "prohibited_poolings", "num_pseudo_classes",
+        "pseudo_label_restarts", "contrastive_temperature", "augment_crop_scale", "augment_brightness",
+        "augment_contrast", "augment_saturation", "augment_noise", "zero_shot_generators", "zero_shot_images",
+        "finetune_aware_steps", "finetune_aware_lr", "finetune_aware_weight",
+    ),
+    "Self-challenge (the lock's own adversary heads)": (
+        "challenge_every", "adversary_kinds", "adversary_seeds", "adversary_learning_rates", "adversary_epochs",
+        "adversary_hidden_size", "validation_fraction", "challenge_max_images", "best_model_criterion",
+    ),
+    "Measurement (probes before and after, the adaptive attacker)": (
+        "probe_fractions", "probe_seeds", "probe_batch_size", "adaptive_attacks",
+    ),
+    "Publishing": ("push_to_hub", "hub_model_id", "hub_private_repo", "hub_gated", "hub_strategy", "hub_token"),
+}  # fmt: skip
+TRAINER_HEADING = "Trainer flags (transformers.TrainingArguments)"
 
 
 class ConfigFileError(ValueError):
@@ -42,9 +84,10 @@ def _none_or(convert):
     return parse
 
 
-def lock_argument_parser() -> HfArgumentParser:
+def lock_argument_parser(show_trainer_flags: bool = True) -> HfArgumentParser:
     """The parser of the main job: experiment arguments + the lock config. A number field that may be None (e.g.
-    ``authorized_projection``, ``challenge_max_images``) takes ``none`` or ``null`` on the command line."""
+    ``authorized_projection``, ``challenge_max_images``) takes ``none`` or ``null`` on the command line. Its help lists
+    the flags by group, the TrainingArguments flags last (or, without ``show_trainer_flags``, only their count)."""
     classes = (LockExperimentArguments, EncoderLockConfig)
     # read before HfArgumentParser, which replaces an Optional field's type by its inner type
     may_be_none = {
@@ -53,11 +96,68 @@ def lock_argument_parser() -> HfArgumentParser:
         for name, hint in typing.get_type_hints(cls).items()
         if type(None) in typing.get_args(hint)
     }
-    parser = HfArgumentParser(classes, prog="encoderlock lock")
+    parser = HfArgumentParser(classes, prog="encoderlock lock", usage=USAGE, formatter_class=_HelpFormatter)
     for action in parser._actions:
         if action.dest in may_be_none and action.type in (int, float):
             action.type = _none_or(action.type)
+    own = {field.name for cls in classes for field in dataclasses.fields(cls)} - {
+        field.name for field in dataclasses.fields(TrainingArguments)
+    }
+    _group_flags(parser, own, show_trainer_flags)
     return parser
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """States a default once: a help text that already says what its default means keeps its own words."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if isinstance(action, argparse._StoreFalseAction):  # --no_name: HfArgumentParser copies --name's help
+            return f"Turn {action.option_strings[0].replace('--no_', '--', 1)} off."
+        if "default:" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _group_flags(parser: argparse.ArgumentParser, own: set[str], show_trainer_flags: bool) -> None:
+    """Move every flag into its ``HELP_GROUPS`` group; the remaining Trainer flags go under one heading, listed only
+    when ``show_trainer_flags`` (they stay accepted either way)."""
+    by_dest: dict[str, list[argparse.Action]] = {}
+    for action in parser._actions:  # a boolean field has two flags: --name and --no_name
+        if action.option_strings and action.dest != "help":
+            by_dest.setdefault(action.dest, []).append(action)
+    for title, names in HELP_GROUPS.items():
+        _move(parser, [action for name in names for action in by_dest.pop(name, [])], title)
+    other = [action for dest, actions in by_dest.items() if dest in own for action in actions]
+    _move(parser, other, "Other lock settings")
+    trainer = [action for dest, actions in by_dest.items() if dest not in own for action in actions]
+    if show_trainer_flags:
+        _move(parser, trainer, TRAINER_HEADING)
+    else:
+        for action in trainer:
+            action.help = argparse.SUPPRESS
+        group = parser.add_argument_group(TRAINER_HEADING)
+        group.description = f"{len(trainer)} more flags, accepted as in transformers: listed by {HELP_ALL_WORD}."
+        _move(parser, trainer, TRAINER_HEADING)
+
+
+def _move(parser: argparse.ArgumentParser, actions: list[argparse.Action], title: str) -> None:
+    if not actions:
+        return
+    group = next((g for g in parser._action_groups if g.title == title), None) or parser.add_argument_group(title)
+    for action in actions:
+        for old in parser._action_groups:
+            if action in old._group_actions:
+                old._group_actions.remove(action)
+        group._group_actions.append(action)
+
+
+def lock_help_text(flavour: str = "short") -> str:
+    """``encoderlock lock --help`` (``flavour="all"``: ``--help-all``), rendered once per version of the sources."""
+    text = cached_help(flavour)
+    if text is None:
+        text = lock_argument_parser(show_trainer_flags=flavour == "all").format_help()
+        store_help(flavour, text)
+    return text
 
 
 def _config_values(path: Path, parser: HfArgumentParser) -> dict:
@@ -82,6 +182,10 @@ def _config_values(path: Path, parser: HfArgumentParser) -> dict:
 def parse_lock_args(argv: Sequence[str]) -> tuple[LockExperimentArguments, EncoderLockConfig]:
     """``(experiment arguments, lock config)`` from command-line words: ``--config FILE`` first, flags over it."""
     words = list(argv)
+    flavour = help_request(words)
+    if flavour is not None:
+        print(lock_help_text(flavour), end="")
+        raise SystemExit(0)
     config_path = None
     if "--config" in words:
         at = words.index("--config")

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from types import ModuleType
 
 from .. import __version__
+from .lock_help import cached_help, help_request
 
 PROG = "encoderlock"
 EXIT_USER_ERROR = 2
@@ -112,6 +113,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = DEBUG_FLAG in argv
     argv = [word for word in argv if word != DEBUG_FLAG]
     chosen = next((a for a in argv if not a.startswith("-")), None)
+    if chosen == "lock" and argv[0] == chosen:
+        # the main job's help was rendered before for these sources: print it without importing torch
+        flavour = help_request(argv[1:])
+        text = None if flavour is None else cached_help(flavour)
+        if text is not None:
+            print(text, end="")
+            raise SystemExit(0)  # as argparse's --help does
     if chosen in COMMANDS and getattr(command_module(chosen), "PASSTHROUGH", False) and argv[0] == chosen:
         # the command parses its own words (the main job's HfArgumentParser), --help included
         args = argparse.Namespace(command=chosen, words=argv[1:])

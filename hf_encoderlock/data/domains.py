@@ -43,7 +43,7 @@ from datasets import ClassLabel, Dataset, DatasetDict, Features, load_dataset, l
 from PIL import Image as PILImage
 from PIL import ImageOps
 
-from .._utils import atomic_folder
+from .._utils import atomic_folder, default_cache_dir
 from ..encoders import SIXTEEN_BIT_MODES, EncoderError, convert_image, float_pixels_to_8bit, integer_pixels_to_8bit
 from .builtin import BUILTIN_DOMAINS, BUILTIN_VERSION, TEST_FRACTION, builtin_arrays
 from .errors import DomainError
@@ -111,12 +111,6 @@ class DomainSpec:
         if _is_local(self.name):
             return Path(self.name).expanduser().resolve().name or self.name
         return f"{self.name}:{self.config}" if self.config else self.name
-
-
-def default_cache_dir() -> Path:
-    """``$HF_ENCODERLOCK_CACHE`` if set, else ``~/.cache/hf_encoderlock``."""
-    env = os.environ.get("HF_ENCODERLOCK_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "hf_encoderlock"
 
 
 # --------------------------------------------------------------------------------------------- spec resolution

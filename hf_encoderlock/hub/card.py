@@ -42,6 +42,7 @@ from .._files import (
 )
 from .._utils import as_finite_float, percent
 from ..data.domains import BUILTIN_DOMAINS, DomainSpec
+from ..probing.lock_report import advantage_text
 
 # The top-level model_card_template.md of the repository; the package ships it through a link (see setup.py).
 TEMPLATE_PATH = Path(__file__).parent / "model_card_template.md"
@@ -700,7 +701,9 @@ class EncoderLockCardData:
                     "domain": row["domain"],
                     "role": row.get("role") or "other",
                     **{k: percent(row.get(k)) for k in ("random_twin", "victim", "locked", "lock_own_head")},
-                    "advantage": percent(row.get("advantage_removed", row.get("advantage_kept"))),
+                    "advantage": advantage_text(
+                        row, "advantage_removed" if "advantage_removed" in row else "advantage_kept"
+                    ),
                     "choice": row.get("attacker_choice_locked") or "n/a",
                 }
                 for row in self.results

@@ -27,8 +27,8 @@ DEFAULT_NUM_TRAIN_EPOCHS = TrainingArguments.__dataclass_fields__["num_train_epo
 VARIANTS = ("supervised", "unsupervised", "zero-shot")
 AUTO_POOLINGS = "auto"  # prohibited_poolings: every pooling the encoder offers, when the objective combines them
 # authorized_projection "auto": the threshold per variant, chosen on the probes' validation split of the default task
-# (benchmarks/keep_levers.py and the README): pseudo-labels and synthetic data carry less of the prohibited domain's
-# class structure, so their locks need more room to move.
+# (benchmarks/keep_levers.py and docs/VARIANTS.md): pseudo-labels and synthetic data carry less of the prohibited
+# domain's class structure, so their locks need more room to move.
 AUTO_PROJECTION = "auto"
 NONE_WORDS = ("none", "null")  # what a flag of a field that may be None takes for None (as YAML's null)
 PROJECTION_BY_VARIANT = {"supervised": 0.01, "unsupervised": 0.02, "zero-shot": 0.05}
@@ -345,7 +345,7 @@ class EncoderLockConfig(TrainingArguments):
             "help": "Prohibited images per authorized image in an update batch: the prohibited side of a batch holds "
             "this times per_device_train_batch_size images (lowered, with a warning, when the lock data hold fewer "
             "than one such batch). The information measures are batch statistics, and a larger prohibited batch "
-            "estimates them, and their gradient, with less noise (README, 'Prohibited batch')."
+            "estimates them, and their gradient, with less noise (docs/DEFAULT_LOCK.md, 'Prohibited batch')."
         },
     )
     repair_steps: int = field(

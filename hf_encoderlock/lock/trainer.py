@@ -73,6 +73,11 @@ from .variants.generators import generate_prohibited
 from .variants.pseudo_labels import cluster_pseudo_labels
 
 logger = logging.getLogger(__name__)
+# Warn when the budget (num_rounds x weights_per_round) exceeds this share of the candidate weights: the lock is
+# meant to change a sparse set of weights, and the default budget is below it on the default victim.
+BUDGET_WARNING_SHARE = 0.05
+# Warn when the authorized drift at the last update is this many times max_authorized_drift.
+DRIFT_WARNING_FACTOR = 10.0
 
 # encoderlock_config.json entries a resumed checkpoint must share with the run (with every hyperparameter)
 RESUME_MUST_MATCH = ("variant", "objective", "base_model", "poolings", "authorized", "prohibited", "seed")
@@ -257,7 +262,7 @@ class EncoderLockTrainer(Trainer):
             logger.warning(
                 "authorized_projection is off, and every update moves the authorized features too, but learning_rate "
                 "is %g: unprojected locks were measured at %g (unprojected_learning_rate); set --learning_rate %g "
-                "unless you mean it (README, 'A lock that holds against fresh probes')",
+                "unless you mean it (docs/DEFAULT_LOCK.md)",
                 args.learning_rate,
                 args.unprojected_learning_rate,
                 args.unprojected_learning_rate,
@@ -354,10 +359,24 @@ class EncoderLockTrainer(Trainer):
                 f"{args.layers_per_round} largest candidate layer(s) (layers_per_round): lower it or raise "
                 "layers_per_round"
             )
-        if args.weights_per_round * args.num_rounds > sum(sizes):
+        budget = args.weights_per_round * args.num_rounds
+        if budget > sum(sizes):
             raise ValueError(
-                f"num_rounds x weights_per_round = {args.weights_per_round * args.num_rounds} exceeds the "
+                f"num_rounds x weights_per_round = {budget} exceeds the "
                 f"{sum(sizes)} candidate weights (candidate_blocks={args.candidate_blocks}); lower the budget"
+            )
+        if budget > BUDGET_WARNING_SHARE * sum(sizes):
+            # the budget is absolute: sized for the default victim, it rewrites much of a small encoder's layers
+            logger.warning(
+                "num_rounds x weights_per_round = %d is %.0f%% of the %d candidate weights (candidate_blocks=%s): "
+                "the lock will change a large share of those layers, not a sparse set of weights. The defaults are "
+                "sized for the built-in victim; for this encoder consider weights_per_round=%d (%.0f%% of them).",
+                budget,
+                100 * budget / sum(sizes),
+                sum(sizes),
+                args.candidate_blocks,
+                max(1, int(BUDGET_WARNING_SHARE * sum(sizes) / (2 * args.num_rounds))),
+                100 * BUDGET_WARNING_SHARE / 2,
             )
 
     def _usable_prohibited_batch_factor(self, args: EncoderLockConfig) -> int:
@@ -561,8 +580,9 @@ class EncoderLockTrainer(Trainer):
     def repairing(self) -> bool:
         """Whether the update being computed is one of the ``repair_steps`` after the last round. Not when 'auto'
         dropped the projection: unprojected, the lock's cost to the authorized domain lies along what it removed, and
-        a repair takes both back (measured on ``mnist-m`` -> ``mnist``: 3.4% of the advantage left removed, README
-        "When the projection leaves no room"), so those steps continue the lock on the last round's mask instead."""
+        a repair takes both back (measured on ``mnist-m`` -> ``mnist``: 3.4% of the advantage left removed,
+        docs/DEFAULT_LOCK.md "When the projection leaves no room"), so those steps continue the lock on the last
+        round's mask instead."""
         return self.state.global_step >= self.args.lock_steps and not self.lock_state.projection_dropped
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -712,14 +732,14 @@ class EncoderLockTrainer(Trainer):
         if self.args.authorized_projection != AUTO_PROJECTION:
             logger.warning(
                 "authorized_projection: %s. Consider authorized_projection='auto', which then runs unprojected "
-                "(README, 'Every domain pair').",
+                "(docs/RESULTS.md, 'Every domain pair').",
                 why,
             )
             return
         logger.warning(
             "authorized_projection='auto': %s. The lock runs unprojected at unprojected_learning_rate=%g instead "
-            "(any repair steps continue it); expect it to cost the authorized domain more (README, 'Every domain "
-            "pair').",
+            "(any repair steps continue it); expect it to cost the authorized domain more (docs/RESULTS.md, 'Every "
+            "domain pair').",
             why,
             self.args.unprojected_learning_rate,
         )
@@ -832,12 +852,28 @@ class EncoderLockTrainer(Trainer):
         """At the end of ``train()``: the last update checked, the final challenge, the best encoder put back, the
         guard removed."""
         self.check_weights_finite("the lock stopped after its last update")
+        self._warn_if_drift_ran_away()
         self._show_phase(self.args.num_rounds, "final challenge")
         self.challenge(round_index=self.args.num_rounds)
         self.restore_best_encoder()
         if self.guard is not None:
             self.guard.remove()
             self.guard = None
+
+    def _warn_if_drift_ran_away(self) -> None:
+        """Say so when the authorized features ended far from the unlocked encoder's: the drift guard held only
+        projected steps, or could not hold them, and the authorized domain probably paid for the lock."""
+        drift, guard = self.lock_state.last_logs.get("authorized_drift"), self.args.max_authorized_drift
+        if drift is None or guard <= 0 or drift <= DRIFT_WARNING_FACTOR * guard:
+            return
+        logger.warning(
+            "The authorized features' drift at the last update was %.3g, %.0f times max_authorized_drift=%g: the "
+            "lock moved what the authorized domain's probes see. Check the advantage kept on the authorized domain "
+            "(the main job's report) before publishing; a smaller learning_rate or budget moves it less.",
+            drift,
+            drift / guard,
+            guard,
+        )
 
     def _challenge_due(self, round_index: int) -> bool:
         """Every ``challenge_every`` rounds, never twice for one round (round 0's runs in :meth:`begin_lock`)."""

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .._utils import markdown_row, optional_import, percent
+from .._utils import as_finite_float, markdown_row, optional_import, percent
 from .adaptive import AdaptiveReport, adaptive_table_markdown
 from .probe_report import ENCODER_ROLE, ProbeReport, lock_measures
 
@@ -27,10 +27,34 @@ def _not_measurable(row: dict[str, Any], ratio: float | None) -> str:
     if ratio is None or math.isnan(ratio) or row["victim"] - row["random_twin"] < MIN_MEASURABLE_ADVANTAGE:
         return (
             "not measurable: the victim's advantage over its random-init twin on this domain is within probe noise "
-            f"(victim {100 * row['victim']:.1f}%, twin {100 * row['random_twin']:.1f}%, "
-            f"locked {100 * row['locked']:.1f}%)"
+            f"(victim {100 * row['victim']:.1f}%, twin {100 * row['random_twin']:.1f}%: "
+            f"{100 * (row['victim'] - row['random_twin']):.1f} points, under the "
+            f"{100 * MIN_MEASURABLE_ADVANTAGE:.0f}-point noise floor; locked {100 * row['locked']:.1f}%)"
         )
     return ""
+
+
+def advantage_text(row: dict[str, Any], key: str, missing: str = "n/a") -> str:
+    """A table cell for ``row[key]`` (``advantage_removed`` or ``advantage_kept``): "within noise" where the victim's
+    advantage over its twin is (a ratio of two noises says nothing), a removal above 100% marked as below the twin."""
+    value = as_finite_float(row.get(key))
+    if value is None:
+        return missing
+    victim, twin = as_finite_float(row.get("victim")), as_finite_float(row.get("random_twin"))
+    if victim is not None and twin is not None and victim - twin < MIN_MEASURABLE_ADVANTAGE:
+        return "within noise"
+    text = percent(value)
+    return f"{text} (below the twin)" if key == "advantage_removed" and value > 1.0 else text
+
+
+def _below_twin(row: dict[str, Any], removed: float) -> str:
+    """Words for a removal above 100%: fresh probes on the lock fell below the random-init twin."""
+    if removed <= 1.0:
+        return ""
+    return (
+        f" (above 100%: fresh probes on the lock, {100 * row['locked']:.1f}%, fall below the random-init twin, "
+        f"{100 * row['random_twin']:.1f}%)"
+    )
 
 
 def prohibited_verdict(row: dict[str, Any]) -> str:
@@ -44,15 +68,15 @@ def prohibited_verdict(row: dict[str, Any]) -> str:
         against = (
             f"an attacker who knows the method ({row['adaptive_attack']}) reaches {100 * row['adaptive_worst']:.1f}%: "
             f"{100 * worst:.0f}% of the advantage removed, against {100 * removed:.0f}% under fresh probes "
-            f"(victim {100 * row['victim']:.1f}%)"
+            f"(victim {100 * row['victim']:.1f}%){_below_twin(row, removed)}"
         )
         if min(removed, worst) >= HOLD_THRESHOLD:
             return f"lock holds: {against}"
         return f"lock does NOT hold: {against}"
     if removed >= HOLD_THRESHOLD:
         return (
-            f"lock holds against fresh probes: {100 * removed:.0f}% of the victim's advantage removed "
-            "(no adaptive attacker ran)"
+            f"lock holds against fresh probes: {100 * removed:.0f}% of the victim's advantage removed"
+            f"{_below_twin(row, removed)} (no adaptive attacker ran)"
         )
     return (
         f"lock does NOT hold: only {100 * removed:.0f}% of the victim's advantage removed "
@@ -149,16 +173,16 @@ def lock_report_markdown(report: dict[str, Any]) -> str:
     ]
     for row in report["table"]:
         cells = [percent(row.get(key), missing="-") for key in TABLE_COLUMNS]
-        if row["victim"] - row["random_twin"] < MIN_MEASURABLE_ADVANTAGE:  # a ratio of two noises says nothing
-            cells[-2:] = ["within noise" if row.get(key) is not None else "-" for key in TABLE_COLUMNS[-2:]]
+        cells[-2:] = [advantage_text(row, key, missing="-") for key in TABLE_COLUMNS[-2:]]
         lines.append(markdown_row([row["domain"], row["role"] or "other", *cells]))
     lines += [
         "",
         "Fresh probe = the attacker's best of linear, MLP and kNN heads over CLS and mean pooling, chosen on a "
         "validation split of the attacker's own training images (never the lock's), scored on the test split. "
         "The lock's own head is the adversary head the lock trained against: its accuracy is not the lock's strength. "
-        f"Where the victim beats its twin by less than {100 * MIN_MEASURABLE_ADVANTAGE:.0f} points, the advantage "
-        "ratios are within probe noise and not shown.",
+        f"Where the victim beats its twin by less than {100 * MIN_MEASURABLE_ADVANTAGE:.0f} points (the noise floor "
+        "of these probes), the advantage ratios are within probe noise and not shown, on every side. A removal above "
+        "100% means fresh probes on the lock fall below the random-init twin.",
         "",
         *_adaptive_markdown(report),
         "## Verdict",

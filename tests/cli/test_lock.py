@@ -9,7 +9,7 @@ import pytest
 from datasets import DatasetDict
 
 from hf_encoderlock import __version__
-from hf_encoderlock.cli.lock import parse_lock_args
+from hf_encoderlock.cli.lock import HELP_GROUPS, TRAINER_HEADING, lock_help_text, parse_lock_args
 from hf_encoderlock.cli.main import build_parser, main
 from hf_encoderlock.encoders import tiny_vit_encoder
 from tests.helpers import toy_domain
@@ -40,6 +40,55 @@ def test_lock_help_lists_the_main_jobs_flags(capsys):
         main(["lock", "--help"])
     out = capsys.readouterr().out
     assert exited.value.code == 0 and "--num_rounds" in out and "--authorized" in out
+
+
+def test_lock_help_lists_the_lock_flags_by_group_and_the_trainer_flags_last(capsys):
+    with pytest.raises(SystemExit):
+        main(["lock", "--help"])
+    short = capsys.readouterr().out
+    titles = [*HELP_GROUPS, TRAINER_HEADING]
+    starts = [short.index(f"\n{title}:") for title in titles]
+    assert starts == sorted(starts)  # data, lock, objective, challenge, measurement, publishing, then the Trainer
+    assert short.index("--authorized") < short.index("--num_rounds") < short.index("--info_ridge")
+    assert short.index("--info_ridge") < short.index("--hub_gated") < short.index(TRAINER_HEADING)
+    assert "--gradient_accumulation_steps" not in short and "--help-all" in short
+    with pytest.raises(SystemExit) as exited:
+        main(["lock", "--help-all"])
+    full = capsys.readouterr().out
+    assert exited.value.code == 0
+    assert full.index(TRAINER_HEADING) < full.index("--gradient_accumulation_steps")
+    assert full.index("--num_rounds") < full.index(TRAINER_HEADING)
+
+
+def test_lock_help_states_defaults_once_and_truthfully(capsys):
+    with pytest.raises(SystemExit):
+        main(["lock", "--help"])
+    flags = " ".join(capsys.readouterr().out.split())  # the text unwrapped
+    assert "Turn --adaptive_attacks off." in flags  # not the copied "(default: False)" of --no_adaptive_attacks
+    assert "(default: every other built-in domain with the built-in victim; none with --model)." in flags
+    assert "--model MODEL Encoder to lock: a Hub id or a folder (default: the built-in offline victim ViT). --" in flags
+    experiment, _ = parse_lock_args(["--model", "folder"])
+    assert experiment.other_domains() == []  # what the help says --model does to the further domains
+    assert parse_lock_args([])[0].other_domains()
+
+
+def test_lock_help_takes_under_five_seconds_once_rendered(tmp_path, monkeypatch):
+    """Building the parser imports torch (TrainingArguments does), so the rendered help is kept in the cache."""
+    monkeypatch.setenv("HF_ENCODERLOCK_CACHE", str(tmp_path / "cache"))
+    rendered = lock_help_text("short")  # here, where transformers is imported already
+    command = [sys.executable, "-m", "hf_encoderlock.cli.main", "lock", "--help"]
+    started = time.perf_counter()
+    again = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    assert time.perf_counter() - started < 5
+    assert again == rendered and "--num_rounds" in again
+
+
+def test_a_bad_flag_value_prints_one_usage_line_and_the_error(capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["lock", "--num_rounds", "abc"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exited.value.code == 2 and len(err) == 2
+    assert err[0].startswith("usage: encoderlock lock") and "invalid int value: 'abc'" in err[1]
 
 
 def test_a_bad_config_file_is_one_line_and_exit_code_2(tmp_path, capsys):

@@ -127,3 +127,13 @@ def test_card_states_the_adaptive_worst_case_beside_fresh_probes(locked_folder):
     path.with_name("report.json").unlink(missing_ok=True)
     again = write_model_card(locked_folder, repo_id="user/locked").read_text()
     assert "0.2% of the advantage removed" in again
+
+
+def test_card_shows_no_ratio_within_noise_and_says_when_the_lock_fell_below_the_twin(locked_folder):
+    report = card_report()
+    report["table"][1].update(random_twin=0.35, victim=0.80, locked=0.30, advantage_removed=(0.80 - 0.30) / 0.45)
+    report["table"].append({"domain": "digits", "role": None, "random_twin": 0.955, "victim": 0.961,
+                            "locked": 0.935, "advantage_removed": 4.0, "advantage_kept": -3.0})  # fmt: skip
+    text = ModelCard.load(write_model_card(locked_folder, report=report, repo_id="user/locked")).text
+    assert "| green | prohibited | 35.0% | 80.0% | 30.0% |" in text and "111.1% (below the twin)" in text
+    assert "| digits | other | 95.5% | 96.1% | 93.5% | n/a | within noise |" in text and "400.0%" not in text

@@ -83,6 +83,7 @@ def test_push_then_verified_pull_over_http(locked_folder, fake_hub, tmp_path):
     assert files["model.safetensors"] == (locked_folder / "model.safetensors").read_bytes()
     remote_card = files[CARD_FILE].decode()
     assert "extra_gated_fields" in remote_card and 'load_locked("user/locked")' in remote_card
+    assert "\n# user/locked (locked with EncoderLock)\n" in remote_card  # the title: the repository, not a folder
     assert "green" in remote_card.split("---")[1]  # accuracies from the report found next to the folder
 
     with pytest.raises(GatedRepoError):  # the gate holds without credentials

@@ -5,7 +5,7 @@ CPU differs in the last bits between thread counts; the gradient-ratio scores am
 after one round (measured with this lock: 77-296 entries per tensor, weights apart by up to 0.27).
 
 At this size the forward pass itself is thread-independent. The default task's victim at 512 images a batch is not:
-its first loss differs in the last bits between 1 and 2 threads (README, "Across thread counts").
+its first loss differs in the last bits between 1 and 2 threads (docs/RESULTS.md, "Across thread counts").
 """
 
 from __future__ import annotations

@@ -48,3 +48,23 @@ def test_verdict_looks_at_the_authorized_side_too():
     assert authorized_verdict({**row, "locked": 0.79, "advantage_kept": 0.98}).startswith("authorized use kept: 98%")
     noise = {"victim": 0.961, "random_twin": 0.955, "locked": 0.935, "advantage_kept": -3.0}
     assert authorized_verdict(noise).startswith("not measurable")
+
+
+def test_removal_above_100_percent_is_said_in_words_and_the_noise_floor_is_stated():
+    from hf_encoderlock.probing.lock_report import authorized_verdict, lock_report_markdown, prohibited_verdict
+
+    below = {"victim": 0.385, "random_twin": 0.109, "locked": 0.094, "advantage_removed": (0.385 - 0.094) / 0.276}
+    text = prohibited_verdict(below)
+    assert text.startswith("lock holds against fresh probes: 105%")
+    assert "fall below the random-init twin, 10.9%" in text and "9.4%" in text
+    near = {"victim": 0.72, "random_twin": 0.24, "locked": 0.26, "advantage_removed": 0.96}
+    assert "below the random-init twin" not in prohibited_verdict(near)
+    for verdict, key in ((prohibited_verdict, "advantage_removed"), (authorized_verdict, "advantage_kept")):
+        noise = {"victim": 0.961, "random_twin": 0.955, "locked": 0.935, key: 4.0}  # alike on both sides
+        assert "0.6 points, under the 3-point noise floor" in verdict(noise)
+    lock = {"variant": "supervised", "objective": "information", "mask": {"count": 1, "num_parameters": 10,
+            "fraction": 0.1}, "rounds_completed": 1}  # fmt: skip
+    table = [{"domain": "letters", "role": "prohibited", **below}]
+    markdown = lock_report_markdown({"authorized": ["mnist"], "prohibited": ["letters"], "fraction": 1.0,
+                                     "table": table, "verdict": {}, "lock": lock, "timings": {}})  # fmt: skip
+    assert "| 105.4% (below the twin) |" in markdown

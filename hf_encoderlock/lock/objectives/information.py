@@ -146,8 +146,8 @@ class InformationTermsConfig:
     knn_temperature: float = 0.1
     authorized_weight: float = 1.0
     preserve_weight: float = 1.0  # hold authorized features near the unlocked encoder's
-    # 1: standardised features; below 1: (partly) whitened, as a whitening probe sees them (0.1: README, 'Whitened
-    # measures')
+    # 1: standardised features; below 1: (partly) whitened, as a whitening probe sees them (0.1: docs/DEFAULT_LOCK.md,
+    # 'Whitened measures')
     whitening_shrinkage: float = 0.1
     eps: float = 1e-8
     weights: dict[str, float] = field(init=False)
