@@ -58,7 +58,7 @@ HELP_GROUPS: dict[str, tuple[str, ...]] = {
         "info_preserve_weight", "info_authorized_weight", "prohibited_poolings", "num_pseudo_classes",
         "pseudo_label_restarts", "contrastive_temperature", "augment_crop_scale", "augment_brightness",
         "augment_contrast", "augment_saturation", "augment_noise", "zero_shot_generators", "zero_shot_images",
-        "finetune_aware_steps", "finetune_aware_lr", "finetune_aware_weight",
+        "finetune_aware_steps", "finetune_aware_lr", "finetune_aware_weight", "prohibited_transforms",
     ),
     "Self-challenge (the lock's own adversary heads)": (
         "challenge_every", "adversary_kinds", "adversary_seeds", "adversary_learning_rates", "adversary_epochs",
