@@ -13,9 +13,11 @@ import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import torch
 from datasets import DatasetDict
 
 from ._files import CHECKPOINTS_SUBDIR, LOCKED_SUBDIR, REPORT_JSON, REPORT_MD, REPORT_PNG, VICTIM_SUBDIR
@@ -139,21 +141,46 @@ def _probe_config(args: LockExperimentArguments) -> ProbeConfig:
     )
 
 
+class _MainProcessGate:
+    """Under several processes, where the others wait while the main process works alone (domain caches, probes,
+    the output folder). A gloo barrier of its own, with a timeout of days: the probes can outlast the process
+    group's own timeout (``ddp_timeout``), and a main process that fails takes the others down with it (torchrun
+    stops every worker when one fails). Nothing to wait for with one process."""
+
+    def __init__(self, lock_config: EncoderLockConfig) -> None:
+        self.main = lock_config.process_index == 0  # (sets the process group up, as the Trainer would)
+        distributed = lock_config.world_size > 1 and torch.distributed.is_initialized()
+        self.group = torch.distributed.new_group(backend="gloo", timeout=timedelta(days=7)) if distributed else None
+
+    def wait(self) -> None:
+        """Every process meets here."""
+        if self.group is not None:
+            torch.distributed.barrier(group=self.group)
+
+
 def run_lock_experiment(args: LockExperimentArguments, lock_config: EncoderLockConfig) -> dict[str, Any]:
-    """Victim -> probes -> lock -> probes -> ``report.json``/``report.md``/``probe.png`` under ``output_dir``."""
+    """Victim -> probes -> lock -> probes -> ``report.json``/``report.md``/``probe.png`` under ``output_dir``.
+
+    Under several processes (DDP) every process takes part in the lock; only the main process probes and writes, and
+    the others wait for it, then return the report it wrote.
+    """
     started = time.perf_counter()
     optional_import("matplotlib", "plots", "the main job's probe.png")  # fail before any long work, not at the end
     check_supported_settings(lock_config)  # not after the "before" probes
     target = Path(lock_config.output_dir)
-    resuming = bool(lock_config.resume_from_checkpoint)
-    check_output_folder(
-        target, REPORT_JSON, lock_config.overwrite_output_dir or resuming, "the main job", sources=[args.model]
-    )
-    for stale in remove_stale_staging(target):
-        logger.warning("removed %s, left by an interrupted run", stale)
+    gate = _MainProcessGate(lock_config)
+    if gate.main:  # the others never touch the output folder
+        resuming = bool(lock_config.resume_from_checkpoint)
+        check_output_folder(
+            target, REPORT_JSON, lock_config.overwrite_output_dir or resuming, "the main job", sources=[args.model]
+        )
+        for stale in remove_stale_staging(target):
+            logger.warning("removed %s, left by an interrupted run", stale)
     resume = lock_config.resume_from_checkpoint
     if isinstance(resume, str) and resume.lower() in ("true", "yes", "1"):
         resume = True  # the flag's text form: the last complete checkpoint under output_dir/checkpoints
+    if not gate.main:
+        gate.wait()  # the main process fills the domain and victim caches first; the others then read them
     domains = _load_domains(args)  # every domain is checked before any long work
     authorized_names = [args.spec(name).display_name for name in args.authorized_domains()]
     prohibited_name = args.spec(args.prohibited).display_name
@@ -183,6 +210,26 @@ def run_lock_experiment(args: LockExperimentArguments, lock_config: EncoderLockC
     encoder: EncoderAdapter = (
         load_victim(args.cache_dir) if args.model is None else load_encoder(args.model, args.pooling)
     )
+    if gate.main:
+        gate.wait()
+    lock = dict(
+        lock_a=lock_a,
+        lock_p=lock_p,
+        authorized_name=authorized_name,
+        prohibited_name=prohibited_name if lock_p is not None else "synthetic",
+        domain_specs={
+            "authorized": [args.public_spec(name) for name in args.authorized_domains()],
+            "prohibited": args.public_spec(args.prohibited),
+        },
+    )
+    if not gate.main:
+        gate.wait()  # the main process's "before" probes
+        _train_lock(encoder, lock_config, target, resume, **lock)
+        gate.wait()  # the main process's probes and output folder
+        lock_config.output_dir = str(target)
+        if not (target / REPORT_JSON).is_file():
+            raise RuntimeError(f"the main process finished without writing {target / REPORT_JSON}")
+        return json.loads((target / REPORT_JSON).read_text(encoding="utf-8"))
     with atomic_folder(target) as staging:  # nothing appears at output_dir until the report is written
         encoder.save_pretrained(staging / VICTIM_SUBDIR)
         probe_config = _probe_config(args)
@@ -190,23 +237,10 @@ def run_lock_experiment(args: LockExperimentArguments, lock_config: EncoderLockC
         tick = time.perf_counter()
         before = run_probe_suite(encoder, probe_domains, probe_config, random_twin=True, cache_dir=args.cache_dir)
         timings["probe_before_s"] = time.perf_counter() - tick
+        gate.wait()  # the other processes join the lock
 
-        # Checkpoints live outside the staging folder, under output_dir, so an interrupted run can resume from them.
-        lock_config.output_dir = str(target / CHECKPOINTS_SUBDIR)
-        trainer = EncoderLockTrainer(
-            encoder,
-            lock_config,
-            lock_a,
-            lock_p,
-            authorized_name=authorized_name,
-            prohibited_name=prohibited_name if lock_p is not None else "synthetic",
-            domain_specs={
-                "authorized": [args.public_spec(name) for name in args.authorized_domains()],
-                "prohibited": args.public_spec(args.prohibited),
-            },
-        )
         tick = time.perf_counter()
-        trainer.train(resume_from_checkpoint=resume)
+        trainer = _train_lock(encoder, lock_config, target, resume, **lock)
         timings["lock_s"] = time.perf_counter() - tick
         trainer.save_model(str(staging / LOCKED_SUBDIR))
         own_head_sets = {"authorized": authorized_test}
@@ -262,4 +296,22 @@ def run_lock_experiment(args: LockExperimentArguments, lock_config: EncoderLockC
         plot_lock_report(report, staging / REPORT_PNG)
     remove_package_outputs(target / CHECKPOINTS_SUBDIR)  # the run finished: its checkpoints (only) are done with
     lock_config.output_dir = str(target)
+    gate.wait()  # the report is in place: the other processes may read it
     return report
+
+
+def _train_lock(
+    encoder: EncoderAdapter,
+    lock_config: EncoderLockConfig,
+    target: Path,
+    resume: Any,
+    lock_a: Any,
+    lock_p: Any,
+    **names,
+) -> EncoderLockTrainer:
+    """The lock, trained (every process of a DDP run calls this together)."""
+    # Checkpoints live outside the staging folder, under output_dir, so an interrupted run can resume from them.
+    lock_config.output_dir = str(target / CHECKPOINTS_SUBDIR)
+    trainer = EncoderLockTrainer(encoder, lock_config, lock_a, lock_p, **names)
+    trainer.train(resume_from_checkpoint=resume)
+    return trainer

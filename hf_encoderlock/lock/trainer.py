@@ -299,7 +299,10 @@ class EncoderLockTrainer(Trainer):
         self._saving_checkpoint = False
         self._saved_to: set[Path] = {Path(args.output_dir).resolve()}  # checked above, at construction
         self.prohibited_batch_factor = self._usable_prohibited_batch_factor(args)
-        if max(len(self.lock_authorized), len(self.lock_prohibited)) < args.per_device_train_batch_size:
+        # each of world_size processes reads its own share of the pairs (found on the user's path: a 2-process main
+        # job whose shares were each below one batch dropped every batch, made no update, and reported success)
+        pairs = max(len(self.lock_authorized), len(self.lock_prohibited))
+        if pairs < args.per_device_train_batch_size * args.world_size:
             args.dataloader_drop_last = False  # less than one batch: dropping it would leave nothing to train on
         super().__init__(
             model=encoder,
@@ -368,15 +371,17 @@ class EncoderLockTrainer(Trainer):
 
     def _usable_prohibited_batch_factor(self, args: EncoderLockConfig) -> int:
         """``prohibited_batch_factor``, lowered (with a warning) until a batch of that many pairs per authorized
-        image fits in one pass over the lock data (pairs: as many as the longer domain has images)."""
+        image fits in one pass over the lock data (pairs: as many as the longer domain has images, shared among the
+        processes)."""
         pairs, batch = max(len(self.lock_authorized), len(self.lock_prohibited)), args.per_device_train_batch_size
-        usable = max(1, min(args.prohibited_batch_factor, pairs // batch))
+        usable = max(1, min(args.prohibited_batch_factor, pairs // (batch * args.world_size)))
         if usable < args.prohibited_batch_factor:
             logger.warning(
-                "prohibited_batch_factor %d needs %d prohibited lock images per batch, but the lock data hold %d "
-                "pairs; using %d",
+                "prohibited_batch_factor %d needs %d prohibited lock images per batch on each of %d process(es), but "
+                "the lock data hold %d pairs; using %d",
                 args.prohibited_batch_factor,
                 args.prohibited_batch_factor * batch,
+                args.world_size,
                 pairs,
                 usable,
             )
