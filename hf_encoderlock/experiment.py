@@ -103,6 +103,24 @@ class LockExperimentArguments:
             spec["name"] = self.spec(name).display_name
         return spec
 
+    def public_record(self) -> dict[str, Any]:
+        """These arguments as recorded in the report, under the card's privacy rule: a local domain or model folder
+        is named by its last component only, and the cache folder is left out."""
+        record = asdict(self)
+        record["authorized"] = ",".join(self.public_spec(name)["name"] for name in self.authorized_domains())
+        record["prohibited"] = self.public_spec(self.prohibited)["name"]
+        if self.report_domains is not None:
+            record["report_domains"] = [self.public_spec(name)["name"] for name in self.report_domains]
+        record["model"] = self.public_model()
+        record.pop("cache_dir")
+        return record
+
+    def public_model(self) -> str | None:
+        """``model`` as published: a local folder by its last component only."""
+        if self.model is not None and Path(self.model).expanduser().exists():
+            return Path(self.model).expanduser().resolve().name
+        return self.model
+
     def authorized_domains(self) -> list[str]:
         """The authorized domain names (``authorized`` split at commas)."""
         return [name.strip() for name in self.authorized.split(",") if name.strip()]
@@ -210,6 +228,8 @@ def run_lock_experiment(args: LockExperimentArguments, lock_config: EncoderLockC
     encoder: EncoderAdapter = (
         load_victim(args.cache_dir) if args.model is None else load_encoder(args.model, args.pooling)
     )
+    if args.model is not None:
+        encoder.name = args.public_model()  # the reports name it; feature caches key on its weights, not its name
     if gate.main:
         gate.wait()
     lock = dict(
@@ -287,7 +307,7 @@ def run_lock_experiment(args: LockExperimentArguments, lock_config: EncoderLockC
             lock_summary=trainer.lock_summary(),
             history=trainer.history,
             timings=timings,
-            experiment=asdict(args),
+            experiment=args.public_record(),
             adaptive=adaptive,
         )
         (staging / REPORT_JSON).write_text(json.dumps(report, indent=2, default=str))

@@ -174,7 +174,14 @@ CASES: list[tuple[str, Callable[[Path], Any], type[Exception], str]] = [
         "missing-label-column",
         lambda out: _lock(out, authorized=_red().remove_columns("label")),
         LockDataError,
-        r"domain 'red': no 'label' column",
+        r"domain 'red': no 'label' column .* column_mapping=\{'your_column': 'label'\}",
+    ),
+    (
+        "a-dataset-path-where-a-dataset-is-expected",
+        lambda out: _lock(out, prohibited=str(out.parent / "green-on-disk")),
+        LockDataError,
+        r"domain 'green': got the path or name '.*green-on-disk', not a dataset. Load it first: "
+        r"hf_encoderlock.load_domain",
     ),
     (
         "missing-image-column",

@@ -130,6 +130,12 @@ def as_lock_dataset(
         if split not in dataset:
             raise LockDataError(f"domain {name!r}: the DatasetDict has no {split!r} split (splits: {list(dataset)})")
         dataset = dataset[split]
+    if isinstance(dataset, (str, os.PathLike)):
+        raise LockDataError(
+            f"domain {name!r}: got the path or name {os.fspath(dataset)!r}, not a dataset. Load it first: "
+            "hf_encoderlock.load_domain(...)['train'] (a built-in name, an image folder, a saved dataset or a Hub id; "
+            "the CLI does this for you), or datasets.load_from_disk / load_dataset"
+        )
     if not isinstance(dataset, Dataset):
         raise LockDataError(f"domain {name!r}: expected a datasets.Dataset, got {type(dataset).__name__}")
     mapping = dict(column_mapping or {})
@@ -285,7 +291,10 @@ def check_labelled_dataset(dataset, name: str, label_column: str = "label", imag
         raise LockDataError(f"domain {name!r}: the dataset is empty")
     for column in (image_column, label_column):
         if column not in columns:
-            raise LockDataError(f"domain {name!r}: no {column!r} column (columns: {columns})")
+            raise LockDataError(
+                f"domain {name!r}: no {column!r} column (columns: {columns}); name yours with column_mapping="
+                f"{{'your_column': {column!r}}} (EncoderLockTrainer) or --{column}_column (CLI)"
+            )
     feature = dataset.features[label_column]
     num_classes = getattr(feature, "num_classes", None)
     labels = label_tensor(dataset, name, label_column)
@@ -320,7 +329,10 @@ def check_lock_dataset(dataset, name: str, labelled: bool = True) -> int:
     of classes (0 when ``labelled`` is False)."""
     num_classes = check_labelled_dataset(dataset, name) if labelled else 0
     if not labelled and "image" not in dataset.column_names:
-        raise LockDataError(f"domain {name!r}: no 'image' column (columns: {dataset.column_names})")
+        raise LockDataError(
+            f"domain {name!r}: no 'image' column (columns: {dataset.column_names}); name yours with "
+            "column_mapping={'your_column': 'image'} (EncoderLockTrainer) or --image_column (CLI)"
+        )
     if not labelled and len(dataset) == 0:
         raise LockDataError(f"domain {name!r}: the dataset is empty")
     check_image_column(dataset, name)

@@ -342,7 +342,10 @@ class EncoderLockTrainer(Trainer):
         if not labelled:
             columns = getattr(prohibited_dataset, "column_names", None) or []
             if "image" not in columns:
-                raise LockDataError(f"domain {name!r}: no 'image' column (columns: {columns})")
+                raise LockDataError(
+                    f"domain {name!r}: no 'image' column (columns: {columns}); name yours with "
+                    "column_mapping={'your_column': 'image'}"
+                )
             prohibited_dataset = prohibited_dataset.select_columns(["image"])  # prohibited labels are never read
         data = load_lock_domain(
             self.encoder, prohibited_dataset, name, labelled, args.lock_cache_bytes, not args.disable_tqdm
@@ -1049,7 +1052,8 @@ class EncoderLockTrainer(Trainer):
         if "time_selection_s" in figures:
             self.lock_state.phase_time["selection"] += figures["time_selection_s"]
         self.lock_state.history.append({"step": self.state.global_step, **figures})
-        self.log({f"lock/{k}": float(v) for k, v in figures.items()})
+        if self.args.logging_strategy != "no":  # the user turned logging off: the history still keeps them
+            self.log({f"lock/{k}": float(v) for k, v in figures.items()})
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs and self.lock_state.last_logs:
