@@ -13,9 +13,11 @@ import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import torch
 from datasets import DatasetDict
 
 from ._files import CHECKPOINTS_SUBDIR, LOCKED_SUBDIR, REPORT_JSON, REPORT_MD, REPORT_PNG, VICTIM_SUBDIR
@@ -111,6 +113,24 @@ class LockExperimentArguments:
             spec["name"] = self.spec(name).display_name
         return spec
 
+    def public_record(self) -> dict[str, Any]:
+        """These arguments as recorded in the report, under the card's privacy rule: a local domain or model folder
+        is named by its last component only, and the cache folder is left out."""
+        record = asdict(self)
+        record["authorized"] = ",".join(self.public_spec(name)["name"] for name in self.authorized_domains())
+        record["prohibited"] = self.public_spec(self.prohibited)["name"]
+        if self.report_domains is not None:
+            record["report_domains"] = [self.public_spec(name)["name"] for name in self.report_domains]
+        record["model"] = self.public_model()
+        record.pop("cache_dir")
+        return record
+
+    def public_model(self) -> str | None:
+        """``model`` as published: a local folder by its last component only."""
+        if self.model is not None and Path(self.model).expanduser().exists():
+            return Path(self.model).expanduser().resolve().name
+        return self.model
+
     def authorized_domains(self) -> list[str]:
         """The authorized domain names (``authorized`` split at commas)."""
         return [name.strip() for name in self.authorized.split(",") if name.strip()]
@@ -149,21 +169,46 @@ def _probe_config(args: LockExperimentArguments) -> ProbeConfig:
     )
 
 
+class _MainProcessGate:
+    """Under several processes, where the others wait while the main process works alone (domain caches, probes,
+    the output folder). A gloo barrier of its own, with a timeout of days: the probes can outlast the process
+    group's own timeout (``ddp_timeout``), and a main process that fails takes the others down with it (torchrun
+    stops every worker when one fails). Nothing to wait for with one process."""
+
+    def __init__(self, lock_config: EncoderLockConfig) -> None:
+        self.main = lock_config.process_index == 0  # (sets the process group up, as the Trainer would)
+        distributed = lock_config.world_size > 1 and torch.distributed.is_initialized()
+        self.group = torch.distributed.new_group(backend="gloo", timeout=timedelta(days=7)) if distributed else None
+
+    def wait(self) -> None:
+        """Every process meets here."""
+        if self.group is not None:
+            torch.distributed.barrier(group=self.group)
+
+
 def run_lock_experiment(args: LockExperimentArguments, lock_config: EncoderLockConfig) -> dict[str, Any]:
-    """Victim -> probes -> lock -> probes -> ``report.json``/``report.md``/``probe.png`` under ``output_dir``."""
+    """Victim -> probes -> lock -> probes -> ``report.json``/``report.md``/``probe.png`` under ``output_dir``.
+
+    Under several processes (DDP) every process takes part in the lock; only the main process probes and writes, and
+    the others wait for it, then return the report it wrote.
+    """
     started = time.perf_counter()
     optional_import("matplotlib", "plots", "the main job's probe.png")  # fail before any long work, not at the end
     check_supported_settings(lock_config)  # not after the "before" probes
     target = Path(lock_config.output_dir)
-    resuming = bool(lock_config.resume_from_checkpoint)
-    check_output_folder(
-        target, REPORT_JSON, lock_config.overwrite_output_dir or resuming, "the main job", sources=[args.model]
-    )
-    for stale in remove_stale_staging(target):
-        logger.warning("removed %s, left by an interrupted run", stale)
+    gate = _MainProcessGate(lock_config)
+    if gate.main:  # the others never touch the output folder
+        resuming = bool(lock_config.resume_from_checkpoint)
+        check_output_folder(
+            target, REPORT_JSON, lock_config.overwrite_output_dir or resuming, "the main job", sources=[args.model]
+        )
+        for stale in remove_stale_staging(target):
+            logger.warning("removed %s, left by an interrupted run", stale)
     resume = lock_config.resume_from_checkpoint
     if isinstance(resume, str) and resume.lower() in ("true", "yes", "1"):
         resume = True  # the flag's text form: the last complete checkpoint under output_dir/checkpoints
+    if not gate.main:
+        gate.wait()  # the main process fills the domain and victim caches first; the others then read them
     domains = _load_domains(args)  # every domain is checked before any long work
     authorized_names = [args.spec(name).display_name for name in args.authorized_domains()]
     prohibited_name = args.spec(args.prohibited).display_name
@@ -193,6 +238,28 @@ def run_lock_experiment(args: LockExperimentArguments, lock_config: EncoderLockC
     encoder: EncoderAdapter = (
         load_victim(args.cache_dir) if args.model is None else load_encoder(args.model, args.pooling)
     )
+    if args.model is not None:
+        encoder.name = args.public_model()  # the reports name it; feature caches key on its weights, not its name
+    if gate.main:
+        gate.wait()
+    lock = dict(
+        lock_a=lock_a,
+        lock_p=lock_p,
+        authorized_name=authorized_name,
+        prohibited_name=prohibited_name if lock_p is not None else "synthetic",
+        domain_specs={
+            "authorized": [args.public_spec(name) for name in args.authorized_domains()],
+            "prohibited": args.public_spec(args.prohibited),
+        },
+    )
+    if not gate.main:
+        gate.wait()  # the main process's "before" probes
+        _train_lock(encoder, lock_config, target, resume, **lock)
+        gate.wait()  # the main process's probes and output folder
+        lock_config.output_dir = str(target)
+        if not (target / REPORT_JSON).is_file():
+            raise RuntimeError(f"the main process finished without writing {target / REPORT_JSON}")
+        return json.loads((target / REPORT_JSON).read_text(encoding="utf-8"))
     with atomic_folder(target) as staging:  # nothing appears at output_dir until the report is written
         encoder.save_pretrained(staging / VICTIM_SUBDIR)
         probe_config = _probe_config(args)
@@ -200,24 +267,11 @@ def run_lock_experiment(args: LockExperimentArguments, lock_config: EncoderLockC
         tick = time.perf_counter()
         before = run_probe_suite(encoder, probe_domains, probe_config, random_twin=True, cache_dir=args.cache_dir)
         timings["probe_before_s"] = time.perf_counter() - tick
+        gate.wait()  # the other processes join the lock
 
         victim_outliers = count_outliers(encoder.backbone)  # the lock changes the encoder in place
-        # Checkpoints live outside the staging folder, under output_dir, so an interrupted run can resume from them.
-        lock_config.output_dir = str(target / CHECKPOINTS_SUBDIR)
-        trainer = EncoderLockTrainer(
-            encoder,
-            lock_config,
-            lock_a,
-            lock_p,
-            authorized_name=authorized_name,
-            prohibited_name=prohibited_name if lock_p is not None else "synthetic",
-            domain_specs={
-                "authorized": [args.public_spec(name) for name in args.authorized_domains()],
-                "prohibited": args.public_spec(args.prohibited),
-            },
-        )
         tick = time.perf_counter()
-        trainer.train(resume_from_checkpoint=resume)
+        trainer = _train_lock(encoder, lock_config, target, resume, **lock)
         timings["lock_s"] = time.perf_counter() - tick
         trainer.save_model(str(staging / LOCKED_SUBDIR))
         own_head_sets = {"authorized": authorized_test}
@@ -265,7 +319,7 @@ def run_lock_experiment(args: LockExperimentArguments, lock_config: EncoderLockC
             lock_summary=trainer.lock_summary(),
             history=trainer.history,
             timings=timings,
-            experiment=asdict(args),
+            experiment=args.public_record(),
             adaptive=adaptive,
         )
         (staging / REPORT_JSON).write_text(json.dumps(report, indent=2, default=str))
@@ -274,4 +328,22 @@ def run_lock_experiment(args: LockExperimentArguments, lock_config: EncoderLockC
         plot_lock_report(report, staging / REPORT_PNG)
     remove_package_outputs(target / CHECKPOINTS_SUBDIR)  # the run finished: its checkpoints (only) are done with
     lock_config.output_dir = str(target)
+    gate.wait()  # the report is in place: the other processes may read it
     return report
+
+
+def _train_lock(
+    encoder: EncoderAdapter,
+    lock_config: EncoderLockConfig,
+    target: Path,
+    resume: Any,
+    lock_a: Any,
+    lock_p: Any,
+    **names,
+) -> EncoderLockTrainer:
+    """The lock, trained (every process of a DDP run calls this together)."""
+    # Checkpoints live outside the staging folder, under output_dir, so an interrupted run can resume from them.
+    lock_config.output_dir = str(target / CHECKPOINTS_SUBDIR)
+    trainer = EncoderLockTrainer(encoder, lock_config, lock_a, lock_p, **names)
+    trainer.train(resume_from_checkpoint=resume)
+    return trainer

@@ -7,6 +7,7 @@ are checked and preprocessed there, before ``train()``).
 from __future__ import annotations
 
 import io
+import re
 import struct
 import zlib
 from collections.abc import Callable
@@ -15,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from datasets import ClassLabel, Dataset, Features, Value
 from datasets import Image as ImageFeature
 from PIL import Image
@@ -24,7 +26,7 @@ from hf_encoderlock.data.domains import DomainError, domain_from_folder, load_do
 from hf_encoderlock.data.lock_tensors import LockDataError
 from hf_encoderlock.encoders import EncoderAdapter, EncoderError, load_encoder, tiny_vit_encoder, vit_image_processor
 from hf_encoderlock.lock.config import EncoderLockConfig
-from hf_encoderlock.lock.trainer import LOCK_CONFIG_FILE, EncoderLockTrainer
+from hf_encoderlock.lock.trainer import LOCK_CONFIG_FILE, EncoderLockTrainer, NonFiniteWeightsError
 from tests.helpers import CHECK_ONLY_LOCK, make_lock_config, toy_domain
 
 RESULT_FILES = ("config.json", "model.safetensors", LOCK_CONFIG_FILE)
@@ -91,6 +93,25 @@ def _with_stored_image(dataset: Dataset, row: int, value: dict) -> Dataset:
     return Dataset.from_dict({"image": stored, "label": dataset["label"]}, features=dataset.features)
 
 
+def _with_stored_image_everywhere(dataset: Dataset, value: dict) -> Dataset:
+    """``dataset`` with every image replaced by the same stored image."""
+    stored = [{"path": None, **value}] * len(dataset)
+    return Dataset.from_dict({"image": stored, "label": dataset["label"]}, features=dataset.features)
+
+
+# the tensor a damaged checkpoint breaks: the first weight matrix of block 0 (found by position: names differ across
+# transformers releases)
+DAMAGED = next(name for name, p in _encoder().backbone.named_parameters() if p.dim() == 2 and ".0." in name)
+
+
+def _encoder_with(value: float) -> EncoderAdapter:
+    """The tiny encoder with one entry of :data:`DAMAGED` set to ``value`` (a checkpoint damaged on disk)."""
+    encoder = _encoder()
+    with torch.no_grad():
+        dict(encoder.backbone.named_parameters())[DAMAGED].view(-1)[3] = value
+    return encoder
+
+
 def _nan_tiff() -> dict:
     buffer = io.BytesIO()
     Image.fromarray(np.full((8, 8), np.nan, np.float32)).save(buffer, format="TIFF")
@@ -153,7 +174,14 @@ CASES: list[tuple[str, Callable[[Path], Any], type[Exception], str]] = [
         "missing-label-column",
         lambda out: _lock(out, authorized=_red().remove_columns("label")),
         LockDataError,
-        r"domain 'red': no 'label' column",
+        r"domain 'red': no 'label' column .* column_mapping=\{'your_column': 'label'\}",
+    ),
+    (
+        "a-dataset-path-where-a-dataset-is-expected",
+        lambda out: _lock(out, prohibited=str(out.parent / "green-on-disk")),
+        LockDataError,
+        r"domain 'green': got the path or name '.*green-on-disk', not a dataset. Load it first: "
+        r"hf_encoderlock.load_domain",
     ),
     (
         "missing-image-column",
@@ -237,6 +265,36 @@ CASES: list[tuple[str, Callable[[Path], Any], type[Exception], str]] = [
         lambda out: _lock(out, prohibited=_green().select(range(6))),
         LockDataError,
         r"domain 'green': 6 images, at least 8 needed",
+    ),
+    (
+        "a-label-of-a-billion",  # the heads would get 10^9 outputs: refused before any image is decoded
+        lambda out: _lock(out, prohibited=_with_labels(_cycled([0, 1, 10**9]), Value("int64"))),
+        LockDataError,
+        r"domain 'green': row 2 of 'label' holds class id 1000000000, far beyond the 24 rows .* ClassLabel",
+    ),
+    (
+        "a-class-label-declaring-too-many-classes",
+        lambda out: _lock(out, authorized=_with_labels(_cycled([0, 1]), ClassLabel(num_classes=200_000))),
+        LockDataError,
+        r"domain 'red': the 'label' ClassLabel declares 200000 classes; at most 100000",
+    ),
+    (
+        "prohibited-images-all-identical",
+        lambda out: _lock(out, prohibited=_with_stored_image_everywhere(_green(), {"bytes": _png_bytes()})),
+        LockDataError,
+        r"domain 'green': its 24 images are all identical .* at least 8 distinct images",
+    ),
+    (
+        "nan-weight-in-the-encoder",
+        lambda out: _lock(out, encoder=_encoder_with(float("nan"))),
+        NonFiniteWeightsError,
+        rf"encoder tensor {re.escape(DAMAGED)} holds 1 NaN/inf value\(s\) before the lock",
+    ),
+    (
+        "inf-weight-in-the-encoder",
+        lambda out: _lock(out, encoder=_encoder_with(float("inf"))),
+        NonFiniteWeightsError,
+        rf"encoder tensor {re.escape(DAMAGED)} holds 1 NaN/inf",
     ),
     (
         "negative-labels",

@@ -72,7 +72,9 @@ def test_lock_vit_example_writes_loadable_folders_and_honest_report(tmp_path):
     for folder in ("victim", "locked"):
         assert AutoModel.from_pretrained(out / folder) is not None
         assert AutoImageProcessor.from_pretrained(out / folder) is not None
+    assert str(tmp_path) not in (out / "report.json").read_text()  # no local path: the card's privacy rule
     report = json.loads((out / "report.json").read_text())
+    assert report["experiment"]["model"] == "tiny" and report["experiment"]["prohibited"] == "green"
     rows = {row["domain"]: row for row in report["table"]}
     assert set(rows) == {"red", "green"}
     assert rows["green"]["role"] == "prohibited" and rows["red"]["role"] == "authorized"

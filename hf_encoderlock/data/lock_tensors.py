@@ -35,6 +35,12 @@ CHUNK_PIXELS = 8192 * 8192
 # The share of prohibited images that may be byte-identical (after decoding) to authorized ones; beyond it the two
 # domains are (partly) the same data, and a lock cannot both keep and break them.
 MAX_SHARED_FRACTION = 0.05
+# Class ids become the output size of every head the lock and the probes fit: an id far above the number of images
+# (10^9 in one row) would make them allocate gigabytes. Without a ClassLabel, ids may reach the number of rows or this,
+# whichever is larger (ImageNet-sized label spaces on a small subset stay accepted); a ClassLabel may declare at most
+# MAX_CLASSES.
+SPARSE_CLASS_IDS = 1000
+MAX_CLASSES = 100_000
 HASH_BYTES = 16  # blake2b digest size of an image's content hash
 
 
@@ -124,6 +130,12 @@ def as_lock_dataset(
         if split not in dataset:
             raise LockDataError(f"domain {name!r}: the DatasetDict has no {split!r} split (splits: {list(dataset)})")
         dataset = dataset[split]
+    if isinstance(dataset, (str, os.PathLike)):
+        raise LockDataError(
+            f"domain {name!r}: got the path or name {os.fspath(dataset)!r}, not a dataset. Load it first: "
+            "hf_encoderlock.load_domain(...)['train'] (a built-in name, an image folder, a saved dataset or a Hub id; "
+            "the CLI does this for you), or datasets.load_from_disk / load_dataset"
+        )
     if not isinstance(dataset, Dataset):
         raise LockDataError(f"domain {name!r}: expected a datasets.Dataset, got {type(dataset).__name__}")
     mapping = dict(column_mapping or {})
@@ -279,12 +291,29 @@ def check_labelled_dataset(dataset, name: str, label_column: str = "label", imag
         raise LockDataError(f"domain {name!r}: the dataset is empty")
     for column in (image_column, label_column):
         if column not in columns:
-            raise LockDataError(f"domain {name!r}: no {column!r} column (columns: {columns})")
+            raise LockDataError(
+                f"domain {name!r}: no {column!r} column (columns: {columns}); name yours with column_mapping="
+                f"{{'your_column': {column!r}}} (EncoderLockTrainer) or --{column}_column (CLI)"
+            )
     feature = dataset.features[label_column]
     num_classes = getattr(feature, "num_classes", None)
     labels = label_tensor(dataset, name, label_column)
+    if num_classes is not None and num_classes > MAX_CLASSES:
+        raise LockDataError(
+            f"domain {name!r}: the {label_column!r} ClassLabel declares {num_classes} classes; at most {MAX_CLASSES} "
+            "are supported (every head would get one output per class)"
+        )
     if num_classes is None:
         num_classes = int(labels.max()) + 1
+        limit = max(len(dataset), SPARSE_CLASS_IDS)
+        if num_classes > limit:
+            row = int(labels.argmax())
+            raise LockDataError(
+                f"domain {name!r}: row {row} of {label_column!r} holds class id {num_classes - 1}, far beyond the "
+                f"{len(dataset)} rows (class ids up to {limit - 1} are accepted without a ClassLabel; every head would "
+                "get one output per id). Number the classes 0..K-1 (Dataset.class_encode_column, or cast the column "
+                "to a datasets.ClassLabel)"
+            )
     if int(labels.min()) < 0 or int(labels.max()) >= num_classes:
         raise LockDataError(
             f"domain {name!r}: labels must lie in [0, {num_classes - 1}], "
@@ -300,7 +329,10 @@ def check_lock_dataset(dataset, name: str, labelled: bool = True) -> int:
     of classes (0 when ``labelled`` is False)."""
     num_classes = check_labelled_dataset(dataset, name) if labelled else 0
     if not labelled and "image" not in dataset.column_names:
-        raise LockDataError(f"domain {name!r}: no 'image' column (columns: {dataset.column_names})")
+        raise LockDataError(
+            f"domain {name!r}: no 'image' column (columns: {dataset.column_names}); name yours with "
+            "column_mapping={'your_column': 'image'} (EncoderLockTrainer) or --image_column (CLI)"
+        )
     if not labelled and len(dataset) == 0:
         raise LockDataError(f"domain {name!r}: the dataset is empty")
     check_image_column(dataset, name)
@@ -520,6 +552,19 @@ def content_overlap(authorized: LockRows, prohibited: LockRows, max_fraction: fl
             f"{max_fraction:.0%} may be shared (MAX_SHARED_FRACTION): a lock cannot break the images it must keep"
         )
     return fraction
+
+
+def check_distinct_images(data: LockRows, minimum: int) -> None:
+    """Refuse a domain with fewer than ``minimum`` distinct images (by content hash, or by preprocessed pixels when
+    no hashes were recorded): copies of one image give features without spread, which neither a head nor the lock's
+    objective can learn from."""
+    distinct = len(set(_row_hashes(data, data.content_hashes is None)))
+    if distinct < minimum:
+        what = "all identical" if distinct == 1 else f"only {distinct} distinct images"
+        raise LockDataError(
+            f"domain {data.name!r}: its {len(data)} images are {what} (byte-identical after decoding); at least "
+            f"{minimum} distinct images are needed"
+        )
 
 
 def _row_hashes(data: LockRows, use_pixels: bool) -> list[bytes]:

@@ -12,7 +12,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +73,7 @@ class LockedEncoder:
         pooling: str = "auto",
         model: nn.Module | None = None,
         public_key: KeyLike | None = None,
+        preprocess_fn: Callable[[Sequence[Image.Image]], torch.Tensor] | None = None,
     ) -> LockedEncoder:
         """Download (or open) a locked encoder; its weights are loaded only once every published file's SHA-256
         match the card and the card agrees with ``encoderlock_config.json``.
@@ -80,7 +81,9 @@ class LockedEncoder:
         With ``public_key`` (the owner's PEM public key, a path or the PEM text) the lock must also carry the
         owner's signature (``model.sig``) over every file, unchanged since signing. ``revision=<commit sha>`` pins
         the download to a reviewed commit. Raises :class:`~hf_encoderlock.hub.LockVerificationError` otherwise.
-        ``model`` is needed only for a folder saved from a plain torch module (an instance of that module's class).
+        A folder saved from a plain torch module needs ``model`` (an instance of that module's class) and, as it
+        holds no image processor, ``preprocess_fn`` (PIL images -> pixel tensor, as given to the trainer); the same
+        verification runs first.
         """
         opened = open_locked(
             repo_id_or_path,
@@ -90,6 +93,7 @@ class LockedEncoder:
             pooling=pooling,
             model=model,
             public_key=public_key,
+            preprocess_fn=preprocess_fn,
         )
         return cls(opened.encoder, opened.authorization, opened.folder, public_key=public_key)
 

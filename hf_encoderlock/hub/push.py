@@ -21,10 +21,13 @@ import os
 import shutil
 import tempfile
 import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import torch
 from huggingface_hub import HfApi, snapshot_download
+from PIL import Image
 from torch import nn
 
 from .._files import CARD_FILE, LOCK_CONFIG_FILE, MASK_FILE, MODEL_CONFIG_FILE, SIGNATURE_FILE
@@ -180,6 +183,7 @@ def open_locked(
     pooling: str = "auto",
     model: nn.Module | None = None,
     public_key: KeyLike | None = None,
+    preprocess_fn: Callable[[Sequence[Image.Image]], torch.Tensor] | None = None,
 ) -> OpenedLock:
     """Download (or open) a locked encoder and load it only once its files match its card (and its signature).
 
@@ -187,7 +191,8 @@ def open_locked(
     :class:`LockVerificationError` when the card, its ``encoderlock:`` block, a declared hash or the lock config
     does not match, or, with ``public_key`` (the owner's PEM public key: a path or the PEM text), when ``model.sig``
     is missing, was made with another key or any file was added, removed or changed since signing. ``model`` is
-    needed for a folder saved from a plain torch module (see ``EncoderAdapter.from_pretrained``).
+    needed for a folder saved from a plain torch module (see ``EncoderAdapter.from_pretrained``), and
+    ``preprocess_fn`` (PIL images -> pixel tensor) for one that holds no image processor.
 
     A local folder is opened only without ``revision``: with it, a name such as ``user/name`` is always the Hub
     repository (a folder of the same name here does not shadow the pin), and a path is refused.
@@ -219,7 +224,7 @@ def open_locked(
             )
     authorization = Authorization.from_card(folder / CARD_FILE)
     authorization.verify(folder)
-    adapter = EncoderAdapter.from_pretrained(folder, pooling=pooling, model=model)
+    adapter = EncoderAdapter.from_pretrained(folder, pooling=pooling, model=model, preprocess_fn=preprocess_fn)
     adapter.name = str(repo_id_or_path)
     return OpenedLock(folder, adapter, authorization)
 
@@ -233,15 +238,24 @@ def load_locked(
     pooling: str = "auto",
     model: nn.Module | None = None,
     public_key: KeyLike | None = None,
+    preprocess_fn: Callable[[Sequence[Image.Image]], torch.Tensor] | None = None,
 ) -> tuple[EncoderAdapter, Any, Authorization]:
     """``(encoder adapter, image processor, Authorization)`` of a locked encoder on the Hub or in a folder.
 
     The weights are loaded only after every published file's SHA-256 matches the card's ``encoderlock:`` block and
     the block agrees with ``encoderlock_config.json``; with ``public_key``, only after the owner's signature checks
     (see :func:`open_locked`). :class:`LockVerificationError` otherwise (also when the card or the block is
-    missing). Pass ``revision=<commit sha>`` to load exactly the commit that was reviewed.
+    missing). Pass ``revision=<commit sha>`` to load exactly the commit that was reviewed. A lock of a plain torch
+    module takes ``model=`` (an instance of its class) and ``preprocess_fn=`` (see :func:`open_locked`).
     """
     opened = open_locked(
-        repo_id_or_path, revision, token, cache_dir=cache_dir, pooling=pooling, model=model, public_key=public_key
+        repo_id_or_path,
+        revision,
+        token,
+        cache_dir=cache_dir,
+        pooling=pooling,
+        model=model,
+        public_key=public_key,
+        preprocess_fn=preprocess_fn,
     )
     return opened.encoder, opened.encoder.image_processor, opened.authorization

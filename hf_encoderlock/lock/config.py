@@ -176,7 +176,8 @@ class UnsupportedSettingError(ValueError, NotImplementedError):
 
 def check_supported_settings(args: TrainingArguments) -> None:
     """Refuse, before any work, the Trainer settings a lock cannot honour: sharded engines (FSDP, DeepSpeed, also
-    when ``accelerate launch`` asks for them through the environment) and ``load_best_model_at_end``."""
+    when ``accelerate launch`` asks for them through the environment), processes that would each lock alone, and
+    ``load_best_model_at_end``."""
     for engine, enabled in (("FSDP", args.fsdp), ("DeepSpeed", args.deepspeed)):
         if enabled or os.environ.get(f"ACCELERATE_USE_{engine.upper()}", "false").lower() in ("1", "true", "yes"):
             raise UnsupportedSettingError(
@@ -184,11 +185,41 @@ def check_supported_settings(args: TrainingArguments) -> None:
                 "whole, unsharded encoder weights on every rank. Use DDP (accelerate distributed_type MULTI_GPU) "
                 "or one process."
             )
+    _check_processes_joined(args)
     if args.load_best_model_at_end:
         raise UnsupportedSettingError(
             "load_best_model_at_end is not used by a lock: the kept encoder is chosen by best_model_criterion "
             "('gap': the best fresh-head validation gap, restored at the end of train()); set "
             "load_best_model_at_end=False"
+        )
+
+
+# What a launcher that started several processes sets (torchrun, mpirun's flavours): without any, there is one.
+_WORLD_SIZE_VARIABLES = ("WORLD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE")
+
+
+def _check_processes_joined(args: TrainingArguments) -> None:
+    """Refuse a launch whose processes do not form one run: each would lock alone (a different global batch than
+    asked for, and several processes writing the same folder), or only one was started where several were asked."""
+    launched = int(os.environ.get("WORLD_SIZE") or 1)
+    if launched > 1 and args.world_size == 1:
+        raise UnsupportedSettingError(
+            f"{launched} processes were started (WORLD_SIZE={launched}), but each would lock alone (world_size 1): "
+            "on a machine without GPUs the processes join only on the CPU. Set ACCELERATE_USE_CPU=true (or "
+            "--use_cpu true): ACCELERATE_USE_CPU=true torchrun --nproc_per_node N ..."
+        )
+    by_accelerate = "ACCELERATE_MIXED_PRECISION" in os.environ  # set by every `accelerate launch`
+    asked_for_more = "MASTER_ADDR" in os.environ  # accelerate sets it only for --num_processes > 1
+    if (
+        by_accelerate
+        and asked_for_more
+        and args.world_size == 1
+        and not any(map(os.environ.get, _WORLD_SIZE_VARIABLES))
+    ):
+        raise UnsupportedSettingError(
+            "`accelerate launch` was asked for several processes but started one: with --cpu (or on a machine "
+            "without GPUs) it starts several only under mpirun. Start them with torchrun instead: "
+            "ACCELERATE_USE_CPU=true torchrun --nproc_per_node N <script> ..., or drop --num_processes"
         )
 
 

@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+from transformers.trainer_pt_utils import safe_globals
 
 from .._files import (
     LOCK_CONFIG_FILE,
@@ -22,7 +24,10 @@ from .._files import (
     LOCK_STATE_FORMAT,
     LOCK_TENSORS_FILE,
     MASK_FILE,
+    MODEL_WEIGHTS_FILE,
+    MODEL_WEIGHTS_INDEX_FILE,
     TRAINER_STATE_FILE,
+    TRAINER_STATE_FILES,
 )
 from ..probing.heads import head_from_layout, head_layout
 from .objectives import LockHeads
@@ -172,22 +177,84 @@ def _heads_from(layouts: dict[str, list[str]], tensors: dict[str, torch.Tensor],
     return LockHeads(**modules)
 
 
-def checkpoint_is_complete(folder: str | Path) -> bool:
-    """Whether a Trainer checkpoint was written to the end: the Trainer writes ``trainer_state.json`` after the
-    model, the lock state, the optimizer and the RNG states, so a readable one marks a finished checkpoint."""
-    state_file = Path(folder) / TRAINER_STATE_FILE
+def checkpoint_problem(folder: str | Path) -> str | None:
+    """Why the Trainer checkpoint ``folder`` cannot be resumed from, or ``None`` when every file it needs loads.
+
+    A ``trainer_state.json`` alone does not prove a checkpoint whole: a full disk or a copy cut short can leave a
+    truncated weight, mask or optimizer file, or a garbled state JSON, beside it. So every JSON is parsed, every
+    safetensors header is checked against its file's size, and every torch file is opened (memory-mapped, so its
+    tensors are not read).
+    """
+    folder = Path(folder)
+    state = _json_problem(folder / TRAINER_STATE_FILE, "global_step")
+    if state is not None:
+        return state
+    for name in (LOCK_STATE_FILE, LOCK_CONFIG_FILE):
+        if name == LOCK_STATE_FILE or (folder / name).exists():
+            problem = _json_problem(folder / name, "format" if name == LOCK_STATE_FILE else None)
+            if problem is not None:
+                return problem
+    weights = [folder / MODEL_WEIGHTS_FILE]
+    index = folder / MODEL_WEIGHTS_INDEX_FILE
+    if index.exists() and not weights[0].exists():  # a sharded save
+        problem = _json_problem(index, "weight_map")
+        if problem is not None:
+            return problem
+        shards = json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()
+        weights = [folder / shard for shard in sorted(set(shards))]
+    for path in [folder / LOCK_TENSORS_FILE, folder / MASK_FILE, *weights]:
+        try:
+            with safe_open(str(path), framework="pt"):
+                pass
+        except Exception as error:  # safetensors raises its own error type, OSError for a missing file
+            return f"{path.name} does not load ({error})"
+    for pattern in TRAINER_STATE_FILES:
+        for path in sorted(folder.glob(pattern)):
+            if path.suffix == ".bin":
+                continue  # training_args.bin is a pickle the Trainer never reads back
+            try:  # as the Trainer reads them: weights only, with the numpy types of its RNG state allowed
+                with safe_globals():
+                    torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except Exception as error:  # torch raises RuntimeError, OSError or UnpicklingError by the damage
+                return f"{path.name} does not load ({error})"
+    return None
+
+
+def _json_problem(path: Path, required_key: str | None) -> str | None:
+    """Why ``path`` is not a JSON object (holding ``required_key``), or ``None``."""
     try:
-        json.loads(state_file.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return (Path(folder) / LOCK_STATE_FILE).is_file() and (Path(folder) / LOCK_TENSORS_FILE).is_file()
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return f"{path.name} is missing"
+    except (OSError, ValueError) as error:
+        return f"{path.name} is not valid JSON ({error})"
+    if not isinstance(content, dict) or (required_key is not None and required_key not in content):
+        return f"{path.name} is not the expected JSON object" + (f" (no {required_key!r})" if required_key else "")
+    return None
+
+
+def checkpoint_is_complete(folder: str | Path) -> bool:
+    """Whether every file of the Trainer checkpoint ``folder`` loads (see :func:`checkpoint_problem`)."""
+    return checkpoint_problem(folder) is None
+
+
+def resumable_checkpoint(folder: str | Path) -> tuple[Path | None, list[tuple[Path, str]]]:
+    """The ``checkpoint-N`` under ``folder`` with the highest ``N`` whose files all load, and the newer ones passed
+    over, each with its problem (newest first)."""
+    numbered = []
+    for path in Path(folder).glob(f"{CHECKPOINT_PREFIX}*"):
+        suffix = path.name[len(CHECKPOINT_PREFIX) :]
+        if path.is_dir() and suffix.isdigit():
+            numbered.append((int(suffix), path))
+    skipped = []
+    for _, path in sorted(numbered, reverse=True):
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return path, skipped
+        skipped.append((path, problem))
+    return None, skipped
 
 
 def last_complete_checkpoint(folder: str | Path) -> Path | None:
-    """The ``checkpoint-N`` under ``folder`` with the highest ``N`` that is complete (an interrupted one is skipped)."""
-    candidates = []
-    for path in Path(folder).glob(f"{CHECKPOINT_PREFIX}*"):
-        suffix = path.name[len(CHECKPOINT_PREFIX) :]
-        if path.is_dir() and suffix.isdigit() and checkpoint_is_complete(path):
-            candidates.append((int(suffix), path))
-    return max(candidates)[1] if candidates else None
+    """The ``checkpoint-N`` under ``folder`` with the highest ``N`` that is complete (a damaged one is skipped)."""
+    return resumable_checkpoint(folder)[0]

@@ -38,6 +38,7 @@ from ..data.lock_tensors import (
     PairedDomainCollator,
     PairedDomainDataset,
     as_lock_dataset,
+    check_distinct_images,
     check_labelled_dataset,
     content_overlap,
     label_tensor,
@@ -67,7 +68,7 @@ from .selection import (
     sync_gradient_stats,
     sync_mask_across_processes,
 )
-from .state import LockState, checkpoint_is_complete, last_complete_checkpoint
+from .state import LockState, checkpoint_is_complete, checkpoint_problem, resumable_checkpoint
 from .variants.augmentations import AugmentationConfig, augmented_view
 from .variants.generators import generate_prohibited
 from .variants.pseudo_labels import cluster_pseudo_labels
@@ -107,6 +108,14 @@ def _sample_rows(data: LockRows, limit: int | None, seed: int) -> LockRows:
 
 class NonFiniteWeightsError(FloatingPointError):
     """An encoder weight holds NaN or inf: nothing is saved (the message names the tensor)."""
+
+
+def _first_non_finite(module: nn.Module) -> tuple[str, int] | None:
+    """``(name, count)`` of the first floating-point parameter or buffer of ``module`` holding NaN or inf."""
+    for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor.detach()).all()):
+            return name.removeprefix("backbone."), int((~torch.isfinite(tensor.detach())).sum())
+    return None
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -174,6 +183,12 @@ class EncoderLockTrainer(Trainer):
         if authorized_dataset is None:
             raise LockDataError("authorized_dataset is required: the images whose probing must keep working")
         encoder = load_encoder(model, image_processor=processing_class)
+        broken = _first_non_finite(encoder)
+        if broken is not None:  # else it surfaces as a failed factorisation or a NaN loss, far from its cause
+            raise NonFiniteWeightsError(
+                f"encoder tensor {broken[0]} holds {broken[1]} NaN/inf value(s) before the lock: load an intact "
+                "checkpoint of the encoder"
+            )
         source = getattr(getattr(encoder.backbone, "config", None), "_name_or_path", "") or ""
         self._sources = [model if isinstance(model, (str, os.PathLike)) else None, source]
         if args.should_save:  # a folder that cannot be written, holds a user's files or the source: before any work
@@ -206,6 +221,8 @@ class EncoderLockTrainer(Trainer):
         authorized_dataset = self._as_lock_data(authorized_dataset, authorized_name)
         if prohibited_dataset is not None:
             prohibited_dataset = self._as_lock_data(prohibited_dataset, prohibited_name)
+            if args.variant == "supervised":  # its labels, before the authorized images are decoded
+                check_labelled_dataset(prohibited_dataset, prohibited_name)
         if eval_dataset is not None and isinstance(eval_dataset, dict):
             eval_dataset = {key: self._as_eval_dataset(key, value) for key, value in eval_dataset.items()}
         self.encoder = encoder
@@ -226,6 +243,7 @@ class EncoderLockTrainer(Trainer):
         authorized = load_lock_domain(
             encoder, authorized_dataset, authorized_name, True, args.lock_cache_bytes, not args.disable_tqdm
         )
+        self._check_domain_size(authorized)
         prohibited = self._prohibited_tensors(args, authorized_dataset, prohibited_dataset, prohibited_name)
         self._check_domains(authorized, prohibited)
         self.lock_authorized, self.val_authorized = stratified_split(authorized, args.validation_fraction, args.seed)
@@ -287,7 +305,10 @@ class EncoderLockTrainer(Trainer):
         self._saving_checkpoint = False
         self._saved_to: set[Path] = {Path(args.output_dir).resolve()}  # checked above, at construction
         self.prohibited_batch_factor = self._usable_prohibited_batch_factor(args)
-        if max(len(self.lock_authorized), len(self.lock_prohibited)) < args.per_device_train_batch_size:
+        # each of world_size processes reads its own share of the pairs (found on the user's path: a 2-process main
+        # job whose shares were each below one batch dropped every batch, made no update, and reported success)
+        pairs = max(len(self.lock_authorized), len(self.lock_prohibited))
+        if pairs < args.per_device_train_batch_size * args.world_size:
             args.dataloader_drop_last = False  # less than one batch: dropping it would leave nothing to train on
         super().__init__(
             model=encoder,
@@ -327,13 +348,17 @@ class EncoderLockTrainer(Trainer):
         if not labelled:
             columns = getattr(prohibited_dataset, "column_names", None) or []
             if "image" not in columns:
-                raise LockDataError(f"domain {name!r}: no 'image' column (columns: {columns})")
+                raise LockDataError(
+                    f"domain {name!r}: no 'image' column (columns: {columns}); name yours with "
+                    "column_mapping={'your_column': 'image'}"
+                )
             prohibited_dataset = prohibited_dataset.select_columns(["image"])  # prohibited labels are never read
         if args.prohibited_transforms:
             prohibited_dataset = self._with_attacker_views(args, authorized_dataset, prohibited_dataset)
         data = load_lock_domain(
             self.encoder, prohibited_dataset, name, labelled, args.lock_cache_bytes, not args.disable_tqdm
         )
+        self._check_domain_size(data)  # before pseudo-labels: k-means of copies of one image is meaningless
         if data.labels is None:
             data = self._with_pseudo_labels(args, data)
         return data
@@ -381,15 +406,17 @@ class EncoderLockTrainer(Trainer):
 
     def _usable_prohibited_batch_factor(self, args: EncoderLockConfig) -> int:
         """``prohibited_batch_factor``, lowered (with a warning) until a batch of that many pairs per authorized
-        image fits in one pass over the lock data (pairs: as many as the longer domain has images)."""
+        image fits in one pass over the lock data (pairs: as many as the longer domain has images, shared among the
+        processes)."""
         pairs, batch = max(len(self.lock_authorized), len(self.lock_prohibited)), args.per_device_train_batch_size
-        usable = max(1, min(args.prohibited_batch_factor, pairs // batch))
+        usable = max(1, min(args.prohibited_batch_factor, pairs // (batch * args.world_size)))
         if usable < args.prohibited_batch_factor:
             logger.warning(
-                "prohibited_batch_factor %d needs %d prohibited lock images per batch, but the lock data hold %d "
-                "pairs; using %d",
+                "prohibited_batch_factor %d needs %d prohibited lock images per batch on each of %d process(es), but "
+                "the lock data hold %d pairs; using %d",
                 args.prohibited_batch_factor,
                 args.prohibited_batch_factor * batch,
+                args.world_size,
                 pairs,
                 usable,
             )
@@ -458,10 +485,13 @@ class EncoderLockTrainer(Trainer):
                 f"{prohibited.pixel_shape})"
             )
         content_overlap(authorized, prohibited)  # the same images, in any order, are refused by content hash
-        minimum = MIN_IMAGES_PER_DOMAIN
-        for data in (authorized, prohibited):
-            if len(data) < minimum:
-                raise LockDataError(f"domain {data.name!r}: {len(data)} images, at least {minimum} needed")
+
+    @staticmethod
+    def _check_domain_size(data: LockRows) -> None:
+        """Enough images, and enough distinct ones (copies of one image give no gradient to lock with)."""
+        if len(data) < MIN_IMAGES_PER_DOMAIN:
+            raise LockDataError(f"domain {data.name!r}: {len(data)} images, at least {MIN_IMAGES_PER_DOMAIN} needed")
+        check_distinct_images(data, MIN_IMAGES_PER_DOMAIN)
 
     def _as_eval_dataset(self, key: str, dataset: Any) -> Any:
         """An evaluation set read like the lock data (column mapping, split of a ``DatasetDict``)."""
@@ -840,13 +870,12 @@ class EncoderLockTrainer(Trainer):
 
     def check_weights_finite(self, consequence: str) -> None:
         """Raise :class:`NonFiniteWeightsError` naming the first encoder tensor holding NaN or inf."""
-        for name, param in self.encoder.named_parameters():
-            if not bool(torch.isfinite(param.detach()).all()):
-                bad = int((~torch.isfinite(param.detach())).sum())
-                raise NonFiniteWeightsError(
-                    f"encoder weight {name.removeprefix('backbone.')} holds {bad} NaN/inf value(s) at update step "
-                    f"{self.state.global_step}: {consequence}. Lower learning_rate or check the lock data."
-                )
+        broken = _first_non_finite(self.encoder)
+        if broken is not None:
+            raise NonFiniteWeightsError(
+                f"encoder weight {broken[0]} holds {broken[1]} NaN/inf value(s) at update step "
+                f"{self.state.global_step}: {consequence}. Lower learning_rate or check the lock data."
+            )
 
     def end_lock(self) -> None:
         """At the end of ``train()``: the last update checked, the final challenge, the best encoder put back, the
@@ -1072,7 +1101,8 @@ class EncoderLockTrainer(Trainer):
         if "time_selection_s" in figures:
             self.lock_state.phase_time["selection"] += figures["time_selection_s"]
         self.lock_state.history.append({"step": self.state.global_step, **figures})
-        self.log({f"lock/{k}": float(v) for k, v in figures.items()})
+        if self.args.logging_strategy != "no":  # the user turned logging off: the history still keeps them
+            self.log({f"lock/{k}": float(v) for k, v in figures.items()})
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs and self.lock_state.last_logs:
@@ -1232,12 +1262,18 @@ class EncoderLockTrainer(Trainer):
 
     def train(self, resume_from_checkpoint: str | bool | None = None, trial=None, ignore_keys_for_eval=None, **kwargs):
         """``Trainer.train``; ``resume_from_checkpoint=True`` takes the last *complete* checkpoint under
-        ``output_dir`` (one cut short by a kill or a full disk is skipped), and a checkpoint made with other lock
-        settings is refused."""
+        ``output_dir`` (one cut short by a kill or a full disk, or with a file that does not load, is skipped with a
+        warning naming it), and a checkpoint made with other lock settings is refused."""
         if resume_from_checkpoint is True:
-            found = last_complete_checkpoint(self.args.output_dir)
+            found, skipped = resumable_checkpoint(self.args.output_dir)
+            damaged = "; ".join(f"{path.name}: {problem}" for path, problem in skipped)
             if found is None:
-                raise ValueError(f"resume_from_checkpoint=True: no complete checkpoint in {self.args.output_dir}")
+                raise ValueError(
+                    f"resume_from_checkpoint=True: no complete checkpoint in {self.args.output_dir}"
+                    + (f" (passed over {damaged})" if damaged else "")
+                )
+            if skipped:
+                logger.warning("resume_from_checkpoint=True: resuming from %s, passing over %s", found.name, damaged)
             resume_from_checkpoint = str(found)
         if resume_from_checkpoint and self._finished_at(Path(resume_from_checkpoint)):
             return self._finish_from_checkpoint(Path(resume_from_checkpoint))
@@ -1274,8 +1310,12 @@ class EncoderLockTrainer(Trainer):
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         folder = Path(resume_from_checkpoint)
-        if not checkpoint_is_complete(folder):
-            raise ValueError(f"{folder} is not a complete checkpoint (it was cut short); resume from an earlier one")
+        problem = checkpoint_problem(folder)
+        if problem is not None:
+            raise ValueError(
+                f"{folder} is not a complete checkpoint ({problem}); resume from an earlier one "
+                "(resume_from_checkpoint=True takes the last complete one)"
+            )
         if (folder / LOCK_CONFIG_FILE).is_file():
             self._check_same_lock(folder)
         if (folder / MASK_FILE).is_file():

@@ -23,12 +23,14 @@ def _no_allowed_folders(monkeypatch):
 
 
 def hostile(tmp_path, rows: int = 24) -> Dataset:
-    """A dataset whose images are stored as paths to a file outside any dataset (a user's private picture)."""
+    """A dataset whose images are stored as paths to files outside any dataset (a user's private pictures; distinct,
+    as a lock needs)."""
     secret = tmp_path / "private"
     secret.mkdir(exist_ok=True)
-    toy_domain(1, 9, "green")[0]["image"].save(secret / "p0.png")
+    for row, image in enumerate(toy_domain(rows, 9, "green")["image"]):
+        image.save(secret / f"p{row}.png")
     features = Features({"image": ImageFeature(), "label": ClassLabel(names=["c0", "c1", "c2"])})
-    stored = [{"bytes": None, "path": str(secret / "p0.png")}] * rows
+    stored = [{"bytes": None, "path": str(secret / f"p{row}.png")} for row in range(rows)]
     return Dataset.from_dict({"image": stored, "label": [i % 3 for i in range(rows)]}, features=features)
 
 

@@ -113,3 +113,13 @@ def test_a_folder_that_cannot_be_written_fails_before_any_work(tmp_path, tiny_tr
                 tiny_trainer(locked)
         finally:
             locked.chmod(0o700)
+
+
+def test_logging_strategy_no_silences_the_round_logs(tmp_path, tiny_trainer, capsys):
+    _, trainer = tiny_trainer(tmp_path, logging_strategy="no", disable_tqdm=False)
+    capsys.readouterr()
+    trainer.train()
+    printed = capsys.readouterr()
+    assert "lock/" not in printed.out + printed.err
+    assert [h["round"] for h in trainer.history if "mask_size" in h] == [0, 1]  # still recorded, not printed
+    assert not [entry for entry in trainer.state.log_history if any(k.startswith("lock/") for k in entry)]

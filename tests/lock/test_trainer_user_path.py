@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import torch
 from datasets import Dataset, DatasetDict, IterableDataset
+from safetensors.torch import load_file, save_file
 from transformers import EarlyStoppingCallback, TrainerCallback, ViTConfig, ViTModel
 
-from hf_encoderlock import EncoderAdapter, EncoderLockConfig, EncoderLockTrainer
+from hf_encoderlock import EncoderAdapter, EncoderLockConfig, EncoderLockTrainer, LockedEncoder, LockVerificationError
 from hf_encoderlock._files import LOCK_STATE_FILE, LOCK_TENSORS_FILE, MASK_FILE, TRAINER_STATE_FILE
 from hf_encoderlock.data.lock_tensors import LockDataError
 from hf_encoderlock.encoders import EncoderError, vit_image_processor
@@ -85,6 +86,19 @@ def test_a_plain_module_locks_saves_and_reloads(tmp_path, toy_domains):
     reloaded = EncoderAdapter.from_pretrained(tmp_path / "run", model=SmallConvNet(), preprocess_fn=to_pixels)
     for name, value in module.state_dict().items():
         assert torch.equal(value, reloaded.backbone.state_dict()[name]), name
+
+    # the verified loader: the card's hashes checked, then the user's module and preprocessing
+    images = toy_domains.eval_authorized["image"][:4]
+    locked = LockedEncoder.from_pretrained(tmp_path / "run", model=SmallConvNet(), preprocess_fn=to_pixels)
+    with torch.no_grad():
+        assert torch.equal(locked.features(images), module.eval()(to_pixels(images)))
+    assert locked.processor is None and locked.encoder.preprocess_fn is to_pixels
+    weights = tmp_path / "run" / "model.safetensors"
+    tampered = load_file(weights)
+    tampered["head.bias"] = tampered["head.bias"] + 1.0  # an edit after the lock: the card no longer matches
+    save_file(tampered, weights)
+    with pytest.raises(LockVerificationError, match="model.safetensors"):
+        LockedEncoder.from_pretrained(tmp_path / "run", model=SmallConvNet(), preprocess_fn=to_pixels)
 
 
 def test_other_column_names_and_a_dataset_dict(tmp_path, toy_domains):

@@ -26,6 +26,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from ...data.builtin import contrasting_colours, draw_centred, find_fonts, font_factory, luminance
 from ...data.lock_tensors import combine_labelled_domains
+from ...encoders import NO_REMOTE_CODE
 
 DEFAULT_IMAGE_SIZE = 32
 SUPERSAMPLE = 4  # shapes are drawn at this multiple of the image size and downsampled (anti-aliasing)
@@ -281,7 +282,9 @@ class TextToImageGenerator:
                 "TextToImageGenerator needs diffusers (pip install diffusers) and, in practice, a GPU; the offline "
                 "generators 'shifts', 'shapes' and 'glyphs' need neither"
             ) from error
-        pipeline = AutoPipelineForText2Image.from_pretrained(self.model_id, **self.pipeline_kwargs).to(self.device)
+        # no custom pipeline code from the Hub runs unless the caller's pipeline_kwargs ask for it
+        options = {**NO_REMOTE_CODE, **self.pipeline_kwargs}
+        pipeline = AutoPipelineForText2Image.from_pretrained(self.model_id, **options).to(self.device)
         names = list(self.prompts)
         labels = [i % len(names) for i in range(num_images)]
         images: list[Image.Image] = []
