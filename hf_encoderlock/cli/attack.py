@@ -97,10 +97,26 @@ def _run_adaptive(args: argparse.Namespace) -> int:
     return 0
 
 
+def _roles(names: list[str], domains: list[str], flag: str) -> list[str]:
+    """``--authorized`` / ``--prohibited`` as the names the report gives its domains (a folder's base name, a Hub
+    id): a role given as the same path as in ``--domains`` must find its domain, and one that is in no ``--domains``
+    is an error rather than a silently empty role."""
+    shown = {DomainSpec(domain).display_name for domain in domains}
+    roles = []
+    for name in names:
+        display = DomainSpec(name).display_name
+        if display not in shown:
+            raise DomainError(f"{flag} {name!r} is not one of --domains ({', '.join(sorted(shown))})")
+        roles.append(display)
+    return roles
+
+
 def run(args: argparse.Namespace) -> int:
     """Handler of ``encoderlock attack``: run the chosen suite and print where the report went."""
     if args.suite != "finetune":
         return _run_adaptive(args)
+    authorized = _roles(args.authorized, args.domains, "--authorized")
+    prohibited = _roles(args.prohibited, args.domains, "--prohibited")
     overrides = {
         "attacks": args.attacks,
         "fractions": args.fractions,
@@ -116,8 +132,8 @@ def run(args: argparse.Namespace) -> int:
         args.domains,
         config,
         random_twin=not args.no_scratch,
-        authorized=args.authorized,
-        prohibited=args.prohibited,
+        authorized=authorized,
+        prohibited=prohibited,
         output_dir=args.out,
     )
     print(attack_report_markdown(report))

@@ -75,3 +75,19 @@ def test_cli_attack_rejects_an_unknown_suite(encoder_dir, domain_dir, tmp_path, 
         )
     assert exited.value.code == 2
     assert "invalid choice: 'all'" in capsys.readouterr().err
+
+
+def test_cli_attack_roles_given_as_paths_find_their_domains_and_unknown_roles_are_refused(
+    encoder_dir, domain_dir, tmp_path, capsys
+):
+    common = ["attack", "--encoder", str(encoder_dir), "--domains", str(domain_dir), "--attacks", "lora",
+              "--fractions", "1", "--seeds", "0", "--epochs", "1", "--threads", "1", "--quiet",
+              "--no-scratch"]  # fmt: skip
+    out = tmp_path / "by_path"
+    assert main([*common, "--authorized", str(domain_dir), "--out", str(out)]) == 0
+    data = json.loads((out / "attack_report.json").read_text())
+    assert [d["role"] for d in data["domains"].values()] == ["authorized"]
+    capsys.readouterr()
+    assert main([*common, "--prohibited", "not-a-domain-here", "--out", str(tmp_path / "unknown")]) == 2
+    assert "--prohibited 'not-a-domain-here' is not one of --domains" in capsys.readouterr().err
+    assert not (tmp_path / "unknown").exists()
