@@ -882,12 +882,34 @@ class EncoderLockTrainer(Trainer):
         guard removed."""
         self.check_weights_finite("the lock stopped after its last update")
         self._warn_if_drift_ran_away()
-        self._show_phase(self.args.num_rounds, "final challenge")
-        self.challenge(round_index=self.args.num_rounds)
-        self.restore_best_encoder()
+        # a callback (early stopping, a time limit) may end train() before the last round: the final challenge and
+        # the kept encoder are then named after the rounds that ran, not the rounds asked for
+        final_round = min(self.args.num_rounds, self.lock_state.rounds_completed)
+        self._warn_if_stopped_early(final_round)
+        self._show_phase(final_round, "final challenge")
+        self.challenge(round_index=final_round)
+        self.restore_best_encoder(final_round)
         if self.guard is not None:
             self.guard.remove()
             self.guard = None
+
+    def _warn_if_stopped_early(self, final_round: int) -> None:
+        step, planned = self.state.global_step, self.args.max_steps
+        if step >= planned:
+            return
+        missed = []
+        if final_round < self.args.num_rounds:
+            missed.append(f"rounds {final_round + 1}-{self.args.num_rounds}")
+        if self.args.repair_steps:
+            missed.append(f"the {self.args.repair_steps} repair steps")
+        logger.warning(
+            "The lock stopped early, at update step %d of %d (a callback ended training): %s did not run. The "
+            "locked encoder holds %d round(s) of selection; measure it before publishing.",
+            step,
+            planned,
+            " and ".join(missed) or "the last steps",
+            final_round,
+        )
 
     def _warn_if_drift_ran_away(self) -> None:
         """Say so when the authorized features ended far from the unlocked encoder's: the drift guard held only
@@ -1084,8 +1106,9 @@ class EncoderLockTrainer(Trainer):
         self.record_round(figures)
         return figures
 
-    def restore_best_encoder(self) -> None:
-        """Put back the encoder with the best validation gap (``best_model_criterion="gap"``)."""
+    def restore_best_encoder(self, final_round: int | None = None) -> None:
+        """Put back the encoder with the best validation gap (``best_model_criterion="gap"``); ``final_round``: the
+        rounds that ran (default: all of them)."""
         state = self.lock_state
         if self.args.best_model_criterion != "gap" or state.best_state is None:
             return
@@ -1094,7 +1117,8 @@ class EncoderLockTrainer(Trainer):
                 self.candidates[name].copy_(value)
         state.heads = state.best_heads
         state.stale_heads = state.best_stale_heads
-        self.record_round({"round": self.args.num_rounds, "restored_best_round": state.best_round})
+        final_round = self.args.num_rounds if final_round is None else final_round
+        self.record_round({"round": final_round, "restored_best_round": state.best_round})
 
     def record_round(self, figures: dict[str, Any]) -> None:
         """Keep per-round figures and send them through the Trainer's logging (``report_to``)."""

@@ -544,3 +544,28 @@ def test_prohibited_transforms_add_the_attackers_views_to_the_lock_data(tiny_tra
     assert 0 < int(grey.sum()) < len(raw)
     with pytest.raises(ValueError, match="prohibited_transforms"):
         EncoderLockConfig(output_dir="unused", prohibited_transforms=["sepia"])
+
+
+class _StopAfter(TrainerCallback):
+    """Ends training after ``step`` update steps, as an early-stopping or time-limit callback would."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= self.step:
+            control.should_training_stop = True
+        return control
+
+
+def test_an_early_stopped_lock_names_the_rounds_that_ran_and_says_what_was_skipped(tiny_trainer, caplog):
+    encoder, trainer = tiny_trainer(num_rounds=3, repair_steps=2)
+    trainer.add_callback(_StopAfter(3))  # round 0's three steps, then stop: rounds 2-3 and the repair never run
+    with caplog.at_level("WARNING", logger="hf_encoderlock.lock.trainer"):
+        trainer.train()
+    assert "stopped early, at update step 3 of 11" in caplog.text
+    assert "rounds 2-3 and the 2 repair steps did not run" in caplog.text
+    summary = trainer.lock_summary()
+    assert summary["rounds_completed"] == 1
+    assert summary["best_round"] in (None, 1)  # never a round that did not run
+    assert trainer.history[-1]["round"] <= 1
