@@ -53,13 +53,8 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "data.lock_tensors": ("LockDataError", "combine_labelled_domains"),
     "probing.lock_report": ("build_lock_report", "lock_report_markdown", "plot_lock_report"),
     "lock.masking": ("MaskedParameterGuard", "changed_entries", "snapshot_state"),
-    "hub.card": (
-        "Authorization",
-        "EncoderLockCardData",
-        "LockVerificationError",
-        "render_model_card",
-        "write_model_card",
-    ),
+    "hub.authorization": ("Authorization", "LockVerificationError"),
+    "hub.card": ("EncoderLockCardData", "render_model_card", "write_model_card"),
     "lock.objectives": (
         "OBJECTIVES",
         "LockHeads",

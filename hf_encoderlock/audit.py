@@ -51,8 +51,9 @@ from ._files import (
 from ._utils import finite, markdown_row, percent
 from .data.domains import BUILTIN_DOMAINS, DomainSpec
 from .encoders import NO_REMOTE_CODE, load_encoder
-from .hub.card import Authorization, LockVerificationError, _domain_name
-from .lock.masking import _bits
+from .hub.authorization import Authorization, LockVerificationError
+from .hub.public_names import domain_display_name
+from .lock.masking import bit_view
 from .lock.selection import block_index, load_mask, select_candidate_parameters
 from .probing.probe_report import TWIN_ROLE
 from .probing.sanitize import count_outliers
@@ -187,7 +188,7 @@ def compare_weights(
         if before.shape != after.shape or before.dtype != after.dtype:
             problems.append(f"tensor {name!r} changed shape or dtype")
             continue
-        diff = _bits(before) != _bits(after)
+        diff = bit_view(before) != bit_view(after)
         count = int(diff.sum())
         if not count:
             continue
@@ -699,4 +700,4 @@ def audit_locked(
 
 
 def _names(entries) -> list[str]:
-    return [_domain_name(e) for e in entries or []]
+    return [domain_display_name(e) for e in entries or []]

@@ -174,7 +174,7 @@ class MaskedParameterGuard:
         total = 0
         for name, keep in self._partial.items():
             param = self._params[name]
-            diff = _bits(param) != _bits(self._snapshots[name].to(param.device))
+            diff = bit_view(param) != bit_view(self._snapshots[name].to(param.device))
             total += int(diff[~keep.to(param.device)].sum())
         return total
 
@@ -228,7 +228,7 @@ def natural_range(tensor: torch.Tensor, bound: float) -> tuple[float, float]:
     return float(median - bound * scale), float(median + bound * scale)
 
 
-def _bits(t: torch.Tensor) -> torch.Tensor:
+def bit_view(t: torch.Tensor) -> torch.Tensor:
     """An integer view of a tensor's bytes, so that comparisons are bitwise (NaN == NaN, -0.0 != 0.0)."""
     t = t.detach()
     int_dtype = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}.get(t.element_size())
@@ -259,7 +259,7 @@ def changed_entries(
                 f"{name!r} changed shape or dtype: {tuple(before.shape)}/{before.dtype} -> "
                 f"{tuple(now.shape)}/{now.dtype}"
             )
-        count = int((_bits(before) != _bits(now.to(before.device))).sum())
+        count = int((bit_view(before) != bit_view(now.to(before.device))).sum())
         if count or include_unchanged:
             out[name] = count
     return out

@@ -45,7 +45,8 @@ from ..data.lock_tensors import (
 )
 from ..data.streamed import load_lock_domain
 from ..encoders import NO_REMOTE_CODE, EncoderAdapter, EncoderError, load_encoder
-from ..hub.card import is_hub_id, public_domain_record, write_model_card
+from ..hub.card import write_model_card
+from ..hub.public_names import is_hub_id, public_domain_record
 from ..hub.push import DEFAULT_COMMIT_MESSAGE, push_locked_to_hub
 from ..probing.heads import HeadTrainingConfig, accuracy, best_head, train_heads
 from .callbacks import LockRoundCallback

@@ -41,7 +41,7 @@ from ..data.domains import train_validation_split
 from ..data.lock_tensors import preprocess_domain
 from ..encoders import load_encoder
 from .heads import torch_threads
-from .probe_report import SeedAccuracies, _fraction_label, report_json, save_report_files
+from .probe_report import SeedAccuracies, fraction_label, report_json, save_report_files
 from .suite import ProbeConfig, SplitPlan, load_domains, split_training_rows
 
 ATTACKS = ("full", "last_k", "lora", "frozen", "reinit")
@@ -551,7 +551,7 @@ def attack_report_markdown(report: AttackReport) -> str:
             )
         )
     fractions = report.fractions
-    header = ["Domain", "Classes (chance %)", "Attack", *(_fraction_label(f) for f in fractions), "Trainable params"]
+    header = ["Domain", "Classes (chance %)", "Attack", *(fraction_label(f) for f in fractions), "Trainable params"]
     lines += [
         "",
         "## Test accuracy per training fraction",
@@ -607,7 +607,7 @@ def plot_attack_report(report: AttackReport, path: str | os.PathLike) -> Path:
         if report.fractions:
             axes.set_xscale("log")
             axes.set_xticks(list(report.fractions))
-            axes.set_xticklabels([_fraction_label(f) for f in report.fractions])
+            axes.set_xticklabels([fraction_label(f) for f in report.fractions])
             axes.minorticks_off()
         role = report.domains[domain].get("role")
         axes.set_title(f"{domain}" + (f" ({role})" if role else ""), fontsize=9)

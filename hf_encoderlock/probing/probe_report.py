@@ -282,7 +282,7 @@ def _cell(mean: float, std: float) -> str:
     return f"{percent(mean, suffix='')} ± {percent(std, suffix='')}" if math.isfinite(mean) else "n/a"
 
 
-def _fraction_label(fraction: float) -> str:
+def fraction_label(fraction: float) -> str:
     return f"{100 * fraction:g}%"
 
 
@@ -315,9 +315,9 @@ def report_to_markdown(report: ProbeReport) -> str:
                 continue
             cells = [f"{_cell(b.mean, b.std)} ({b.usual_choice})" for b in bests]
             classes = f"{info.get('num_classes', '?')} ({percent(info.get('chance', float('nan')), suffix='')})"
-            lines.append(markdown_row([domain, classes, _fraction_label(fraction), str(bests[0].n_train), *cells]))
+            lines.append(markdown_row([domain, classes, fraction_label(fraction), str(bests[0].n_train), *cells]))
     lines += ["", "## Per head (best pooling on validation)", ""]
-    header = ["Domain", "Head", *(f"{role_names[r]} {_fraction_label(f)}" for r in roles for f in report.fractions)]
+    header = ["Domain", "Head", *(f"{role_names[r]} {fraction_label(f)}" for r in roles for f in report.fractions)]
     lines += [markdown_row(header), markdown_row(["---"] * len(header))]
     per_head = {(role, h, b.domain, b.fraction): b for role in roles for h, b in report.best_per_head(role)}
     for domain in report.domain_names:
@@ -331,7 +331,7 @@ def report_to_markdown(report: ProbeReport) -> str:
     lines += ["", "## Every head and pooling", ""]
     fractions = report.fractions
     for domain in report.domain_names:
-        header = ["Encoder", "Head", "Pooling", *(_fraction_label(f) for f in fractions)]
+        header = ["Encoder", "Head", "Pooling", *(fraction_label(f) for f in fractions)]
         lines += [f"### {domain}", "", markdown_row(header), markdown_row(["---"] * len(header))]
         for role in roles:
             keys = list(dict.fromkeys((s.head, s.pooling) for s in report.select(role, domain)))
@@ -384,7 +384,7 @@ def plot_report(report: ProbeReport, path: str | os.PathLike) -> Path:
     if fractions:
         axes.set_xscale("log")
         axes.set_xticks(list(fractions))
-        axes.set_xticklabels([_fraction_label(f) for f in fractions])
+        axes.set_xticklabels([fraction_label(f) for f in fractions])
         axes.minorticks_off()
     axes.set_ylim(0.0, 1.02)
     axes.set_xlabel("fraction of the training split used by the attacker")
@@ -451,5 +451,5 @@ def lock_measures(
                         r[name] = value
                     if role is not None:
                         summary_row[f"mean_{name}"] = result[name]
-        summary[_fraction_label(fraction)] = summary_row
+        summary[fraction_label(fraction)] = summary_row
     return {"rows": rows, "summary": summary}

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from hf_encoderlock.lock.masking import MaskedParameterGuard, _bits, changed_entries, snapshot_state
+from hf_encoderlock.lock.masking import MaskedParameterGuard, bit_view, changed_entries, snapshot_state
 from hf_encoderlock.lock.selection import (
     accumulate_gradient_stats,
     compute_scores,
@@ -29,7 +29,7 @@ def tiny_vit():
 def changed_positions(before: dict, model: nn.Module) -> dict:
     """name -> bool tensor of bitwise-changed entries (parameters and buffers)."""
     after = model.state_dict()
-    return {n: _bits(before[n]) != _bits(after[n]) for n in before}
+    return {n: bit_view(before[n]) != bit_view(after[n]) for n in before}
 
 
 def assert_exactly_mask_changed(before: dict, model: nn.Module, mask: dict) -> None:
