@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from .._files import CARD_FILE, CARD_FORMAT_V2, LOCK_CONFIG_FILE, REPORT_JSON, SIGNATURE_FILE
+from .._files import CARD_FILE, CARD_FORMAT_V2, LOCK_CONFIG_FILE, MODEL_WEIGHTS_FILE, REPORT_JSON, SIGNATURE_FILE
 from .._utils import as_finite_float, percent
 from .authorization import METADATA_KEY
 from .manifest import HASH_ALGORITHM, file_hashes, weight_hashes
@@ -466,7 +466,7 @@ class EncoderLockCardData:
             "prohibited_uses": self.prohibited_uses,
             "citation": CITATION,
             "paper_url": PAPER_URL,
-            "weights_file": next(iter(self.weight_hashes), "model.safetensors"),
+            "weights_file": next(iter(self.weight_hashes), MODEL_WEIGHTS_FILE),
         }
 
 
