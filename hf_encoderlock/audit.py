@@ -112,16 +112,6 @@ def state_of(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: t.detach().cpu() for n, t in module.state_dict().items()}
 
 
-def load_state(source: str | os.PathLike | torch.nn.Module) -> dict[str, torch.Tensor]:
-    """A backbone's in-memory state dict from a folder, ``"victim"``, a Hub id or a module.
-
-    Folders are loaded with ``from_pretrained``, not read as raw safetensors: transformers 5 may store tensors
-    under other names than the module's (ViT: ``encoder.layer.N.attention.attention.query`` on disk,
-    ``layers.N.attention.q_proj`` in memory), and masks use the in-memory names. Loading copies values exactly.
-    """
-    return state_of(load_backbone(source))
-
-
 def _load(source: str | os.PathLike | torch.nn.Module, role: str) -> torch.nn.Module:
     """``load_backbone(source)``, any failure turned into a one-line :class:`AuditError` naming ``role``."""
     if isinstance(source, (str, os.PathLike)) and str(source) != VICTIM and not Path(source).expanduser().exists():

@@ -168,22 +168,6 @@ class MaskedParameterGuard:
         held = {id(p) for group in optimizer.param_groups for p in group["params"]}
         return [n for n in (*self._partial, *sorted(self._full)) if id(self._params[n]) not in held]
 
-    @torch.no_grad()
-    def unselected_changes(self) -> int:
-        """Number of unselected entries of partly selected parameters that differ from the snapshot (audit)."""
-        total = 0
-        for name, keep in self._partial.items():
-            param = self._params[name]
-            diff = bit_view(param) != bit_view(self._snapshots[name].to(param.device))
-            total += int(diff[~keep.to(param.device)].sum())
-        return total
-
-    @property
-    def num_selected(self) -> int:
-        """Number of selected entries."""
-        full = sum(self._params[n].numel() for n in self._full)
-        return full + sum(int(k.sum()) for k in self._partial.values())
-
     @property
     def partly_selected(self) -> list[str]:
         return list(self._partial)

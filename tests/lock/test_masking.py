@@ -92,11 +92,9 @@ def test_only_selected_entries_change_under_adamw_with_mask_growth_clipping_accu
     assert len(mask) >= 2 and sum(int(m.sum()) for m in mask.values()) == 40
     guard = MaskedParameterGuard(model, mask)
     assert guard.missing_from(optimizer) == []
-    assert guard.num_selected == 40
 
     train_steps(model, optimizer, guard, steps=3, seed=10)
     assert_exactly_mask_changed(start, model, mask)
-    assert guard.unselected_changes() == 0
     # Gradients were masked during backward: Adam moments of unselected entries never saw a gradient.
     params = dict(model.named_parameters())
     for name, keep in mask.items():
