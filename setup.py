@@ -34,8 +34,6 @@ setup(
     package_data={
         "hf_encoderlock": [
             "assets/victim/*",
-            "probing/metrics/*/*.py",
-            "probing/metrics/*/*.md",
             "hub/model_card_template.md",
             "py.typed",
         ]
@@ -45,7 +43,6 @@ setup(
         "transformers>=5.19",
         "datasets>=3.0",
         "accelerate>=1.0",
-        "evaluate>=0.4.3",
         "huggingface-hub>=1.0",
         "safetensors>=0.4",
         "jinja2>=3.1",

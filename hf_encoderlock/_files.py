@@ -1,10 +1,15 @@
 """Every file name and format tag the package reads or writes, in one module that imports nothing of ours.
 
 Kept apart so that the trainer, the Hub code, the audit and the CLI can all name the same files without importing
-each other (the same role as ``peft.utils.constants``).
+each other (the same role as ``peft.utils.constants``). The names transformers writes come from its own constants
+(``transformers.utils``); those of ``transformers.trainer`` are spelled out, because importing that module (or
+``transformers.trainer_utils``) here would load the whole Trainer stack into every command, and
+``tests/test_files.py`` checks them against transformers'.
 """
 
 from __future__ import annotations
+
+from transformers.utils import CONFIG_NAME, IMAGE_PROCESSOR_NAME, SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
 
 # ----------------------------------------------------------------------------------------- a locked encoder folder
 LOCK_CONFIG_FILE = "encoderlock_config.json"  # how the lock was made: domains, variant, mask size, versions
@@ -12,22 +17,28 @@ LOCK_CONFIG_FORMAT = "encoderlock/v1"
 MASK_FILE = "encoderlock_mask.safetensors"  # the changed weights: private, pushed only when asked
 CARD_FILE = "README.md"  # the model card
 CARD_FORMAT = "encoderlock-card/v1"
-MODEL_CONFIG_FILE = "config.json"  # written by transformers' save_pretrained
-MODEL_WEIGHTS_FILE = "model.safetensors"
-MODEL_WEIGHTS_INDEX_FILE = "model.safetensors.index.json"  # a sharded save's index (transformers' name)
-MODEL_WEIGHTS_SHARDS = "model-*-of-*.safetensors"  # a sharded save's pieces (glob)
-PROCESSOR_CONFIG_FILE = "preprocessor_config.json"  # written by an image processor's save_pretrained
+MODEL_CONFIG_FILE = CONFIG_NAME  # written by transformers' save_pretrained
+MODEL_WEIGHTS_FILE = SAFE_WEIGHTS_NAME
+MODEL_WEIGHTS_INDEX_FILE = SAFE_WEIGHTS_INDEX_NAME  # a sharded save's index
+MODEL_WEIGHTS_SHARDS = "model-*-of-*.safetensors"  # a sharded save's pieces (glob; transformers has no constant)
+PROCESSOR_CONFIG_FILE = IMAGE_PROCESSOR_NAME  # written by an image processor's save_pretrained
 # A plain torch module (no transformers config) is saved as its state dict in MODEL_WEIGHTS_FILE plus this file.
 PLAIN_MODULE_CONFIG_FILE = "encoderlock_module.json"
 PLAIN_MODULE_FORMAT = "encoderlock-module/v1"
-# Files a Trainer checkpoint holds besides the model: never counted as model weights (globs).
-TRAINER_STATE_FILES = ("training_args.bin", "optimizer.pt", "scheduler.pt", "scaler.pt", "rng_state*.pth")
+# ------------------------------------------------------------------------ transformers.trainer's (see the docstring)
+PREFIX_CHECKPOINT_DIR = "checkpoint"  # transformers.trainer_utils.PREFIX_CHECKPOINT_DIR
+CHECKPOINT_PREFIX = f"{PREFIX_CHECKPOINT_DIR}-"  # a Trainer checkpoint folder is checkpoint-<global step>
+TRAINER_STATE_FILE = "trainer_state.json"  # transformers.trainer.TRAINER_STATE_NAME
+TRAINING_ARGS_FILE = "training_args.bin"  # TRAINING_ARGS_NAME
+OPTIMIZER_FILE, SCHEDULER_FILE, SCALER_FILE = "optimizer.pt", "scheduler.pt", "scaler.pt"  # OPTIMIZER_NAME, ...
+# Files a Trainer checkpoint holds besides the model: never counted as model weights (globs; the RNG states are
+# rng_state.pth or rng_state_<rank>.pth, for which transformers has no constant).
+TRAINER_STATE_FILES = (TRAINING_ARGS_FILE, OPTIMIZER_FILE, SCHEDULER_FILE, SCALER_FILE, "rng_state*.pth")
 
 # ------------------------------------------------------------------------------------------- checkpoints only
 LOCK_STATE_FILE = "encoderlock_state.json"  # what an exact resume needs beyond weights and mask
 LOCK_TENSORS_FILE = "encoderlock_state.safetensors"  # heads and the best encoder's weights
 LOCK_STATE_FORMAT = "encoderlock-state/v1"
-TRAINER_STATE_FILE = "trainer_state.json"
 # What stays on the owner's machine unless a push explicitly asks for the mask (globs): the mask says which weights
 # the lock changed, the lock state and Trainer state are how to resume or undo it.
 PRIVATE_FILES = (MASK_FILE, LOCK_STATE_FILE, LOCK_TENSORS_FILE, TRAINER_STATE_FILE, *TRAINER_STATE_FILES)
@@ -80,7 +91,7 @@ PUBLISHED_FILES = (
 PACKAGE_OUTPUTS = (
     *PUBLISHED_FILES,
     *PRIVATE_FILES,
-    "checkpoint-*",
+    f"{CHECKPOINT_PREFIX}*",
     "runs",
     REPORT_JSON,
     REPORT_MD,

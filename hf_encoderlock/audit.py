@@ -51,8 +51,9 @@ from ._files import (
 from ._utils import finite, markdown_row, percent
 from .data.domains import BUILTIN_DOMAINS, DomainSpec
 from .encoders import NO_REMOTE_CODE, load_encoder
-from .hub.card import Authorization, LockVerificationError, _domain_name
-from .lock.masking import _bits
+from .hub.authorization import Authorization, LockVerificationError
+from .hub.public_names import domain_display_name
+from .lock.masking import bit_view
 from .lock.selection import block_index, load_mask, select_candidate_parameters
 from .probing.probe_report import TWIN_ROLE
 from .probing.sanitize import count_outliers
@@ -109,16 +110,6 @@ def initialised_on_load(source: str | os.PathLike, loaded: Mapping[str, torch.Te
 def state_of(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     """A module's state dict, detached and on the CPU."""
     return {n: t.detach().cpu() for n, t in module.state_dict().items()}
-
-
-def load_state(source: str | os.PathLike | torch.nn.Module) -> dict[str, torch.Tensor]:
-    """A backbone's in-memory state dict from a folder, ``"victim"``, a Hub id or a module.
-
-    Folders are loaded with ``from_pretrained``, not read as raw safetensors: transformers 5 may store tensors
-    under other names than the module's (ViT: ``encoder.layer.N.attention.attention.query`` on disk,
-    ``layers.N.attention.q_proj`` in memory), and masks use the in-memory names. Loading copies values exactly.
-    """
-    return state_of(load_backbone(source))
 
 
 def _load(source: str | os.PathLike | torch.nn.Module, role: str) -> torch.nn.Module:
@@ -187,7 +178,7 @@ def compare_weights(
         if before.shape != after.shape or before.dtype != after.dtype:
             problems.append(f"tensor {name!r} changed shape or dtype")
             continue
-        diff = _bits(before) != _bits(after)
+        diff = bit_view(before) != bit_view(after)
         count = int(diff.sum())
         if not count:
             continue
@@ -699,4 +690,4 @@ def audit_locked(
 
 
 def _names(entries) -> list[str]:
-    return [_domain_name(e) for e in entries or []]
+    return [domain_display_name(e) for e in entries or []]

@@ -186,8 +186,3 @@ def load_victim(cache_dir: str | os.PathLike | None = None) -> EncoderAdapter:
     encoder = EncoderAdapter.from_pretrained(folder, pooling="cls")
     encoder.name = "victim-vit"
     return encoder
-
-
-def victim_random_twin(seed: int = 0) -> EncoderAdapter:
-    """The victim's architecture at random initialisation: the attacker's no-encoder baseline."""
-    return load_victim().random_init_twin(seed)

@@ -112,6 +112,28 @@ def test_probing_never_imports_the_lock():
     assert leaks == []
 
 
+def private_imports(tree: ast.Module) -> list[str]:
+    """Names starting with one underscore that a module imports from the package (``_files`` and ``_utils`` are
+    modules, not private names)."""
+    return [
+        alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith(PACKAGE))
+        for alias in node.names
+        if alias.name.startswith("_") and not alias.name.startswith("__") and alias.name not in ("_files", "_utils")
+    ]
+
+
+def test_no_module_imports_another_modules_private_names():
+    leaks = {name: found for name, path in MODULES.items() if (found := private_imports(ast.parse(path.read_text())))}
+    assert leaks == {}, f"give these names a public name in the module that owns them: {leaks}"
+
+
+def test_private_import_finder_finds_them():
+    tree = ast.parse("from .card import _domain_name, is_hub_id\nfrom . import _files\nfrom os import _exit\n")
+    assert private_imports(tree) == ["_domain_name"]
+
+
 def find_cycle(edges: dict[str, set[str]]) -> list[str] | None:
     """One import cycle as a path, or None (depth-first search with colours)."""
     state: dict[str, int] = {}

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from .._files import MASK_FILE, SIGNATURE_FILE
-from ..hub.card import LockVerificationError
+from ..hub.authorization import LockVerificationError
 from ..hub.signing import require_signing, sign_locked, signed_files, verify_signature
 
 # A folder whose files no longer match its card is the user's to fix (exit 2), not a crash.

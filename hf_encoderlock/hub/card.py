@@ -6,9 +6,8 @@ prohibited domains, variant, mask size, measured accuracies, SHA-256 of every fi
 itself) that :func:`hf_encoderlock.hub.load_locked` parses back into an :class:`Authorization` and checks against the
 files and against ``encoderlock_config.json``.
 
-What such a hash proves: that the files are the ones this card describes. It cannot prove who wrote the card (anyone
-who can push to the repository can change a file and its hash together) and the card cannot hash itself; a signature
-(:mod:`hf_encoderlock.hub.signing`, ``model.sig``) covers the card too and names the signer's key.
+The files and their hashes come from :mod:`.manifest`, the domains' public names from :mod:`.public_names`, and
+the ``encoderlock:`` block is read back and checked by :mod:`.authorization`.
 
 The card follows the Hub's standard sections (``huggingface_hub``'s ``modelcard_template.md``) and publishes no local
 path: ``base_model`` and ``datasets`` only name Hub ids, built-in and local domains are described in the text.
@@ -16,50 +15,31 @@ path: ``base_model`` and ``datasets`` only name Hub ids, built-in and local doma
 
 from __future__ import annotations
 
-import fnmatch
-import hashlib
 import json
 import math
-import os
-import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from .._files import (
-    CARD_FILE,
-    CARD_FORMAT,
-    CARD_FORMAT_V2,
-    LOCK_CONFIG_FILE,
-    MASK_FILE,
-    PRIVATE_FILES,
-    PUBLISHED_FILES,
-    REPORT_JSON,
-    SIGNATURE_FILE,
-)
+from .._files import CARD_FILE, CARD_FORMAT_V2, LOCK_CONFIG_FILE, MODEL_WEIGHTS_FILE, REPORT_JSON, SIGNATURE_FILE
 from .._utils import as_finite_float, percent
-from ..data.domains import BUILTIN_DOMAINS, DomainSpec
 from ..probing.lock_report import advantage_text
+from .authorization import METADATA_KEY
+from .manifest import HASH_ALGORITHM, file_hashes, weight_hashes
+from .public_names import (
+    declared_domains,
+    describe_training_domain,
+    domain_display_name,
+    is_hub_id,
+    split_dataset_name,
+)
 
 # The top-level model_card_template.md of the repository; the package ships it through a link (see setup.py).
 TEMPLATE_PATH = Path(__file__).parent / "model_card_template.md"
 REPORT_FILE = REPORT_JSON
-METADATA_KEY = "encoderlock"
-HASH_ALGORITHM = "sha256"
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf", ".onnx")
-# the lock's mask and Trainer state are not part of the released model (file-name patterns)
-NON_MODEL_WEIGHT_FILES = PRIVATE_FILES
-# What a push never uploads: subfolders (checkpoints), hidden files and the private files (globs, upload_folder's).
-# Only PUBLISHED_FILES are uploaded at all; these patterns are a second guard.
-PUBLISH_IGNORE_PATTERNS = ("*/*", ".*", *PRIVATE_FILES)
-# Names a loader could read besides the published ones (another weight format, a config, custom code): such a file
-# in a locked folder that the card does not declare fails verification. Other files (a user's notes) are ignored.
-LOADABLE_SUFFIXES = (".json", ".py")
-# Published, but not hashed in the card: the card cannot hash itself, and the signature is written after it.
-UNHASHED_FILES = (CARD_FILE, SIGNATURE_FILE)
 PROBE_HEADS = ("linear", "mlp", "knn")
 PAPER_ARXIV = "2411.12508"
 PAPER_URL = f"https://arxiv.org/abs/{PAPER_ARXIV}"
@@ -74,7 +54,6 @@ CITATION = """@inproceedings{ding2025probemenot,
 }"""
 GATE_HEADING = "Acknowledge the prohibited uses of this encoder"
 GATE_BUTTON = "Agree and request access"
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.:-]+$")  # "user/name" or "user/dataset:config"
 YAML_DECIMALS = 4  # measured fractions in the front matter: 0.283, never 0.28300000000000003
 MASK_SIGNIFICANT_DIGITS = 4  # a mask fraction is tiny (2.3e-07): rounded to significant digits, not decimals
 # The per-domain fields of the ``encoderlock: accuracy:`` block, as the report's table names them.
@@ -89,103 +68,6 @@ ACCURACY_KEYS = (
     "adaptive_worst",  # the adaptive attacker's worst case (probe-only families) and the advantage it leaves removed
     "adaptive_removed",
 )
-# One line per built-in domain for the card's training-data section (the recipes of ``data/builtin.py``'s docstring;
-# kept here because the data layer has no per-domain description table).
-BUILTIN_DESCRIPTIONS = {
-    "mnist": "real handwritten digits (MNIST, 28x28 grey, padded to 32x32 RGB)",
-    "digits": "scikit-learn's 8x8 UCI optical digits upscaled to 32x32 (a low-resolution, USPS-like domain)",
-    "mnist-m": "MNIST digits blended with crops of natural photos (the MNIST-M recipe)",
-    "syn-digits": "digits rendered with TrueType fonts on varied backgrounds, with distractors (the SYN-Digits recipe)",
-    "letters": "ten upper-case letters rendered on varied backgrounds",
-}
-
-
-class LockVerificationError(RuntimeError):
-    """A locked encoder's card is missing, lacks the ``encoderlock:`` block, or does not match its files, its lock
-    config or its signature."""
-
-
-# ------------------------------------------------------------------------------------------------- helpers
-def sha256_file(path: str | Path, chunk_size: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(chunk_size), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def weight_files(folder: str | Path) -> list[str]:
-    """Names of the model weight files at the top of ``folder`` (the lock's mask excluded)."""
-    root = Path(folder)
-    return sorted(
-        p.name
-        for p in root.iterdir()
-        if p.is_file()
-        and p.name.endswith(WEIGHT_SUFFIXES)
-        and not any(fnmatch.fnmatch(p.name, pattern) for pattern in NON_MODEL_WEIGHT_FILES)
-    )
-
-
-def weight_hashes(folder: str | Path) -> dict[str, str]:
-    """``{file name: sha256}`` for every model weight file in ``folder``."""
-    return {name: sha256_file(Path(folder) / name) for name in weight_files(folder)}
-
-
-def is_private_file(name: str) -> bool:
-    """Whether ``name`` is one of the files that stay with the owner (mask, lock state, Trainer state)."""
-    return any(fnmatch.fnmatch(name, pattern) for pattern in PRIVATE_FILES)
-
-
-def published_patterns(include_mask: bool = False) -> list[str]:
-    """The allow-list a push uploads from (globs of top-level names): ``PUBLISHED_FILES``, and the mask when asked."""
-    return [*PUBLISHED_FILES, *([MASK_FILE] if include_mask else [])]
-
-
-def published_files(folder: str | Path, include_mask: bool = False) -> list[str]:
-    """Names of the top-level files of ``folder`` that a push uploads: only the allow-listed names
-    (:data:`hf_encoderlock._files.PUBLISHED_FILES`; the mask only with ``include_mask``), never a user's file."""
-    allowed = published_patterns(include_mask)
-    return sorted(
-        p.name
-        for p in Path(folder).iterdir()
-        if p.is_file() and any(fnmatch.fnmatch(p.name, pattern) for pattern in allowed)
-    )
-
-
-def unpublished_files(folder: str | Path, include_mask: bool = False) -> list[str]:
-    """Names of the top-level entries of ``folder`` that a push leaves out (a user's files, subfolders, private and
-    hidden files)."""
-    published = set(published_files(folder, include_mask=include_mask))
-    return sorted(p.name for p in Path(folder).iterdir() if p.name not in published)
-
-
-def accountable_files(folder: str | Path) -> list[str]:
-    """The top-level files a verification must account for: the published ones, and any other a loader could read
-    (weights, ``.json``, ``.py``); hidden and private files, and a user's other files (notes), are not."""
-    root = Path(folder)
-    loadable = [p.name for p in root.iterdir() if p.is_file() and p.name.endswith(LOADABLE_SUFFIXES)]
-    names = {*published_files(root), *weight_files(root), *loadable}
-    return sorted(n for n in names if not n.startswith(".") and not is_private_file(n))
-
-
-def refuse_links(folder: str | Path, names: list[str]) -> None:
-    """Raise ``ValueError`` when one of ``names`` in ``folder`` is a symbolic link: a push would upload the bytes
-    of whatever it points to, possibly a file outside the folder."""
-    links = [name for name in names if (Path(folder) / name).is_symlink()]
-    if links:
-        raise ValueError(
-            f"{folder} holds symbolic links ({', '.join(links)}); a push uploads only regular files written into the "
-            "folder: replace the links by the files themselves (a Hub download: LockedEncoder.push_to_hub copies it)"
-        )
-
-
-def file_hashes(folder: str | Path, include_mask: bool = False) -> dict[str, str]:
-    """``{file name: sha256}`` of the published files that are neither weights nor the card or its signature:
-    ``config.json``, ``preprocessor_config.json``, ``encoderlock_config.json`` and anything else a push uploads."""
-    skip = set(weight_files(folder)) | set(UNHASHED_FILES)
-    names = [n for n in published_files(folder, include_mask=include_mask) if n not in skip]
-    return {name: sha256_file(Path(folder) / name) for name in names}
 
 
 def _rounded(value: Any, decimals: int = YAML_DECIMALS) -> float | None:
@@ -209,156 +91,6 @@ def _tidy(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_tidy(v) for v in value]
     return value
-
-
-def _exists(name: str) -> bool:
-    try:
-        return Path(name).expanduser().exists()
-    except (OSError, ValueError):  # too long, a NUL byte, no home directory: not a path here
-        return False
-
-
-def _is_local_path(name: str) -> bool:
-    """Whether ``name`` reads as, or is, a path on this machine (such names are never published)."""
-    return (
-        name.startswith((".", "/", "~"))
-        or "\\" in name
-        or name.count("/") > 1
-        or Path(name).is_absolute()
-        or _exists(name)
-    )
-
-
-def is_hub_id(name: Any) -> bool:
-    """Whether ``name`` looks like a Hub repository id (``user/name``, a dataset's ``:config`` allowed) and is not
-    a path that exists here."""
-    return isinstance(name, str) and bool(_HUB_ID.match(name)) and not _is_local_path(name)
-
-
-def names_a_repo(name: Any) -> bool:
-    """Whether ``name`` is written as a Hub repository id (``user/name``), whether or not a folder of that name
-    exists here (an explicit path starts with ``.``, ``/`` or ``~``)."""
-    return isinstance(name, str) and bool(_HUB_ID.match(name)) and ":" not in name
-
-
-def _public_name(name: str) -> str:
-    """``name``, or only its last component when it is a local path."""
-    if is_hub_id(name) or not _is_local_path(name):
-        return name
-    return re.split(r"[\\/]", name.rstrip("/\\"))[-1] or "local"
-
-
-def public_domain_record(entry: Any) -> Any:
-    """A domain as ``encoderlock_config.json`` may record it: a local path (a string, ``+``-joined names, or the
-    ``name`` / ``domain`` of a spec dict or :class:`DomainSpec`) reduced to its last component; Hub ids and built-in
-    names unchanged."""
-    if isinstance(entry, DomainSpec):
-        entry = asdict(entry)
-    if isinstance(entry, os.PathLike):
-        entry = os.fspath(entry)
-    if isinstance(entry, str):
-        return "+".join(_public_name(part) for part in entry.split("+"))
-    if isinstance(entry, dict):
-        return {k: public_domain_record(v) if k in ("name", "domain") else v for k, v in entry.items()}
-    if isinstance(entry, (list, tuple)):
-        return [public_domain_record(e) for e in entry]
-    return entry
-
-
-def _spec_name(entry: Any) -> tuple[str, str | None] | None:
-    """``(name, config)`` of a domain recorded as a string or a ``DomainSpec`` dict; ``None`` for synthetic ones."""
-    if isinstance(entry, dict) and "zero_shot_generators" in entry:
-        return None
-    if isinstance(entry, dict) and "domain" in entry:  # unsupervised: the domain, whose labels were never read
-        return _spec_name(entry["domain"])
-    if isinstance(entry, dict):
-        return str(entry.get("name", "unknown")), entry.get("config")
-    return str(entry), None
-
-
-def _domain_name(entry: Any) -> str:
-    """A short public name for a domain recorded as a string or a ``DomainSpec`` dict (no local paths)."""
-    if isinstance(entry, dict) and "zero_shot_generators" in entry:  # zero-shot: synthetic data, no real domain
-        return f"synthetic ({', '.join(map(str, entry['zero_shot_generators']))})"
-    if isinstance(entry, dict) and "domain" in entry:
-        return _domain_name(entry["domain"])
-    if isinstance(entry, dict):
-        try:
-            entry = DomainSpec(**entry).display_name
-        except Exception:  # a spec written by another version: fall back to its name
-            entry = entry.get("name", "unknown")
-    return _public_name(str(entry))
-
-
-def _builtin(name: str) -> str | None:
-    """The canonical built-in domain ``name`` refers to (``"MNIST_M"`` -> ``"mnist-m"``), or ``None``."""
-    try:
-        display = DomainSpec(name=name).display_name
-    except Exception:  # not a valid spec name: not a built-in either
-        return None
-    return display if display in BUILTIN_DOMAINS else None
-
-
-def _canonical(name: str) -> str:
-    """A domain name as the probe reports write it: built-in names canonical (``"MNIST_M"`` -> ``"mnist-m"``)."""
-    return _builtin(name) or name
-
-
-def _is_synthetic(entry: Any) -> bool:
-    return isinstance(entry, dict) and "zero_shot_generators" in entry
-
-
-def declared_domains(lock: dict[str, Any]) -> tuple[list[str], list[str] | None]:
-    """``(authorized, prohibited)`` public names of the domains ``encoderlock_config.json`` records; prohibited is
-    ``None`` for a zero-shot lock, whose config names only the synthetic data it was locked on."""
-    authorized = [_canonical(_domain_name(d)) for d in lock.get("authorized") or []]
-    entries = lock.get("prohibited") or []
-    if any(_is_synthetic(entry) for entry in entries):
-        return authorized, None
-    return authorized, [_canonical(_domain_name(d)) for d in entries]
-
-
-def hub_dataset_id(entry: Any) -> str | None:
-    """The Hub dataset id (without its config) a recorded domain was loaded from; ``None`` for built-in, local and
-    synthetic domains."""
-    found = _spec_name(entry)
-    if found is None or _builtin(found[0]) is not None or not is_hub_id(found[0]):
-        return None
-    return found[0].split(":", 1)[0]
-
-
-def _split_dataset_name(name: str) -> tuple[str, str | None]:
-    """``("user/ds", "cfg")`` for a Hub display name ``"user/ds:cfg"``; ``(name, None)`` otherwise."""
-    if is_hub_id(name) and ":" in name:
-        dataset, config = name.split(":", 1)
-        return dataset, config
-    return name, None
-
-
-def describe_training_domain(entry: Any) -> dict[str, Any]:
-    """``{"name", "source", "hub_id"}`` of a recorded domain: where its images came from, in words (no paths)."""
-    name = _domain_name(entry)
-    unlabelled = ""
-    if isinstance(entry, dict) and "domain" in entry:
-        pseudo = entry.get("pseudo_labels")
-        unlabelled = f"; its labels were never read{f' (pseudo-labels: {pseudo})' if pseudo else ''}"
-    found = _spec_name(entry)
-    hub_id = hub_dataset_id(entry)
-    if found is None:
-        images = entry.get("images")
-        source = "synthetic images made by hf_encoderlock's zero-shot generators (no real prohibited data)"
-        source += f", {images} images" if images else ""
-    elif (builtin := _builtin(found[0])) is not None:
-        source = f"hf_encoderlock's built-in offline domain `{builtin}`: {BUILTIN_DESCRIPTIONS.get(builtin, builtin)}"
-    elif hub_id is not None:
-        config = found[1] or (found[0].split(":", 1)[1] if ":" in found[0] else None)
-        source = f"the Hub dataset [{hub_id}](https://huggingface.co/datasets/{hub_id})"
-        source += f" (config `{config}`)" if config else ""
-    elif _is_local_path(found[0]):
-        source = "a local dataset that is not published"
-    else:
-        source = "a dataset recorded by name only (not a Hub `user/name` id)"
-    return {"name": name, "source": source + unlabelled, "hub_id": hub_id}
 
 
 def find_report(folder: str | Path, lock: dict[str, Any]) -> dict[str, Any] | None:
@@ -497,7 +229,7 @@ class EncoderLockCardData:
             report = find_report(folder, lock)
         authorized, prohibited = declared_domains(lock)
         if prohibited is None:
-            prohibited = [_domain_name(d) for d in lock.get("prohibited", [])]
+            prohibited = [domain_display_name(d) for d in lock.get("prohibited", [])]
             if report is not None:
                 prohibited = list(report.get("prohibited", prohibited))
         if report is not None and not authorized:  # a hand-written config without domains
@@ -625,7 +357,7 @@ class EncoderLockCardData:
             entries += [
                 (f"fresh {h['head']} probe", h["accuracy"]) for h in self.head_results if h["domain"] == row["domain"]
             ]
-            dataset_type, dataset_config = _split_dataset_name(row["domain"])
+            dataset_type, dataset_config = split_dataset_name(row["domain"])
             for head, value in entries:
                 value = _rounded(value)
                 if value is None:
@@ -737,7 +469,7 @@ class EncoderLockCardData:
             "prohibited_uses": self.prohibited_uses,
             "citation": CITATION,
             "paper_url": PAPER_URL,
-            "weights_file": next(iter(self.weight_hashes), "model.safetensors"),
+            "weights_file": next(iter(self.weight_hashes), MODEL_WEIGHTS_FILE),
         }
 
 
@@ -779,135 +511,3 @@ def write_model_card(
         path.unlink()
     card.save(path)
     return path
-
-
-# ---------------------------------------------------------------------------------------------- authorization
-@dataclass(frozen=True)
-class Authorization:
-    """The authorization a locked encoder's card declares (parsed from its ``encoderlock:`` block).
-
-    ``weights`` and ``files`` are the SHA-256 of the weight files and of every other published file except the
-    card (``files`` is empty for cards written before it existed, ``encoderlock-card/v1``, which
-    :meth:`verify` refuses).
-    """
-
-    authorized: tuple[str, ...]
-    prohibited: tuple[str, ...]
-    variant: str
-    objective: str | None
-    mask_fraction: float | None
-    mask_count: int | None
-    weights: dict[str, str]
-    accuracy: dict[str, dict[str, Any]] = field(default_factory=dict)
-    format: str = CARD_FORMAT_V2
-    poolings: tuple[str, ...] = ()
-    files: dict[str, str] = field(default_factory=dict)
-
-    @classmethod
-    def from_metadata(cls, metadata: dict[str, Any] | None) -> Authorization:
-        """Parse an ``encoderlock:`` block; :class:`LockVerificationError` when it is missing or incomplete."""
-        if not isinstance(metadata, dict):
-            raise LockVerificationError(f"the model card has no '{METADATA_KEY}:' block in its YAML front matter")
-        required = ("authorized", "prohibited", "variant", "weights")
-        if metadata.get("format", CARD_FORMAT) != CARD_FORMAT:
-            required += ("files",)  # only v1 cards hashed the weights alone
-        missing = [key for key in required if not metadata.get(key)]
-        if missing:
-            raise LockVerificationError(f"the card's '{METADATA_KEY}:' block lacks {', '.join(missing)}")
-        if metadata.get("hash_algorithm", HASH_ALGORITHM) != HASH_ALGORITHM:
-            raise LockVerificationError(f"unsupported hash algorithm {metadata.get('hash_algorithm')!r}")
-        return cls(
-            authorized=tuple(metadata["authorized"]),
-            prohibited=tuple(metadata["prohibited"]),
-            variant=str(metadata["variant"]),
-            objective=metadata.get("objective"),
-            mask_fraction=as_finite_float(metadata.get("mask_fraction")),
-            mask_count=metadata.get("mask_count"),
-            weights=dict(metadata["weights"]),
-            accuracy=dict(metadata.get("accuracy") or {}),
-            format=str(metadata.get("format", CARD_FORMAT)),
-            poolings=tuple(metadata.get("poolings") or ()),
-            files=dict(metadata.get("files") or {}),
-        )
-
-    @classmethod
-    def from_card(cls, card_path: str | Path) -> Authorization:
-        """Parse the ``README.md`` at ``card_path``."""
-        path = Path(card_path)
-        if not path.is_file():
-            raise LockVerificationError(f"no model card ({CARD_FILE}) found at {path.parent}")
-        try:
-            card = ModelCard.load(path)
-        except Exception as error:  # malformed YAML or model-index
-            raise LockVerificationError(f"the model card at {path} could not be parsed: {error}") from error
-        return cls.from_metadata(card.data.to_dict().get(METADATA_KEY))
-
-    def is_prohibited(self, domain: str) -> bool:
-        """Whether the card names ``domain`` as prohibited."""
-        return domain in self.prohibited
-
-    def is_authorized(self, domain: str) -> bool:
-        """Whether the card names ``domain`` as authorized."""
-        return domain in self.authorized
-
-    def verify(self, folder: str | Path) -> None:
-        """Check that ``folder`` holds exactly the files the card hashes (weights, configs, image processor, lock
-        config: every published file but the card and its signature), with the declared SHA-256, and that the
-        card's ``encoderlock:`` block agrees with ``encoderlock_config.json``.
-
-        Raises :class:`LockVerificationError` naming every file or field that differs. A private file the card
-        hashes (the mask, when it was pushed) may be absent: loading never reads it.
-        """
-        folder = Path(folder)
-        if not self.files:
-            raise LockVerificationError(
-                f"the model card is an {self.format} card: it hashes the weight files only, so config.json, the "
-                "image processor and encoderlock_config.json cannot be verified; render it again from trusted files "
-                "(hf_encoderlock.write_model_card(folder), or push the lock again)"
-            )
-        declared = {**self.files, **self.weights}
-        present = set(accountable_files(folder)) - set(UNHASHED_FILES)
-        present |= {n for n in declared if is_private_file(n) and (folder / n).is_file()}
-        problems = [f"{n}: missing" for n in sorted(set(declared) - present) if not is_private_file(n)]
-        problems += [f"{n}: not declared in the card" for n in sorted(present - set(declared))]
-        for name in sorted(set(declared) & present):
-            actual = sha256_file(folder / name)
-            if actual != declared[name]:
-                problems.append(f"{name}: sha256 {actual} does not match the card's {declared[name]}")
-        if problems:
-            raise LockVerificationError(
-                "the files do not match the model card's encoderlock metadata: " + "; ".join(problems)
-            )
-        problems = self.disagreements(folder / LOCK_CONFIG_FILE)
-        if problems:
-            raise LockVerificationError(
-                f"the model card's encoderlock block disagrees with {LOCK_CONFIG_FILE}: " + "; ".join(problems)
-            )
-
-    def disagreements(self, lock_config: str | Path) -> list[str]:
-        """Where the card's block differs from ``encoderlock_config.json`` (domains, variant, objective, poolings,
-        mask count); empty when it agrees or the folder has no lock config (a plain saved encoder).
-
-        A zero-shot lock's config names no real prohibited domain, so its card's prohibited list is not compared.
-        """
-        path = Path(lock_config)
-        if not path.is_file():
-            return []
-        try:
-            lock = json.loads(path.read_text())
-        except (OSError, ValueError) as error:
-            return [f"{LOCK_CONFIG_FILE} cannot be read ({error})"]
-        authorized, prohibited = declared_domains(lock)
-        card_a, card_p = [_canonical(d) for d in self.authorized], [_canonical(d) for d in self.prohibited]
-        pairs = [("authorized", card_a, authorized or None), ("prohibited", card_p, prohibited)]
-        pairs += [
-            ("variant", self.variant, lock.get("variant")),
-            ("objective", self.objective, lock.get("objective")),
-            ("poolings", list(self.poolings), [str(p) for p in lock.get("poolings") or []] or None),
-            ("mask_count", self.mask_count, (lock.get("mask") or {}).get("count")),
-        ]
-        return [
-            f"{key}: the card says {card!r}, {LOCK_CONFIG_FILE} says {config!r}"
-            for key, card, config in pairs
-            if config is not None and card != config
-        ]

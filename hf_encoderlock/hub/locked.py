@@ -23,7 +23,9 @@ from torch import nn
 from .._files import LOCK_CONFIG_FILE, SIGNATURE_FILE
 from .._utils import atomic_folder, refuse_replacing_user_files
 from ..encoders import EncoderAdapter
-from .card import Authorization, find_report, published_files
+from .authorization import Authorization
+from .card import find_report
+from .manifest import published_files
 from .push import DEFAULT_COMMIT_MESSAGE, open_locked, push_locked_to_hub
 from .signing import KeyLike, verify_signature
 

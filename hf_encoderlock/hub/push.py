@@ -32,19 +32,17 @@ from torch import nn
 
 from .._files import CARD_FILE, LOCK_CONFIG_FILE, MASK_FILE, MODEL_CONFIG_FILE, SIGNATURE_FILE
 from ..encoders import EncoderAdapter
-from .card import (
+from .authorization import Authorization, LockVerificationError
+from .card import find_report, write_model_card
+from .manifest import (
     PUBLISH_IGNORE_PATTERNS,
-    Authorization,
-    LockVerificationError,
-    find_report,
-    names_a_repo,
     published_files,
     published_patterns,
     refuse_links,
     unpublished_files,
     weight_files,
-    write_model_card,
 )
+from .public_names import names_a_repo
 from .signing import KeyLike, require_signing, sign_locked, signature_mismatches, verify_signature
 
 logger = logging.getLogger(__name__)

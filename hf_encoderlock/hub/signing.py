@@ -25,19 +25,12 @@ from typing import Any
 
 from .._files import CARD_FILE, SIGNATURE_FILE
 from .._utils import optional_import
-from .card import (
-    Authorization,
-    LockVerificationError,
-    accountable_files,
-    is_private_file,
-    published_files,
-    sha256_file,
-)
+from .authorization import Authorization, LockVerificationError
+from .manifest import HASH_ALGORITHM, accountable_files, is_private_file, published_files, sha256_file
 
 __all__ = ["SIGNATURE_FILE", "require_signing", "sign_locked", "signed_files", "verify_signature"]
 
 SIGNING_EXTRA = "signing"
-HASH_ALGORITHM = "sha256"
 PEM_MARKER = "-----BEGIN"
 
 KeyLike = str | os.PathLike | bytes

@@ -6,6 +6,11 @@ rank its own slice. An objective computed on the gathered global batch is then i
 parameter gradient is ``world_size`` times the part of the global gradient that flows through its own rows, and
 DDP's averaging turns these into exactly the gradient of one process holding the whole global batch. Ranks may hold
 different numbers of rows (a short last batch): rows are padded for the collective and trimmed again.
+
+These collectives (and those of :mod:`.selection`) call ``torch.distributed`` rather than ``accelerate.utils``'
+``gather`` / ``reduce`` / ``broadcast``: accelerate's gather has no backward, and its operations decide whether to
+communicate from accelerate's own process state (read from the launcher's environment), while a lock run checks the
+initialised default process group, which is also there when a user or a test starts the ranks without accelerate.
 """
 
 from __future__ import annotations

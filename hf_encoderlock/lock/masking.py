@@ -168,22 +168,6 @@ class MaskedParameterGuard:
         held = {id(p) for group in optimizer.param_groups for p in group["params"]}
         return [n for n in (*self._partial, *sorted(self._full)) if id(self._params[n]) not in held]
 
-    @torch.no_grad()
-    def unselected_changes(self) -> int:
-        """Number of unselected entries of partly selected parameters that differ from the snapshot (audit)."""
-        total = 0
-        for name, keep in self._partial.items():
-            param = self._params[name]
-            diff = _bits(param) != _bits(self._snapshots[name].to(param.device))
-            total += int(diff[~keep.to(param.device)].sum())
-        return total
-
-    @property
-    def num_selected(self) -> int:
-        """Number of selected entries."""
-        full = sum(self._params[n].numel() for n in self._full)
-        return full + sum(int(k.sum()) for k in self._partial.values())
-
     @property
     def partly_selected(self) -> list[str]:
         return list(self._partial)
@@ -228,7 +212,7 @@ def natural_range(tensor: torch.Tensor, bound: float) -> tuple[float, float]:
     return float(median - bound * scale), float(median + bound * scale)
 
 
-def _bits(t: torch.Tensor) -> torch.Tensor:
+def bit_view(t: torch.Tensor) -> torch.Tensor:
     """An integer view of a tensor's bytes, so that comparisons are bitwise (NaN == NaN, -0.0 != 0.0)."""
     t = t.detach()
     int_dtype = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}.get(t.element_size())
@@ -259,7 +243,7 @@ def changed_entries(
                 f"{name!r} changed shape or dtype: {tuple(before.shape)}/{before.dtype} -> "
                 f"{tuple(now.shape)}/{now.dtype}"
             )
-        count = int((_bits(before) != _bits(now.to(before.device))).sum())
+        count = int((bit_view(before) != bit_view(now.to(before.device))).sum())
         if count or include_unchanged:
             out[name] = count
     return out

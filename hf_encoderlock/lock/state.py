@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 from transformers.trainer_pt_utils import safe_globals
 
 from .._files import (
+    CHECKPOINT_PREFIX,
     LOCK_CONFIG_FILE,
     LOCK_STATE_FILE,
     LOCK_STATE_FORMAT,
@@ -34,7 +35,6 @@ from .objectives import LockHeads
 from .selection import load_mask, save_mask
 
 HEAD_ROLES = ("authorized", "adversary")
-CHECKPOINT_PREFIX = "checkpoint-"  # transformers' name for checkpoint folders
 HEAD_KEYS = ("heads", "stale_heads", "best_heads", "best_stale_heads")  # the LockHeads fields, saved in this order
 MASK_NAME_PREFIX = "backbone."  # in memory masks name EncoderAdapter parameters; the mask file names AutoModel weights
 

@@ -46,9 +46,10 @@ from ..data.lock_tensors import (
 )
 from ..data.streamed import load_lock_domain
 from ..encoders import NO_REMOTE_CODE, EncoderAdapter, EncoderError, load_encoder
-from ..hub.card import is_hub_id, public_domain_record, write_model_card
+from ..hub.card import write_model_card
+from ..hub.public_names import is_hub_id, public_domain_record
 from ..hub.push import DEFAULT_COMMIT_MESSAGE, push_locked_to_hub
-from ..probing.heads import HeadTrainingConfig, accuracy, best_head, train_heads
+from ..probing.heads import HeadTrainingConfig, best_head, head_accuracy, train_heads
 from ..probing.transforms import TRANSFORMS, domain_stats, parse_transform_spec, with_transformed_copies
 from .callbacks import LockRoundCallback
 from .config import AUTO_POOLINGS, AUTO_PROJECTION, EncoderLockConfig, check_supported_settings
@@ -1077,7 +1078,7 @@ class EncoderLockTrainer(Trainer):
         device = self.args.device
         in_use = state.heads  # the heads the updates before this challenge trained against
         current_adv = (
-            accuracy(in_use.adversary.cpu(), p_val, sets["val_prohibited"].labels) if in_use is not None else -1.0
+            head_accuracy(in_use.adversary.cpu(), p_val, sets["val_prohibited"].labels) if in_use is not None else -1.0
         )
         adversary = adv.module if adv.val_accuracy >= current_adv else in_use.adversary
         for module in (auth.module, adversary):
@@ -1153,7 +1154,9 @@ class EncoderLockTrainer(Trainer):
             data = load_lock_domain(self.encoder, dataset, key, cache_bytes=self.args.lock_cache_bytes)
             own = self.stale_heads or self.heads
             head = own.authorized if key == "authorized" else own.adversary
-            metrics[f"{metric_key_prefix}_{key}_head_accuracy"] = accuracy(head.cpu(), self.encode(data), data.labels)
+            metrics[f"{metric_key_prefix}_{key}_head_accuracy"] = head_accuracy(
+                head.cpu(), self.encode(data), data.labels
+            )
             head.to(self.args.device)
         if len(metrics) == 2:  # one number for early stopping / best checkpoints: higher is a stronger lock
             metrics[f"{metric_key_prefix}_head_gap"] = (

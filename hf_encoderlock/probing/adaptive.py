@@ -40,7 +40,7 @@ from .._utils import markdown_row, package_versions, percent
 from ..encoders import EncoderAdapter, load_encoder
 from .attacks import SCRATCH, AttackConfig, run_attack_suite
 from .heads import torch_threads
-from .probe_report import ENCODER_ROLE, TWIN_ROLE, ProbeReport, load_encoderlock_metric, report_json
+from .probe_report import ENCODER_ROLE, TWIN_ROLE, ProbeReport, advantage_removed, report_json
 from .sanitize import SANITIZERS, count_outliers, sanitize_module
 from .suite import ProbeConfig, load_domains, run_probe_suite
 from .transforms import TRANSFORMS, ChannelStats, domain_stats, transformed_encoder
@@ -275,12 +275,7 @@ class AdaptiveReport:
         base = self.baselines.get(domain, {})
         if base.get("victim") is None or base.get("random_twin") is None:
             return float("nan")
-        metric = load_encoderlock_metric("lock")
-        return float(
-            metric.compute(
-                locked=[accuracy], victim=[base["victim"]], random_twin=[base["random_twin"]], role="prohibited"
-            )["advantage_removed"]
-        )
+        return advantage_removed(accuracy, base["victim"], base["random_twin"])
 
     def family_table(self, domain: str) -> list[dict[str, Any]]:
         """One row per probe-only family: its best attack (on validation) and the family's highest test accuracy."""

@@ -40,8 +40,8 @@ from .._utils import markdown_row, optional_import, package_versions, percent
 from ..data.domains import train_validation_split
 from ..data.lock_tensors import preprocess_domain
 from ..encoders import load_encoder
-from .heads import torch_threads
-from .probe_report import SeedAccuracies, _fraction_label, report_json, save_report_files
+from .heads import accuracy, torch_threads
+from .probe_report import SeedAccuracies, fraction_label, report_json, save_report_files
 from .suite import ProbeConfig, SplitPlan, load_domains, split_training_rows
 
 ATTACKS = ("full", "last_k", "lora", "frozen", "reinit")
@@ -324,13 +324,11 @@ class _Classifier(nn.Module):
 
 
 @torch.no_grad()
-def _accuracy(model: _Classifier, data: _Data, batch_size: int) -> float:
+def _classifier_accuracy(model: _Classifier, data: _Data, batch_size: int) -> float:
     model.eval()
-    correct = 0
-    for start in range(0, len(data.labels), batch_size):
-        logits = model(data.pixels[start : start + batch_size])
-        correct += int((logits.argmax(-1) == data.labels[start : start + batch_size]).sum())
-    return correct / max(len(data.labels), 1)
+    starts = range(0, len(data.labels), batch_size)
+    predictions = [model(data.pixels[start : start + batch_size]).argmax(-1).cpu() for start in starts]
+    return accuracy(torch.cat(predictions) if predictions else [], data.labels.cpu())
 
 
 def _trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -374,7 +372,7 @@ def train_attack(
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-            acc = _accuracy(classifier, validation, config.eval_batch_size)
+            acc = _classifier_accuracy(classifier, validation, config.eval_batch_size)
             if best_state is None or acc > best_acc:
                 best_acc, best_epoch, best_state, stale = acc, epoch, _trainable_state(classifier), 0
             else:
@@ -551,7 +549,7 @@ def attack_report_markdown(report: AttackReport) -> str:
             )
         )
     fractions = report.fractions
-    header = ["Domain", "Classes (chance %)", "Attack", *(_fraction_label(f) for f in fractions), "Trainable params"]
+    header = ["Domain", "Classes (chance %)", "Attack", *(fraction_label(f) for f in fractions), "Trainable params"]
     lines += [
         "",
         "## Test accuracy per training fraction",
@@ -607,7 +605,7 @@ def plot_attack_report(report: AttackReport, path: str | os.PathLike) -> Path:
         if report.fractions:
             axes.set_xscale("log")
             axes.set_xticks(list(report.fractions))
-            axes.set_xticklabels([_fraction_label(f) for f in report.fractions])
+            axes.set_xticklabels([fraction_label(f) for f in report.fractions])
             axes.minorticks_off()
         role = report.domains[domain].get("role")
         axes.set_title(f"{domain}" + (f" ({role})" if role else ""), fontsize=9)
@@ -715,7 +713,7 @@ def run_attack_suite(
                                 model, part, validation, num_classes, lr, config, seed=split.seed
                             )
                             if best is None or val_acc > best[0]:
-                                test_acc = _accuracy(classifier, test, config.eval_batch_size)
+                                test_acc = _classifier_accuracy(classifier, test, config.eval_batch_size)
                                 best = (val_acc, test_acc, {"lr": lr, "epochs": epoch})
                             bar.update(1)
                         per_seed.append(best)

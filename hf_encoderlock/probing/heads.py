@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -228,11 +229,24 @@ def predict(module: nn.Module, features: Tensor, chunk_size: int = 8192) -> Tens
         module.train(was_training)
 
 
-def accuracy(module: nn.Module, features: Tensor, labels: Tensor) -> float:
-    """Accuracy of ``module`` on ``(features, labels)``."""
-    if len(labels) == 0:
+def accuracy(predictions: Any, references: Any) -> float:
+    """Fraction of ``predictions`` equal to ``references`` (class ids, arrays or CPU tensors); NaN when empty.
+
+    The package's one accuracy: probes, attacks, the lock's own heads and ``make_compute_metrics`` all score with it.
+    """
+    predictions = np.asarray(predictions).reshape(-1)
+    references = np.asarray(references).reshape(-1)
+    if predictions.shape != references.shape:
+        raise ValueError(f"predictions ({predictions.shape}) and references ({references.shape}) differ in length")
+    if predictions.size == 0:
         return float("nan")
-    return float((predict(module, features) == labels.to(torch.long)).float().mean())
+    return float((predictions == references).mean())
+
+
+def head_accuracy(module: nn.Module, features: Tensor, labels: Tensor) -> float:
+    """:func:`accuracy` of ``module`` on ``(features, labels)``, in float32: the head grid scores
+    ``val_accuracy`` in float32 and the lock compares the two, so an equal count must give an equal number."""
+    return float(np.float32(accuracy(predict(module, features).cpu(), labels.cpu())))
 
 
 def best_head(heads: Sequence[TrainedHead]) -> TrainedHead:

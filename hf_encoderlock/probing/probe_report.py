@@ -1,13 +1,17 @@
 """Probe results (:class:`ProbeReport`), their rendering (JSON, Markdown, PNG) and the lock measures.
 
-Scores come from the package's ``evaluate`` metric module (``hf_encoderlock/metrics/encoderlock_metrics``), loaded
-by path so it works offline: :func:`load_encoderlock_metric` returns it and :func:`make_compute_metrics` turns it
-into a ``compute_metrics`` function for ``transformers.Trainer``.
+The lock measures compare a probe's accuracy on the locked encoder with the victim's and with the random-init
+twin's (the attacker's no-encoder baseline):
+
+- advantage removed (prohibited domain) = (victim - locked) / (victim - random_twin)
+- advantage kept (authorized domain)    = (locked - random_twin) / (victim - random_twin) = 1 - advantage removed
+
+A row whose victim is no better than its random twin has no advantage to remove or keep: its measures are NaN.
+:func:`make_compute_metrics` gives ``transformers.Trainer`` the same accuracy the probes use.
 """
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
 import os
@@ -21,36 +25,19 @@ import numpy as np
 
 from .._files import PROBE_REPORT_STEM, REPORT_FORMAT_VERSION
 from .._utils import finite, markdown_row, optional_import, percent
+from .heads import accuracy
 
 ENCODER_ROLE = "encoder"
 TWIN_ROLE = "random_twin"
 ROLES = (ENCODER_ROLE, TWIN_ROLE)
-METRIC_DIR = Path(__file__).parent / "metrics" / "encoderlock_metrics"
+# A victim this close to its random twin (in accuracy) has no measurable advantage.
+MIN_ADVANTAGE = 1e-12
 
 
 # ---------------------------------------------------------------------------------------------------- metric
-def load_encoderlock_metric(config_name: str = "default", **kwargs: Any):
-    """The package's ``evaluate`` metric, loaded by path (offline). ``config_name``: ``"default"`` or ``"lock"``."""
-    import evaluate
-
-    return evaluate.load(str(METRIC_DIR), config_name=config_name, **kwargs)
-
-
-def metric_functions(metric) -> Any:
-    """The module that defines ``metric`` (pure functions ``accuracy``, ``advantage_removed``, ...).
-
-    Calling these directly skips ``evaluate``'s per-call Arrow round trip, which dominates for hundreds of tiny
-    accuracy computations; the numbers are those of ``metric.compute``.
-    """
-    module = inspect.getmodule(type(metric))
-    if module is None or not hasattr(module, "accuracy"):
-        raise TypeError(f"{type(metric).__name__} is not the encoderlock metric")
-    return module
-
-
-def make_compute_metrics(metric=None) -> Callable[[Any], dict[str, float]]:
-    """A ``compute_metrics(eval_pred)`` for ``transformers.Trainer``: accuracy of the arg-max of the logits."""
-    metric = metric if metric is not None else load_encoderlock_metric()
+def make_compute_metrics() -> Callable[[Any], dict[str, float]]:
+    """A ``compute_metrics(eval_pred)`` for ``transformers.Trainer``: :func:`~.heads.accuracy` of the arg-max of the
+    logits."""
 
     def compute_metrics(eval_pred) -> dict[str, float]:
         logits = eval_pred.predictions if hasattr(eval_pred, "predictions") else eval_pred[0]
@@ -59,7 +46,7 @@ def make_compute_metrics(metric=None) -> Callable[[Any], dict[str, float]]:
             logits = logits[0]
         logits, labels = np.asarray(logits), np.asarray(labels)
         predictions = logits.argmax(-1) if logits.ndim > labels.ndim else logits
-        return metric.compute(predictions=predictions.reshape(-1), references=labels.reshape(-1))
+        return {"accuracy": accuracy(predictions, labels)}
 
     return compute_metrics
 
@@ -282,7 +269,7 @@ def _cell(mean: float, std: float) -> str:
     return f"{percent(mean, suffix='')} ± {percent(std, suffix='')}" if math.isfinite(mean) else "n/a"
 
 
-def _fraction_label(fraction: float) -> str:
+def fraction_label(fraction: float) -> str:
     return f"{100 * fraction:g}%"
 
 
@@ -315,9 +302,9 @@ def report_to_markdown(report: ProbeReport) -> str:
                 continue
             cells = [f"{_cell(b.mean, b.std)} ({b.usual_choice})" for b in bests]
             classes = f"{info.get('num_classes', '?')} ({percent(info.get('chance', float('nan')), suffix='')})"
-            lines.append(markdown_row([domain, classes, _fraction_label(fraction), str(bests[0].n_train), *cells]))
+            lines.append(markdown_row([domain, classes, fraction_label(fraction), str(bests[0].n_train), *cells]))
     lines += ["", "## Per head (best pooling on validation)", ""]
-    header = ["Domain", "Head", *(f"{role_names[r]} {_fraction_label(f)}" for r in roles for f in report.fractions)]
+    header = ["Domain", "Head", *(f"{role_names[r]} {fraction_label(f)}" for r in roles for f in report.fractions)]
     lines += [markdown_row(header), markdown_row(["---"] * len(header))]
     per_head = {(role, h, b.domain, b.fraction): b for role in roles for h, b in report.best_per_head(role)}
     for domain in report.domain_names:
@@ -331,7 +318,7 @@ def report_to_markdown(report: ProbeReport) -> str:
     lines += ["", "## Every head and pooling", ""]
     fractions = report.fractions
     for domain in report.domain_names:
-        header = ["Encoder", "Head", "Pooling", *(_fraction_label(f) for f in fractions)]
+        header = ["Encoder", "Head", "Pooling", *(fraction_label(f) for f in fractions)]
         lines += [f"### {domain}", "", markdown_row(header), markdown_row(["---"] * len(header))]
         for role in roles:
             keys = list(dict.fromkeys((s.head, s.pooling) for s in report.select(role, domain)))
@@ -384,7 +371,7 @@ def plot_report(report: ProbeReport, path: str | os.PathLike) -> Path:
     if fractions:
         axes.set_xscale("log")
         axes.set_xticks(list(fractions))
-        axes.set_xticklabels([_fraction_label(f) for f in fractions])
+        axes.set_xticklabels([fraction_label(f) for f in fractions])
         axes.minorticks_off()
     axes.set_ylim(0.0, 1.02)
     axes.set_xlabel("fraction of the training split used by the attacker")
@@ -400,12 +387,36 @@ def plot_report(report: ProbeReport, path: str | os.PathLike) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------- lock measures
+def advantage_removed(locked: float, victim: float, random_twin: float) -> float:
+    """(victim - locked) / (victim - random_twin); NaN when the victim has no advantage over its random twin."""
+    advantage = float(victim) - float(random_twin)
+    if not advantage > MIN_ADVANTAGE:
+        return float("nan")
+    return (float(victim) - float(locked)) / advantage
+
+
+def advantage_kept(locked: float, victim: float, random_twin: float) -> float:
+    """(locked - random_twin) / (victim - random_twin); NaN when the victim has no advantage over its random twin."""
+    advantage = float(victim) - float(random_twin)
+    if not advantage > MIN_ADVANTAGE:
+        return float("nan")
+    return (float(locked) - float(random_twin)) / advantage
+
+
+MEASURES = (("advantage_removed", advantage_removed), ("advantage_kept", advantage_kept))
+
+
+def _nanmean(values: Sequence[float]) -> float:
+    """Mean of the defined values (NaN when none is)."""
+    defined = [v for v in values if not math.isnan(v)]
+    return float(sum(defined) / len(defined)) if defined else float("nan")
+
+
 def lock_measures(
     victim: ProbeReport,
     locked: ProbeReport,
     authorized: Sequence[str] = (),
     prohibited: Sequence[str] = (),
-    metric=None,
 ) -> dict[str, Any]:
     """Advantage removed (prohibited) and kept (authorized) per domain and fraction, from the attacker's best.
 
@@ -418,7 +429,6 @@ def lock_measures(
     twin_source = victim if TWIN_ROLE in victim.roles else locked if TWIN_ROLE in locked.roles else None
     if twin_source is None:
         raise ValueError("neither report has random-twin scores; run the probe suite with random_twin=True")
-    metric = metric if metric is not None else load_encoderlock_metric("lock")
     domains = [d for d in victim.domain_names if d in locked.domain_names and d in twin_source.domain_names]
     fractions = [f for f in victim.fractions if any(math.isclose(f, g) for g in locked.fractions)]
     rows: list[dict[str, Any]] = []
@@ -439,17 +449,13 @@ def lock_measures(
             rows.append(row)
         summary_row: dict[str, float] = {}
         for role, members in by_role.items():
-            result = metric.compute(
-                locked=[r["locked"] for r in members],
-                victim=[r["victim"] for r in members],
-                random_twin=[r["random_twin"] for r in members],
-                role=role,
-            )
-            for name in ("advantage_removed", "advantage_kept"):
-                if name in result:
-                    for r, value in zip(members, result[f"{name}_per_row"]):
-                        r[name] = value
-                    if role is not None:
-                        summary_row[f"mean_{name}"] = result[name]
-        summary[_fraction_label(fraction)] = summary_row
+            # a domain in neither list gets both measures, and no mean
+            measures = {"prohibited": [MEASURES[0]], "authorized": [MEASURES[1]]}.get(role, MEASURES)
+            for name, measure in measures:
+                values = [measure(r["locked"], r["victim"], r["random_twin"]) for r in members]
+                for r, value in zip(members, values):
+                    r[name] = value
+                if role is not None:
+                    summary_row[f"mean_{name}"] = _nanmean(values)
+        summary[fraction_label(fraction)] = summary_row
     return {"rows": rows, "summary": summary}

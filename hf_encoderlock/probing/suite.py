@@ -27,14 +27,21 @@ from ..data.domains import DomainSpec, load_domain
 from ..data.splits import stratified_indices
 from ..encoders import load_encoder
 from .features import FeatureSet, extract_features, resolve_poolings
-from .heads import HEAD_KINDS, HeadGroup, HeadTrainingConfig, best_head, predict, torch_threads, train_head_groups
+from .heads import (
+    HEAD_KINDS,
+    HeadGroup,
+    HeadTrainingConfig,
+    accuracy,
+    best_head,
+    predict,
+    torch_threads,
+    train_head_groups,
+)
 from .probe_report import (
     ENCODER_ROLE,
     TWIN_ROLE,
     ProbeReport,
     ProbeScore,
-    load_encoderlock_metric,
-    metric_functions,
 )
 
 
@@ -247,15 +254,13 @@ def probe_features(
     config: ProbeConfig,
     role: str = ENCODER_ROLE,
     domain: str = "domain",
-    accuracy_fn=None,
 ) -> list[ProbeScore]:
     """Train every (pooling, fraction, head kind) on cached features, all seeds in one batched fit per cell."""
-    accuracy_fn = accuracy_fn or metric_functions(load_encoderlock_metric()).accuracy
     with torch_threads(config.head_num_threads):
-        return _probe_cells(train, test, splits, num_classes, config, role, domain, accuracy_fn)
+        return _probe_cells(train, test, splits, num_classes, config, role, domain)
 
 
-def _probe_cells(train, test, splits, num_classes, config, role, domain, accuracy_fn) -> list[ProbeScore]:
+def _probe_cells(train, test, splits, num_classes, config, role, domain) -> list[ProbeScore]:
     training = config.head_training()
     scores = []
     for pooling in train.poolings:
@@ -274,7 +279,7 @@ def _probe_cells(train, test, splits, num_classes, config, role, domain, accurac
             for kind in config.heads:
                 fitted = train_head_groups(groups, kind, num_classes=num_classes, config=training, **config.grid(kind))
                 chosen = [best_head(heads) for heads in fitted]
-                test_acc = [accuracy_fn(predict(head.module, test_x).numpy(), test.labels.numpy()) for head in chosen]
+                test_acc = [accuracy(predict(head.module, test_x).numpy(), test.labels.numpy()) for head in chosen]
                 scores.append(
                     ProbeScore(
                         role=role,
@@ -327,7 +332,6 @@ def run_probe_suite(
             twin = encoder.random_init_twin(config.random_twin_seed) if random_twin is True else _load(random_twin)
             encoders.append((TWIN_ROLE, twin))
             twin_name = twin.name
-        accuracy_fn = metric_functions(load_encoderlock_metric()).accuracy
 
         domain_info: dict[str, dict[str, Any]] = {}
         splits: dict[str, list[SeedSplit]] = {}
@@ -372,7 +376,7 @@ def run_probe_suite(
                     }
                 tick = time.perf_counter()
                 scores += probe_features(
-                    train, test, splits[name], domain_info[name]["num_classes"], config, role, name, accuracy_fn
+                    train, test, splits[name], domain_info[name]["num_classes"], config, role, name
                 )
                 timings[f"heads/{role}/{name}"] = time.perf_counter() - tick
     timings["total"] = time.perf_counter() - started

@@ -8,16 +8,10 @@ from pathlib import Path
 import pytest
 from huggingface_hub import ModelCard
 
-from hf_encoderlock.hub.card import (
-    CARD_FILE,
-    CITATION,
-    METADATA_KEY,
-    TEMPLATE_PATH,
-    Authorization,
-    EncoderLockCardData,
-    sha256_file,
-    write_model_card,
-)
+from hf_encoderlock._files import CARD_FILE
+from hf_encoderlock.hub.authorization import METADATA_KEY, Authorization
+from hf_encoderlock.hub.card import CITATION, TEMPLATE_PATH, EncoderLockCardData, render_model_card, write_model_card
+from hf_encoderlock.hub.manifest import sha256_file
 from tests.helpers import MASK, card_report, front_matter
 
 
@@ -95,8 +89,6 @@ def test_gated_card_asks_to_acknowledge_each_prohibited_use(locked_folder):
     data = EncoderLockCardData.from_folder(locked_folder, report=card_report(), gated=True,
                                            prohibited_uses=["face recognition", "weapon detection"])  # fmt: skip
     path = locked_folder / CARD_FILE
-    from hf_encoderlock.hub.card import render_model_card
-
     render_model_card(data).save(path)
     meta = front_matter(path)
     fields = meta["extra_gated_fields"]

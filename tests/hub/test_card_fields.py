@@ -11,9 +11,11 @@ import pytest
 from huggingface_hub import ModelCard
 from huggingface_hub.repocard_data import eval_results_to_model_index, model_index_to_eval_results
 
+from hf_encoderlock._files import CARD_FILE, LOCK_CONFIG_FILE
 from hf_encoderlock.encoders import tiny_vit_encoder
 from hf_encoderlock.hub import Authorization, load_locked, write_model_card
-from hf_encoderlock.hub.card import CARD_FILE, LOCK_CONFIG_FILE, METADATA_KEY, sha256_file
+from hf_encoderlock.hub.authorization import METADATA_KEY
+from hf_encoderlock.hub.manifest import sha256_file
 
 PRIVATE_DIR = "/data/private/red-scans"  # where the owner kept the authorized images: must never be published
 HUB_DATASET = "someone/green-faces"

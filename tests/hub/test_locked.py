@@ -11,9 +11,10 @@ from huggingface_hub import ModelCard
 from safetensors.torch import load_file, save_file
 
 import hf_encoderlock
+from hf_encoderlock._files import CARD_FILE, LOCK_CONFIG_FILE
 from hf_encoderlock.encoders import tiny_vit_encoder
 from hf_encoderlock.hub import LockedEncoder, LockVerificationError, load_locked, push_locked_to_hub, write_model_card
-from hf_encoderlock.hub.card import CARD_FILE, LOCK_CONFIG_FILE, METADATA_KEY
+from hf_encoderlock.hub.authorization import METADATA_KEY
 from hf_encoderlock.hub.push import MASK_FILE
 from tests.helpers import card_report, lock_config, toy_domain
 from tests.hub_server import TOKEN

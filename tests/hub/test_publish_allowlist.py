@@ -8,10 +8,10 @@ import logging
 import pytest
 import transformers.utils as hf_utils
 
-from hf_encoderlock._files import PUBLISHED_FILES
+from hf_encoderlock._files import CARD_FILE, PUBLISHED_FILES
 from hf_encoderlock.cli.main import main as cli_main
 from hf_encoderlock.encoders import tiny_vit_encoder
-from hf_encoderlock.hub.card import CARD_FILE, write_model_card
+from hf_encoderlock.hub.card import write_model_card
 from hf_encoderlock.hub.locked import LockedEncoder
 from hf_encoderlock.hub.push import push_locked_to_hub
 from hf_encoderlock.lock.trainer import LOCK_CONFIG_FILE, EncoderLockTrainer

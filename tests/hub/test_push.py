@@ -13,8 +13,11 @@ from huggingface_hub.errors import GatedRepoError
 from safetensors.torch import load_file
 from transformers import AutoImageProcessor, AutoModel
 
+from hf_encoderlock._files import CARD_FILE
 from hf_encoderlock.encoders import tiny_vit_encoder
-from hf_encoderlock.hub.card import CARD_FILE, METADATA_KEY, LockVerificationError, sha256_file, write_model_card
+from hf_encoderlock.hub.authorization import METADATA_KEY, LockVerificationError
+from hf_encoderlock.hub.card import write_model_card
+from hf_encoderlock.hub.manifest import sha256_file
 from hf_encoderlock.hub.push import load_locked, push_locked_to_hub
 from hf_encoderlock.lock.trainer import LOCK_CONFIG_FILE, EncoderLockTrainer
 from tests.helpers import card_report, front_matter, toy_domain

@@ -17,6 +17,7 @@ pytest.importorskip("model_signing.signing", reason="the [signing] extra is not 
 from cryptography.hazmat.primitives import serialization  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
 
+from hf_encoderlock._files import CARD_FILE, LOCK_CONFIG_FILE  # noqa: E402
 from hf_encoderlock.cli.main import main as cli_main  # noqa: E402
 from hf_encoderlock.hub import (  # noqa: E402
     LockedEncoder,
@@ -27,7 +28,7 @@ from hf_encoderlock.hub import (  # noqa: E402
     verify_signature,
     write_model_card,
 )
-from hf_encoderlock.hub.card import CARD_FILE, LOCK_CONFIG_FILE, sha256_file  # noqa: E402
+from hf_encoderlock.hub.manifest import sha256_file  # noqa: E402
 from hf_encoderlock.hub.push import MASK_FILE  # noqa: E402
 from hf_encoderlock.hub.signing import SIGNATURE_FILE, signed_files  # noqa: E402
 from tests.helpers import card_report  # noqa: E402

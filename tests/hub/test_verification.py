@@ -10,9 +10,11 @@ from pathlib import Path
 import pytest
 from huggingface_hub import ModelCard
 
+from hf_encoderlock._files import CARD_FILE, LOCK_CONFIG_FILE
 from hf_encoderlock.encoders import tiny_vit_encoder
 from hf_encoderlock.hub import Authorization, LockedEncoder, LockVerificationError, load_locked, write_model_card
-from hf_encoderlock.hub.card import CARD_FILE, LOCK_CONFIG_FILE, METADATA_KEY, sha256_file
+from hf_encoderlock.hub.authorization import METADATA_KEY
+from hf_encoderlock.hub.manifest import sha256_file
 from hf_encoderlock.hub.push import MASK_FILE, push_locked_to_hub
 from tests.helpers import card_report, front_matter, lock_config
 from tests.hub_server import TOKEN

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from hf_encoderlock.lock.masking import MaskedParameterGuard, _bits, changed_entries, snapshot_state
+from hf_encoderlock.lock.masking import MaskedParameterGuard, bit_view, changed_entries, snapshot_state
 from hf_encoderlock.lock.selection import (
     accumulate_gradient_stats,
     compute_scores,
@@ -29,7 +29,7 @@ def tiny_vit():
 def changed_positions(before: dict, model: nn.Module) -> dict:
     """name -> bool tensor of bitwise-changed entries (parameters and buffers)."""
     after = model.state_dict()
-    return {n: _bits(before[n]) != _bits(after[n]) for n in before}
+    return {n: bit_view(before[n]) != bit_view(after[n]) for n in before}
 
 
 def assert_exactly_mask_changed(before: dict, model: nn.Module, mask: dict) -> None:
@@ -92,11 +92,9 @@ def test_only_selected_entries_change_under_adamw_with_mask_growth_clipping_accu
     assert len(mask) >= 2 and sum(int(m.sum()) for m in mask.values()) == 40
     guard = MaskedParameterGuard(model, mask)
     assert guard.missing_from(optimizer) == []
-    assert guard.num_selected == 40
 
     train_steps(model, optimizer, guard, steps=3, seed=10)
     assert_exactly_mask_changed(start, model, mask)
-    assert guard.unselected_changes() == 0
     # Gradients were masked during backward: Adam moments of unselected entries never saw a gradient.
     params = dict(model.named_parameters())
     for name, keep in mask.items():

@@ -483,10 +483,10 @@ def test_own_heads_reported_are_the_stale_ones_the_kept_encoder_trained_against(
     metrics = trainer.evaluate()
     _, _, eval_a, eval_p = toy_domains
     from hf_encoderlock.data.lock_tensors import preprocess_domain
-    from hf_encoderlock.probing.heads import accuracy
+    from hf_encoderlock.probing.heads import head_accuracy
 
     data = preprocess_domain(encoder, eval_p, "green")
-    expected = accuracy(round0.adversary.cpu(), trainer.encode(data), data.labels)
+    expected = head_accuracy(round0.adversary.cpu(), trainer.encode(data), data.labels)
     assert metrics["eval_prohibited_head_accuracy"] == pytest.approx(expected)
 
 

@@ -193,7 +193,7 @@ def _scripted_validation(monkeypatch, accuracies):
         heads.append(classifier.head.weight.detach().clone())
         return next(calls)
 
-    monkeypatch.setattr(attacks, "_accuracy", fake)
+    monkeypatch.setattr(attacks, "_classifier_accuracy", fake)
     return heads
 
 
@@ -265,7 +265,7 @@ def test_every_lr_of_the_grid_runs_and_validation_alone_chooses(monkeypatch, enc
         return {1e-4: 0.99, 1e-3: 0.1, 1e-2: 0.95}[classifier.lr]
 
     monkeypatch.setattr(attacks, "train_attack", fake_train)
-    monkeypatch.setattr(attacks, "_accuracy", test_score)
+    monkeypatch.setattr(attacks, "_classifier_accuracy", test_score)
     config = _config(attacks=("full",), fractions=(1.0,), seeds=(0, 1), full_lrs=(1e-4, 1e-3, 1e-2))
     report = run_attack_suite(encoder, {"red": domains["red"]}, config, random_twin=False)
     assert seen == [1e-4, 1e-3, 1e-2] * 2

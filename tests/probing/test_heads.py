@@ -2,6 +2,7 @@
 
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 
@@ -10,6 +11,7 @@ from hf_encoderlock.probing.heads import (
     HeadTrainingConfig,
     accuracy,
     best_head,
+    head_accuracy,
     train_head_groups,
     train_heads,
 )
@@ -37,7 +39,7 @@ def test_heads_reach_100_percent_on_separable_data(kind):
     test_x, test_y = blobs(200, seed=2)
     heads = train_heads(train_x, train_y, val_x, val_y, kind=kind, hidden=(32,), ks=(1, 5), config=FAST, **GRID)
     chosen = best_head(heads)
-    assert accuracy(chosen.module, test_x, test_y) >= 0.98
+    assert head_accuracy(chosen.module, test_x, test_y) >= 0.98
 
 
 @pytest.mark.parametrize("kind", ["linear", "mlp", "knn"])
@@ -48,7 +50,7 @@ def test_heads_stay_at_chance_on_shuffled_labels(kind):
     val_x, val_y = blobs(200, seed=1, shuffle_labels=True)
     test_x, test_y = blobs(1000, seed=2, shuffle_labels=True)
     heads = train_heads(train_x, train_y, val_x, val_y, kind=kind, hidden=(32,), ks=(1, 5, 20), config=FAST, **GRID)
-    assert accuracy(best_head(heads).module, test_x, test_y) <= 0.25 + 0.06
+    assert head_accuracy(best_head(heads).module, test_x, test_y) <= 0.25 + 0.06
 
 
 def test_heads_are_deterministic_for_a_seed():
@@ -74,7 +76,7 @@ def test_heads_keep_their_best_validation_epoch_and_grid_metadata():
         (s, rate, w) for s in (0, 1) for rate in GRID["lrs"] for w in GRID["weight_decays"]
     }
     for head in heads:  # the module holds the weights of the epoch its validation accuracy was measured at
-        assert accuracy(head.module, val_x, val_y) == pytest.approx(head.val_accuracy)
+        assert head_accuracy(head.module, val_x, val_y) == pytest.approx(head.val_accuracy)
     assert best_head(heads).val_accuracy == max(h.val_accuracy for h in heads)
 
 
@@ -123,3 +125,15 @@ def test_whitening_uses_ledoit_wolf_shrinkage_and_fixes_ill_conditioned_features
         )
         scores[name] = heads[0].val_accuracy
     assert scores["whiten"] >= 0.95 and scores["standardize"] <= 0.85
+
+
+def test_head_accuracy_is_the_float32_of_the_one_accuracy():
+    """The lock compares a head's accuracy with the grid's float32 ``val_accuracy``: an equal count of correct
+    predictions must give the same number, and that number is :func:`accuracy` rounded to float32."""
+    torch.manual_seed(0)
+    features, labels = torch.randn(37, 4), torch.randint(0, 3, (37,))
+    head = torch.nn.Linear(4, 3)
+    predictions = head(features).argmax(-1)
+    grid_style = float((predictions == labels).float().mean())
+    assert head_accuracy(head, features, labels) == grid_style
+    assert head_accuracy(head, features, labels) == float(np.float32(accuracy(predictions, labels)))

@@ -1,38 +1,39 @@
-"""Probe reports: the evaluate metric modules (accuracy, lock measures) and the attacker's best on validation."""
+"""Probe reports: the accuracy and lock measures, and the attacker's best on validation."""
 
 import math
 
 import numpy as np
 import pytest
 
+from hf_encoderlock.probing.heads import accuracy
 from hf_encoderlock.probing.probe_report import (
     ProbeReport,
     ProbeScore,
-    load_encoderlock_metric,
+    advantage_kept,
+    advantage_removed,
     lock_measures,
     make_compute_metrics,
 )
 
 
-def test_metric_module_loads_offline_and_computes_accuracy():
-    metric = load_encoderlock_metric()
-    assert metric.compute(predictions=[0, 1, 2, 2], references=[0, 1, 1, 2]) == {"accuracy": 0.75}
-    compute_metrics = make_compute_metrics(metric)
+def test_accuracy_and_the_trainers_compute_metrics():
+    assert accuracy([0, 1, 2, 2], [0, 1, 1, 2]) == 0.75
+    assert math.isnan(accuracy([], []))
+    with pytest.raises(ValueError, match="differ in length"):
+        accuracy([0, 1], [0])
+    compute_metrics = make_compute_metrics()
     logits = np.array([[2.0, 0.1], [0.3, 0.9], [1.0, 0.0]])
     assert compute_metrics((logits, np.array([0, 1, 1]))) == {"accuracy": pytest.approx(2 / 3)}
 
 
-def test_metric_module_computes_lock_measures():
-    lock = load_encoderlock_metric("lock")
+def test_advantage_removed_and_kept():
     # prohibited: victim 90%, locked 20%, twin 10%: (90 - 20) / (90 - 10) = 0.875 of the advantage removed
+    assert advantage_removed(0.2, 0.9, 0.1) == pytest.approx(0.875)
+    assert advantage_kept(0.2, 0.9, 0.1) == pytest.approx(0.125)
     # authorized: victim 80%, locked 75%, twin 30%: (75 - 30) / (80 - 30) = 0.9 of the advantage kept
-    result = lock.compute(locked=[0.2, 0.75], victim=[0.9, 0.8], random_twin=[0.1, 0.3])
-    assert result["advantage_removed_per_row"] == pytest.approx([0.875, 0.1])
-    assert result["advantage_kept_per_row"] == pytest.approx([0.125, 0.9])
-    only = lock.compute(locked=[0.2, 0.5], victim=[0.9, 0.4], random_twin=[0.1, 0.4], role="prohibited")
-    assert set(only) == {"advantage_removed", "advantage_removed_per_row"}
-    assert math.isnan(only["advantage_removed_per_row"][1])  # no advantage to remove: undefined, not counted
-    assert only["advantage_removed"] == pytest.approx(0.875)
+    assert advantage_kept(0.75, 0.8, 0.3) == pytest.approx(0.9)
+    assert math.isnan(advantage_removed(0.5, 0.4, 0.4))  # no advantage to remove: undefined
+    assert math.isnan(advantage_kept(0.5, 0.4, 0.45))
 
 
 def _score(role, domain, accuracy_by_seed, head="linear", pooling="cls", fraction=1.0, val=None):
@@ -77,5 +78,9 @@ def test_attacker_best_is_chosen_on_validation_and_lock_measures_follow():
     assert rows["proh"]["advantage_removed"] == pytest.approx(0.875)
     assert rows["auth"]["advantage_kept"] == pytest.approx(0.9)
     assert measures["summary"]["100%"] == pytest.approx({"mean_advantage_removed": 0.875, "mean_advantage_kept": 0.9})
+    unlisted = lock_measures(victim, locked, prohibited=["proh"])  # "auth" in neither list: both measures, no mean
+    auth = next(r for r in unlisted["rows"] if r["domain"] == "auth")
+    assert auth["advantage_kept"] == pytest.approx(0.9) and auth["advantage_removed"] == pytest.approx(0.1)
+    assert unlisted["summary"]["100%"] == pytest.approx({"mean_advantage_removed": 0.875})
     with pytest.raises(ValueError, match="random-twin"):
         lock_measures(locked, locked, prohibited=["proh"])
