@@ -187,6 +187,8 @@ SETTINGS: dict[str, list[str]] = {
     # issue 25: levers against the attacker who knows the method, as main-job flags on the library's defaults of
     # 2026-12-06 (each run also gets the adaptive suite's probe-only families; the summary's worst case is theirs)
     "the default lock (no flags), 2 threads": [],
+    "the default lock, seed 1, 2 threads": ["--seed", "1"],
+    "the default lock, seed 2, 2 threads": ["--seed", "2"],
     "bounded 6, 2 threads": ["--weight_bound", "6"],
     "bounded 6, greyscale copies, 2 threads": ["--weight_bound", "6", "--prohibited_transforms", "greyscale"],
     "bounded 6, greyscale copies, no projection, lr 0.01, 2 threads": [
