@@ -24,7 +24,11 @@ from ..data.domains import DomainError
 from ..data.lock_tensors import LockDataError
 from ..encoders import EncoderError
 from ..experiment import LockExperimentArguments, run_lock_experiment
+from ..lock.adversary_heads import AdversaryConfig
 from ..lock.config import NONE_WORDS, EncoderLockConfig
+from ..lock.knobs import flag_names
+from ..lock.objectives import InformationTermsConfig
+from ..lock.variants.augmentations import AugmentationConfig
 from ..probing.lock_report import lock_report_markdown
 from .lock_help import HELP_ALL_WORD, cached_help, help_request, store_help
 
@@ -36,9 +40,10 @@ USAGE = (
     f"(--help: the main job's flags; {HELP_ALL_WORD}: every TrainingArguments flag too)"
 )
 
-#: ``--help`` groups, in order: the main job's own flags and the few Trainer flags a lock is run with. A field of
-#: ours that is in no group still shows, under "Other lock settings"; the other TrainingArguments flags show under one
-#: heading with ``--help-all`` only.
+#: ``--help`` groups, in order: the main job's own flags and the few Trainer flags a lock is run with. A knob group's
+#: flags (lock/knobs.py) are listed from its dataclass, so a new knob shows with its group. A field of ours that is in
+#: no group still shows, under "Other lock settings"; the other TrainingArguments flags show under one heading with
+#: ``--help-all`` only.
 HELP_GROUPS: dict[str, tuple[str, ...]] = {
     "Encoder and data": (
         "model", "pooling", "authorized", "prohibited", "report_domains", "image_column", "label_column",
@@ -53,16 +58,14 @@ HELP_GROUPS: dict[str, tuple[str, ...]] = {
         "candidate_name_patterns", "seed", "ddp_global_batch",
     ),
     "Objective and variant": (
-        "variant", "objective", "alpha", "objective_eps", "info_r2_weight", "info_mmd_weight", "info_knn_weight",
-        "info_ridge", "info_whitening_shrinkage", "info_mmd_bandwidths", "info_knn_temperature",
-        "info_preserve_weight", "info_authorized_weight", "prohibited_poolings", "num_pseudo_classes",
-        "pseudo_label_restarts", "contrastive_temperature", "augment_crop_scale", "augment_brightness",
-        "augment_contrast", "augment_saturation", "augment_noise", "zero_shot_generators", "zero_shot_images",
-        "finetune_aware_steps", "finetune_aware_lr", "finetune_aware_weight", "prohibited_transforms",
+        "variant", "objective", "alpha", "objective_eps", *flag_names(InformationTermsConfig), "prohibited_poolings",
+        "num_pseudo_classes", "pseudo_label_restarts", "contrastive_temperature", *flag_names(AugmentationConfig),
+        "zero_shot_generators", "zero_shot_images", "finetune_aware_steps", "finetune_aware_lr",
+        "finetune_aware_weight", "prohibited_transforms",
     ),
     "Self-challenge (the lock's own adversary heads)": (
-        "challenge_every", "adversary_kinds", "adversary_seeds", "adversary_learning_rates", "adversary_epochs",
-        "adversary_hidden_size", "validation_fraction", "challenge_max_images", "best_model_criterion",
+        "challenge_every", *flag_names(AdversaryConfig), "validation_fraction", "challenge_max_images",
+        "best_model_criterion",
     ),
     "Measurement (probes before and after, the adaptive attacker)": (
         "probe_fractions", "probe_seeds", "probe_batch_size", "adaptive_attacks",

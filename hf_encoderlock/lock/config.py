@@ -2,29 +2,31 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
-import numbers
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal, get_args
 
 from transformers import TrainingArguments
 
 from .._files import LOCK_CONFIG_FILE
 from ..data.streamed import DEFAULT_LOCK_CACHE_BYTES
 from ..encoders import POOLINGS
-from ..probing.heads import GRADIENT_KINDS
 from ..probing.transforms import TRANSFORMS, TransformError, parse_transform_spec
+from .adversary_heads import AdversaryConfig
+from .knobs import KnobGroup, flag_fields, is_finite, is_whole
 from .objectives import OBJECTIVES, InformationTermsConfig
 from .selection import SCORE_FUNCTIONS
 from .variants.augmentations import AugmentationConfig
 from .variants.generators import GENERATORS
 
 DEFAULT_NUM_TRAIN_EPOCHS = TrainingArguments.__dataclass_fields__["num_train_epochs"].default
-VARIANTS = ("supervised", "unsupervised", "zero-shot")
+Variant = Literal["supervised", "unsupervised", "zero-shot"]
+VARIANTS = get_args(Variant)
 AUTO_POOLINGS = "auto"  # prohibited_poolings: every pooling the encoder offers, when the objective combines them
 # authorized_projection "auto": the threshold per variant, chosen on the probes' validation split of the default task
 # (benchmarks/keep_levers.py and docs/VARIANTS.md): pseudo-labels and synthetic data carry less of the prohibited
@@ -32,11 +34,11 @@ AUTO_POOLINGS = "auto"  # prohibited_poolings: every pooling the encoder offers,
 AUTO_PROJECTION = "auto"
 NONE_WORDS = ("none", "null")  # what a flag of a field that may be None takes for None (as YAML's null)
 PROJECTION_BY_VARIANT = {"supervised": 0.01, "unsupervised": 0.02, "zero-shot": 0.05}
-ADVERSARY_KINDS = GRADIENT_KINDS  # the self-challenge trains heads by gradient descent (no kNN)
-# Defaults of the objective's and augmentation's own knobs are declared once, on their dataclasses.
-_INFO = InformationTermsConfig
-_AUG = AugmentationConfig
-BEST_MODEL_CRITERIA = ("gap", "last")
+BestModelCriterion = Literal["gap", "last"]
+BEST_MODEL_CRITERIA = get_args(BestModelCriterion)
+# The knob groups, each declared once on its own dataclass (help, default, range) and flattened into
+# EncoderLockConfig under its prefix (info_*, augment_*, adversary_*): see lock/knobs.py.
+KNOB_GROUPS: tuple[type[KnobGroup], ...] = (InformationTermsConfig, AugmentationConfig, AdversaryConfig)
 NOT_HYPERPARAMETERS = ("lock_cache_bytes",)  # how the data is held, not what the lock does: free to change on resume
 # Validation: integer fields with the smallest value a lock can run with, and number fields that must be finite and
 # positive / non-negative (NaN passes no comparison, so each is checked for finiteness first).
@@ -48,9 +50,6 @@ WHOLE_MINIMUMS = {
     "prohibited_batch_factor": 1,
     "score_batches": 1,
     "challenge_every": 0,
-    "adversary_seeds": 1,
-    "adversary_epochs": 1,
-    "adversary_hidden_size": 1,
     "num_pseudo_classes": 2,
     "pseudo_label_restarts": 1,
     "zero_shot_images": 16,
@@ -64,8 +63,6 @@ POSITIVE_NUMBERS = (
     "alpha",
     "objective_eps",
     "score_eps",
-    "info_ridge",
-    "info_knn_temperature",
     "contrastive_temperature",
     "finetune_aware_lr",
     "repair_learning_rate",
@@ -73,27 +70,10 @@ POSITIVE_NUMBERS = (
     "learning_rate",
 )
 NON_NEGATIVE_NUMBERS = (
-    "info_r2_weight",
-    "info_mmd_weight",
-    "info_knn_weight",
-    "info_preserve_weight",
-    "info_authorized_weight",
-    "augment_brightness",
-    "augment_contrast",
-    "augment_saturation",
-    "augment_noise",
     "finetune_aware_weight",
     "weight_decay",
     "max_authorized_drift",
 )
-
-
-def _is_whole(value: Any) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _is_finite(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _is_transform_spec(spec: Any) -> bool:
@@ -106,28 +86,23 @@ def _is_transform_spec(spec: Any) -> bool:
 
 def _finite_or_nan(value: Any) -> float:
     """``value`` as a float, NaN when it is not a finite number (so that every range comparison fails)."""
-    return float(value) if _is_finite(value) else math.nan
+    return float(value) if is_finite(value) else math.nan
 
 
 def _is_list(value: Any, length: int | None = None) -> bool:
     return isinstance(value, (list, tuple)) and (length is None or len(value) == length)
 
 
-def _all_finite(values: Any, above: float | None = None) -> bool:
-    """Every value a finite number (``> above`` when given, else ``>= 0``)."""
-    return all(_is_finite(v) and (v > above if above is not None else v >= 0) for v in values)
-
-
 def _whole(name: str, value: Any, minimum: int) -> str | None:
     """The problem with an integer field, if any (``num_rounds: 2.5`` is not a number of rounds)."""
-    if not _is_whole(value):
+    if not is_whole(value):
         return f"{name} must be an integer >= {minimum}, got {value!r}"
     return None if value >= minimum else f"{name} must be >= {minimum}, got {value!r}"
 
 
 def _number(name: str, value: Any, above: float | None = None, least: float | None = None) -> str | None:
     """The problem with a number field, if any: not finite, or not ``> above`` / ``>= least``."""
-    if not _is_finite(value):
+    if not is_finite(value):
         return f"{name} must be a finite number, got {value!r}"
     if above is not None and not value > above:
         return f"{name} must be > {above}, got {value!r}"
@@ -224,17 +199,31 @@ def _check_processes_joined(args: TrainingArguments) -> None:
 
 
 @dataclass
-class EncoderLockConfig(TrainingArguments):
+class EncoderLockConfig(flag_fields(*KNOB_GROUPS), TrainingArguments):
     """Arguments of an EncoderLock run.
 
     Inherits every ``transformers.TrainingArguments`` field (output folder, batch size, seed, logging, mixed
     precision, ...). One optimiser step of the Trainer is one masked update step; a *round* is
     ``update_steps_per_round`` steps, preceded by weight selection; the run lasts ``num_rounds`` rounds
     (``max_steps`` is derived from them). Use :meth:`reference` for the paper's reference values.
+
+    The knobs of the information objective, the contrastive objective's augmentations and the self-challenge's
+    adversary heads are declared once, on their own dataclasses (help, default, range), and appear here as flat
+    fields under a prefix: add or change one there, not here (:mod:`hf_encoderlock.lock.knobs`).
+
+    Information objective (``info_*``): :class:`~hf_encoderlock.lock.objectives.InformationTermsConfig`, the
+        weights of its R^2 / MMD / soft-kNN terms and of the authorized side, their ridge, bandwidths, temperature
+        and whitening.
+    Augmentations (``augment_*``): :class:`~hf_encoderlock.lock.variants.augmentations.AugmentationConfig`, the
+        strengths of the contrastive objective's augmented views.
+    Self-challenge adversary (``adversary_*``): :class:`~hf_encoderlock.lock.adversary_heads.AdversaryConfig`, the
+        ensemble of fresh prohibited heads a challenge fits (kinds, seeds, learning rates, epochs, width).
     """
 
+    knob_groups: ClassVar[tuple[type[KnobGroup], ...]] = KNOB_GROUPS  # validated with the fields below
+
     # --- what is locked ----------------------------------------------------------------------------------
-    variant: str = field(
+    variant: Variant = field(
         default="supervised",
         metadata={
             "help": f"Lock variant: one of {VARIANTS}. supervised: labelled prohibited data; unsupervised: prohibited "
@@ -245,45 +234,6 @@ class EncoderLockConfig(TrainingArguments):
     objective: str = field(default="information", metadata={"help": f"Training objective: one of {tuple(OBJECTIVES)}."})
     alpha: float = field(default=1e3, metadata={"help": "alpha in the paper's loss L_A + log(1 + alpha * L_A / L_P)."})
     objective_eps: float = field(default=1e-8, metadata={"help": "Guard against division by zero in objectives."})
-    info_r2_weight: float = field(
-        default=_INFO.r2_weight,
-        metadata={"help": "objective='information': weight of the prohibited features' ridge R^2 of the labels."},
-    )
-    info_mmd_weight: float = field(
-        default=_INFO.mmd_weight,
-        metadata={"help": "objective='information': weight of the class-vs-all MMD of the prohibited features."},
-    )
-    info_knn_weight: float = field(
-        default=_INFO.knn_weight,
-        metadata={"help": "objective='information': weight of the soft-nearest-neighbour agreement above chance."},
-    )
-    info_ridge: float = field(
-        default=_INFO.ridge,
-        metadata={"help": "objective='information': ridge penalty of the R^2 (features standardised)."},
-    )
-    info_whitening_shrinkage: float = field(
-        default=_INFO.whitening_shrinkage,
-        metadata={
-            "help": "objective='information': prohibited features are whitened with their correlation shrunk this "
-            "far towards the identity before every measure, in (0, 1] (1: standardised only; below 1, class "
-            "information in low-variance directions counts, as it does for a probe on whitened features)."
-        },
-    )
-    info_mmd_bandwidths: list[float] = field(
-        default_factory=lambda: list(_INFO.mmd_bandwidths),
-        metadata={"help": "objective='information': Gaussian MMD bandwidths, as multiples of the median distance."},
-    )
-    info_knn_temperature: float = field(
-        default=_INFO.knn_temperature,
-        metadata={"help": "objective='information': soft-neighbour temperature, relative to the median sq. distance."},
-    )
-    info_preserve_weight: float = field(
-        default=_INFO.preserve_weight,
-        metadata={
-            "help": "objective='information': weight of the authorized features' drift from the unlocked encoder "
-            "(0: off; > 0 keeps a frozen copy of the encoder)."
-        },
-    )
     prohibited_poolings: list[str] | None = field(
         default_factory=lambda: [AUTO_POOLINGS],
         metadata={
@@ -292,10 +242,6 @@ class EncoderLockConfig(TrainingArguments):
             "encoder offers when the objective combines poolings (information, contrastive), else its default one; "
             "None: the encoder's default pooling only."
         },
-    )
-    info_authorized_weight: float = field(
-        default=_INFO.authorized_weight,
-        metadata={"help": "objective='information': weight of the authorized head's cross-entropy."},
     )
 
     # --- unsupervised and zero-shot variants --------------------------------------------------------------
@@ -309,22 +255,6 @@ class EncoderLockConfig(TrainingArguments):
     pseudo_label_restarts: int = field(default=4, metadata={"help": "k-means restarts for the pseudo-labels."})
     contrastive_temperature: float = field(
         default=0.8, metadata={"help": "objective='contrastive': InfoNCE temperature (reference: 0.8)."}
-    )
-    augment_crop_scale: list[float] = field(
-        default_factory=lambda: list(_AUG.crop_scale),
-        metadata={"help": "objective='contrastive': area range of the random resized crop of an augmented view."},
-    )
-    augment_brightness: float = field(
-        default=_AUG.brightness, metadata={"help": "objective='contrastive': brightness jitter (multiplicative, +-)."}
-    )
-    augment_contrast: float = field(
-        default=_AUG.contrast, metadata={"help": "objective='contrastive': contrast jitter (multiplicative, +-)."}
-    )
-    augment_saturation: float = field(
-        default=_AUG.saturation, metadata={"help": "objective='contrastive': saturation jitter (multiplicative, +-)."}
-    )
-    augment_noise: float = field(
-        default=_AUG.noise, metadata={"help": "objective='contrastive': std of Gaussian pixel noise (raw 0-1 scale)."}
     )
     zero_shot_generators: list[str] = field(
         default_factory=lambda: ["shifts", "shapes", "glyphs"],
@@ -475,16 +405,6 @@ class EncoderLockConfig(TrainingArguments):
     challenge_every: int = field(
         default=0, metadata={"help": "Train fresh adversary heads every this many rounds (0: only at start)."}
     )
-    adversary_kinds: list[str] = field(
-        default_factory=lambda: list(ADVERSARY_KINDS),
-        metadata={"help": f"Adversary head kinds from {ADVERSARY_KINDS}."},
-    )
-    adversary_seeds: int = field(default=2, metadata={"help": "Seeds per adversary head kind."})
-    adversary_learning_rates: list[float] = field(
-        default_factory=lambda: [1e-2, 1e-3], metadata={"help": "Learning-rate grid for adversary heads."}
-    )
-    adversary_epochs: int = field(default=100, metadata={"help": "Full-batch epochs per adversary head."})
-    adversary_hidden_size: int = field(default=256, metadata={"help": "Hidden width of MLP adversary heads."})
     validation_fraction: float = field(
         default=0.2,
         metadata={"help": "Share of each domain's lock data held out to pick heads and the best encoder."},
@@ -504,7 +424,7 @@ class EncoderLockConfig(TrainingArguments):
             "size (0: always). Does not change results."
         },
     )
-    best_model_criterion: str = field(
+    best_model_criterion: BestModelCriterion = field(
         default="gap",
         metadata={
             "help": "How the kept encoder is chosen: 'gap' = fresh-head validation accuracy authorized minus "
@@ -639,11 +559,6 @@ class EncoderLockConfig(TrainingArguments):
                 f"authorized_projection must be 'auto', None or a number >= 0, got {self.authorized_projection!r}",
             ),
             (
-                # 0 would need a full-rank batch correlation: singular whenever features outnumber the batch
-                0.0 < _finite_or_nan(self.info_whitening_shrinkage) <= 1.0,
-                f"info_whitening_shrinkage must be in (0, 1], got {self.info_whitening_shrinkage!r}",
-            ),
-            (
                 self.magnitude_gate is None or 0.0 <= _finite_or_nan(self.magnitude_gate) < 1.0,
                 f"magnitude_gate must be None or in [0, 1), got {self.magnitude_gate!r}",
             ),
@@ -656,17 +571,6 @@ class EncoderLockConfig(TrainingArguments):
             (
                 self.weight_bound is None or _finite_or_nan(self.weight_bound) > 0.0,
                 f"weight_bound must be None or a number > 0 (robust standard deviations), got {self.weight_bound!r}",
-            ),
-            (
-                _all_finite([self.info_r2_weight, self.info_mmd_weight, self.info_knn_weight])
-                and self.info_r2_weight + self.info_mmd_weight + self.info_knn_weight > 0,
-                "info_*_weight must be >= 0 and not all zero",
-            ),
-            (
-                _is_list(self.augment_crop_scale, 2)
-                and _all_finite(self.augment_crop_scale)
-                and 0 < self.augment_crop_scale[0] <= self.augment_crop_scale[1] <= 1,
-                f"augment_crop_scale must be [low, high] with 0 < low <= high <= 1, got {self.augment_crop_scale!r}",
             ),
             (
                 objective is None
@@ -690,25 +594,18 @@ class EncoderLockConfig(TrainingArguments):
             problem for name in NON_NEGATIVE_NUMBERS if (problem := _number(name, getattr(self, name), least=0))
         ]
         problems += self._list_problems()
+        problems += [problem for group in self.knob_groups for problem in group.problems(self)]
         if problems:
             raise ValueError("invalid EncoderLockConfig: " + "; ".join(problems))
 
     def _list_problems(self) -> list[str]:
         """The list-valued fields: non-empty where a lock needs one, with known names and working values."""
         problems = []
-        kinds, generators = self.adversary_kinds, self.zero_shot_generators
-        if not _is_list(kinds) or not kinds or not all(k in ADVERSARY_KINDS for k in kinds):
-            problems.append(f"adversary_kinds must be a non-empty list from {ADVERSARY_KINDS}, got {kinds!r}")
+        generators = self.zero_shot_generators
         if not _is_list(generators) or not generators or not all(g in GENERATORS for g in generators):
             problems.append(
                 f"zero_shot_generators must be a non-empty list from {tuple(GENERATORS)}, got {generators!r}"
             )
-        rates = self.adversary_learning_rates
-        if not _is_list(rates) or not rates or not _all_finite(rates, above=0):
-            problems.append(f"adversary_learning_rates must be a non-empty list of numbers > 0, got {rates!r}")
-        bandwidths = self.info_mmd_bandwidths
-        if not _is_list(bandwidths) or not bandwidths or not _all_finite(bandwidths, above=0):
-            problems.append(f"info_mmd_bandwidths must be a non-empty list of numbers > 0, got {bandwidths!r}")
         types = self.candidate_module_types
         if not _is_list(types) or not types or not all(isinstance(t, str) and t for t in types):
             problems.append(f"candidate_module_types must be a non-empty list of module type names, got {types!r}")
@@ -718,7 +615,7 @@ class EncoderLockConfig(TrainingArguments):
         elif patterns:
             problems += [problem for pattern in patterns if (problem := _regex_problem(pattern))]
         blocks = self.candidate_blocks
-        if blocks is not None and not (_is_list(blocks) and all(_is_whole(b) and b >= -1 for b in blocks)):
+        if blocks is not None and not (_is_list(blocks) and all(is_whole(b) and b >= -1 for b in blocks)):
             problems.append(f"candidate_blocks must be None or a list of block indices >= -1, got {blocks!r}")
         poolings = self.prohibited_poolings
         if poolings is not None and not (
@@ -745,7 +642,7 @@ class EncoderLockConfig(TrainingArguments):
             raise FileNotFoundError(f"{locked} holds no {LOCK_CONFIG_FILE}: it is not a locked encoder folder")
         summary = json.loads(path.read_text(encoding="utf-8"))
         saved = dict(summary.get("hyperparameters", {}))
-        known = {name for name, spec in cls.__dataclass_fields__.items() if spec.init}
+        known = {spec.name for spec in dataclasses.fields(cls) if spec.init}
         values = {name: value for name, value in saved.items() if name in known}
         for key in ("variant", "seed"):  # also recorded at the top level of encoderlock_config.json
             if key in summary:
@@ -755,9 +652,9 @@ class EncoderLockConfig(TrainingArguments):
     def lock_hyperparameters(self) -> dict[str, Any]:
         """The lock-specific fields (not the generic Trainer ones), for ``encoderlock_config.json``."""
         own = {
-            name
-            for name in self.__dataclass_fields__
-            if name not in TrainingArguments.__dataclass_fields__ and name not in NOT_HYPERPARAMETERS
+            spec.name
+            for spec in dataclasses.fields(self)  # not knob_groups (a class variable)
+            if spec.name not in TrainingArguments.__dataclass_fields__ and spec.name not in NOT_HYPERPARAMETERS
         }
         shared = ("learning_rate", "weight_decay", "per_device_train_batch_size", "seed", "max_steps")
         values = {name: getattr(self, name) for name in sorted(own | set(shared))}

@@ -19,11 +19,12 @@ authorized head's cross-entropy, as in the paper.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch.nn import functional as F
 
+from ..knobs import KnobGroup, knob
 from .base import LockHeads, LockObjective, ObjectiveTerms
 
 TERM_NAMES = ("r2", "mmd", "knn")
@@ -135,40 +136,61 @@ def feature_drift(features: torch.Tensor, reference: torch.Tensor) -> torch.Tens
 
 
 @dataclass
-class InformationTermsConfig:
-    """Knobs of :class:`InformationObjective` (filled from ``EncoderLockConfig`` by :meth:`from_lock_config`)."""
+class InformationTermsConfig(KnobGroup):
+    """Knobs of :class:`InformationObjective`, each an ``EncoderLockConfig`` field ``info_<name>`` (see
+    :mod:`hf_encoderlock.lock.knobs`); ``eps`` is the config's ``objective_eps``."""
 
-    r2_weight: float = 1.0
-    mmd_weight: float = 1.0
-    knn_weight: float = 1.0  # what a kNN probe exploits
-    ridge: float = 1e-2
-    mmd_bandwidths: tuple[float, ...] = (0.5, 1.0, 2.0)
-    knn_temperature: float = 0.1
-    authorized_weight: float = 1.0
-    preserve_weight: float = 1.0  # hold authorized features near the unlocked encoder's
+    flag_prefix: ClassVar[str] = "info_"
+    flag_help: ClassVar[str] = "objective='information': "
+
+    r2_weight: float = knob(1.0, range="[0, inf)", help="weight of the prohibited features' ridge R^2 of the labels.")
+    mmd_weight: float = knob(1.0, range="[0, inf)", help="weight of the class-vs-all MMD of the prohibited features.")
+    knn_weight: float = knob(  # what a kNN probe exploits
+        1.0, range="[0, inf)", help="weight of the soft-nearest-neighbour agreement above chance."
+    )
+    ridge: float = knob(1e-2, range="(0, inf)", help="ridge penalty of the R^2 (features standardised).")
+    mmd_bandwidths: tuple[float, ...] = knob(
+        (0.5, 1.0, 2.0),
+        range="(0, inf)",
+        help="Gaussian MMD bandwidths, as multiples of the median distance.",
+    )
+    knn_temperature: float = knob(
+        0.1, range="(0, inf)", help="soft-neighbour temperature, relative to the median sq. distance."
+    )
+    authorized_weight: float = knob(1.0, range="[0, inf)", help="weight of the authorized head's cross-entropy.")
+    preserve_weight: float = knob(  # hold authorized features near the unlocked encoder's
+        1.0,
+        range="[0, inf)",
+        help="weight of the authorized features' drift from the unlocked encoder (0: off; > 0 keeps a frozen copy "
+        "of the encoder).",
+    )
     # 1: standardised features; below 1: (partly) whitened, as a whitening probe sees them (0.1: docs/DEFAULT_LOCK.md,
-    # 'Whitened measures')
-    whitening_shrinkage: float = 0.1
+    # 'Whitened measures'). 0 would need a full-rank batch correlation: singular whenever features outnumber the batch.
+    whitening_shrinkage: float = knob(
+        0.1,
+        range="(0, 1]",
+        help="prohibited features are whitened with their correlation shrunk this far towards the identity before "
+        "every measure, in (0, 1] (1: standardised only; below 1, class information in low-variance directions "
+        "counts, as it does for a probe on whitened features).",
+    )
     eps: float = 1e-8
     weights: dict[str, float] = field(init=False)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         self.weights = {"r2": self.r2_weight, "mmd": self.mmd_weight, "knn": self.knn_weight}
 
     @classmethod
-    def from_lock_config(cls, config) -> InformationTermsConfig:
-        return cls(
-            r2_weight=config.info_r2_weight,
-            mmd_weight=config.info_mmd_weight,
-            knn_weight=config.info_knn_weight,
-            ridge=config.info_ridge,
-            mmd_bandwidths=tuple(config.info_mmd_bandwidths),
-            knn_temperature=config.info_knn_temperature,
-            authorized_weight=config.info_authorized_weight,
-            preserve_weight=config.info_preserve_weight,
-            whitening_shrinkage=config.info_whitening_shrinkage,
-            eps=config.objective_eps,
-        )
+    def joint_problems(cls, values: dict[str, Any], prefix: str) -> list[str]:
+        """The prohibited side needs at least one term."""
+        if values["r2_weight"] + values["mmd_weight"] + values["knn_weight"] > 0:
+            return []
+        return [f"{prefix}r2_weight, {prefix}mmd_weight and {prefix}knn_weight must not all be 0"]
+
+    @classmethod
+    def from_lock_config(cls, config: Any, **values: Any) -> InformationTermsConfig:
+        """The terms as an ``EncoderLockConfig`` sets them (its ``info_*`` fields and ``objective_eps``)."""
+        return super().from_lock_config(config, **{"eps": config.objective_eps, **values})
 
 
 class InformationObjective(LockObjective):

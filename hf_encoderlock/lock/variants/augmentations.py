@@ -9,32 +9,41 @@ batched, runs on the batch's device and draws from an explicit ``torch.Generator
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch.nn import functional as F
+
+from ..knobs import KnobGroup, knob
 
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R BT.601 weights of the grey image that saturation jitter mixes in
 
 
 @dataclass
-class AugmentationConfig:
-    """Strengths of the augmented view (filled from ``EncoderLockConfig`` by :meth:`from_lock_config`)."""
+class AugmentationConfig(KnobGroup):
+    """Strengths of the augmented view, each an ``EncoderLockConfig`` field ``augment_<name>`` (see
+    :mod:`hf_encoderlock.lock.knobs`)."""
 
-    crop_scale: tuple[float, float] = (0.6, 1.0)
-    brightness: float = 0.4
-    contrast: float = 0.4
-    saturation: float = 0.4
-    noise: float = 0.02
+    flag_prefix: ClassVar[str] = "augment_"
+    flag_help: ClassVar[str] = "objective='contrastive': "
+
+    crop_scale: tuple[float, float] = knob(
+        (0.6, 1.0),
+        range="(0, 1]",
+        help="area range of the random resized crop of an augmented view.",
+    )
+    brightness: float = knob(0.4, range="[0, inf)", help="brightness jitter (multiplicative, +-).")
+    contrast: float = knob(0.4, range="[0, inf)", help="contrast jitter (multiplicative, +-).")
+    saturation: float = knob(0.4, range="[0, inf)", help="saturation jitter (multiplicative, +-).")
+    noise: float = knob(0.02, range="[0, inf)", help="std of Gaussian pixel noise (raw 0-1 scale).")
 
     @classmethod
-    def from_lock_config(cls, config) -> AugmentationConfig:
-        return cls(
-            crop_scale=tuple(config.augment_crop_scale),
-            brightness=config.augment_brightness,
-            contrast=config.augment_contrast,
-            saturation=config.augment_saturation,
-            noise=config.augment_noise,
-        )
+    def joint_problems(cls, values: dict[str, Any], prefix: str) -> list[str]:
+        """A crop range runs from its low end up."""
+        low, high = values["crop_scale"]
+        if low <= high:
+            return []
+        return [f"{prefix}crop_scale must be [low, high] with low <= high, got {values['crop_scale']!r}"]
 
 
 def _uniform(n: int, low: float, high: float, generator: torch.Generator) -> torch.Tensor:
