@@ -191,6 +191,7 @@ SETTINGS: dict[str, list[str]] = {
     "the default lock, seed 2, 2 threads": ["--seed", "2"],
     "bounded 6, 2 threads": ["--weight_bound", "6"],
     "bounded 6, greyscale copies, 2 threads": ["--weight_bound", "6", "--prohibited_transforms", "greyscale"],
+    "bounded 3, greyscale copies, 2 threads": ["--weight_bound", "3", "--prohibited_transforms", "greyscale"],
     "bounded 6, greyscale copies, no projection, lr 0.01, 2 threads": [
         *("--weight_bound", "6", "--prohibited_transforms", "greyscale"),
         *("--authorized_projection", "none", "--learning_rate", "0.01"),
