@@ -288,7 +288,7 @@ class EncoderLockTrainer(Trainer):
             callbacks=list(callbacks or []),
         )
         # A batch is k x per_device_train_batch_size pairs, of which the collator keeps k x prohibited, 1 x
-        # authorized. Private Trainer attribute (checked against transformers TRANSFORMERS_CHECKED): no public
+        # authorized. Private Trainer attribute (checked against transformers 5.25.0): no public
         # setting sizes the dataloader's batches apart from per_device_train_batch_size, which the heads also read.
         self._train_batch_size = self.prohibited_batch_factor * args.train_batch_size
         self.add_callback(LockRoundCallback(self))
@@ -721,7 +721,7 @@ class EncoderLockTrainer(Trainer):
         specs = self.domain_specs.get("authorized", self.authorized_name)
         return [public_domain_record(s) for s in (specs if isinstance(specs, (list, tuple)) else [specs])]
 
-    # Private Trainer hook (checked against transformers TRANSFORMERS_CHECKED): save_model and every checkpoint
+    # Private Trainer hook (checked against transformers 5.25.0): save_model and every checkpoint
     # write through it, and no public hook replaces what a save writes.
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         """Write the encoder alone (``AutoModel.from_pretrained`` loads it), its processor, config and mask.
@@ -751,7 +751,7 @@ class EncoderLockTrainer(Trainer):
             self.lock_state.save_mask(folder)
         write_model_card(folder, report=None, model_name=model_name)
 
-    # Private Trainer hook (checked against transformers TRANSFORMERS_CHECKED): the on_save callback runs after the
+    # Private Trainer hook (checked against transformers 5.25.0): the on_save callback runs after the
     # files are written, too late to add the lock state to them.
     def _save_checkpoint(self, model, trial) -> None:
         """A Trainer checkpoint that also holds the :class:`LockState` (what an exact resume needs beyond encoder,
@@ -769,7 +769,7 @@ class EncoderLockTrainer(Trainer):
         ``repo_id``, ``gated``, ``report``, ``include_mask`` (see :func:`push_trainer_to_hub`)."""
         return push_trainer_to_hub(self, commit_message, token=token, revision=revision, private=private, **kwargs)
 
-    # Trainer internal (checked against transformers TRANSFORMERS_CHECKED; public name, no documented contract): the
+    # Trainer internal (checked against transformers 5.25.0; public name, no documented contract): the
     # Trainer calls it at construction, and no setting makes it build its client afresh.
     def init_hf_repo(self, token: str | None = None, private: bool | None = None) -> None:
         """``push_to_hub=True``: create the repository at construction with a client made now (so ``HF_ENDPOINT`` and
@@ -782,7 +782,7 @@ class EncoderLockTrainer(Trainer):
         self.hub_model_id = url.repo_id
         self.push_in_progress = None
 
-    # Private Trainer hook (checked against transformers TRANSFORMERS_CHECKED): the only place a checkpoint is
+    # Private Trainer hook (checked against transformers 5.25.0): the only place a checkpoint is
     # pushed during training; the Trainer's own push would upload the mask and the optimizer state.
     def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
         """``push_to_hub=True`` during training (every ``hub_strategy`` but ``end``): the checkpoint's public files
@@ -848,7 +848,7 @@ class EncoderLockTrainer(Trainer):
                 "settings (EncoderLockConfig.from_pretrained(checkpoint)) or start a new run in another output_dir"
             )
 
-    # Private Trainer hook (checked against transformers TRANSFORMERS_CHECKED): train(resume_from_checkpoint=...)
+    # Private Trainer hook (checked against transformers 5.25.0): train(resume_from_checkpoint=...)
     # restores the weights through it, and no public hook restores the lock state beside them.
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         """Restore the encoder and the :class:`LockState` from a checkpoint of this lock (refused when incomplete or
