@@ -3,24 +3,14 @@ the simulated fine-tuning attacker."""
 
 import torch
 
-from hf_encoderlock.encoders import tiny_vit_encoder
 from hf_encoderlock.lock.challenger import Challenger, simulated_attacker_weights
-from hf_encoderlock.lock.lock_data import DatasetReader, LockData
 from hf_encoderlock.lock.rounds import candidate_weights
 from hf_encoderlock.lock.state import LockState
+from tests.helpers import tiny_lock_data
 
 
 def _challenger(args, toy_domains):
-    encoder = tiny_vit_encoder(seed=0, image_size=16, patch_size=4)
-    reader = DatasetReader()
-    data = LockData.load(
-        encoder,
-        args,
-        reader.read(toy_domains.authorized, "red"),
-        reader.read(toy_domains.prohibited, "green"),
-        "red",
-        "green",
-    )
+    encoder, data = tiny_lock_data(args, toy_domains.authorized, toy_domains.prohibited)
     return encoder, data, Challenger(args, encoder, data)
 
 

@@ -4,20 +4,16 @@ import pytest
 import torch
 
 from hf_encoderlock.data.lock_tensors import LockDataError
-from hf_encoderlock.encoders import tiny_vit_encoder
-from hf_encoderlock.lock.lock_data import CHALLENGE_SETS, DatasetReader, LockData
-from tests.helpers import VARIANT_LOCK, toy_domain, unlabelled
+from hf_encoderlock.lock.lock_data import CHALLENGE_SETS, LockData
+from tests.helpers import VARIANT_LOCK, tiny_lock_data, toy_domain, unlabelled
 
 
 def _hashes(rows) -> set[bytes]:
     return {bytes(row.tolist()) for row in rows.content_hashes}
 
 
-def _load(args, authorized, prohibited, poolings=None) -> LockData:
-    encoder = tiny_vit_encoder(seed=0, image_size=16, patch_size=4)
-    reader = DatasetReader()
-    prohibited = None if prohibited is None else reader.read(prohibited, "green")
-    return LockData.load(encoder, args, reader.read(authorized, "red"), prohibited, "red", "green", poolings)
+def _load(args, authorized, prohibited) -> LockData:
+    return tiny_lock_data(args, authorized, prohibited)[1]
 
 
 def test_splits_partition_each_domain_and_challenges_encode_a_fixed_sample(tiny_lock_config, toy_domains):

@@ -6,24 +6,15 @@ import torch
 
 from hf_encoderlock.encoders import tiny_vit_encoder
 from hf_encoderlock.lock.challenger import Challenger
-from hf_encoderlock.lock.lock_data import DatasetReader, LockData
 from hf_encoderlock.lock.objectives import build_objective
 from hf_encoderlock.lock.rounds import RoundDriver, candidate_weights, check_budget
 from hf_encoderlock.lock.state import LockState
+from tests.helpers import tiny_lock_data
 
 
 def _driver(args, toy_domains):
     """A driver over the tiny ViT with heads from one challenge, and the optimiser a trainer would build."""
-    encoder = tiny_vit_encoder(seed=0, image_size=16, patch_size=4)
-    reader = DatasetReader()
-    data = LockData.load(
-        encoder,
-        args,
-        reader.read(toy_domains.authorized, "red"),
-        reader.read(toy_domains.prohibited, "green"),
-        "red",
-        "green",
-    )
+    encoder, data = tiny_lock_data(args, toy_domains.authorized, toy_domains.prohibited)
     candidates = candidate_weights(encoder, args)
     for name, param in encoder.named_parameters():
         param.requires_grad_(name in candidates)
