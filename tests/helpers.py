@@ -24,6 +24,7 @@ from hf_encoderlock.data.lock_tensors import preprocess_domain
 from hf_encoderlock.encoders import tiny_vit_encoder
 from hf_encoderlock.hub.card import write_model_card
 from hf_encoderlock.lock.config import EncoderLockConfig
+from hf_encoderlock.lock.lock_data import DatasetReader, LockData
 from hf_encoderlock.lock.selection import save_mask
 from hf_encoderlock.probing.heads import HeadTrainingConfig, best_head, train_heads
 
@@ -317,3 +318,12 @@ def toy_main_job_inputs(root: Path) -> tuple[Path, list[str]]:
         "--prohibited",
         str(root / "green"),
     ]
+
+
+def tiny_lock_data(args: EncoderLockConfig, authorized: Dataset, prohibited: Dataset | None):
+    """``(encoder, LockData)``: a fresh seed-0 tiny ViT and the lock data of ``authorized`` (red) and ``prohibited``
+    (green) read and split as a lock does, without a trainer."""
+    encoder = tiny_vit_encoder(seed=0, image_size=16, patch_size=4)
+    reader = DatasetReader()
+    prohibited = None if prohibited is None else reader.read(prohibited, "green")
+    return encoder, LockData.load(encoder, args, reader.read(authorized, "red"), prohibited, "red", "green")

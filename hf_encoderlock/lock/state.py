@@ -32,10 +32,12 @@ from .._files import (
 )
 from ..probing.heads import head_from_layout, head_layout
 from .objectives import LockHeads
+from .projection import AuthorizedProjection
 from .selection import load_mask, save_mask
 
 HEAD_ROLES = ("authorized", "adversary")
 HEAD_KEYS = ("heads", "stale_heads", "best_heads", "best_stale_heads")  # the LockHeads fields, saved in this order
+VIEW_GENERATOR_KEY = "view_generator.state"  # in LOCK_TENSORS_FILE: the views' generator state (uint8)
 MASK_NAME_PREFIX = "backbone."  # in memory masks name EncoderAdapter parameters; the mask file names AutoModel weights
 
 logger = logging.getLogger(__name__)
@@ -79,6 +81,23 @@ class LockState:
     phase_time: dict[str, float] = field(default_factory=_phase_time)
     #: The objective's logged terms of the latest update (merged into the next ``loss`` log).
     last_logs: dict[str, float] = field(default_factory=dict)
+    #: The generator of the augmented views (``uses_views`` objectives), saved with its position so that a resumed
+    #: run draws the views the uninterrupted one would (``None``: the trainer seeds its own).
+    view_generator: torch.Generator | None = field(default=None, repr=False, compare=False)
+
+    # Derived state, never saved: a resumed run rebuilds each from the unlocked encoder, the mask and the lock data,
+    # to the same bits (the projection at the mask's first install, the reference features block by block as batches
+    # first need them), and the two per-step fields live between the two halves of one optimiser step, where no
+    # checkpoint is taken.
+    #: The authorized projection of the mask's rows (``authorized_projection``; ``None``: unprojected or not built).
+    projection: AuthorizedProjection | None = field(default=None, repr=False, compare=False)
+    #: The unlocked encoder's features per authorized lock image, and which blocks of rows are filled.
+    reference_cache: torch.Tensor | None = field(default=None, repr=False, compare=False)
+    reference_known: torch.Tensor | None = field(default=None, repr=False, compare=False)
+    #: Within one optimiser step: the projected weights before it, and the scheduler's rates while a repair, guarded
+    #: or unprojected step runs at its own.
+    weights_before_step: dict[str, torch.Tensor] = field(default_factory=dict, repr=False, compare=False)
+    scheduled_lrs: list[float] | None = field(default=None, repr=False, compare=False)
 
     # -------------------------------------------------------------------------------------------------- save
     def save_mask(self, folder: str | Path) -> None:
@@ -100,6 +119,8 @@ class LockState:
                 tensors.update({f"{key}.{role}.{n}": t.detach().cpu().clone() for n, t in module.state_dict().items()})
         for name, value in (self.best_state or {}).items():
             tensors[f"best_state.{name}"] = value.detach().cpu().clone()
+        if self.view_generator is not None:
+            tensors[VIEW_GENERATOR_KEY] = self.view_generator.get_state()
         info = {
             "format": LOCK_STATE_FORMAT,
             "head_layouts": layouts,
@@ -142,6 +163,10 @@ class LockState:
         if info["has_best_state"]:
             prefix = "best_state."
             best_state = {n.removeprefix(prefix): t.to(device) for n, t in tensors.items() if n.startswith(prefix)}
+        view_generator = None
+        if VIEW_GENERATOR_KEY in tensors:  # states saved before it was have none: the trainer's seeded one is used
+            view_generator = torch.Generator()
+            view_generator.set_state(tensors[VIEW_GENERATOR_KEY])
         # states saved before rounds_completed was added to them have it in the lock config only
         rounds = info["rounds_completed"] if "rounds_completed" in info else _rounds_in_lock_config(folder)
         return cls(
@@ -158,6 +183,7 @@ class LockState:
             history=list(info["history"]),
             phase_time={**_phase_time(), **{k: float(v) for k, v in info["phase_time"].items()}},
             last_logs=dict(info.get("last_logs", {})),
+            view_generator=view_generator,
         )
 
 

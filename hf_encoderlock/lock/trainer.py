@@ -1,12 +1,24 @@
 """``EncoderLockTrainer``: the EncoderLock loop on ``transformers.Trainer``.
 
 One Trainer optimiser step is one masked update of the encoder on a pair of batches (authorized + prohibited),
-minimising the configured :mod:`objective <hf_encoderlock.lock.objectives>` through the current heads. A round
-(self-challenge when due, weight selection, then ``update_steps_per_round`` updates) starts in
-:meth:`EncoderLockTrainer.start_round`, called by :class:`~hf_encoderlock.lock.callbacks.LockRoundCallback`;
-everything a run carries between steps is one :class:`~hf_encoderlock.lock.state.LockState`. The model handed to the
-Trainer is the :class:`EncoderAdapter` itself, so the optimiser, DDP and mixed precision only ever see encoder
-weights; heads live on the trainer.
+minimising the configured :mod:`objective <hf_encoderlock.lock.objectives>` through the current heads. The trainer
+orchestrates and persists; each job it orchestrates has its own module:
+
+- :mod:`~hf_encoderlock.lock.lock_data`: what the lock reads (intake, pseudo-labels, generated images, the attacker
+  views of ``prohibited_transforms``, the lock / validation splits);
+- :mod:`~hf_encoderlock.lock.rounds`: the round driver (weight selection; masked, projected, bounded updates);
+- :mod:`~hf_encoderlock.lock.challenger`: the adversaries (fresh heads at each self-challenge, simulated attacker
+  fine-tuning);
+- :mod:`~hf_encoderlock.lock.state`: everything a run carries between steps, one :class:`LockState`.
+
+A round (self-challenge when due, weight selection, then ``update_steps_per_round`` updates) starts in
+:meth:`EncoderLockTrainer.start_round`, called by :class:`~hf_encoderlock.lock.callbacks.LockRoundCallback`. The model
+handed to the Trainer is the :class:`EncoderAdapter` itself, so the optimiser, DDP and mixed precision only ever see
+encoder weights; heads live in the lock state.
+
+Private ``transformers.Trainer`` hooks are overridden only where the Trainer has no public one; each is listed in
+:data:`PRIVATE_TRAINER_HOOKS` with the parameters it was checked against (``tests/lock/test_trainer_hooks.py`` fails
+when an installed ``transformers`` changes one).
 """
 
 from __future__ import annotations
@@ -16,7 +28,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -25,86 +37,61 @@ import torch
 from huggingface_hub import HfApi
 from torch import nn
 from torch.func import functional_call
-from torch.nn import functional as F
 from transformers import AutoModel, PreTrainedModel, Trainer, TrainerState
 from transformers.trainer_utils import TrainOutput
 
 from .._files import LOCK_CONFIG_FILE, LOCK_CONFIG_FORMAT, MASK_FILE, MODEL_CONFIG_FILE, TRAINER_STATE_FILE
 from .._utils import atomic_folder, check_output_folder, package_versions
-from ..data.lock_tensors import (
-    DomainTensors,
-    LockDataError,
-    LockRows,
-    PairedDomainCollator,
-    PairedDomainDataset,
-    as_lock_dataset,
-    check_distinct_images,
-    check_labelled_dataset,
-    content_overlap,
-    label_tensor,
-    stratified_split,
-)
+from ..data.lock_tensors import LockDataError, PairedDomainCollator, PairedDomainDataset, check_labelled_dataset
 from ..data.streamed import load_lock_domain
 from ..encoders import NO_REMOTE_CODE, EncoderAdapter, EncoderError, load_encoder
 from ..hub.card import write_model_card
 from ..hub.public_names import is_hub_id, public_domain_record
 from ..hub.push import DEFAULT_COMMIT_MESSAGE, push_locked_to_hub
-from ..probing.heads import HeadTrainingConfig, best_head, head_accuracy, train_heads
-from ..probing.transforms import TRANSFORMS, domain_stats, parse_transform_spec, with_transformed_copies
+from ..probing.heads import head_accuracy
 from .callbacks import LockRoundCallback
-from .config import AUTO_POOLINGS, AUTO_PROJECTION, EncoderLockConfig, check_supported_settings
+from .challenger import Challenger, simulated_attacker_weights
+from .config import AUTO_POOLINGS, EncoderLockConfig, check_supported_settings
 from .distributed import gather_batch
-from .masking import MaskedParameterGuard, natural_range
-from .objectives import LockHeads, LockObjective, ObjectiveTerms, build_objective
-from .projection import AuthorizedProjection, layer_input_moments, supports_projection
-from .selection import (
-    accumulate_gradient_stats,
-    block_index,
-    compute_scores,
-    mask_stats,
-    merge_masks,
-    select_candidate_parameters,
-    select_top_weights,
-    sum_across_processes,
-    sync_gradient_stats,
-    sync_mask_across_processes,
-)
+from .lock_data import DatasetReader, LockData, concat_poolings
+from .objectives import LockObjective, ObjectiveTerms, build_objective
+from .rounds import RoundDriver, candidate_weights, check_budget
+from .selection import mask_stats
 from .state import LockState, checkpoint_is_complete, checkpoint_problem, resumable_checkpoint
 from .variants.augmentations import AugmentationConfig, augmented_view
-from .variants.generators import generate_prohibited
-from .variants.pseudo_labels import cluster_pseudo_labels
 
 logger = logging.getLogger(__name__)
-# Warn when the budget (num_rounds x weights_per_round) exceeds this share of the candidate weights: the lock is
-# meant to change a sparse set of weights, and the default budget is below it on the default victim.
-BUDGET_WARNING_SHARE = 0.05
 # Warn when the authorized drift at the last update is this many times max_authorized_drift.
 DRIFT_WARNING_FACTOR = 10.0
 
 # encoderlock_config.json entries a resumed checkpoint must share with the run (with every hyperparameter)
 RESUME_MUST_MATCH = ("variant", "objective", "base_model", "poolings", "authorized", "prohibited", "seed")
-EVAL_KEYS = ("authorized", "prohibited")  # the keys of eval_dataset: which lock head scores each set
-MIN_IMAGES_PER_DOMAIN = 8  # below this, a validation split carved from the lock data is meaningless
 VIEW_SEED_OFFSET = 104_729  # augmented views draw from their own generator, seeded args.seed + this
-# Below this share of the prohibited gradient's energy in the directions the projection leaves free, a projected lock
-# barely moves. Measured at round 0 (before any update) on the 12 built-in pairs: 0.15-0.35 with grey mnist authorized
-# (the projected lock removed 86-106% of the advantage), 0.00035-0.0033 with a colour domain authorized (at most 9%).
-# authorized_projection='auto' drops the projection below it.
-LOW_FREE_SHARE = 0.01
-SCORE_SEED_STRIDE = 7919  # round r draws its score batches from a generator seeded args.seed + this * (r + 1)
+
+#: The transformers release the private Trainer hooks below were last checked against.
+TRANSFORMERS_CHECKED = "5.25.0"
+#: Private ``transformers.Trainer`` names this trainer overrides or calls, for want of a public hook, and the
+#: parameters (after ``self``) each had in :data:`TRANSFORMERS_CHECKED`. ``_train_batch_size`` is an attribute: the
+#: Trainer's dataloader and its step count both read it.
+PRIVATE_TRAINER_HOOKS: dict[str, tuple[str, ...] | None] = {
+    "_save": ("output_dir", "state_dict"),
+    "_save_checkpoint": ("model", "trial"),
+    "_load_from_checkpoint": ("resume_from_checkpoint", "model"),
+    "_push_from_checkpoint": ("checkpoint_folder",),
+    "init_hf_repo": ("token", "private"),
+    "save_model": ("output_dir", "_internal_call"),  # public, called with its private _internal_call flag
+    "_train_batch_size": None,
+}
 
 
-def _lock_state_field(name: str, doc: str) -> property:
+def _state_field(name: str, doc: str) -> property:
     """A read-only trainer property delegating to ``trainer.lock_state.<name>``."""
     return property(lambda trainer: getattr(trainer.lock_state, name), doc=doc)
 
 
-def _sample_rows(data: LockRows, limit: int | None, seed: int) -> LockRows:
-    """``data``, or a fixed seeded sample of ``limit`` of its rows (in their original order) when it holds more."""
-    if limit is None or len(data) <= limit:
-        return data
-    chosen = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:limit]
-    return data.subset(torch.sort(chosen).values)
+def _data_field(name: str, doc: str) -> property:
+    """A read-only trainer property delegating to ``trainer.lock_data.<name>``."""
+    return property(lambda trainer: getattr(trainer.lock_data, name), doc=doc)
 
 
 class NonFiniteWeightsError(FloatingPointError):
@@ -149,16 +136,25 @@ class EncoderLockTrainer(Trainer):
             otherwise, and URLs always are: a dataset must not make the machine read or fetch anything else).
     """
 
+    # The Trainer's own gradient-accumulation scaling applies: compute_loss returns the unscaled objective.
     loss_is_scaled_for_ga = False
 
-    # Read access to the lock state under the names the rest of the package and its users know.
-    mask = _lock_state_field("mask", "The OR-accumulated mask of selected weight entries (parameter name -> bool).")
-    rounds_completed_in_mask = _lock_state_field("rounds_completed", "Rounds whose selection is in :attr:`mask`.")
-    heads = _lock_state_field("heads", "The heads the updates train against (:class:`LockHeads`, or ``None``).")
-    stale_heads = _lock_state_field("stale_heads", "After the best encoder was restored: the heads it trained against.")
-    best_round = _lock_state_field("best_round", "The round of the kept encoder (``best_model_criterion='gap'``).")
-    best_gap = _lock_state_field("best_gap", "The kept encoder's validation gap (authorized - prohibited accuracy).")
-    history = _lock_state_field("history", "Per-round figures, in the order they were recorded.")
+    # Read access to the lock state and the lock data under the names the rest of the package and its users know.
+    mask = _state_field("mask", "The OR-accumulated mask of selected weight entries (parameter name -> bool).")
+    rounds_completed_in_mask = _state_field("rounds_completed", "Rounds whose selection is in :attr:`mask`.")
+    heads = _state_field("heads", "The heads the updates train against (:class:`LockHeads`, or ``None``).")
+    stale_heads = _state_field("stale_heads", "After the best encoder was restored: the heads it trained against.")
+    best_round = _state_field("best_round", "The round of the kept encoder (``best_model_criterion='gap'``).")
+    best_gap = _state_field("best_gap", "The kept encoder's validation gap (authorized - prohibited accuracy).")
+    history = _state_field("history", "Per-round figures, in the order they were recorded.")
+    projection = _state_field("projection", "The authorized projection in use (``None``: unprojected).")
+    lock_authorized = _data_field("lock_authorized", "The authorized images the lock trains on.")
+    val_authorized = _data_field("val_authorized", "The authorized validation split (heads, kept encoder).")
+    lock_prohibited = _data_field("lock_prohibited", "The prohibited images the lock trains on.")
+    val_prohibited = _data_field("val_prohibited", "The prohibited validation split.")
+    challenge_sets = _data_field("challenge_sets", "What each self-challenge encodes, by split.")
+    zero_shot_source = _data_field("zero_shot_source", "Zero-shot: the generators (or 'user-supplied').")
+    pseudo_labelled = _data_field("pseudo_labelled", "Whether the prohibited labels are k-means clusters.")
 
     def __init__(
         self,
@@ -217,15 +213,14 @@ class EncoderLockTrainer(Trainer):
                 f"{type(encoder.backbone).__name__}: its locked folder (weights + encoderlock_module.json) does not "
                 "load with AutoModel, so it cannot be published. Lock with push_to_hub=False and save_model() locally."
             )
-        self.column_mapping, self.dataset_split = dict(column_mapping or {}), dataset_split
-        self.allow_local_images_under = allow_local_images_under
-        authorized_dataset = self._as_lock_data(authorized_dataset, authorized_name)
+        self.reader = DatasetReader(dict(column_mapping or {}), dataset_split, allow_local_images_under)
+        authorized_dataset = self.reader.read(authorized_dataset, authorized_name)
         if prohibited_dataset is not None:
-            prohibited_dataset = self._as_lock_data(prohibited_dataset, prohibited_name)
+            prohibited_dataset = self.reader.read(prohibited_dataset, prohibited_name)
             if args.variant == "supervised":  # its labels, before the authorized images are decoded
                 check_labelled_dataset(prohibited_dataset, prohibited_name)
         if eval_dataset is not None and isinstance(eval_dataset, dict):
-            eval_dataset = {key: self._as_eval_dataset(key, value) for key, value in eval_dataset.items()}
+            eval_dataset = self.reader.read_eval(eval_dataset)
         self.encoder = encoder
         # Normalisation layers that keep running statistics (BatchNorm): the lock runs them as deployed, on their
         # statistics, which it never updates; otherwise every forward in train mode would change buffers outside the
@@ -239,45 +234,23 @@ class EncoderLockTrainer(Trainer):
         self.prohibited_poolings = self._resolve_prohibited_poolings(args.prohibited_poolings)
         self.authorized_name, self.prohibited_name = authorized_name, prohibited_name
         self.domain_specs = domain_specs or {}
-        self.zero_shot_source: list[str] | None = None
-        self.pseudo_labelled = False
-        authorized = load_lock_domain(
-            encoder, authorized_dataset, authorized_name, True, args.lock_cache_bytes, not args.disable_tqdm
+        self.lock_data = LockData.load(
+            encoder,
+            args,
+            authorized_dataset,
+            prohibited_dataset,
+            authorized_name,
+            prohibited_name,
+            self.prohibited_poolings,
         )
-        self._check_domain_size(authorized)
-        prohibited = self._prohibited_tensors(args, authorized_dataset, prohibited_dataset, prohibited_name)
-        self._check_domains(authorized, prohibited)
-        self.lock_authorized, self.val_authorized = stratified_split(authorized, args.validation_fraction, args.seed)
-        self.lock_prohibited, self.val_prohibited = stratified_split(prohibited, args.validation_fraction, args.seed)
-        # What each self-challenge encodes: every image, or a fixed seeded sample of at most challenge_max_images
-        self.challenge_sets = {
-            key: _sample_rows(data, args.challenge_max_images, args.seed + offset)
-            for offset, (key, data) in enumerate(
-                (
-                    ("lock_authorized", self.lock_authorized),
-                    ("val_authorized", self.val_authorized),
-                    ("lock_prohibited", self.lock_prohibited),
-                    ("val_prohibited", self.val_prohibited),
-                )
-            )
-        }
-        self._check_eval_datasets(eval_dataset)
-        self.candidates = {f"backbone.{name}": param for name, param in self._candidate_weights(args).items()}
-        # Per entry, the range a bounded update keeps it in: its tensor's natural range, widened to the entry's own
-        # unlocked value, so a natural outlier that gets selected is not pulled in (a lock that erased the tensor's
-        # outliers would be a tell too). From the unlocked weights: derived, so recomputed on resume.
-        self.weight_ranges: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        if args.weight_bound is not None:
-            for name, param in self.candidates.items():
-                low, high = natural_range(param.detach(), args.weight_bound)
-                original = param.detach()
-                self.weight_ranges[name] = (original.clamp(max=low), original.clamp(min=high))
-        self._check_budget(args)
+        self.lock_data.check_eval_datasets(eval_dataset)
+        self.candidates = candidate_weights(encoder, args)
+        check_budget(self.candidates, args)
         for name, param in encoder.named_parameters():  # the optimiser holds candidate weights only
             param.requires_grad_(name in self.candidates)
         if args.projection_threshold() is None and args.learning_rate > args.unprojected_learning_rate:
             # the default rate is tuned for projected updates; unprojected ones at that rate wreck the authorized
-            # domain (measured: 84.5% kept on test at 0.3 even with the projection's leaks only)
+            # domain (docs/DEFAULT_LOCK.md has the measurements)
             logger.warning(
                 "authorized_projection is off, and every update moves the authorized features too, but learning_rate "
                 "is %g: unprojected locks were measured at %g (unprojected_learning_rate); set --learning_rate %g "
@@ -288,19 +261,13 @@ class EncoderLockTrainer(Trainer):
             )
         keeps_unlocked_copy = self.objective.uses_reference_features or args.projection_threshold() is not None
         self.reference_encoder = copy.deepcopy(encoder).eval().requires_grad_(False) if keeps_unlocked_copy else None
-        self.projection: AuthorizedProjection | None = None  # built at the first round (authorized_projection)
-        self._weights_before_step: dict[str, torch.Tensor] = {}
-        self._last_free_share = 1.0  # share of the prohibited gradient's energy the projection let through (last round)
-        # the scheduler's rates, while a repair, guarded or unprojected step runs at its own
-        self._scheduled_lrs: list[float] | None = None
         self.augmentation = AugmentationConfig.from_lock_config(args)
         self._normalization = encoder.normalization()
-        self._view_generator = torch.Generator().manual_seed(args.seed + VIEW_SEED_OFFSET)
-        self.lock_state = LockState()
-        # The unlocked encoder's features per lock image, filled block by block as rows are first met
-        self._reference_cache: torch.Tensor | None = None
-        self._reference_known: torch.Tensor | None = None
-        self.guard: MaskedParameterGuard | None = None  # installed for the length of train()
+        self.lock_state = LockState(view_generator=torch.Generator().manual_seed(args.seed + VIEW_SEED_OFFSET))
+        self.rounds = RoundDriver(
+            args, encoder, self.candidates, self.lock_data, self._selection_terms, self.reference_encoder
+        )
+        self.challenger = Challenger(args, encoder, self.lock_data)
         if args.finetune_aware_steps and args.world_size > 1:
             raise NotImplementedError("finetune_aware_steps is single-process: its simulated steps bypass DDP")
         self._saving_checkpoint = False
@@ -308,8 +275,7 @@ class EncoderLockTrainer(Trainer):
         self.prohibited_batch_factor = self._usable_prohibited_batch_factor(args)
         # each of world_size processes reads its own share of the pairs (found on the user's path: a 2-process main
         # job whose shares were each below one batch dropped every batch, made no update, and reported success)
-        pairs = max(len(self.lock_authorized), len(self.lock_prohibited))
-        if pairs < args.per_device_train_batch_size * args.world_size:
+        if self.lock_data.pairs < args.per_device_train_batch_size * args.world_size:
             args.dataloader_drop_last = False  # less than one batch: dropping it would leave nothing to train on
         super().__init__(
             model=encoder,
@@ -321,95 +287,18 @@ class EncoderLockTrainer(Trainer):
             eval_dataset=eval_dataset,
             callbacks=list(callbacks or []),
         )
-        # a batch is k x per_device_train_batch_size pairs, of which the collator keeps k x prohibited, 1 x authorized
+        # A batch is k x per_device_train_batch_size pairs, of which the collator keeps k x prohibited, 1 x
+        # authorized. Private Trainer attribute (checked against transformers 5.25.0): no public
+        # setting sizes the dataloader's batches apart from per_device_train_batch_size, which the heads also read.
         self._train_batch_size = self.prohibited_batch_factor * args.train_batch_size
         self.add_callback(LockRoundCallback(self))
 
-    # ------------------------------------------------------------------------------------ prohibited side
-    def _prohibited_tensors(
-        self, args: EncoderLockConfig, authorized_dataset, prohibited_dataset, name: str
-    ) -> LockRows:
-        """The prohibited lock data of the variant: labelled (supervised), images only with pseudo-labels
-        (unsupervised), or synthetic (zero-shot: generated from the authorized data unless a dataset is given)."""
-        if args.variant == "zero-shot":
-            if prohibited_dataset is None:
-                prohibited_dataset = generate_prohibited(
-                    args.zero_shot_generators, authorized_dataset, args.zero_shot_images, args.seed
-                )
-                self.zero_shot_source = list(args.zero_shot_generators)
-            else:
-                self.zero_shot_source = ["user-supplied"]
-            labelled = "label" in prohibited_dataset.column_names
-        elif prohibited_dataset is None:
-            raise LockDataError(
-                f"variant {args.variant!r} needs a prohibited dataset (only variant='zero-shot' works without)"
-            )
-        else:
-            labelled = args.variant == "supervised"
-        if not labelled:
-            columns = getattr(prohibited_dataset, "column_names", None) or []
-            if "image" not in columns:
-                raise LockDataError(
-                    f"domain {name!r}: no 'image' column (columns: {columns}); name yours with "
-                    "column_mapping={'your_column': 'image'}"
-                )
-            prohibited_dataset = prohibited_dataset.select_columns(["image"])  # prohibited labels are never read
-        if args.prohibited_transforms:
-            prohibited_dataset = self._with_attacker_views(args, authorized_dataset, prohibited_dataset)
-        data = load_lock_domain(
-            self.encoder, prohibited_dataset, name, labelled, args.lock_cache_bytes, not args.disable_tqdm
-        )
-        self._check_domain_size(data)  # before pseudo-labels: k-means of copies of one image is meaningless
-        if data.labels is None:
-            data = self._with_pseudo_labels(args, data)
-        return data
-
-    @staticmethod
-    def _with_attacker_views(args: EncoderLockConfig, authorized_dataset, prohibited_dataset):
-        """The prohibited lock images plus one copy per ``prohibited_transforms`` entry: the inputs an attacker who
-        knows the method shows the encoder (the adaptive suite's transforms, one implementation for both sides).
-        Reference statistics for the ``match_*`` transforms come from the authorized images, as the attacker's do."""
-        names = [parse_transform_spec(spec)[0] for spec in args.prohibited_transforms]
-        needs_reference = any(TRANSFORMS[name].needs_reference for name in names)
-        reference = domain_stats(authorized_dataset, seed=args.seed) if needs_reference else None
-        return with_transformed_copies(prohibited_dataset, args.prohibited_transforms, reference, args.seed)
-
-    def _check_budget(self, args: EncoderLockConfig) -> None:
-        """``weights_per_round`` must fit in the ``layers_per_round`` largest candidate tensors, and the whole budget
-        in the candidates: otherwise selection would silently take whole layers or run out of weights."""
-        sizes = sorted((param.numel() for param in self.candidates.values()), reverse=True)
-        per_round = sum(sizes[: args.layers_per_round])
-        if args.weights_per_round > per_round:
-            raise ValueError(
-                f"weights_per_round={args.weights_per_round} exceeds the {per_round} entries of the "
-                f"{args.layers_per_round} largest candidate layer(s) (layers_per_round): lower it or raise "
-                "layers_per_round"
-            )
-        budget = args.weights_per_round * args.num_rounds
-        if budget > sum(sizes):
-            raise ValueError(
-                f"num_rounds x weights_per_round = {budget} exceeds the "
-                f"{sum(sizes)} candidate weights (candidate_blocks={args.candidate_blocks}); lower the budget"
-            )
-        if budget > BUDGET_WARNING_SHARE * sum(sizes):
-            # the budget is absolute: sized for the default victim, it rewrites much of a small encoder's layers
-            logger.warning(
-                "num_rounds x weights_per_round = %d is %.0f%% of the %d candidate weights (candidate_blocks=%s): "
-                "the lock will change a large share of those layers, not a sparse set of weights. The defaults are "
-                "sized for the built-in victim; for this encoder consider weights_per_round=%d (%.0f%% of them).",
-                budget,
-                100 * budget / sum(sizes),
-                sum(sizes),
-                args.candidate_blocks,
-                max(1, int(BUDGET_WARNING_SHARE * sum(sizes) / (2 * args.num_rounds))),
-                100 * BUDGET_WARNING_SHARE / 2,
-            )
-
+    # ------------------------------------------------------------------------------------------------ setup
     def _usable_prohibited_batch_factor(self, args: EncoderLockConfig) -> int:
         """``prohibited_batch_factor``, lowered (with a warning) until a batch of that many pairs per authorized
         image fits in one pass over the lock data (pairs: as many as the longer domain has images, shared among the
         processes)."""
-        pairs, batch = max(len(self.lock_authorized), len(self.lock_prohibited)), args.per_device_train_batch_size
+        pairs, batch = self.lock_data.pairs, args.per_device_train_batch_size
         usable = max(1, min(args.prohibited_batch_factor, pairs // (batch * args.world_size)))
         if usable < args.prohibited_batch_factor:
             logger.warning(
@@ -423,26 +312,6 @@ class EncoderLockTrainer(Trainer):
             )
         return usable
 
-    def _candidate_weights(self, args: EncoderLockConfig) -> dict[str, nn.Parameter]:
-        """The weights selection may choose from. ``candidate_blocks`` names transformer blocks / stages; a model
-        without any (a plain module's layers have no block numbers) takes every candidate weight instead, with a
-        warning, so the default config works for it too."""
-        backbone = self.encoder.backbone
-        choose = dict(module_types=tuple(args.candidate_module_types), name_patterns=args.candidate_name_patterns)
-        try:
-            return select_candidate_parameters(backbone, block_indices=args.candidate_blocks, **choose)
-        except ValueError:
-            has_blocks = any(block_index(name) is not None for name, _ in backbone.named_parameters())
-            if args.candidate_blocks is None or has_blocks:
-                raise
-        logger.warning(
-            "%s has no numbered blocks or stages: candidate_blocks=%s is ignored and every %s weight is a candidate",
-            self.encoder.name,
-            args.candidate_blocks,
-            "/".join(args.candidate_module_types),
-        )
-        return select_candidate_parameters(backbone, block_indices=None, **choose)
-
     def _resolve_prohibited_poolings(self, requested: list[str] | None) -> list[str] | None:
         """The poolings whose prohibited features the objective sees (``None``: the encoder's default pooling).
         ``["auto"]``: every pooling the encoder offers when the objective combines poolings, since a probe may
@@ -454,78 +323,6 @@ class EncoderLockTrainer(Trainer):
             raise ValueError(f"prohibited_poolings={requested}: the {self.objective.name!r} objective uses one pooling")
         return list(requested) if requested else None
 
-    @staticmethod
-    def _concat_poolings(pooled: dict[str, torch.Tensor], poolings) -> torch.Tensor:
-        """The prohibited view: features of ``poolings`` concatenated, in order."""
-        return torch.cat([pooled[p] for p in poolings], dim=1)
-
-    def _with_pseudo_labels(self, args: EncoderLockConfig, data: LockRows) -> LockRows:
-        """Cluster the unlocked encoder's features of unlabelled prohibited images (the poolings the objective sees)."""
-        poolings = [*(self.prohibited_poolings or [self.encoder.pooling])]
-        device, was_training = args.device, self.encoder.training
-        self.encoder.to(device).eval()
-        with torch.no_grad():
-            features = torch.cat(
-                [
-                    self._concat_poolings(self.encoder.pooled_features(chunk.to(device), poolings), poolings)
-                    .float()
-                    .cpu()
-                    for chunk in data.pixel_chunks(args.per_device_train_batch_size)
-                ]
-            )
-        self.encoder.train(was_training)
-        labels = cluster_pseudo_labels(features, args.num_pseudo_classes, args.seed, args.pseudo_label_restarts)
-        self.pseudo_labelled = True
-        return replace(data, labels=labels, num_classes=args.num_pseudo_classes)
-
-    # ----------------------------------------------------------------------------------------------- checks
-    def _check_domains(self, authorized: LockRows, prohibited: LockRows) -> None:
-        if authorized.pixel_shape != prohibited.pixel_shape:
-            raise LockDataError(
-                f"authorized and prohibited images preprocess to different shapes ({authorized.pixel_shape} and "
-                f"{prohibited.pixel_shape})"
-            )
-        content_overlap(authorized, prohibited)  # the same images, in any order, are refused by content hash
-
-    @staticmethod
-    def _check_domain_size(data: LockRows) -> None:
-        """Enough images, and enough distinct ones (copies of one image give no gradient to lock with)."""
-        if len(data) < MIN_IMAGES_PER_DOMAIN:
-            raise LockDataError(f"domain {data.name!r}: {len(data)} images, at least {MIN_IMAGES_PER_DOMAIN} needed")
-        check_distinct_images(data, MIN_IMAGES_PER_DOMAIN)
-
-    def _as_eval_dataset(self, key: str, dataset: Any) -> Any:
-        """An evaluation set read like the lock data (column mapping, split of a ``DatasetDict``)."""
-        return self._as_lock_data(dataset, f"eval_dataset[{key!r}]")
-
-    def _as_lock_data(self, dataset: Any, name: str) -> Any:
-        """A dataset read the way every lock dataset is (column mapping, split, local image files only if allowed)."""
-        return as_lock_dataset(
-            dataset,
-            name,
-            self.column_mapping,
-            self.dataset_split,
-            allow_local_images_under=self.allow_local_images_under,
-        )
-
-    def _check_eval_datasets(self, datasets: dict[str, Any] | None) -> None:
-        """``{"authorized": ds, "prohibited": ds}`` whose labels the lock's heads can score (at most those keys)."""
-        if datasets is None:
-            return
-        if not isinstance(datasets, dict) or not datasets or not set(datasets) <= set(EVAL_KEYS):
-            got = sorted(datasets) if isinstance(datasets, dict) else type(datasets).__name__
-            raise LockDataError(f"eval_dataset must be a dict with keys among {EVAL_KEYS}, got {got}")
-        for key, dataset in datasets.items():
-            lock = self.lock_authorized if key == "authorized" else self.lock_prohibited
-            where = f"eval_dataset[{key!r}]"
-            check_labelled_dataset(dataset, where)
-            top = int(label_tensor(dataset, where).max())
-            if top >= lock.num_classes:
-                raise LockDataError(
-                    f"{where}: label {top} is out of range for the {lock.num_classes} classes of the lock's "
-                    f"{key} domain {lock.name!r}"
-                )
-
     # ------------------------------------------------------------------------------------------------ loss
     def _lock_features(self, model, pixel_values: torch.Tensor, num_authorized: int):
         """(authorized features, prohibited features) from ONE forward pass of ``model`` (DDP sees one forward); with
@@ -536,7 +333,7 @@ class EncoderLockTrainer(Trainer):
             return model(pixel_values).split([num_authorized, len(pixel_values) - num_authorized])
         pooled = model(pixel_values, poolings=[self.encoder.pooling, *poolings])
         a_features = pooled[self.encoder.pooling][:num_authorized]
-        p_features = self._concat_poolings({p: pooled[p][num_authorized:] for p in poolings}, poolings)
+        p_features = concat_poolings({p: pooled[p][num_authorized:] for p in poolings}, poolings)
         return a_features, p_features
 
     def objective_terms(
@@ -557,7 +354,7 @@ class EncoderLockTrainer(Trainer):
         n_a, extra = len(a_pixels), {}
         if self.objective.uses_views:
             views = augmented_view(
-                torch.cat([a_pixels, p_pixels]), *self._normalization, self.augmentation, self._view_generator
+                torch.cat([a_pixels, p_pixels]), *self._normalization, self.augmentation, self.lock_state.view_generator
             )
             both = torch.cat([a_pixels, views[:n_a], p_pixels, views[n_a:]])
             a_both, p_both = self._lock_features(model, both, 2 * n_a)
@@ -586,26 +383,27 @@ class EncoderLockTrainer(Trainer):
         bit-identical features, and streamed data is decoded at most once more. Batches without rows (selection)
         run the frozen copy."""
         self.reference_encoder.to(a_pixels.device)
+        state = self.lock_state
         if a_index is None:
             with torch.no_grad():
                 return self.reference_encoder(a_pixels)
         block, count, device = self.args.per_device_train_batch_size, len(self.lock_authorized), a_pixels.device
-        if self._reference_known is None or self._reference_known.device != device:
-            self._reference_known = torch.zeros(-(-count // block), dtype=torch.bool, device=device)
-            self._reference_cache = None
+        if state.reference_known is None or state.reference_known.device != device:
+            state.reference_known = torch.zeros(-(-count // block), dtype=torch.bool, device=device)
+            state.reference_cache = None
         a_index = a_index.to(device)
         for start in (torch.unique(a_index // block) * block).tolist():
-            if bool(self._reference_known[start // block]):
+            if bool(state.reference_known[start // block]):
                 continue
             rows, started = torch.arange(start, min(start + block, count)), time.perf_counter()
             with torch.no_grad():
                 fresh = self.reference_encoder(self.lock_authorized.take(rows).pixel_values.to(device))
-            self.lock_state.phase_time["reference"] += time.perf_counter() - started
-            if self._reference_cache is None:
-                self._reference_cache = torch.zeros((count, *fresh.shape[1:]), dtype=fresh.dtype, device=device)
-            self._reference_cache[start : start + len(rows)] = fresh
-            self._reference_known[start // block] = True
-        return self._reference_cache[a_index]
+            state.phase_time["reference"] += time.perf_counter() - started
+            if state.reference_cache is None:
+                state.reference_cache = torch.zeros((count, *fresh.shape[1:]), dtype=fresh.dtype, device=device)
+            state.reference_cache[start : start + len(rows)] = fresh
+            state.reference_known[start // block] = True
+        return state.reference_cache[a_index]
 
     @property
     def repairing(self) -> bool:
@@ -615,6 +413,10 @@ class EncoderLockTrainer(Trainer):
         docs/DEFAULT_LOCK.md "When the projection leaves no room"), so those steps continue the lock on the last
         round's mask instead."""
         return self.state.global_step >= self.args.lock_steps and not self.lock_state.projection_dropped
+
+    def _selection_terms(self, a_pixels, a_labels, p_pixels, p_labels) -> ObjectiveTerms:
+        """The objective on one pair of score batches, through the encoder itself (the round driver's ``terms``)."""
+        return self.objective_terms(self.encoder, a_pixels, a_labels, p_pixels, p_labels)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         repairing = self.repairing
@@ -646,37 +448,19 @@ class EncoderLockTrainer(Trainer):
             "Lower learning_rate, check the lock data, or raise objective_eps."
         )
 
-    def _simulated_attacker_weights(self, p_pixels: torch.Tensor, p_labels: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Encoder weights after ``finetune_aware_steps`` simulated steps of an attacker fine-tuning every weight
-        with the adversary head on the prohibited batch. Each step is what Adam's first step would be,
-        ``-finetune_aware_lr * sign(gradient)`` (an attacker's Adam moves every weight by about its learning rate).
-        Candidate weights stay differentiable (the steps are constants added to them: first-order, as SOPHON); the
-        others are detached."""
-        weights = {
-            name: param if param.requires_grad else param.detach().requires_grad_(True)
-            for name, param in self.encoder.named_parameters()
-        }
-        for _ in range(self.args.finetune_aware_steps):
-            with torch.enable_grad():
-                features = functional_call(self.encoder, weights, (p_pixels,))
-                attack_loss = F.cross_entropy(self.heads.adversary(features), p_labels)
-                grads = torch.autograd.grad(attack_loss, list(weights.values()), allow_unused=True)
-            weights = {
-                name: value if grad is None else value - self.args.finetune_aware_lr * grad.detach().sign()
-                for (name, value), grad in zip(weights.items(), grads)
-            }
-        return weights
-
     def _terms_after_simulated_finetuning(self, a_features, a_labels, p_pixels, p_labels, reference_kwargs):
         """The objective with the prohibited features of the encoder after simulated attacker fine-tuning (the
         authorized features, given without gradient, and ``reference_kwargs`` come from the main pass)."""
         if p_labels is None:
             raise ValueError("finetune_aware_steps needs prohibited labels or pseudo-labels")
-        weights = self._simulated_attacker_weights(p_pixels, p_labels)
+        args = self.args
+        weights = simulated_attacker_weights(
+            self.encoder, self.heads.adversary, p_pixels, p_labels, args.finetune_aware_steps, args.finetune_aware_lr
+        )
         poolings = self.prohibited_poolings
         if poolings:
             pooled = functional_call(self.encoder, weights, (p_pixels,), {"poolings": list(poolings)})
-            p_features = self._concat_poolings(pooled, poolings)
+            p_features = concat_poolings(pooled, poolings)
         else:
             p_features = functional_call(self.encoder, weights, (p_pixels,))
         return self.objective.terms(a_features, a_labels, p_features, p_labels, self.heads, **reference_kwargs)
@@ -698,14 +482,12 @@ class EncoderLockTrainer(Trainer):
         """
         if self.heads is None:
             self.challenge(round_index=global_step // self.args.update_steps_per_round)
-        # DDP's reducer waits for every parameter it was built with: nothing may be frozen under it.
-        self.guard = MaskedParameterGuard(
-            self.encoder, freeze_unselected=self.args.parallel_mode.value != "distributed"
-        )
-        self._install_mask()
-        missing = [n for n in self.candidates if n in self.guard.missing_from(self.optimizer)]
-        if missing:
-            raise RuntimeError(f"candidate weights missing from the optimizer: {missing[:5]}")
+        self.rounds.attach(self.lock_state, self.optimizer)
+
+    @property
+    def guard(self):
+        """The :class:`~hf_encoderlock.lock.masking.MaskedParameterGuard` over the encoder while ``train()`` runs."""
+        return self.rounds.guard
 
     def start_round(self, round_index: int) -> None:
         """Start round ``round_index`` (at its first update step): the self-challenge when due, so that selection
@@ -717,7 +499,7 @@ class EncoderLockTrainer(Trainer):
                 return
             if round_index == self.args.num_rounds:
                 # The optimiser's moments hold the lock's gradients, which were only ever applied projected: carried
-                # into unprojected repair steps they would move the authorized features (measured: drift 1.6).
+                # into unprojected repair steps they would move the authorized features.
                 self.optimizer.state.clear()
             self._show_phase(round_index, "repair")
             return
@@ -728,133 +510,16 @@ class EncoderLockTrainer(Trainer):
             self._show_phase(round_index, "updates")
             return
         self._show_phase(round_index, "selection")
-        started = time.perf_counter()
-        new = self._select_weights(round_index)
-        free_share = None if self.projection is None else self._last_free_share
-        if free_share is not None and round_index == 0 and free_share < LOW_FREE_SHARE:
-            self._on_low_free_share(free_share)
-            if self.lock_state.projection_dropped:
-                new = self._select_weights(round_index)  # scored by the whole gradient, as the updates now move
-        self.lock_state.mask = merge_masks(self.mask, new)
-        self._install_mask()
-        self.lock_state.rounds_completed = round_index + 1
-        stats = mask_stats(self.mask, self.encoder)
-        self.record_round(
-            {
-                "round": round_index,
-                "mask_size": stats["count"],
-                "mask_fraction": stats["fraction_of_parameters"],
-                "time_selection_s": time.perf_counter() - started,
-                **({} if free_share is None else {"projection_free_share": free_share}),
-                **({"projection_dropped": True} if round_index == 0 and self.lock_state.projection_dropped else {}),
-            }
-        )
+        self.record_round(self.rounds.select_round(self.lock_state, round_index))
         self._show_phase(round_index, "updates")
 
-    def _on_low_free_share(self, free_share: float) -> None:
-        """At the first round, when the projection leaves the prohibited gradient next to no room: with
-        ``authorized_projection='auto'``, drop it for the rest of the run (recorded in the lock state, so a resumed
-        run keeps the decision); with a threshold the user chose, warn."""
-        why = (
-            f"only {100 * free_share:.2g}% of the prohibited objective's gradient lies in directions the authorized "
-            "inputs leave free: the two domains use the same input directions of the candidate layers, and a "
-            "projected lock would remove next to nothing (built-in colour authorized domains: 0-9% of the advantage)"
-        )
-        if self.args.authorized_projection != AUTO_PROJECTION:
-            logger.warning(
-                "authorized_projection: %s. Consider authorized_projection='auto', which then runs unprojected "
-                "(docs/RESULTS.md, 'Every domain pair').",
-                why,
-            )
-            return
-        logger.warning(
-            "authorized_projection='auto': %s. The lock runs unprojected at unprojected_learning_rate=%g instead "
-            "(any repair steps continue it); expect it to cost the authorized domain more (docs/RESULTS.md, 'Every "
-            "domain pair').",
-            why,
-            self.args.unprojected_learning_rate,
-        )
-        self.projection = None
-        self.lock_state.projection_dropped = True
-
-    def _install_mask(self) -> None:
-        """Install the mask in the guard and, with ``authorized_projection``, build its rows' projectors (the
-        unlocked encoder's authorized input moments are computed at the first call, booked as ``reference``)."""
-        self.guard.install(self.mask)
-        if self.args.projection_threshold() is None or self.lock_state.projection_dropped:
-            return
-        if self.projection is None:
-            started, device = time.perf_counter(), self.args.device
-            self.reference_encoder.to(device)
-            chunks = self.challenge_sets["lock_authorized"].pixel_chunks(self.args.per_device_eval_batch_size)
-            projected = [name for name in self.candidates if supports_projection(self.reference_encoder, name)]
-            if len(projected) < len(self.candidates):
-                logger.warning(
-                    "authorized_projection: %d candidate weight(s) are not Linear or ungrouped, zero-padded Conv2d "
-                    "weights; their updates are not projected (e.g. %s)",
-                    len(self.candidates) - len(projected),
-                    next(name for name in self.candidates if name not in projected),
-                )
-            moments = layer_input_moments(self.reference_encoder, projected, (chunk.to(device) for chunk in chunks))
-            self.projection = AuthorizedProjection(moments, self.args.projection_threshold())
-            self.lock_state.phase_time["reference"] += time.perf_counter() - started
-        self.projection.prepare(self.mask)
-
-    def _projects_this_step(self) -> bool:
-        # Repair steps are not projected: an authorized loss's gradient lies in the span of the authorized inputs,
-        # which is exactly what the projection removes.
-        return self.projection is not None and not self.repairing
-
     def before_optimizer_step(self) -> None:
-        """Before each optimiser step: mask the gradients; with a projection, keep the masked weights' values; in a
-        repair step, the optimiser at ``repair_learning_rate``; past ``max_authorized_drift``, at a scaled-down
-        rate (the drift guard)."""
-        self.guard.mask_gradients()
-        if self._projects_this_step():
-            self._weights_before_step = {name: self.candidates[name].detach().clone() for name in self.projection.names}
-        self._scheduled_lrs = None
-        if self.repairing:
-            self._set_step_learning_rates(lambda _: self.args.repair_learning_rate)
-            return
-        scale = 1.0
-        if self.lock_state.projection_dropped:  # as a factor, so that a user's scheduler still shapes the rate
-            scale = self.args.unprojected_learning_rate / self.args.learning_rate
-        drift = self.lock_state.last_logs.get("authorized_drift")  # None: the objective measures no drift
-        if self.args.max_authorized_drift > 0 and drift is not None and self._projects_this_step():
-            # The drift is this step's, measured before its update. A projected lock cannot pull the features back
-            # (the preservation term's gradient is what the projection removes), so drift only grows, and at high
-            # learning rates it compounds (measured: 0.01 to 1.37 over six rounds); smaller steps stop the growth.
-            # Unprojected updates are left alone: the preservation term pulls their drift back.
-            guard = min(1.0, self.args.max_authorized_drift / drift) if drift > 0 else 1.0
-            self.lock_state.last_logs["drift_guard_scale"] = guard
-            scale *= guard
-        if scale != 1.0:
-            self._set_step_learning_rates(lambda lr: lr * scale)
-
-    def _set_step_learning_rates(self, rate: Callable[[float], float]) -> None:
-        """Run this optimiser step at ``rate(scheduled_lr)`` in every group; :meth:`after_optimizer_step` puts the
-        scheduler's rates back."""
-        self._scheduled_lrs = [group["lr"] for group in self.optimizer.param_groups]
-        for group in self.optimizer.param_groups:
-            group["lr"] = rate(group["lr"])
+        """Before each optimiser step (see :meth:`RoundDriver.before_optimizer_step`)."""
+        self.rounds.before_optimizer_step(self.lock_state, self.optimizer, self.repairing)
 
     def after_optimizer_step(self) -> None:
-        """After each optimiser step: unselected entries back; with a projection, the update projected; the
-        scheduler's learning rate back after a repair step."""
-        self.guard.restore_unselected()
-        if self._projects_this_step():
-            self.projection.project(self.candidates, self._weights_before_step)
-        if self.weight_ranges:  # last: whatever moved a weight, it ends inside its tensor's natural range
-            with torch.no_grad():
-                for name, selected in self.mask.items():
-                    if name in self.weight_ranges:
-                        low, high = self.weight_ranges[name]
-                        param = self.candidates[name]
-                        bounded = torch.minimum(torch.maximum(param, low.to(param.device)), high.to(param.device))
-                        param.copy_(torch.where(selected.to(param.device), bounded, param))
-        if self._scheduled_lrs is not None:
-            for group, lr in zip(self.optimizer.param_groups, self._scheduled_lrs):
-                group["lr"] = lr
+        """After each optimiser step (see :meth:`RoundDriver.after_optimizer_step`)."""
+        self.rounds.after_optimizer_step(self.lock_state, self.optimizer, self.repairing)
 
     def _show_phase(self, round_index: int, phase: str) -> None:
         """Name the round and phase on the Trainer's progress bar: selection and challenges run between two update
@@ -890,9 +555,7 @@ class EncoderLockTrainer(Trainer):
         self._show_phase(final_round, "final challenge")
         self.challenge(round_index=final_round)
         self.restore_best_encoder(final_round)
-        if self.guard is not None:
-            self.guard.remove()
-            self.guard = None
+        self.rounds.detach()
 
     def _warn_if_stopped_early(self, final_round: int) -> None:
         step, planned = self.state.global_step, self.args.max_steps
@@ -937,173 +600,15 @@ class EncoderLockTrainer(Trainer):
             and round_index != self.lock_state.last_challenge_round
         )
 
-    def _select_weights(self, round_index: int) -> dict[str, torch.Tensor]:
-        """One round's newly selected entries (identical on every rank).
-
-        Gradient statistics of the objective's prohibited and authorized terms over ``score_batches`` batches of
-        each domain (reduced across processes), scores by ``score_function``, then the top ``layers_per_round``
-        layers and top ``weights_per_round`` new weights (exact index mapping, see
-        :func:`~hf_encoderlock.lock.selection.select_top_weights`), broadcast from rank 0.
-        """
-        args, candidates, device = self.args, self.candidates, self.args.device
-        generator = torch.Generator().manual_seed(args.seed + SCORE_SEED_STRIDE * (round_index + 1))
-        # A score batch is one global optimiser batch (all ranks x accumulation steps), drawn identically on every
-        # rank; each rank scores its own micro-batch shards, and sync_gradient_stats averages over all of them.
-        accumulation = args.gradient_accumulation_steps
-        parts, first = args.world_size * accumulation, args.process_index * accumulation
-        size = args.per_device_train_batch_size * parts
-
-        def shards(data: LockRows) -> list[DomainTensors]:
-            # Draw each global batch's rows, then decode only this rank's micro-batch shares of them
-            out = []
-            for _ in range(args.score_batches):
-                index = torch.randperm(len(data), generator=generator)[:size]
-                for part in range(first, first + accumulation):
-                    share = index[part::parts]
-                    out.append(data.take(share if len(share) else index[part % len(index)].view(1)))
-            return out
-
-        def term(a: DomainTensors, p: DomainTensors, which: str):
-            def closure() -> torch.Tensor:
-                p_labels = None if p.labels is None else p.labels.to(device)
-                terms = self.objective_terms(
-                    self.encoder, a.pixel_values.to(device), a.labels.to(device), p.pixel_values.to(device), p_labels
-                )
-                return getattr(terms, which)
-
-            return closure
-
-        a_batches, p_batches = shards(self.lock_authorized), shards(self.lock_prohibited)
-        whole: dict[str, torch.Tensor] = {}  # the prohibited gradient summed over score batches, before projection
-
-        def free_part(name: str, gradient: torch.Tensor) -> torch.Tensor:
-            whole[name] = gradient.clone() if name not in whole else whole[name].add_(gradient)
-            return self.projection.free_gradient(name, gradient)
-
-        was_training = self.encoder.training
-        self.encoder.eval()
-        with self.guard.suspended():  # the guard's hooks would mask the very gradients that score weights
-            # with a projection, weights are scored by the part of their gradient that the projection lets through
-            prohibited = accumulate_gradient_stats(
-                candidates,
-                [term(a, p, "prohibited") for a, p in zip(a_batches, p_batches)],
-                transform=None if self.projection is None else free_part,
-            )
-            authorized = accumulate_gradient_stats(
-                candidates, [term(a, p, "authorized") for a, p in zip(a_batches, p_batches)]
-            )
-        self.encoder.train(was_training)
-        prohibited, authorized = sync_gradient_stats(prohibited), sync_gradient_stats(authorized)
-        scores = compute_scores(candidates, prohibited, authorized, args.score_function, args.score_eps)
-        gate = None
-        if args.magnitude_gate is not None:
-            magnitudes = {name: weight.detach().abs() for name, weight in candidates.items()}
-            gate = {
-                name: value >= torch.quantile(value.float().flatten(), args.magnitude_gate)
-                for name, value in magnitudes.items()
-            }
-        new = select_top_weights(
-            scores, args.layers_per_round, args.weights_per_round, existing_mask=self.mask, magnitude_gate=gate
-        )
-        if self.projection is not None:
-            # The share of the summed gradient's energy, from sums over every rank: ranks (and one process holding
-            # their batches) must agree on what the share decides. The projection is linear, so the free part of the
-            # sum is the sum of the free parts that the prohibited statistics hold.
-            whole = sum_across_processes(whole)
-            free = sum(prohibited.grad_sum[name].double().pow(2).sum() for name in whole)
-            total = sum(gradient.double().pow(2).sum() for gradient in whole.values())
-            self._last_free_share = float(free) / max(float(total), 1e-30)
-        return sync_mask_across_processes(new)
-
     # ----------------------------------------------------------------------------------------- challenge
-    @torch.no_grad()
-    def encode(self, data: LockRows, batch_size: int | None = None) -> torch.Tensor:
-        """Features of the current encoder for lock data (eval mode, no gradient), ``batch_size`` images at a time
-        (default: ``per_device_eval_batch_size``)."""
-        was_training = self.encoder.training
-        self.encoder.eval()
-        device = self.args.device
-        batch_size = batch_size or self.args.per_device_eval_batch_size
-        parts = [self.encoder(chunk.to(device)).float().cpu() for chunk in data.pixel_chunks(batch_size)]
-        self.encoder.train(was_training)
-        return torch.cat(parts)
-
-    def _fit_best_head(self, train_x, train_y, val_x, val_y, num_classes: int, seed_offset: int):
-        args = self.args
-        heads = []
-        for kind in args.adversary_kinds:
-            heads += train_heads(
-                train_x,
-                train_y,
-                val_x,
-                val_y,
-                kind=kind,
-                lrs=tuple(args.adversary_learning_rates),
-                weight_decays=(0.0,),
-                seeds=tuple(args.seed + seed_offset + s for s in range(args.adversary_seeds)),
-                hidden=(args.adversary_hidden_size,),
-                num_classes=num_classes,
-                config=HeadTrainingConfig(epochs=args.adversary_epochs),
-            )
-        return best_head(heads)
+    def encode(self, data, batch_size: int | None = None) -> torch.Tensor:
+        """Features of the current encoder for lock data (see :meth:`Challenger.encode`)."""
+        return self.challenger.encode(data, batch_size)
 
     def challenge(self, round_index: int) -> dict[str, float]:
-        """Fit fresh heads on the current encoder; install the strongest adversary; track the best encoder.
-
-        Features of the lock data are extracted once; an ensemble of fresh heads (``adversary_kinds`` x seeds x
-        learning rates) is fitted on them and the strongest by validation accuracy becomes the adversary if it beats
-        the current one there; a fresh authorized head is fitted the same way.
-        """
-        state, sets = self.lock_state, self.challenge_sets
-        started = time.perf_counter()
-        a_train, a_val = self.encode(sets["lock_authorized"]), self.encode(sets["val_authorized"])
-        p_train, p_val = self.encode(sets["lock_prohibited"]), self.encode(sets["val_prohibited"])
-        offset = 1000 * (round_index + 1)
-        auth = self._fit_best_head(
-            a_train,
-            sets["lock_authorized"].labels,
-            a_val,
-            sets["val_authorized"].labels,
-            self.lock_authorized.num_classes,
-            offset,
-        )
-        adv = self._fit_best_head(
-            p_train,
-            sets["lock_prohibited"].labels,
-            p_val,
-            sets["val_prohibited"].labels,
-            self.lock_prohibited.num_classes,
-            offset + 500,
-        )
-        device = self.args.device
-        in_use = state.heads  # the heads the updates before this challenge trained against
-        current_adv = (
-            head_accuracy(in_use.adversary.cpu(), p_val, sets["val_prohibited"].labels) if in_use is not None else -1.0
-        )
-        adversary = adv.module if adv.val_accuracy >= current_adv else in_use.adversary
-        for module in (auth.module, adversary):
-            module.requires_grad_(False)
-        state.heads = LockHeads(authorized=auth.module.to(device), adversary=adversary.to(device))
-        state.adversary_val_accuracy = max(adv.val_accuracy, current_adv)
-        gap = auth.val_accuracy - adv.val_accuracy
-        # The unlocked encoder (round 0) is never kept; among locked ones, ties go to the later encoder.
-        if round_index > 0 and gap >= state.best_gap:
-            state.best_gap = gap
-            state.best_state = {n: p.detach().clone() for n, p in self.candidates.items()}
-            state.best_heads = state.heads
-            state.best_stale_heads = in_use
-            state.best_round = round_index
-        state.last_challenge_round = round_index
-        elapsed = time.perf_counter() - started
-        state.phase_time["challenge"] += elapsed
-        figures = {
-            "round": round_index,
-            "challenge_authorized_val_accuracy": auth.val_accuracy,
-            "challenge_prohibited_val_accuracy": adv.val_accuracy,
-            "challenge_gap": gap,
-            "adversary_val_accuracy": state.adversary_val_accuracy,
-            "time_challenge_s": elapsed,
-        }
+        """A self-challenge (see :meth:`Challenger.challenge`): fresh heads installed, the best encoder tracked; its
+        figures recorded and returned."""
+        figures = self.challenger.challenge(self.lock_state, round_index, self.candidates)
         self.record_round(figures)
         return figures
 
@@ -1143,8 +648,8 @@ class EncoderLockTrainer(Trainer):
         if datasets is None:
             raise ValueError("evaluate needs eval_dataset={'authorized': ..., 'prohibited': ...}")
         if eval_dataset is not None and isinstance(datasets, dict):  # self.eval_dataset was read at construction
-            datasets = {key: self._as_eval_dataset(key, value) for key, value in datasets.items()}
-        self._check_eval_datasets(datasets)
+            datasets = self.reader.read_eval(datasets)
+        self.lock_data.check_eval_datasets(datasets)
         if self.heads is None:
             self.challenge(round_index=0)
         metrics = {}
@@ -1216,6 +721,8 @@ class EncoderLockTrainer(Trainer):
         specs = self.domain_specs.get("authorized", self.authorized_name)
         return [public_domain_record(s) for s in (specs if isinstance(specs, (list, tuple)) else [specs])]
 
+    # Private Trainer hook (checked against transformers 5.25.0): save_model and every checkpoint
+    # write through it, and no public hook replaces what a save writes.
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         """Write the encoder alone (``AutoModel.from_pretrained`` loads it), its processor, config and mask.
 
@@ -1244,6 +751,8 @@ class EncoderLockTrainer(Trainer):
             self.lock_state.save_mask(folder)
         write_model_card(folder, report=None, model_name=model_name)
 
+    # Private Trainer hook (checked against transformers 5.25.0): the on_save callback runs after the
+    # files are written, too late to add the lock state to them.
     def _save_checkpoint(self, model, trial) -> None:
         """A Trainer checkpoint that also holds the :class:`LockState` (what an exact resume needs beyond encoder,
         optimizer, scheduler and RNG states)."""
@@ -1260,6 +769,8 @@ class EncoderLockTrainer(Trainer):
         ``repo_id``, ``gated``, ``report``, ``include_mask`` (see :func:`push_trainer_to_hub`)."""
         return push_trainer_to_hub(self, commit_message, token=token, revision=revision, private=private, **kwargs)
 
+    # Trainer internal (checked against transformers 5.25.0; public name, no documented contract): the
+    # Trainer calls it at construction, and no setting makes it build its client afresh.
     def init_hf_repo(self, token: str | None = None, private: bool | None = None) -> None:
         """``push_to_hub=True``: create the repository at construction with a client made now (so ``HF_ENDPOINT`` and
         the token are read as they are now, not from a client cached by an earlier run in the same process)."""
@@ -1271,6 +782,8 @@ class EncoderLockTrainer(Trainer):
         self.hub_model_id = url.repo_id
         self.push_in_progress = None
 
+    # Private Trainer hook (checked against transformers 5.25.0): the only place a checkpoint is
+    # pushed during training; the Trainer's own push would upload the mask and the optimizer state.
     def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
         """``push_to_hub=True`` during training (every ``hub_strategy`` but ``end``): the checkpoint's public files
         go through the lock's own push (card, processor, gate); its mask, lock state, optimizer and RNG states stay
@@ -1335,7 +848,11 @@ class EncoderLockTrainer(Trainer):
                 "settings (EncoderLockConfig.from_pretrained(checkpoint)) or start a new run in another output_dir"
             )
 
+    # Private Trainer hook (checked against transformers 5.25.0): train(resume_from_checkpoint=...)
+    # restores the weights through it, and no public hook restores the lock state beside them.
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        """Restore the encoder and the :class:`LockState` from a checkpoint of this lock (refused when incomplete or
+        made with other lock settings)."""
         folder = Path(resume_from_checkpoint)
         problem = checkpoint_problem(folder)
         if problem is not None:
@@ -1351,6 +868,8 @@ class EncoderLockTrainer(Trainer):
                 loaded = replace(self.lock_state, mask=loaded.mask, rounds_completed=loaded.rounds_completed)
             else:
                 self.objective.load_state_dict(loaded.objective)
+            if loaded.view_generator is None:  # saved before the views' generator was: it restarts from its seed
+                loaded.view_generator = self.lock_state.view_generator
             self.lock_state = loaded
         if (Path(resume_from_checkpoint) / MODEL_CONFIG_FILE).is_file():
             # from_pretrained maps the on-disk names (which can differ from in-memory names across transformers
@@ -1383,7 +902,8 @@ def push_trainer_to_hub(
     to ``args.hub_private_repo`` and ``args.hub_token``.
     """
     args = trainer.args
-    trainer.save_model(args.output_dir, _internal_call=True)  # every process; _internal_call: no push from save_model
+    # every process; _internal_call (private, see PRIVATE_TRAINER_HOOKS): no push of its own from save_model
+    trainer.save_model(args.output_dir, _internal_call=True)
     if not trainer.is_world_process_zero():
         return None
     return push_locked_to_hub(

@@ -193,7 +193,7 @@ def test_a_projection_that_leaves_the_prohibited_gradient_no_room_is_reported(
     )
     encoder = tiny_vit_encoder(seed=0, image_size=16, patch_size=4)
     trainer = EncoderLockTrainer(encoder, args, authorized, toy_domains.prohibited, "a", "green")
-    with caplog.at_level("WARNING", logger="hf_encoderlock.lock.trainer"):
+    with caplog.at_level("WARNING", logger="hf_encoderlock.lock.rounds"):
         trainer.train()
     (share,) = [h["projection_free_share"] for h in trainer.history if "projection_free_share" in h]
     warned = any("leave free" in record.getMessage() for record in caplog.records)

@@ -8,6 +8,7 @@ from transformers import AutoImageProcessor, AutoModel, TrainerCallback
 
 from hf_encoderlock.data.lock_tensors import LockDataError
 from hf_encoderlock.encoders import tiny_vit_encoder
+from hf_encoderlock.lock.challenger import simulated_attacker_weights
 from hf_encoderlock.lock.config import EncoderLockConfig
 from hf_encoderlock.lock.objectives import PaperObjective
 from hf_encoderlock.lock.selection import load_mask
@@ -153,7 +154,7 @@ def test_auto_projection_is_dropped_when_it_leaves_the_prohibited_gradient_no_ro
     rates = []
     recorder = _RecordLearningRate(trainer, rates)
     trainer.add_callback(recorder)
-    with caplog.at_level("WARNING", logger="hf_encoderlock.lock.trainer"):
+    with caplog.at_level("WARNING", logger="hf_encoderlock.lock.rounds"):
         trainer.train()
     warned = [r.getMessage() for r in caplog.records if "runs unprojected" in r.getMessage()]
     (first,) = [h for h in trainer.history if h.get("round") == 0 and "mask_size" in h]
@@ -497,9 +498,7 @@ def test_finetune_aware_lock_simulates_attacker_steps_and_changes_only_selected_
     labels = trainer.lock_prohibited.labels[:12]
     # One simulated step: with two sign steps of equal size a weight can step and step back to the same bits
     # (seen for the final layernorm's bias), which says nothing about whether the attacker step reached it.
-    trainer.args.finetune_aware_steps = 1
-    weights = trainer._simulated_attacker_weights(pixels, labels)
-    trainer.args.finetune_aware_steps = 2
+    weights = simulated_attacker_weights(encoder, trainer.heads.adversary, pixels, labels, 1, 0.05)
     moved = [
         name for name, param in encoder.named_parameters() if not torch.equal(weights[name].detach(), param.detach())
     ]

@@ -87,7 +87,7 @@ def test_reference_features_come_from_fixed_blocks_whatever_the_batch(tmp_path):
     data = trainer.lock_authorized
     index = torch.tensor([len(data) - 1, 2, 9])
     got = trainer._reference_features(data.take(index).pixel_values, index)
-    assert trainer._reference_known.tolist().count(True) == 3  # the blocks of rows 2, 9 and the last
+    assert trainer.lock_state.reference_known.tolist().count(True) == 3  # the blocks of rows 2, 9 and the last
     with torch.no_grad():
         blocks = [trainer.reference_encoder(chunk) for chunk in data.pixel_chunks(BATCH)]
     assert torch.equal(got, torch.cat(blocks)[index])

@@ -317,7 +317,7 @@ def test_default_projection_skips_weights_it_cannot_project_with_a_warning(tmp_p
     trainer = EncoderLockTrainer(
         module, args, toy_domains.authorized, toy_domains.prohibited, processing_class=to_pixels
     )
-    with caplog.at_level("WARNING", logger="hf_encoderlock.lock.trainer"):
+    with caplog.at_level("WARNING", logger="hf_encoderlock.lock.rounds"):
         trainer.train()
     assert "their updates are not projected (e.g. backbone.depthwise.weight)" in caplog.text
     assert "backbone.depthwise.weight" in trainer.candidates and "backbone.stem.weight" in trainer.candidates

@@ -3,9 +3,11 @@ update), and authorized features that drifted far past the guard (at the end).""
 
 import pytest
 
-from hf_encoderlock.lock.trainer import BUDGET_WARNING_SHARE, DRIFT_WARNING_FACTOR
+from hf_encoderlock.lock.rounds import BUDGET_WARNING_SHARE
+from hf_encoderlock.lock.trainer import DRIFT_WARNING_FACTOR
 
 LOGGER = "hf_encoderlock.lock.trainer"
+ROUNDS_LOGGER = "hf_encoderlock.lock.rounds"  # the budget is the round driver's
 
 
 def _warnings(caplog, words: str) -> list[str]:
@@ -13,12 +15,12 @@ def _warnings(caplog, words: str) -> list[str]:
 
 
 def test_a_budget_beyond_a_few_percent_of_the_candidates_warns_before_any_update(tiny_trainer, caplog):
-    with caplog.at_level("WARNING", logger=LOGGER):
+    with caplog.at_level("WARNING", logger=ROUNDS_LOGGER):
         _, small = tiny_trainer()
     candidates = sum(param.numel() for param in small.candidates.values())
     assert 30 < BUDGET_WARNING_SHARE * candidates and not _warnings(caplog, "candidate weights")  # 2 x 15 weights
     per_round = int(2 * BUDGET_WARNING_SHARE * candidates / 2)  # twice the share over the preset's 2 rounds
-    with caplog.at_level("WARNING", logger=LOGGER):
+    with caplog.at_level("WARNING", logger=ROUNDS_LOGGER):
         _, large = tiny_trainer(weights_per_round=per_round)
     (message,) = _warnings(caplog, "candidate weights")
     assert large.state.global_step == 0  # warned at construction, before the lock ran

@@ -1,0 +1,85 @@
+"""The round driver without a trainer: a round's selection, masked updates that leave every unselected entry
+bit-identical, bounded updates, repair steps at their own learning rate, and the budget checks."""
+
+import pytest
+import torch
+
+from hf_encoderlock.encoders import tiny_vit_encoder
+from hf_encoderlock.lock.challenger import Challenger
+from hf_encoderlock.lock.objectives import build_objective
+from hf_encoderlock.lock.rounds import RoundDriver, candidate_weights, check_budget
+from hf_encoderlock.lock.state import LockState
+from tests.helpers import tiny_lock_data
+
+
+def _driver(args, toy_domains):
+    """A driver over the tiny ViT with heads from one challenge, and the optimiser a trainer would build."""
+    encoder, data = tiny_lock_data(args, toy_domains.authorized, toy_domains.prohibited)
+    candidates = candidate_weights(encoder, args)
+    for name, param in encoder.named_parameters():
+        param.requires_grad_(name in candidates)
+    state, objective = LockState(), build_objective(args)
+    Challenger(args, encoder, data).challenge(state, 0, candidates)
+
+    def terms(a_pixels, a_labels, p_pixels, p_labels):
+        return objective.terms(encoder(a_pixels), a_labels, encoder(p_pixels), p_labels, state.heads)
+
+    driver = RoundDriver(args, encoder, candidates, data, terms)
+    optimizer = torch.optim.SGD(list(candidates.values()), lr=args.learning_rate)
+    driver.attach(state, optimizer)
+    return encoder, data, state, driver, optimizer, terms
+
+
+def _update(driver, state, optimizer, terms, data, repairing=False):
+    batch_a, batch_p = data.lock_authorized.take(torch.arange(12)), data.lock_prohibited.take(torch.arange(12))
+    optimizer.zero_grad()
+    terms(batch_a.pixel_values, batch_a.labels, batch_p.pixel_values, batch_p.labels).total.backward()
+    driver.before_optimizer_step(state, optimizer, repairing)
+    rates = [group["lr"] for group in optimizer.param_groups]
+    optimizer.step()
+    driver.after_optimizer_step(state, optimizer, repairing)
+    return rates
+
+
+def test_a_round_selects_its_budget_and_updates_move_only_the_selected_entries(tiny_lock_config, toy_domains):
+    args = tiny_lock_config(weight_bound=1.0, learning_rate=0.5)
+    encoder, data, state, driver, optimizer, terms = _driver(args, toy_domains)
+    figures = driver.select_round(state, 0)
+    assert figures["mask_size"] == args.weights_per_round and state.rounds_completed == 1
+    assert sum(int(m.sum()) for m in state.mask.values()) == args.weights_per_round
+    before = {name: p.detach().clone() for name, p in encoder.named_parameters()}
+    _update(driver, state, optimizer, terms, data)
+    changed = 0
+    for name, param in encoder.named_parameters():
+        moved = param.detach() != before[name]
+        selected = state.mask.get(name, torch.zeros_like(moved))
+        assert not moved[~selected].any(), f"unselected entries of {name} moved"
+        changed += int(moved.sum())
+        if name in driver.weight_ranges:  # bounded: inside the range, or no further out than the unlocked value
+            low, high = driver.weight_ranges[name]
+            assert bool(((param >= low) & (param <= high))[selected].all()), name
+    assert changed > 0
+    driver.select_round(state, 1)  # the next round ORs new entries into the mask
+    assert sum(int(m.sum()) for m in state.mask.values()) == 2 * args.weights_per_round
+    driver.detach()
+    assert driver.guard is None
+
+
+def test_a_repair_step_runs_at_its_own_rate_and_the_schedule_is_put_back(tiny_lock_config, toy_domains):
+    args = tiny_lock_config(repair_learning_rate=0.123)
+    _, data, state, driver, optimizer, terms = _driver(args, toy_domains)
+    driver.select_round(state, 0)
+    assert _update(driver, state, optimizer, terms, data, repairing=True) == [0.123]
+    assert [group["lr"] for group in optimizer.param_groups] == [args.learning_rate]
+    assert _update(driver, state, optimizer, terms, data) == [args.learning_rate]
+
+
+def test_a_budget_the_candidates_cannot_hold_is_refused(tiny_lock_config):
+    encoder = tiny_vit_encoder(seed=0, image_size=16, patch_size=4)
+    args = tiny_lock_config()
+    candidates = candidate_weights(encoder, args)
+    total = sum(p.numel() for p in candidates.values())
+    with pytest.raises(ValueError, match="exceeds the .* candidate weights"):
+        check_budget(candidates, tiny_lock_config(num_rounds=total, weights_per_round=2, layers_per_round=99))
+    with pytest.raises(ValueError, match="largest candidate layer"):
+        check_budget(candidates, tiny_lock_config(weights_per_round=total, layers_per_round=1))
