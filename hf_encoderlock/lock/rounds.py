@@ -217,7 +217,8 @@ class RoundDriver:
         why = (
             f"only {100 * free_share:.2g}% of the prohibited objective's gradient lies in directions the authorized "
             "inputs leave free: the two domains use the same input directions of the candidate layers, and a "
-            "projected lock would remove next to nothing (built-in colour authorized domains: 0-9% of the advantage)"
+            "projected lock would remove next to nothing (measured in docs/DEFAULT_LOCK.md on the built-in colour "
+            "authorized domains)"
         )
         if self.args.authorized_projection != AUTO_PROJECTION:
             logger.warning(

@@ -409,9 +409,8 @@ class EncoderLockTrainer(Trainer):
     def repairing(self) -> bool:
         """Whether the update being computed is one of the ``repair_steps`` after the last round. Not when 'auto'
         dropped the projection: unprojected, the lock's cost to the authorized domain lies along what it removed, and
-        a repair takes both back (measured on ``mnist-m`` -> ``mnist``: 3.4% of the advantage left removed,
-        docs/DEFAULT_LOCK.md "When the projection leaves no room"), so those steps continue the lock on the last
-        round's mask instead."""
+        a repair takes both back (docs/DEFAULT_LOCK.md, "When the projection leaves no room", has the measurement),
+        so those steps continue the lock on the last round's mask instead."""
         return self.state.global_step >= self.args.lock_steps and not self.lock_state.projection_dropped
 
     def _selection_terms(self, a_pixels, a_labels, p_pixels, p_labels) -> ObjectiveTerms:
