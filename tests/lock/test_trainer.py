@@ -545,6 +545,16 @@ def test_prohibited_transforms_add_the_attackers_views_to_the_lock_data(tiny_tra
         EncoderLockConfig(output_dir="unused", prohibited_transforms=["sepia"])
 
 
+def test_prohibited_transforms_matching_the_authorized_statistics_lock_end_to_end(tiny_trainer):
+    # the match_* transforms take their reference statistics from the authorized images, as the attacker's do
+    _, plain = tiny_trainer()
+    _, trainer = tiny_trainer(prohibited_transforms=["match_image_stats", "permute_channels:3"])
+    plain_count = len(plain.lock_prohibited) + len(plain.val_prohibited)
+    assert len(trainer.lock_prohibited) + len(trainer.val_prohibited) == 3 * plain_count
+    trainer.train()
+    assert sum(int(m.sum()) for m in trainer.mask.values()) > 0
+
+
 class _StopAfter(TrainerCallback):
     """Ends training after ``step`` update steps, as an early-stopping or time-limit callback would."""
 
