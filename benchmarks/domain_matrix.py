@@ -448,7 +448,8 @@ def summary_markdown(summary: dict[str, Any], cells: dict, all_cells: list) -> s
     lines += [
         "",
         "digits is a further domain only: the victim's advantage over its twin there is a point or two, within probe "
-        "noise, so no ratio is given for it. Times are wall-clock on a shared 2-core CPU (1 torch thread).",
+        "noise, so no ratio is given for it. Times are wall-clock on a 2-core CPU, with the torch threads each cell "
+        "records (`torch_threads`).",
         "",
     ]
     return "\n".join(lines)
