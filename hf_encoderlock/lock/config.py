@@ -76,12 +76,18 @@ NON_NEGATIVE_NUMBERS = (
 )
 
 
-def _is_transform_spec(spec: Any) -> bool:
-    try:
-        parse_transform_spec(spec)
-    except TransformError:
-        return False
-    return isinstance(spec, str)
+def _transform_specs_problem(specs: Any) -> str | None:
+    """Why ``prohibited_transforms`` cannot be used (the first bad entry, by name or strength), or ``None``."""
+    if not isinstance(specs, (list, tuple)):
+        return f"a list, got {type(specs).__name__}"
+    for spec in specs:
+        if not isinstance(spec, str):
+            return f"text entries, got {spec!r}"
+        try:
+            parse_transform_spec(spec)
+        except TransformError as error:
+            return str(error)
+    return None
 
 
 def _finite_or_nan(value: Any) -> float:
@@ -563,10 +569,9 @@ class EncoderLockConfig(flag_fields(*KNOB_GROUPS), TrainingArguments):
                 f"magnitude_gate must be None or in [0, 1), got {self.magnitude_gate!r}",
             ),
             (
-                isinstance(self.prohibited_transforms, (list, tuple))
-                and all(_is_transform_spec(spec) for spec in self.prohibited_transforms),
+                (transforms_problem := _transform_specs_problem(self.prohibited_transforms)) is None,
                 f"prohibited_transforms must be a list of 'name' or 'name:strength' with a name from "
-                f"{sorted(TRANSFORMS)}, got {self.prohibited_transforms!r}",
+                f"{sorted(TRANSFORMS)}: {transforms_problem}",
             ),
             (
                 self.weight_bound is None or _finite_or_nan(self.weight_bound) > 0.0,

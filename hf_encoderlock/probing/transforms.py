@@ -133,6 +133,17 @@ class InputTransform:
     strengths: tuple[float, ...]
     description: str
     needs_reference: bool = False
+    #: the strengths the transform accepts (inclusive), and whether they must be whole numbers
+    limits: tuple[float, float] = (0.0, float("inf"))
+    whole: bool = False
+
+    def strength_problem(self, strength: float) -> str | None:
+        """Why ``strength`` cannot be used with this transform, or ``None``."""
+        low, high = self.limits
+        if not np.isfinite(strength) or not low <= strength <= high or (self.whole and strength != int(strength)):
+            kind = "a whole number" if self.whole else "a number"
+            return f"transform {self.name!r} takes {kind} from {low:g} to {high:g} as its strength, got {strength!r}"
+        return None
 
 
 TRANSFORMS: dict[str, InputTransform] = {
@@ -141,17 +152,29 @@ TRANSFORMS: dict[str, InputTransform] = {
         InputTransform("greyscale", greyscale, (1.0,), "luminance only"),
         # the red-blue swap and both rotations (any of the five orders can be asked for; these three keep the main
         # job's attacker within its time budget)
-        InputTransform("permute_channels", permute_channels, (5.0, 3.0, 4.0), "RGB channels reordered"),
+        InputTransform(
+            "permute_channels",
+            permute_channels,
+            (5.0, 3.0, 4.0),
+            "RGB channels reordered",
+            limits=(1.0, float(len(PERMUTATIONS))),
+            whole=True,
+        ),
         InputTransform("invert", invert, (1.0,), "photographic negative"),
-        InputTransform("colour_jitter", colour_jitter, (0.2,), "random brightness, contrast, saturation, hue"),
+        InputTransform(
+            "colour_jitter", colour_jitter, (0.2,), "random brightness, contrast, saturation, hue", limits=(0.0, 1.0)
+        ),
         InputTransform("equalize", equalize, (1.0,), "histogram equalisation per channel"),
-        InputTransform("resample", resample, (2.0,), "down-sampled by this factor, then up-sampled"),
+        InputTransform(
+            "resample", resample, (2.0,), "down-sampled by this factor, then up-sampled", limits=(1.0, float("inf"))
+        ),
         InputTransform(
             "match_domain_stats",
             match_domain_stats,
             (1.0,),
             "domain's per-channel mean/std mapped to a 1% authorized sample's",
             needs_reference=True,
+            limits=(0.0, 1.0),
         ),
         InputTransform(
             "match_image_stats",
@@ -159,6 +182,7 @@ TRANSFORMS: dict[str, InputTransform] = {
             (1.0,),
             "each image's per-channel mean/std mapped to a 1% authorized sample's",
             needs_reference=True,
+            limits=(0.0, 1.0),
         ),
     )
 }
@@ -184,6 +208,9 @@ def apply_transform(
     """``images`` with ``transform`` at ``strength``; a randomised transform draws from a generator seeded by ``seed``
     and the image's own pixels, so an image is transformed the same way wherever it appears."""
     spec = _checked(transform, reference)
+    problem = spec.strength_problem(float(strength))
+    if problem:
+        raise TransformError(problem)
     out = []
     for image in images:
         rng = np.random.default_rng([seed, zlib.crc32(image.tobytes())])
@@ -235,8 +262,9 @@ def parse_transform_spec(spec: str) -> tuple[str, float]:
         value = float(strength)
     except ValueError:
         raise TransformError(f"transform {spec!r}: the strength after ':' must be a number") from None
-    if not np.isfinite(value) or value < 0:
-        raise TransformError(f"transform {spec!r}: the strength must be a finite number >= 0")
+    problem = TRANSFORMS[name].strength_problem(value)
+    if problem:
+        raise TransformError(f"{spec!r}: {problem}")
     return name, value
 
 

@@ -194,3 +194,10 @@ def test_authorized_projection_resolves_per_variant_and_reads_flags(tmp_path, va
 def test_bad_authorized_projection_is_refused_by_name(tmp_path, bad):
     with pytest.raises(ValueError, match="authorized_projection must be 'auto', None or a number >= 0"):
         EncoderLockConfig(output_dir=str(tmp_path), authorized_projection=bad)
+
+
+def test_prohibited_transforms_with_a_strength_out_of_range_are_refused_naming_the_entry():
+    # found on the user's path: "permute_channels:9" passed the check and crashed after the "before" probes
+    with pytest.raises(ValueError, match=r"'permute_channels:9': transform 'permute_channels' takes a whole number"):
+        EncoderLockConfig(output_dir="unused", prohibited_transforms=["greyscale", "permute_channels:9"])
+    assert EncoderLockConfig(output_dir="unused", prohibited_transforms=["permute_channels:3"]).prohibited_transforms

@@ -104,7 +104,11 @@ def test_transformed_copies_follow_the_rows_with_labels_kept():
         assert (pixels(both[2 * len(dataset) + row]["image"]) == original[..., ::-1]).all()
 
 
-@pytest.mark.parametrize("spec", ["sepia", "greyscale:x", "resample:-2", "resample:nan"])
+@pytest.mark.parametrize(
+    "spec",
+    ["sepia", "greyscale:x", "resample:-2", "resample:nan", "resample:0.5", "permute_channels:9",
+     "permute_channels:2.5", "colour_jitter:1.5", "match_image_stats:2"],
+)  # fmt: skip
 def test_transform_specs_are_checked_by_name_and_strength(spec):
     with pytest.raises(TransformError, match="transform"):
         parse_transform_spec(spec)
@@ -113,3 +117,8 @@ def test_transform_specs_are_checked_by_name_and_strength(spec):
 def test_transform_spec_without_strength_takes_the_first_listed():
     assert parse_transform_spec("permute_channels") == ("permute_channels", TRANSFORMS["permute_channels"].strengths[0])
     assert parse_transform_spec("resample:3") == ("resample", 3.0)
+
+
+def test_a_strength_out_of_its_transforms_range_is_refused_before_any_image_is_touched():
+    with pytest.raises(TransformError, match="permute_channels.*whole number from 1 to 5"):
+        apply_transform(coloured(), "permute_channels", 9.0)
