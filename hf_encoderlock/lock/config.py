@@ -35,6 +35,8 @@ AUTO_PROJECTION = "auto"
 NONE_WORDS = ("none", "null")  # what a flag of a field that may be None takes for None (as YAML's null)
 PROJECTION_BY_VARIANT = {"supervised": 0.01, "unsupervised": 0.02, "zero-shot": 0.05}
 BestModelCriterion = Literal["gap", "last"]
+SelectionUnit = Literal["weight", "row"]
+SELECTION_UNITS: tuple[str, ...] = get_args(SelectionUnit)
 BEST_MODEL_CRITERIA = get_args(BestModelCriterion)
 # The knob groups, each declared once on its own dataclass (help, default, range) and flattened into
 # EncoderLockConfig under its prefix (info_*, augment_*, adversary_*): see lock/knobs.py.
@@ -366,6 +368,15 @@ class EncoderLockConfig(flag_fields(*KNOB_GROUPS), TrainingArguments):
         default="gradient_ratio",
         metadata={"help": f"Weight score: one of {tuple(SCORE_FUNCTIONS)} (paper: gradient_ratio)."},
     )
+    selection_unit: SelectionUnit = field(
+        default="weight",
+        metadata={
+            "help": "What selection ranks: 'weight' (each entry by its own score, the paper's) or 'row' (each output "
+            "row of a weight matrix or kernel by its entries' mean score, whole rows taken): a row's entries then "
+            "move together, so a bounded update (weight_bound) can still shift that output far, while each entry "
+            "stays inside its tensor's range."
+        },
+    )
     score_eps: float = field(default=1e-8, metadata={"help": "eps in |dL_P/dw| / (|dL_A/dw| + eps)."})
     score_batches: int = field(
         default=1, metadata={"help": "Batches of each domain used to score weights (reference: 10 of 64)."}
@@ -542,6 +553,10 @@ class EncoderLockConfig(flag_fields(*KNOB_GROUPS), TrainingArguments):
             (
                 isinstance(self.score_function, str) and self.score_function in SCORE_FUNCTIONS,
                 f"score_function must be one of {tuple(SCORE_FUNCTIONS)}, got {self.score_function!r}",
+            ),
+            (
+                self.selection_unit in SELECTION_UNITS,
+                f"selection_unit must be one of {SELECTION_UNITS}, got {self.selection_unit!r}",
             ),
             (
                 self.best_model_criterion in BEST_MODEL_CRITERIA,

@@ -33,6 +33,7 @@ from .selection import (
     compute_scores,
     mask_stats,
     merge_masks,
+    row_scores,
     select_candidate_parameters,
     select_top_weights,
     sum_across_processes,
@@ -294,6 +295,8 @@ class RoundDriver:
         self.encoder.train(was_training)
         prohibited, authorized = sync_gradient_stats(prohibited), sync_gradient_stats(authorized)
         scores = compute_scores(candidates, prohibited, authorized, args.score_function, args.score_eps)
+        if args.selection_unit == "row":
+            scores = row_scores(scores)
         gate = None
         if args.magnitude_gate is not None:
             magnitudes = {name: weight.detach().abs() for name, weight in candidates.items()}

@@ -278,6 +278,20 @@ def compute_scores(
     return out
 
 
+def row_scores(scores: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Every entry of a weight matrix or kernel scored by its output row's mean score (non-finite entries count as
+    0), so that :func:`select_top_weights` takes whole rows (ties go to the lower flat index, i.e. row by row).
+    One-dimensional tensors keep their scores."""
+    out = {}
+    for name, score in scores.items():
+        if score.dim() < 2:
+            out[name] = score
+            continue
+        finite = torch.nan_to_num(score.float(), nan=0.0, posinf=0.0, neginf=0.0)
+        out[name] = finite.flatten(1).mean(1).view(-1, *([1] * (score.dim() - 1))).expand_as(score).contiguous()
+    return out
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Top-M layers, then top-N weights
 # --------------------------------------------------------------------------------------------------------------
