@@ -65,6 +65,23 @@ def test_a_round_selects_its_budget_and_updates_move_only_the_selected_entries(t
     assert driver.guard is None
 
 
+def test_row_selection_takes_whole_output_rows(tiny_lock_config, toy_domains):
+    args = tiny_lock_config(selection_unit="row", weights_per_round=100)
+    encoder, data, state, driver, optimizer, terms = _driver(args, toy_domains)
+    driver.select_round(state, 0)
+    assert sum(int(m.sum()) for m in state.mask.values()) == args.weights_per_round
+    partial = 0
+    for name, selected in state.mask.items():
+        rows = selected.flatten(1)
+        counts = rows.sum(1)
+        width = rows.shape[1]
+        # every row is taken whole or not at all, except at most one (where the round's budget ran out)
+        partial += int(((counts > 0) & (counts < width)).sum())
+    assert partial <= 1
+    assert any(bool((m.flatten(1).sum(1) == m.flatten(1).shape[1]).any()) for m in state.mask.values())
+    driver.detach()
+
+
 def test_a_repair_step_runs_at_its_own_rate_and_the_schedule_is_put_back(tiny_lock_config, toy_domains):
     args = tiny_lock_config(repair_learning_rate=0.123)
     _, data, state, driver, optimizer, terms = _driver(args, toy_domains)

@@ -20,6 +20,7 @@ from hf_encoderlock.lock.selection import (
     magnitude_gate_mask,
     mask_stats,
     merge_masks,
+    row_scores,
     save_mask,
     select_candidate_parameters,
     select_top_weights,
@@ -326,6 +327,18 @@ def test_ties_are_deterministic_and_inf_scores_win():
 
 
 # ------------------------------------------------------------------------------------------------- masks
+
+
+def test_row_scores_rank_whole_rows_by_their_mean_and_keep_vectors():
+    scores = {
+        "w": torch.tensor([[1.0, 1.0, 1.0], [5.0, 0.0, 0.0], [0.0, float("nan"), 9.0]]),
+        "b": torch.tensor([3.0, 1.0]),
+    }
+    rows = row_scores(scores)
+    assert torch.equal(rows["w"], torch.tensor([[1.0] * 3, [5 / 3] * 3, [3.0] * 3]))
+    assert torch.equal(rows["b"], scores["b"])
+    picked = select_top_weights({"w": rows["w"]}, num_layers=1, num_weights=4)["w"]
+    assert picked[2].all() and int(picked[1].sum()) == 1 and not picked[0].any()  # best row whole, then row order
 
 
 def test_merge_stats_and_safetensors_round_trip(tmp_path):
