@@ -11,8 +11,8 @@ does ``cli/lock.py`` render one:
 2. The user's cache (``$HF_ENCODERLOCK_CACHE/cli_help``): a text rendered on this machine, keyed on the package
    sources' stat, the versions and the flavour.
 
-Regenerate the shipped file after changing a flag, a help text, a default or a help group (``tests/cli/
-test_lock_help.py`` fails, naming this command, while it is stale)::
+Regenerate the shipped file after editing one of its recorded sources, or after a transformers upgrade (the test
+``tests/cli/test_lock_help.py`` fails, naming this command, while it is stale)::
 
     python -m hf_encoderlock.cli.lock --write-help
 
