@@ -34,6 +34,7 @@ setup(
     package_data={
         "hf_encoderlock": [
             "assets/victim/*",
+            "cli/lock_help.json",
             "hub/model_card_template.md",
             "py.typed",
         ]

@@ -52,12 +52,6 @@ CARD_MARKER = CARD_FORMAT.rsplit("/", 1)[0]  # every card this package renders n
 
 
 # ----------------------------------------------------------------------------------------------- atomic folders
-def default_cache_dir() -> Path:
-    """``$HF_ENCODERLOCK_CACHE`` if set, else ``~/.cache/hf_encoderlock``."""
-    env = os.environ.get("HF_ENCODERLOCK_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "hf_encoderlock"
-
-
 def staging_folder(target: str | Path) -> Path:
     """A new empty hidden sibling of ``target`` (``.{name}.partial-XXXX``) to write a save into."""
     target = Path(target)

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1] / PACKAGE
 
 # Lowest first; a module may import from its own layer and the layers below it.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("_files", "_utils"),
+    ("_paths", "_files", "_utils"),
     ("encoders", "victim", "data"),
     ("probing",),
     ("hub",),

@@ -5,7 +5,8 @@ Every field of :class:`~hf_encoderlock.experiment.LockExperimentArguments` and
 :class:`~hf_encoderlock.lock.config.EncoderLockConfig` (which includes all of ``transformers.TrainingArguments``) is
 a flag, in ``--snake_case`` or ``--kebab-case``. ``--config FILE`` (YAML or JSON) sets values that flags then
 override; a lone ``FILE.yaml`` / ``FILE.json`` argument works as ``--config FILE``. ``--help`` lists the main job's
-own flags by group; ``--help-all`` adds every ``TrainingArguments`` flag.
+own flags by group; ``--help-all`` adds every ``TrainingArguments`` flag. Both are rendered ahead and shipped in the
+package (``cli/lock_help.py``); ``python -m hf_encoderlock.cli.lock --write-help`` renders them again.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 import typing
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,7 +32,19 @@ from ..lock.knobs import flag_names
 from ..lock.objectives import InformationTermsConfig
 from ..lock.variants.augmentations import AugmentationConfig
 from ..probing.lock_report import lock_report_markdown
-from .lock_help import HELP_ALL_WORD, cached_help, help_request, store_help
+from .lock_help import (
+    FLAVOURS,
+    HELP_ALL_WORD,
+    PACKAGE,
+    WRITE_COMMAND,
+    WRITE_HELP_FLAG,
+    help_record,
+    help_request,
+    help_sources,
+    known_help,
+    store_help,
+    write_help_record,
+)
 
 USER_ERRORS = (DomainError, EncoderError, LockDataError)
 PASSTHROUGH = True  # cli.main hands every word after `lock` to parse_lock_args
@@ -73,6 +87,9 @@ HELP_GROUPS: dict[str, tuple[str, ...]] = {
     "Publishing": ("push_to_hub", "hub_model_id", "hub_private_repo", "hub_gated", "hub_strategy", "hub_token"),
 }  # fmt: skip
 TRAINER_HEADING = "Trainer flags (transformers.TrainingArguments)"
+# Columns of the rendered help: it is rendered once and shipped, so it cannot follow the terminal it is printed in;
+# 80 is what argparse uses when the output is not a terminal.
+HELP_COLUMNS = 80
 
 
 class ConfigFileError(ValueError):
@@ -111,7 +128,12 @@ def lock_argument_parser(show_trainer_flags: bool = True) -> HfArgumentParser:
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """States a default once: a help text that already says what its default means keeps its own words."""
+    """States a default once: a help text that already says what its default means keeps its own words. Renders
+    ``HELP_COLUMNS`` wide whatever the terminal."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs["width"] = HELP_COLUMNS - 2  # argparse keeps two columns free
+        super().__init__(*args, **kwargs)
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         if isinstance(action, argparse._StoreFalseAction):  # --no_name: HfArgumentParser copies --name's help
@@ -154,13 +176,33 @@ def _move(parser: argparse.ArgumentParser, actions: list[argparse.Action], title
         group._group_actions.append(action)
 
 
+def render_lock_help(flavour: str = "short") -> str:
+    """``encoderlock lock --help`` (``flavour="all"``: ``--help-all``) rendered now, from the parser."""
+    return lock_argument_parser(show_trainer_flags=flavour == "all").format_help()
+
+
 def lock_help_text(flavour: str = "short") -> str:
-    """``encoderlock lock --help`` (``flavour="all"``: ``--help-all``), rendered once per version of the sources."""
-    text = cached_help(flavour)
+    """``encoderlock lock --help`` (``flavour="all"``: ``--help-all``): the shipped or cached text while it is still
+    true, else rendered and cached."""
+    text = known_help(flavour)
     if text is None:
-        text = lock_argument_parser(show_trainer_flags=flavour == "all").format_help()
+        text = render_lock_help(flavour)
         store_help(flavour, text)
     return text
+
+
+def lock_help_sources() -> list[str]:
+    """The package files the main job's help is rendered from: this module, the modules of the argument classes
+    (experiment arguments, lock config and its knob groups), and the package modules they import directly."""
+    classes = (*LockExperimentArguments.__mro__, *EncoderLockConfig.__mro__, *EncoderLockConfig.knob_groups)
+    modules = {f"{PACKAGE}.cli.lock"} | {cls.__module__ for cls in classes}
+    return help_sources(sorted(m for m in modules if m.startswith(f"{PACKAGE}.")))
+
+
+def write_shipped_help(target: Path | None = None) -> Path:
+    """Render both help texts and write them, with what they were rendered from, as the package's shipped help."""
+    texts = {flavour: render_lock_help(flavour) for flavour in FLAVOURS}
+    return write_help_record(help_record(texts, lock_help_sources()), target)
 
 
 def _config_values(path: Path, parser: HfArgumentParser) -> dict:
@@ -218,3 +260,9 @@ def run(args: argparse.Namespace) -> int:
         print(lock_report_markdown(report))
         print(f"outputs in {lock_config.output_dir}")
     return 0
+
+
+if __name__ == "__main__":  # the developer's step after changing a flag: regenerate the shipped help
+    if sys.argv[1:] != [WRITE_HELP_FLAG]:
+        sys.exit(f"usage: {WRITE_COMMAND}")
+    print(f"wrote {write_shipped_help()}")

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from types import ModuleType
 
 from .. import __version__
-from .lock_help import cached_help, help_request
+from .lock_help import help_request, known_help
 
 PROG = "encoderlock"
 EXIT_USER_ERROR = 2
@@ -114,9 +114,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = [word for word in argv if word != DEBUG_FLAG]
     chosen = next((a for a in argv if not a.startswith("-")), None)
     if chosen == "lock" and argv[0] == chosen:
-        # the main job's help was rendered before for these sources: print it without importing torch
+        # the main job's help, shipped or rendered before for these sources: print it without importing torch
         flavour = help_request(argv[1:])
-        text = None if flavour is None else cached_help(flavour)
+        text = None if flavour is None else known_help(flavour)
         if text is not None:
             print(text, end="")
             raise SystemExit(0)  # as argparse's --help does

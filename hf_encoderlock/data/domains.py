@@ -43,7 +43,8 @@ from datasets import ClassLabel, Dataset, DatasetDict, Features, load_dataset, l
 from PIL import Image as PILImage
 from PIL import ImageOps
 
-from .._utils import atomic_folder, default_cache_dir
+from .._paths import default_cache_dir
+from .._utils import atomic_folder
 from ..encoders import SIXTEEN_BIT_MODES, EncoderError, convert_image, float_pixels_to_8bit, integer_pixels_to_8bit
 from .builtin import BUILTIN_DOMAINS, BUILTIN_VERSION, TEST_FRACTION, builtin_arrays
 from .errors import DomainError
