@@ -196,6 +196,15 @@ SETTINGS: dict[str, list[str]] = {
         *("--weight_bound", "6", "--prohibited_transforms", "greyscale"),
         *("--authorized_projection", "none", "--learning_rate", "0.01"),
     ],
+    # bounded at 2.5 robust std, so the attacker's gentlest clip (z 2.5) leaves every changed weight as it is
+    "bounded 2.5, greyscale copies, 2 threads": ["--weight_bound", "2.5", "--prohibited_transforms", "greyscale"],
+    "bounded 2.5, whole rows, greyscale copies, 2 threads": [
+        *("--selection_unit", "row", "--weight_bound", "2.5", "--prohibited_transforms", "greyscale"),
+    ],
+    "bounded 2.5, greyscale copies, 5% of the weights over blocks -1..5, 2 threads": [
+        *("--weight_bound", "2.5", "--prohibited_transforms", "greyscale", "--weights_per_round", "2550"),
+        *("--candidate_blocks", "-1", "0", "1", "2", "3", "4", "5"),
+    ],
     # the variants (docs/VARIANTS.md); prohibited = mnist-m in the summary either way
     "unsupervised, tau 0.01": _flags("0.01", "0.1", "-1 0 1", "10", "--variant", "unsupervised"),
     "unsupervised, tau 0.02": _flags("0.02", "0.1", "-1 0 1", "10", "--variant", "unsupervised"),
