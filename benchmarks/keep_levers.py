@@ -210,6 +210,15 @@ SETTINGS: dict[str, list[str]] = {
         *("match_domain_stats", "permute_channels:5", "permute_channels:3", "permute_channels:4"),
         *("--weights_per_round", "2550", "--candidate_blocks", "-1", "0", "1", "2", "3", "4", "5"),
     ],
+    "bounded 3, copies under every colour transform, 2 threads": [
+        *("--weight_bound", "3", "--prohibited_transforms", "greyscale", "match_image_stats", "match_domain_stats"),
+        *("permute_channels:5", "permute_channels:3", "permute_channels:4"),
+    ],
+    "bounded 3, copies under every colour transform, 5% of the weights over blocks -1..5, 2 threads": [
+        *("--weight_bound", "3", "--prohibited_transforms", "greyscale", "match_image_stats", "match_domain_stats"),
+        *("permute_channels:5", "permute_channels:3", "permute_channels:4"),
+        *("--weights_per_round", "2550", "--candidate_blocks", "-1", "0", "1", "2", "3", "4", "5"),
+    ],
     # the variants (docs/VARIANTS.md); prohibited = mnist-m in the summary either way
     "unsupervised, tau 0.01": _flags("0.01", "0.1", "-1 0 1", "10", "--variant", "unsupervised"),
     "unsupervised, tau 0.02": _flags("0.02", "0.1", "-1 0 1", "10", "--variant", "unsupervised"),
