@@ -19,7 +19,10 @@ EXTRAS = {
     "signing": ["model-signing>=1.0", "pyopenssl>=23.0"],
 }
 EXTRAS["all"] = sorted({requirement for group in EXTRAS.values() for requirement in group})
-EXTRAS["dev"] = [*EXTRAS["all"], "pytest>=8.0", "ruff>=0.6"]
+# Developers test against the transformers that the shipped help (cli/lock_help.json) was rendered with and the private
+# Trainer hooks (lock/trainer.py, PRIVATE_TRAINER_HOOKS) were checked against; users may run any transformers >= 5.19.
+# Raise it together with `python -m hf_encoderlock.cli.lock --write-help`.
+EXTRAS["dev"] = [*EXTRAS["all"], "pytest>=8.0", "ruff>=0.6", "transformers==5.25.0"]
 
 setup(
     name="hf_encoderlock",
