@@ -2,9 +2,11 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -19,6 +21,7 @@ from hf_encoderlock.cli.lock_help import (
     read_help_record,
     shipped_help,
 )
+from hf_encoderlock.lock.trainer import TRANSFORMERS_CHECKED
 
 STALE = f"the shipped help is stale: run `{WRITE_COMMAND}` and commit hf_encoderlock/cli/lock_help.json"
 
@@ -105,3 +108,9 @@ def test_a_missing_or_unreadable_shipped_help_is_rendered(tmp_path, monkeypatch)
     monkeypatch.setattr(lock_help, "SHIPPED_HELP", tmp_path / "broken.json")
     assert known_help("all") is None
     assert lock_help_text("all") == render_lock_help("all")
+
+
+def test_the_dev_pin_is_the_transformers_the_help_and_trainer_hooks_were_checked_with():
+    setup = (Path(__file__).resolve().parents[2] / "setup.py").read_text(encoding="utf-8")
+    pinned = re.findall(r'"transformers==([0-9.]+)"', setup)
+    assert pinned == [TRANSFORMERS_CHECKED] == [read_help_record()["environment"]["transformers"]], STALE

@@ -71,7 +71,7 @@ def test_row_selection_takes_whole_output_rows(tiny_lock_config, toy_domains):
     driver.select_round(state, 0)
     assert sum(int(m.sum()) for m in state.mask.values()) == args.weights_per_round
     partial = 0
-    for name, selected in state.mask.items():
+    for selected in state.mask.values():
         rows = selected.flatten(1)
         counts = rows.sum(1)
         width = rows.shape[1]
