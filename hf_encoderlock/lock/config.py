@@ -373,8 +373,8 @@ class EncoderLockConfig(flag_fields(*KNOB_GROUPS), TrainingArguments):
         metadata={
             "help": "What selection ranks: 'weight' (each entry by its own score, the paper's) or 'row' (each output "
             "row of a weight matrix or kernel by its entries' mean score, whole rows taken): a row's entries then "
-            "move together, so a bounded update (weight_bound) can still shift that output far, while each entry "
-            "stays inside its tensor's range."
+            "move together, so a bounded update (weight_bound) may shift that output further while each entry stays "
+            "inside its tensor's range. On the default task it removed no more than 'weight' (docs/THREAT_MODEL.md)."
         },
     )
     score_eps: float = field(default=1e-8, metadata={"help": "eps in |dL_P/dw| / (|dL_A/dw| + eps)."})
