@@ -35,6 +35,14 @@ AUTHORIZED, PROHIBITED, FRACTION = "mnist", "mnist-m", 1.0
 PROBE_SEEDS = ("0", "1", "2")
 
 
+# the lock's copies of its prohibited images under each colour transform of the adaptive suite
+EVERY_COLOUR = (
+    *("--prohibited_transforms", "greyscale", "match_image_stats", "match_domain_stats"),
+    *("permute_channels:5", "permute_channels:3", "permute_channels:4"),
+)
+ALL_BLOCKS = ("--candidate_blocks", "-1", "0", "1", "2", "3", "4", "5")
+
+
 def _flags(
     projection: str,
     lr: str,
@@ -209,6 +217,20 @@ SETTINGS: dict[str, list[str]] = {
         *("--weight_bound", "2.5", "--prohibited_transforms", "greyscale", "match_image_stats"),
         *("match_domain_stats", "permute_channels:5", "permute_channels:3", "permute_channels:4"),
         *("--weights_per_round", "2550", "--candidate_blocks", "-1", "0", "1", "2", "3", "4", "5"),
+    ],
+    "bounded 2.5, copies under every colour transform, 2 threads": ["--weight_bound", "2.5", *EVERY_COLOUR],
+    # the budget needed: 10% and 20% of the encoder's weights (blocks -1..5 hold all but the pooler's)
+    "bounded 2.5, copies under every colour transform, 10% of the weights over blocks -1..5, 2 threads": [
+        *("--weight_bound", "2.5", *EVERY_COLOUR, "--weights_per_round", "5100", *ALL_BLOCKS),
+    ],
+    "bounded 2.5, copies under every colour transform, 20% of the weights over blocks -1..5, 2 threads": [
+        *("--weight_bound", "2.5", *EVERY_COLOUR, "--weights_per_round", "10200", *ALL_BLOCKS),
+    ],
+    "unsupervised, bounded 3, copies under every colour transform, 2 threads": [
+        *("--variant", "unsupervised", "--weight_bound", "3", *EVERY_COLOUR),
+    ],
+    "zero-shot, bounded 3, copies under every colour transform, 2 threads": [
+        *("--variant", "zero-shot", "--weight_bound", "3", *EVERY_COLOUR),
     ],
     "bounded 3, copies under every colour transform, 2 threads": [
         *("--weight_bound", "3", "--prohibited_transforms", "greyscale", "match_image_stats", "match_domain_stats"),
