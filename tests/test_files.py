@@ -17,4 +17,3 @@ def test_trainer_file_names_are_transformers_own():
         hf_trainer.SCHEDULER_NAME,
         hf_trainer.SCALER_NAME,
     )
-

@@ -377,6 +377,14 @@ class EncoderLockConfig(flag_fields(*KNOB_GROUPS), TrainingArguments):
             "inside its tensor's range. On the default task it removed no more than 'weight' (docs/THREAT_MODEL.md)."
         },
     )
+    bound_aware_scores: bool = field(
+        default=False,
+        metadata={
+            "help": "With weight_bound: each weight's score is multiplied by its room, how far its bounded range lets "
+            "the update move it on the prohibited term, so selection prefers weights whose capped move changes that "
+            "term the most (to first order) over weights the bound leaves little to move. Needs weight_bound."
+        },
+    )
     score_eps: float = field(default=1e-8, metadata={"help": "eps in |dL_P/dw| / (|dL_A/dw| + eps)."})
     score_batches: int = field(
         default=1, metadata={"help": "Batches of each domain used to score weights (reference: 10 of 64)."}
@@ -553,6 +561,10 @@ class EncoderLockConfig(flag_fields(*KNOB_GROUPS), TrainingArguments):
             (
                 isinstance(self.score_function, str) and self.score_function in SCORE_FUNCTIONS,
                 f"score_function must be one of {tuple(SCORE_FUNCTIONS)}, got {self.score_function!r}",
+            ),
+            (
+                not self.bound_aware_scores or self.weight_bound is not None,
+                "bound_aware_scores needs weight_bound (the room it scores by is the bounded range)",
             ),
             (
                 self.selection_unit in SELECTION_UNITS,

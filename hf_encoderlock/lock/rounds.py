@@ -33,6 +33,7 @@ from .selection import (
     compute_scores,
     mask_stats,
     merge_masks,
+    reachable_scores,
     row_scores,
     select_candidate_parameters,
     select_top_weights,
@@ -117,8 +118,10 @@ class RoundDriver:
     """Selection and masked updates of ``candidates`` (weights of ``encoder``), as ``args`` configures them.
 
     ``terms`` is the objective on a pair of batches (see :data:`TermsFunction`); ``reference_encoder`` the frozen
-    unlocked copy whose authorized input moments the projection is built from (``None``: no projection). The
-    :class:`MaskedParameterGuard` is installed by :meth:`attach` for the length of a training run.
+    unlocked copy whose authorized input moments the projection is built from (``None``: no projection);
+    ``lowers_prohibited`` the objective's :attr:`~hf_encoderlock.lock.objectives.LockObjective.lowers_prohibited`
+    (which way ``bound_aware_scores`` measures a weight's room). The :class:`MaskedParameterGuard` is installed by
+    :meth:`attach` for the length of a training run.
     """
 
     def __init__(
@@ -129,9 +132,11 @@ class RoundDriver:
         data: LockData,
         terms: TermsFunction,
         reference_encoder: nn.Module | None = None,
+        lowers_prohibited: bool = True,
     ) -> None:
         self.args, self.encoder, self.candidates, self.data = args, encoder, candidates, data
         self.terms, self.reference_encoder = terms, reference_encoder
+        self.lowers_prohibited = lowers_prohibited  # the objective's: which way the update moves its prohibited term
         self.guard: MaskedParameterGuard | None = None
         # Per entry, the range a bounded update keeps it in: its tensor's natural range, widened to the entry's own
         # unlocked value, so a natural outlier that gets selected is not pulled in (a lock that erased the tensor's
@@ -295,6 +300,8 @@ class RoundDriver:
         self.encoder.train(was_training)
         prohibited, authorized = sync_gradient_stats(prohibited), sync_gradient_stats(authorized)
         scores = compute_scores(candidates, prohibited, authorized, args.score_function, args.score_eps)
+        if args.bound_aware_scores:
+            scores = reachable_scores(scores, candidates, prohibited, self.weight_ranges, self.lowers_prohibited)
         if args.selection_unit == "row":
             scores = row_scores(scores)
         gate = None

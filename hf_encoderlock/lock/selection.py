@@ -44,6 +44,8 @@ __all__ = [
     "gradient_ratio",
     "load_mask",
     "magnitude_gate_mask",
+    "prohibited_gradient",
+    "reachable_scores",
     "mask_stats",
     "merge_masks",
     "save_mask",
@@ -251,10 +253,20 @@ def taylor(weight: torch.Tensor, prohibited: GradMoments, authorized: GradMoment
     return (w * prohibited.mean).abs() / ((w * authorized.mean).abs() + eps)
 
 
+def prohibited_gradient(
+    weight: torch.Tensor, prohibited: GradMoments, authorized: GradMoments, eps: float
+) -> torch.Tensor:
+    """``|dL_P/dw|`` alone (mean gradient): how fast the prohibited term moves per unit of the weight, whatever the
+    authorized term does (a projection, when on, has already removed the part of the gradient that would move the
+    authorized features)."""
+    return prohibited.mean.abs()
+
+
 SCORE_FUNCTIONS: dict[str, ScoreFunction] = {
     "gradient_ratio": gradient_ratio,
     "fisher_ratio": fisher_ratio,
     "taylor": taylor,
+    "prohibited_gradient": prohibited_gradient,
 }
 
 
@@ -275,6 +287,30 @@ def compute_scores(
         w = weight.detach()
         p_m, a_m = prohibited.moments(name), authorized.moments(name)
         out[name] = score_fn(w, p_m, a_m, eps).float().reshape(w.shape)
+    return out
+
+
+def reachable_scores(
+    scores: Mapping[str, torch.Tensor],
+    weights: Mapping[str, torch.Tensor],
+    prohibited: GradientStats,
+    ranges: Mapping[str, tuple[torch.Tensor, torch.Tensor]],
+    lowers_prohibited: bool = True,
+) -> dict[str, torch.Tensor]:
+    """Each score times its weight's room: how far its bounded range (``ranges[name]`` = per-entry low, high) lets
+    it move in the direction the update takes it on the prohibited term: against the mean prohibited gradient when
+    the update lowers that term (``lowers_prohibited``), along it when the update raises it.
+
+    Under a bound, a weight's first-order effect on the prohibited term is its gradient times that room, not its
+    gradient alone: a weight with a steep gradient but already at its bound can change nothing, and an unbounded
+    lock's favourite (a tiny gradient, moved very far) is worth little once the move is capped."""
+    out = {}
+    for name, score in scores.items():
+        w = weights[name].detach().float()
+        low, high = (bound.to(w.device).float() for bound in ranges[name])
+        moves_down = (prohibited.moments(name).mean.to(w.device) > 0) == lowers_prohibited
+        room = torch.where(moves_down, w - low, high - w).clamp(min=0.0)
+        out[name] = score.float() * room.reshape(score.shape)
     return out
 
 

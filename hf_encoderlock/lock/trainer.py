@@ -265,7 +265,13 @@ class EncoderLockTrainer(Trainer):
         self._normalization = encoder.normalization()
         self.lock_state = LockState(view_generator=torch.Generator().manual_seed(args.seed + VIEW_SEED_OFFSET))
         self.rounds = RoundDriver(
-            args, encoder, self.candidates, self.lock_data, self._selection_terms, self.reference_encoder
+            args,
+            encoder,
+            self.candidates,
+            self.lock_data,
+            self._selection_terms,
+            self.reference_encoder,
+            lowers_prohibited=self.objective.lowers_prohibited,
         )
         self.challenger = Challenger(args, encoder, self.lock_data)
         if args.finetune_aware_steps and args.world_size > 1:

@@ -20,6 +20,7 @@ from hf_encoderlock.lock.selection import (
     magnitude_gate_mask,
     mask_stats,
     merge_masks,
+    reachable_scores,
     row_scores,
     save_mask,
     select_candidate_parameters,
@@ -146,13 +147,31 @@ def test_score_functions_on_hand_computed_tensors():
     p = GradMoments(mean=torch.tensor([[1.0, -4.0], [0.0, 2.0]]), sq_mean=torch.tensor([[1.0, 16.0], [0.0, 8.0]]))
     a = GradMoments(mean=torch.tensor([[-0.5, 2.0], [1.0, 0.0]]), sq_mean=torch.tensor([[0.25, 4.0], [3.0, 0.0]]))
     eps = 1e-8
-    assert set(SCORE_FUNCTIONS) == {"gradient_ratio", "fisher_ratio", "taylor"}
+    assert set(SCORE_FUNCTIONS) == {"gradient_ratio", "fisher_ratio", "taylor", "prohibited_gradient"}
     gr = SCORE_FUNCTIONS["gradient_ratio"](w, p, a, eps)
     torch.testing.assert_close(gr, torch.tensor([[1 / (0.5 + eps), 4 / (2 + eps)], [0.0, 2 / eps]]))
     fr = SCORE_FUNCTIONS["fisher_ratio"](w, p, a, eps)
     torch.testing.assert_close(fr, torch.tensor([[1 / (0.25 + eps), 16 / (4 + eps)], [0.0, 8 / eps]]))
     ty = SCORE_FUNCTIONS["taylor"](w, p, a, eps)
     torch.testing.assert_close(ty, torch.tensor([[2 / (1 + eps), 4 / (2 + eps)], [0.0, 0.0]]))
+    pg = SCORE_FUNCTIONS["prohibited_gradient"](w, p, a, eps)
+    torch.testing.assert_close(pg, torch.tensor([[1.0, 4.0], [0.0, 2.0]]))
+
+
+def test_reachable_scores_weigh_each_score_by_the_room_the_update_has_on_the_prohibited_term():
+    weight = torch.tensor([[0.0, 0.5, -0.5, 1.0]])
+    low, high = torch.full_like(weight, -1.0), torch.tensor([[1.0, 1.0, 1.0, 1.5]])
+    stats = GradientStats({"w": torch.tensor([[2.0, -1.0, 4.0, -3.0]])}, {"w": torch.zeros(1, 4)}, num_batches=2)
+    scores = {"w": torch.tensor([[1.0, 2.0, 3.0, 4.0]])}
+    # the update lowers the prohibited term: a positive gradient moves the weight down (room to low), a negative one up
+    lowered = reachable_scores(scores, {"w": weight}, stats, {"w": (low, high)})["w"]
+    torch.testing.assert_close(lowered, torch.tensor([[1.0 * 1.0, 2.0 * 0.5, 3.0 * 0.5, 4.0 * 0.5]]))
+    # the update raises it (the paper's objective): the other way
+    raised = reachable_scores(scores, {"w": weight}, stats, {"w": (low, high)}, lowers_prohibited=False)["w"]
+    torch.testing.assert_close(raised, torch.tensor([[1.0 * 1.0, 2.0 * 1.5, 3.0 * 1.5, 4.0 * 2.0]]))
+    # a weight at its bound in the update's direction has no room, whatever its score
+    at_bound = reachable_scores(scores, {"w": high.clone()}, stats, {"w": (low, high)})["w"]
+    assert at_bound[0, 1] == 0 and at_bound[0, 3] == 0 and at_bound[0, 0] > 0
 
 
 def test_accumulate_gradient_stats_matches_manual_gradients_and_leaves_grad_alone():

@@ -48,6 +48,9 @@ class LockObjective(ABC):
     uses_views: bool = False
     #: When True, the prohibited features may be several poolings concatenated (``prohibited_poolings``).
     combines_poolings: bool = False
+    #: True when the total falls as the prohibited term falls (the update descends on it); False when the update
+    #: raises it (the paper's and the contrastive objectives put it in a denominator).
+    lowers_prohibited: bool = True
 
     @classmethod
     def from_config(cls, config: Any) -> LockObjective:

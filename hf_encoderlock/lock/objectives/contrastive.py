@@ -32,6 +32,7 @@ class ContrastiveObjective(LockObjective):
     """``L_A + log(1 + alpha * C_A / C_P)`` with InfoNCE ``C`` (the paper's unsupervised variant)."""
 
     name = "contrastive"
+    lowers_prohibited = False  # the total falls as the prohibited term rises
     combines_poolings = True
     uses_views = True
 

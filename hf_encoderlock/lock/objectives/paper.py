@@ -19,6 +19,7 @@ class PaperObjective(LockObjective):
     """
 
     name = "paper"
+    lowers_prohibited = False  # the total falls as the prohibited term rises
 
     def __init__(self, alpha: float = 1e3, eps: float = 1e-8) -> None:
         self.alpha = alpha
