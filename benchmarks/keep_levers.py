@@ -219,6 +219,13 @@ SETTINGS: dict[str, list[str]] = {
         *("--weights_per_round", "2550", "--candidate_blocks", "-1", "0", "1", "2", "3", "4", "5"),
     ],
     "bounded 2.5, copies under every colour transform, 2 threads": ["--weight_bound", "2.5", *EVERY_COLOUR],
+    # selection that knows the bound: each score times the room the bound leaves the update (bound_aware_scores)
+    "bounded 2.5, bound-aware scores, copies under every colour transform, 2 threads": [
+        *("--weight_bound", "2.5", "--bound_aware_scores", *EVERY_COLOUR),
+    ],
+    "bounded 2.5, bound-aware prohibited-gradient scores, copies under every colour transform, 2 threads": [
+        *("--weight_bound", "2.5", "--bound_aware_scores", "--score_function", "prohibited_gradient", *EVERY_COLOUR),
+    ],
     # the budget needed: 10% and 20% of the encoder's weights (blocks -1..5 hold all but the pooler's)
     "bounded 2.5, copies under every colour transform, 10% of the weights over blocks -1..5, 2 threads": [
         *("--weight_bound", "2.5", *EVERY_COLOUR, "--weights_per_round", "5100", *ALL_BLOCKS),
