@@ -41,6 +41,10 @@ EVERY_COLOUR = (
     *("permute_channels:5", "permute_channels:3", "permute_channels:4"),
 )
 ALL_BLOCKS = ("--candidate_blocks", "-1", "0", "1", "2", "3", "4", "5")
+# bounded at 2.5 robust std, each weight scored by how far its bounded move changes the prohibited term
+BOUND_AWARE_GRADIENT = (
+    *("--weight_bound", "2.5", "--bound_aware_scores", "--score_function", "prohibited_gradient", *EVERY_COLOUR),
+)
 
 
 def _flags(
@@ -225,6 +229,23 @@ SETTINGS: dict[str, list[str]] = {
     ],
     "bounded 2.5, bound-aware prohibited-gradient scores, copies under every colour transform, 2 threads": [
         *("--weight_bound", "2.5", "--bound_aware_scores", "--score_function", "prohibited_gradient", *EVERY_COLOUR),
+    ],
+    "bounded 2.5, bound-aware prohibited-gradient scores, copies under every colour transform, seed 1, 2 threads": [
+        *BOUND_AWARE_GRADIENT,
+        "--seed",
+        "1",
+    ],
+    "bounded 2.5, bound-aware prohibited-gradient scores, copies under every colour transform, seed 2, 2 threads": [
+        *BOUND_AWARE_GRADIENT,
+        "--seed",
+        "2",
+    ],
+    "bounded 2.5, bound-aware prohibited-gradient scores, copies under every colour transform, 5% of the weights over "
+    "blocks -1..5, 2 threads": [*BOUND_AWARE_GRADIENT, "--weights_per_round", "2550", *ALL_BLOCKS],
+    "bounded 2.5, bound-aware prohibited-gradient scores, copies under every colour transform, no projection, "
+    "lr 0.01, 2 threads": [*BOUND_AWARE_GRADIENT, "--authorized_projection", "none", "--learning_rate", "0.01"],
+    "bounded 2.5, prohibited-gradient scores, copies under every colour transform, 2 threads": [
+        *("--weight_bound", "2.5", "--score_function", "prohibited_gradient", *EVERY_COLOUR),
     ],
     # the budget needed: 10% and 20% of the encoder's weights (blocks -1..5 hold all but the pooler's)
     "bounded 2.5, copies under every colour transform, 10% of the weights over blocks -1..5, 2 threads": [
