@@ -44,6 +44,22 @@ def test_python_defaults_example_defaults_and_default_yaml_are_one_set():
         assert default == value or (key == "report_to" and default == [] and value == "none"), key
 
 
+def test_the_bounded_example_config_sets_only_the_bounded_levers():
+    experiment, lock = parse_lock_args(["--config", str(DEFAULT_YAML.with_name("bounded.yaml"))])
+    default_experiment, default_lock = parse_lock_args([])
+    assert experiment == default_experiment
+    changed = {key: value for key, value in lock.to_dict().items() if value != default_lock.to_dict()[key]}
+    assert changed == {
+        "weight_bound": 2.5,
+        "bound_aware_scores": True,
+        "score_function": "prohibited_gradient",
+        "prohibited_transforms": [
+            *("greyscale", "match_image_stats", "match_domain_stats"),
+            *("permute_channels:5", "permute_channels:3", "permute_channels:4"),
+        ],
+    }
+
+
 def test_config_file_then_flags_flags_win(tmp_path):
     path = tmp_path / "mine.yaml"
     values = {"num_rounds": 4, "prohibited": "letters", "objective": "paper", "prohibited_poolings": None}
