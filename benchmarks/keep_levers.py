@@ -223,6 +223,12 @@ SETTINGS: dict[str, list[str]] = {
         *("--weights_per_round", "2550", "--candidate_blocks", "-1", "0", "1", "2", "3", "4", "5"),
     ],
     "bounded 2.5, copies under every colour transform, 2 threads": ["--weight_bound", "2.5", *EVERY_COLOUR],
+    "bounded 2.5, copies under every colour transform, seed 1, 2 threads": [
+        *("--weight_bound", "2.5", *EVERY_COLOUR, "--seed", "1"),
+    ],
+    "bounded 2.5, copies under every colour transform, seed 2, 2 threads": [
+        *("--weight_bound", "2.5", *EVERY_COLOUR, "--seed", "2"),
+    ],
     # selection that knows the bound: each score times the room the bound leaves the update (bound_aware_scores)
     "bounded 2.5, bound-aware scores, copies under every colour transform, 2 threads": [
         *("--weight_bound", "2.5", "--bound_aware_scores", *EVERY_COLOUR),
