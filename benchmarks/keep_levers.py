@@ -253,13 +253,6 @@ SETTINGS: dict[str, list[str]] = {
     "bounded 2.5, prohibited-gradient scores, copies under every colour transform, 2 threads": [
         *("--weight_bound", "2.5", "--score_function", "prohibited_gradient", *EVERY_COLOUR),
     ],
-    # the budget needed: 10% and 20% of the encoder's weights (blocks -1..5 hold all but the pooler's)
-    "bounded 2.5, copies under every colour transform, 10% of the weights over blocks -1..5, 2 threads": [
-        *("--weight_bound", "2.5", *EVERY_COLOUR, "--weights_per_round", "5100", *ALL_BLOCKS),
-    ],
-    "bounded 2.5, copies under every colour transform, 20% of the weights over blocks -1..5, 2 threads": [
-        *("--weight_bound", "2.5", *EVERY_COLOUR, "--weights_per_round", "10200", *ALL_BLOCKS),
-    ],
     "unsupervised, bounded 3, copies under every colour transform, 2 threads": [
         *("--variant", "unsupervised", "--weight_bound", "3", *EVERY_COLOUR),
     ],

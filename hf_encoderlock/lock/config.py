@@ -382,7 +382,9 @@ class EncoderLockConfig(flag_fields(*KNOB_GROUPS), TrainingArguments):
         metadata={
             "help": "With weight_bound: each weight's score is multiplied by its room, how far its bounded range lets "
             "the update move it on the prohibited term, so selection prefers weights whose capped move changes that "
-            "term the most (to first order) over weights the bound leaves little to move. Needs weight_bound."
+            "term the most (to first order) over weights the bound leaves little to move. Needs weight_bound. On the "
+            "default task it helped together with score_function='prohibited_gradient' only "
+            "(examples/configs/bounded.yaml; docs/THREAT_MODEL.md)."
         },
     )
     score_eps: float = field(default=1e-8, metadata={"help": "eps in |dL_P/dw| / (|dL_A/dw| + eps)."})
