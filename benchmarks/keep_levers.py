@@ -41,6 +41,7 @@ EVERY_COLOUR = (
     *("permute_channels:5", "permute_channels:3", "permute_channels:4"),
 )
 ALL_BLOCKS = ("--candidate_blocks", "-1", "0", "1", "2", "3", "4", "5")
+UNPROJECTED = ("--authorized_projection", "none", "--learning_rate", "0.01")
 # bounded at 2.5 robust std, each weight scored by how far its bounded move changes the prohibited term
 BOUND_AWARE_GRADIENT = (
     *("--weight_bound", "2.5", "--bound_aware_scores", "--score_function", "prohibited_gradient", *EVERY_COLOUR),
@@ -250,6 +251,10 @@ SETTINGS: dict[str, list[str]] = {
     "blocks -1..5, 2 threads": [*BOUND_AWARE_GRADIENT, "--weights_per_round", "2550", *ALL_BLOCKS],
     "bounded 2.5, bound-aware prohibited-gradient scores, copies under every colour transform, no projection, "
     "lr 0.01, 2 threads": [*BOUND_AWARE_GRADIENT, "--authorized_projection", "none", "--learning_rate", "0.01"],
+    "bounded 2.5, bound-aware prohibited-gradient scores, copies under every colour transform, no projection, "
+    "lr 0.01, seed 1, 2 threads": [*BOUND_AWARE_GRADIENT, *UNPROJECTED, "--seed", "1"],
+    "bounded 2.5, bound-aware prohibited-gradient scores, copies under every colour transform, no projection, "
+    "lr 0.01, seed 2, 2 threads": [*BOUND_AWARE_GRADIENT, *UNPROJECTED, "--seed", "2"],
     "bounded 2.5, prohibited-gradient scores, copies under every colour transform, 2 threads": [
         *("--weight_bound", "2.5", "--score_function", "prohibited_gradient", *EVERY_COLOUR),
     ],
