@@ -53,6 +53,8 @@ def test_the_bounded_example_config_sets_only_the_bounded_levers():
         "weight_bound": 2.5,
         "bound_aware_scores": True,
         "score_function": "prohibited_gradient",
+        "authorized_projection": None,
+        "learning_rate": 0.01,
         "prohibited_transforms": [
             *("greyscale", "match_image_stats", "match_domain_stats"),
             *("permute_channels:5", "permute_channels:3", "permute_channels:4"),
