@@ -65,8 +65,9 @@ HELP_GROUPS: dict[str, tuple[str, ...]] = {
         "overwrite_output_dir",
     ),
     "Lock: budget, selection and updates": (
-        "num_rounds", "weights_per_round", "layers_per_round", "update_steps_per_round", "learning_rate",
-        "per_device_train_batch_size", "prohibited_batch_factor", "authorized_projection", "unprojected_learning_rate",
+        "num_rounds", "weights_per_round", "weight_budget_share", "layers_per_round", "update_steps_per_round",
+        "learning_rate", "per_device_train_batch_size", "prohibited_batch_factor", "authorized_projection",
+        "unprojected_learning_rate",
         "max_authorized_drift", "repair_steps", "repair_learning_rate", "weight_bound", "magnitude_gate",
         "score_function", "selection_unit", "bound_aware_scores", "score_eps", "score_batches", "candidate_blocks",
         "candidate_module_types", "candidate_name_patterns", "seed", "ddp_global_batch",

@@ -306,6 +306,16 @@ class EncoderLockConfig(flag_fields(*KNOB_GROUPS), TrainingArguments):
     # --- weight selection ---------------------------------------------------------------------------------
     num_rounds: int = field(default=20, metadata={"help": "Selection + update rounds in the run."})
     weights_per_round: int = field(default=510, metadata={"help": "N: weights newly selected per round."})
+    weight_budget_share: float | None = field(
+        default=None,
+        metadata={
+            "help": "The budget as a share of the candidate weights (those candidate_blocks and "
+            "candidate_module_types allow), so small and large encoders get a budget of the same relative size: "
+            "when set, it replaces weights_per_round with floor(share x candidate weights / num_rounds) (at least 1), "
+            "resolved once the encoder is known and saved as weights_per_round with the lock. 0.029 gives the "
+            "default 510 a round on the built-in victim. None: weights_per_round as given."
+        },
+    )
     layers_per_round: int = field(default=2, metadata={"help": "M: layers whose weights compete each round."})
     update_steps_per_round: int = field(default=10, metadata={"help": "Masked optimiser steps after each selection."})
     prohibited_batch_factor: int = field(
@@ -601,6 +611,10 @@ class EncoderLockConfig(flag_fields(*KNOB_GROUPS), TrainingArguments):
                 (transforms_problem := _transform_specs_problem(self.prohibited_transforms)) is None,
                 f"prohibited_transforms must be a list of 'name' or 'name:strength' with a name from "
                 f"{sorted(TRANSFORMS)}: {transforms_problem}",
+            ),
+            (
+                self.weight_budget_share is None or 0.0 < _finite_or_nan(self.weight_budget_share) <= 1.0,
+                f"weight_budget_share must be None or in (0, 1], got {self.weight_budget_share!r}",
             ),
             (
                 self.weight_bound is None or _finite_or_nan(self.weight_bound) > 0.0,

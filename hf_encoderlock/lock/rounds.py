@@ -13,6 +13,7 @@ step to step lives in the :class:`~hf_encoderlock.lock.state.LockState` handed t
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -82,6 +83,15 @@ def candidate_weights(encoder: EncoderAdapter, args: EncoderLockConfig) -> dict[
     return {f"backbone.{name}": param for name, param in chosen.items()}
 
 
+def weights_per_round_for(candidates: Mapping[str, nn.Parameter], args: EncoderLockConfig) -> int:
+    """Weights selected per round: ``args.weights_per_round``, or with ``weight_budget_share`` that share of the
+    candidate weights spread over ``num_rounds`` rounds (rounded down, at least 1)."""
+    if args.weight_budget_share is None:
+        return args.weights_per_round
+    total = sum(param.numel() for param in candidates.values())
+    return max(1, math.floor(args.weight_budget_share * total / args.num_rounds))
+
+
 def check_budget(candidates: Mapping[str, nn.Parameter], args: EncoderLockConfig) -> None:
     """``weights_per_round`` must fit in the ``layers_per_round`` largest candidate tensors, and the whole budget in
     the candidates: otherwise selection would silently take whole layers or run out of weights."""
@@ -104,7 +114,8 @@ def check_budget(candidates: Mapping[str, nn.Parameter], args: EncoderLockConfig
         logger.warning(
             "num_rounds x weights_per_round = %d is %.0f%% of the %d candidate weights (candidate_blocks=%s): "
             "the lock will change a large share of those layers, not a sparse set of weights. The defaults are "
-            "sized for the built-in victim; for this encoder consider weights_per_round=%d (%.0f%% of them).",
+            "sized for the built-in victim; for this encoder consider weights_per_round=%d (%.0f%% of them), or "
+            "state the budget as a share of the candidates with weight_budget_share.",
             budget,
             100 * budget / sum(sizes),
             sum(sizes),

@@ -55,7 +55,7 @@ from .config import AUTO_POOLINGS, EncoderLockConfig, check_supported_settings
 from .distributed import gather_batch
 from .lock_data import DatasetReader, LockData, concat_poolings
 from .objectives import LockObjective, ObjectiveTerms, build_objective
-from .rounds import RoundDriver, candidate_weights, check_budget
+from .rounds import RoundDriver, candidate_weights, check_budget, weights_per_round_for
 from .selection import mask_stats
 from .state import LockState, checkpoint_is_complete, checkpoint_problem, resumable_checkpoint
 from .variants.augmentations import AugmentationConfig, augmented_view
@@ -245,6 +245,17 @@ class EncoderLockTrainer(Trainer):
         )
         self.lock_data.check_eval_datasets(eval_dataset)
         self.candidates = candidate_weights(encoder, args)
+        if args.weight_budget_share is not None:
+            # resolved here, where the candidates are known, and kept on args: the lock's saved config, the card, the
+            # audit's budget check and a resume all read weights_per_round
+            args.weights_per_round = weights_per_round_for(self.candidates, args)
+            logger.info(
+                "weight_budget_share=%g of %d candidate weights over %d rounds: weights_per_round=%d",
+                args.weight_budget_share,
+                sum(param.numel() for param in self.candidates.values()),
+                args.num_rounds,
+                args.weights_per_round,
+            )
         check_budget(self.candidates, args)
         for name, param in encoder.named_parameters():  # the optimiser holds candidate weights only
             param.requires_grad_(name in self.candidates)

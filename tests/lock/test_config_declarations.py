@@ -23,7 +23,7 @@ BEFORE = json.loads((Path(__file__).parent / "config_before_issue26.json").read_
 
 
 # Lock fields added after the fixture was captured, with their defaults (which keep the lock as it was).
-ADDED_SINCE_FIXTURE = {"selection_unit": "weight", "bound_aware_scores": False}
+ADDED_SINCE_FIXTURE = {"selection_unit": "weight", "bound_aware_scores": False, "weight_budget_share": None}
 # Help texts that list a registry's choices, which grew after the fixture (the field's default did not change).
 GROWN_CHOICES_SINCE_FIXTURE = {"score_function": "'prohibited_gradient'"}
 

@@ -7,7 +7,7 @@ import torch
 from hf_encoderlock.encoders import tiny_vit_encoder
 from hf_encoderlock.lock.challenger import Challenger
 from hf_encoderlock.lock.objectives import build_objective
-from hf_encoderlock.lock.rounds import RoundDriver, candidate_weights, check_budget
+from hf_encoderlock.lock.rounds import RoundDriver, candidate_weights, check_budget, weights_per_round_for
 from hf_encoderlock.lock.state import LockState
 from tests.helpers import tiny_lock_data
 
@@ -123,3 +123,13 @@ def test_a_budget_the_candidates_cannot_hold_is_refused(tiny_lock_config):
         check_budget(candidates, tiny_lock_config(num_rounds=total, weights_per_round=2, layers_per_round=99))
     with pytest.raises(ValueError, match="largest candidate layer"):
         check_budget(candidates, tiny_lock_config(weights_per_round=total, layers_per_round=1))
+
+
+def test_a_budget_share_is_that_share_of_the_candidates_spread_over_the_rounds(tiny_lock_config):
+    encoder = tiny_vit_encoder(seed=0, image_size=16, patch_size=4)
+    candidates = candidate_weights(encoder, tiny_lock_config())
+    total = sum(p.numel() for p in candidates.values())
+    assert weights_per_round_for(candidates, tiny_lock_config(weights_per_round=7)) == 7  # no share: as given
+    args = tiny_lock_config(weights_per_round=7, weight_budget_share=0.1, num_rounds=3)
+    assert weights_per_round_for(candidates, args) == int(0.1 * total / 3)  # rounded down; the share wins
+    assert weights_per_round_for(candidates, tiny_lock_config(weight_budget_share=1e-9)) == 1  # at least one

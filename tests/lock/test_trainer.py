@@ -286,6 +286,22 @@ def test_logs_rounds_and_saves_a_loadable_encoder(tmp_path, tiny_trainer):
         assert torch.equal(reloaded.state_dict()[name], value), name
 
 
+def test_a_budget_share_of_the_candidates_sets_the_weights_a_round_and_is_saved_with_the_lock(tmp_path, tiny_trainer):
+    _, plain = tiny_trainer()
+    candidates = sum(param.numel() for param in plain.candidates.values())
+    share = 0.02  # of the tiny ViT's candidates over the preset's 2 rounds: not the preset's 15 a round
+    expected = int(share * candidates / 2)
+    assert expected not in (0, plain.args.weights_per_round)
+    _, trainer = tiny_trainer(weight_budget_share=share)
+    assert trainer.args.weights_per_round == expected
+    trainer.train()
+    assert sum(int(m.sum()) for m in trainer.mask.values()) == 2 * expected
+    out = tmp_path / "locked"
+    trainer.save_model(str(out))
+    saved = json.loads((out / LOCK_CONFIG_FILE).read_text())["hyperparameters"]
+    assert (saved["weight_budget_share"], saved["weights_per_round"]) == (share, expected)
+
+
 def test_identical_domains_are_refused(toy_domains, tiny_lock_config):
     authorized = toy_domains[0]
     with pytest.raises(LockDataError, match="identical"):
