@@ -255,6 +255,45 @@ SETTINGS: dict[str, list[str]] = {
     "lr 0.01, seed 1, 2 threads": [*BOUND_AWARE_GRADIENT, *UNPROJECTED, "--seed", "1"],
     "bounded 2.5, bound-aware prohibited-gradient scores, copies under every colour transform, no projection, "
     "lr 0.01, seed 2, 2 threads": [*BOUND_AWARE_GRADIENT, *UNPROJECTED, "--seed", "2"],
+    # examples/configs/bounded.yaml (BOUND_AWARE_GRADIENT and UNPROJECTED) with one lever changed
+    "bounded.yaml, paper objective, 2 threads": [*BOUND_AWARE_GRADIENT, *UNPROJECTED, "--objective", "paper"],
+    "bounded.yaml, contrastive objective, 2 threads": [
+        *BOUND_AWARE_GRADIENT,
+        *UNPROJECTED,
+        *("--objective", "contrastive"),
+    ],
+    "bounded.yaml, 1% of the weights over blocks -1..5, 2 threads": [*BOUND_AWARE_GRADIENT, *UNPROJECTED, *ALL_BLOCKS],
+    "bounded.yaml, 1% of the weights over blocks 3..5, 2 threads": [
+        *BOUND_AWARE_GRADIENT,
+        *UNPROJECTED,
+        *("--candidate_blocks", "3", "4", "5"),
+    ],
+    "bounded.yaml, 10% of the weights over blocks -1..5, 2 threads": [
+        *BOUND_AWARE_GRADIENT,
+        *UNPROJECTED,
+        *("--weights_per_round", "5100", *ALL_BLOCKS),
+    ],
+    "bounded.yaml, 20% of the weights over blocks -1..5, 2 threads": [
+        *BOUND_AWARE_GRADIENT,
+        *UNPROJECTED,
+        *("--weights_per_round", "10200", *ALL_BLOCKS),
+    ],
+    "bounded.yaml, lr 0.03, 2 threads": [*BOUND_AWARE_GRADIENT, *UNPROJECTED, "--learning_rate", "0.03"],
+    "bounded.yaml, 20 steps a round, 2 threads": [
+        *BOUND_AWARE_GRADIENT,
+        *UNPROJECTED,
+        *("--update_steps_per_round", "20"),
+    ],
+    "bounded.yaml, authorized weight 0.3, preserve weight 0.3, 2 threads": [
+        *BOUND_AWARE_GRADIENT,
+        *UNPROJECTED,
+        *("--info_authorized_weight", "0.3", "--info_preserve_weight", "0.3"),
+    ],
+    "bounded.yaml, preserve weight 0, 2 threads": [
+        *BOUND_AWARE_GRADIENT,
+        *UNPROJECTED,
+        *("--info_preserve_weight", "0"),
+    ],
     "bounded 2.5, prohibited-gradient scores, copies under every colour transform, 2 threads": [
         *("--weight_bound", "2.5", "--score_function", "prohibited_gradient", *EVERY_COLOUR),
     ],
