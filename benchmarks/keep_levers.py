@@ -278,6 +278,17 @@ SETTINGS: dict[str, list[str]] = {
         *UNPROJECTED,
         *("--weights_per_round", "10200", *ALL_BLOCKS),
     ],
+    "bounded.yaml, 5% of the weights over blocks -1..5, 2 threads": [
+        *BOUND_AWARE_GRADIENT,
+        *UNPROJECTED,
+        *("--weights_per_round", "2550", *ALL_BLOCKS),
+    ],
+    "bounded.yaml, 10% of the weights over blocks -1..5, authorized weight 3, preserve weight 3, 2 threads": [
+        *BOUND_AWARE_GRADIENT,
+        *UNPROJECTED,
+        *("--weights_per_round", "5100", *ALL_BLOCKS),
+        *("--info_authorized_weight", "3", "--info_preserve_weight", "3"),
+    ],
     "bounded.yaml, lr 0.03, 2 threads": [*BOUND_AWARE_GRADIENT, *UNPROJECTED, "--learning_rate", "0.03"],
     "bounded.yaml, 20 steps a round, 2 threads": [
         *BOUND_AWARE_GRADIENT,
