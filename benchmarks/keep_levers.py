@@ -273,6 +273,18 @@ SETTINGS: dict[str, list[str]] = {
         *UNPROJECTED,
         *("--weights_per_round", "5100", *ALL_BLOCKS),
     ],
+    "bounded.yaml, 10% of the weights over blocks -1..5, authorized weight 10, preserve weight 10, 2 threads": [
+        *BOUND_AWARE_GRADIENT,
+        *UNPROJECTED,
+        *("--weights_per_round", "5100", *ALL_BLOCKS),
+        *("--info_authorized_weight", "10", "--info_preserve_weight", "10"),
+    ],
+    "bounded.yaml, 20% of the weights over blocks -1..5, authorized weight 3, preserve weight 3, 2 threads": [
+        *BOUND_AWARE_GRADIENT,
+        *UNPROJECTED,
+        *("--weights_per_round", "10200", *ALL_BLOCKS),
+        *("--info_authorized_weight", "3", "--info_preserve_weight", "3"),
+    ],
     "bounded.yaml, 20% of the weights over blocks -1..5, 2 threads": [
         *BOUND_AWARE_GRADIENT,
         *UNPROJECTED,
