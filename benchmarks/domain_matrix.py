@@ -98,6 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--cache_dir", default="outputs/domain_matrix/cache", help="Shared cache of built domains and features."
     )
     parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="Base YAML of lock_vit.py arguments.")
+    parser.add_argument(
+        "--label",
+        default=None,
+        help="Name of the information-objective lock in the summary (default: 'default lock (information)'; give "
+        "one whenever --config is not the default YAML).",
+    )
     parser.add_argument("--objectives", nargs="+", type=_objective, default=list(OBJECTIVES))
     parser.add_argument("--authorized", nargs="+", type=_domain, default=list(LOCK_DOMAINS))
     parser.add_argument("--prohibited", nargs="+", type=_domain, default=list(LOCK_DOMAINS))
@@ -332,8 +338,9 @@ def _objectives_present(cells: dict, requested: list[str]) -> list[str]:
     return [o for o in OBJECTIVES if o in present or o in requested]
 
 
-def summarize(output: Path, objectives: list[str]) -> dict[str, Any]:
-    """Gather the finished cells into ``domain_matrix.json``, ``.md`` and ``.png``."""
+def summarize(output: Path, objectives: list[str], label: str | None = None) -> dict[str, Any]:
+    """Gather the finished cells into ``domain_matrix.json``, ``.md`` and ``.png``; ``label`` names the
+    information-objective lock (its YAML is not the default)."""
     cells = load_cells(output)
     objectives = _objectives_present(cells, objectives)
     all_cells = [(o, a, p) for o in objectives for a in LOCK_DOMAINS for p in LOCK_DOMAINS if a != p]
@@ -360,6 +367,7 @@ def summarize(output: Path, objectives: list[str]) -> dict[str, Any]:
         "lock_domains": list(LOCK_DOMAINS),
         "report_only_domains": list(REPORT_ONLY_DOMAINS),
         "objectives": objectives,
+        "labels": {o: (label if label and o == "information" else OBJECTIVE_LABELS[o]) for o in objectives},
         "finished": [cell_name(*key) for key in all_cells if key in cells],
         "not_run": [cell_name(*key) for key in all_cells if key not in cells],
         "matrices": matrices,
@@ -408,7 +416,7 @@ def summary_markdown(summary: dict[str, Any], cells: dict, all_cells: list) -> s
         "",
     ]
     for objective in summary["objectives"]:
-        label = OBJECTIVE_LABELS[objective]
+        label = summary["labels"][objective]
         for measure, title in (
             ("advantage_removed", "removed (prohibited)"),
             ("advantage_kept", "kept (authorized)"),
@@ -502,7 +510,7 @@ def plot_matrix(summary: dict[str, Any], path: Path) -> None:
             axis.set_yticks(range(n), LOCK_DOMAINS)
             axis.set_xlabel("prohibited")
             axis.set_ylabel("authorized")
-            axis.set_title(f"{OBJECTIVE_LABELS[objective]}\nadvantage {title}, %", fontsize=10)
+            axis.set_title(f"{summary['labels'][objective]}\nadvantage {title}, %", fontsize=10)
             bar = figure.colorbar(image, ax=axis, fraction=0.046, pad=0.04)
             if low > 0:
                 bar.set_label(f"colour clipped below {100 * low:.0f}%; numbers exact", fontsize=8)
@@ -535,8 +543,8 @@ def main(argv: list[str] | None = None) -> None:
                 f"{(cell['wall_seconds'] or cell['timings'].get('total_s', 0)) / 60:.1f} min",
                 flush=True,
             )
-            summarize(output, options.objectives)
-    summary = summarize(output, options.objectives)
+            summarize(output, options.objectives, options.label)
+    summary = summarize(output, options.objectives, options.label)
     print(f"[domain_matrix] summary: {len(summary['finished'])} cells finished, {len(summary['not_run'])} not run")
 
 

@@ -112,8 +112,11 @@ class ProbeConfig:
         default=None, metadata={"help": "torch threads for feature extraction (None: leave as is); restored after."}
     )
     head_num_threads: int | None = field(
-        default=1,
-        metadata={"help": "torch threads for head fitting and scoring (small tensors: 1 is fastest); None: as is."},
+        default=2,
+        metadata={
+            "help": "torch threads for head fitting and scoring, at most the process's own count (head tensors are "
+            "small: beyond two, threads mostly add synchronisation); None: as is."
+        },
     )
     progress: bool = field(default=True, metadata={"help": "Show tqdm progress bars during extraction."})
 
@@ -256,7 +259,8 @@ def probe_features(
     domain: str = "domain",
 ) -> list[ProbeScore]:
     """Train every (pooling, fraction, head kind) on cached features, all seeds in one batched fit per cell."""
-    with torch_threads(config.head_num_threads):
+    threads = config.head_num_threads
+    with torch_threads(min(threads, torch.get_num_threads()) if threads else None):
         return _probe_cells(train, test, splits, num_classes, config, role, domain)
 
 

@@ -131,3 +131,29 @@ def test_best_per_head_ranges_over_poolings(report):
     for head, best in per_head:
         assert {c["head"] for c in best.choices} == {head} and {c["pooling"] for c in best.choices} <= {"cls", "mean"}
     assert "## Per head (best pooling on validation)" in report.to_markdown()
+
+
+@pytest.mark.parametrize(
+    ("process_threads", "head_threads", "expected"), [(1, 2, 1), (2, 2, 2), (4, 2, 2), (2, None, 2)]
+)
+def test_head_fits_use_at_most_the_process_threads_and_restore_them(
+    encoder, domains, monkeypatch, process_threads, head_threads, expected
+):
+    seen = []
+    real = probes_module._probe_cells
+
+    def recording(*args):
+        seen.append(torch.get_num_threads())
+        return real(*args)
+
+    monkeypatch.setattr(probes_module, "_probe_cells", recording)
+    config = ProbeConfig(
+        fractions=(1.0,), seeds=(0,), heads=("knn",), poolings=("cls",), head_num_threads=head_threads, progress=False
+    )
+    previous = torch.get_num_threads()
+    torch.set_num_threads(process_threads)
+    try:
+        run_probe_suite(encoder, {"beta": domains["beta"]}, config, random_twin=False)
+        assert seen == [expected] and torch.get_num_threads() == process_threads
+    finally:
+        torch.set_num_threads(previous)
