@@ -16,26 +16,27 @@ patch embedding and first two blocks); ``examples/configs/default.yaml`` spells 
 
 Writes OUTPUT_DIR/victim/ and OUTPUT_DIR/locked/ (encoder folders that ``AutoModel.from_pretrained`` loads),
 OUTPUT_DIR/report.json, report.md and probe.png. Every field of ``LockExperimentArguments`` and
-``EncoderLockConfig`` (which includes all of ``transformers.TrainingArguments``) is a flag.
+``EncoderLockConfig`` (which includes all of ``transformers.TrainingArguments``) is a flag. Bad input stops the job
+before any long work with one line naming the problem (exit status 2); ``accelerate launch --quiet`` also leaves out
+accelerate's own traceback after it.
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 
-from hf_encoderlock.cli.lock import parse_lock_args
-from hf_encoderlock.experiment import run_lock_experiment
-from hf_encoderlock.probing.lock_report import lock_report_markdown
+from hf_encoderlock.cli import lock as lock_command
+from hf_encoderlock.cli.main import main as encoderlock_main
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Parse like ``encoderlock lock`` (``--config FILE`` then flags), run the main job, print the report."""
-    experiment, lock_config = parse_lock_args(sys.argv[1:] if argv is None else argv)
-    report = run_lock_experiment(experiment, lock_config)
-    if lock_config.process_index == 0:
-        print(lock_report_markdown(report))
-        print(f"outputs in {lock_config.output_dir}")
+    """Parse like ``encoderlock lock`` (``--config FILE`` then flags), run the main job, print the report. Errors
+    propagate (for callers and tests); run as a script, bad input gets ``encoderlock lock``'s one-line error."""
+    lock_command.run(argparse.Namespace(words=sys.argv[1:] if argv is None else argv))
 
 
 if __name__ == "__main__":
-    main()
+    # the CLI's handling: a user error (a taken output folder, a bad flag value) is one line and exit status 2, an
+    # unexpected one a line too; --debug shows the traceback
+    sys.exit(encoderlock_main(["lock", *sys.argv[1:]]))

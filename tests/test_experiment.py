@@ -2,6 +2,8 @@
 
 import importlib.util
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -120,3 +122,16 @@ def test_an_interrupted_main_job_keeps_its_checkpoints_and_resumes(tmp_path, mon
     assert not (out / "checkpoints").exists() and not list(tmp_path.glob(".out.*"))
     report = json.loads((out / "report.json").read_text())
     assert report["lock"]["mask"]["count"] == 20  # two rounds of 10, the second restored from the checkpoint
+
+
+def test_the_example_run_as_a_script_names_bad_input_in_one_line(tmp_path):
+    finished = tmp_path / "finished"
+    finished.mkdir()
+    (finished / "report.json").write_text("{}")
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLE), "--output_dir", str(finished)], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "encoderlock lock: error: the main job: output_dir" in result.stderr and "report.json" in result.stderr
+    assert (finished / "report.json").read_text() == "{}"
