@@ -382,9 +382,10 @@ class EncoderLockConfig(flag_fields(*KNOB_GROUPS), TrainingArguments):
         default="weight",
         metadata={
             "help": "What selection ranks: 'weight' (each entry by its own score, the paper's) or 'row' (each output "
-            "row of a weight matrix or kernel by its entries' mean score, whole rows taken): a row's entries then "
-            "move together, so a bounded update (weight_bound) may shift that output further while each entry stays "
-            "inside its tensor's range. On the default task it removed no more than 'weight' (docs/THREAT_MODEL.md)."
+            "row of a weight matrix or kernel by its entries' mean score, whole rows taken, except the round's last "
+            "one where weights_per_round runs out mid-row): a row's entries then move together, so a bounded "
+            "update (weight_bound) may shift that output further while each entry stays inside its tensor's "
+            "range. On the default task it removed no more than 'weight' (docs/THREAT_MODEL.md)."
         },
     )
     bound_aware_scores: bool = field(
