@@ -114,8 +114,8 @@ class ProbeConfig:
     head_num_threads: int | None = field(
         default=2,
         metadata={
-            "help": "torch threads for head fitting and scoring, at most the process's own count (head tensors are "
-            "small: beyond two, threads mostly add synchronisation); None: as is."
+            "help": "torch threads for head fitting and scoring, at most the process's own count "
+            "(benchmarks/main_job_speed.py compares 1 and 2); None: as is."
         },
     )
     progress: bool = field(default=True, metadata={"help": "Show tqdm progress bars during extraction."})
