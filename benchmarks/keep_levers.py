@@ -307,6 +307,7 @@ SETTINGS: dict[str, list[str]] = {
         *UNPROJECTED,
         *("--update_steps_per_round", "20"),
     ],
+    "bounded.yaml, 6 layers a round, 2 threads": [*BOUND_AWARE_GRADIENT, *UNPROJECTED, "--layers_per_round", "6"],
     "bounded.yaml, authorized weight 0.3, preserve weight 0.3, 2 threads": [
         *BOUND_AWARE_GRADIENT,
         *UNPROJECTED,
