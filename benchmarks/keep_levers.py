@@ -308,6 +308,16 @@ SETTINGS: dict[str, list[str]] = {
         *("--update_steps_per_round", "20"),
     ],
     "bounded.yaml, 6 layers a round, 2 threads": [*BOUND_AWARE_GRADIENT, *UNPROJECTED, "--layers_per_round", "6"],
+    "bounded.yaml, 6 layers a round, seed 1, 2 threads": [
+        *BOUND_AWARE_GRADIENT,
+        *UNPROJECTED,
+        *("--layers_per_round", "6", "--seed", "1"),
+    ],
+    "bounded.yaml, 6 layers a round, seed 2, 2 threads": [
+        *BOUND_AWARE_GRADIENT,
+        *UNPROJECTED,
+        *("--layers_per_round", "6", "--seed", "2"),
+    ],
     "bounded.yaml, authorized weight 0.3, preserve weight 0.3, 2 threads": [
         *BOUND_AWARE_GRADIENT,
         *UNPROJECTED,
