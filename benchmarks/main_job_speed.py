@@ -41,8 +41,8 @@ def _median_after_warmup(times: list[float]) -> float:
 
 
 def time_attention(rounds: int, repeats: int, cache_dir: str) -> dict:
-    """Seconds of a ``rounds``-round default lock (no repair steps), per attention implementation, and the lock's
-    figures that show whether the two implementations lock alike."""
+    """Seconds of a ``rounds``-round default lock (no repair steps), per attention implementation, with each
+    implementation's last phase times."""
     lock_a, _ = split_for_lock(load_domain("mnist", cache_dir=cache_dir), 0.5, 1500, 0)
     lock_p, _ = split_for_lock(load_domain("mnist-m", cache_dir=cache_dir), 0.5, 1500, 0)
     times: dict[str, list[float]] = {name: [] for name in ATTENTION}
@@ -68,7 +68,7 @@ def time_attention(rounds: int, repeats: int, cache_dir: str) -> dict:
     }
 
 
-def time_heads(repeats: int, cache_dir: str | None) -> dict:
+def time_heads(repeats: int, cache_dir: str) -> dict:
     """Seconds of the probe suite's head fits on cached victim features, per head thread count."""
     encoder = load_victim(cache_dir)
     domains = {name: load_domain(name, cache_dir=cache_dir) for name in ("mnist", "mnist-m")}
