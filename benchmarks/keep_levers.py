@@ -318,6 +318,22 @@ SETTINGS: dict[str, list[str]] = {
         *UNPROJECTED,
         *("--layers_per_round", "6", "--seed", "2"),
     ],
+    "bounded.yaml, 12 layers a round, 2 threads": [*BOUND_AWARE_GRADIENT, *UNPROJECTED, "--layers_per_round", "12"],
+    "bounded.yaml, 12 layers a round, seed 1, 2 threads": [
+        *BOUND_AWARE_GRADIENT,
+        *UNPROJECTED,
+        *("--layers_per_round", "12", "--seed", "1"),
+    ],
+    "bounded.yaml, 12 layers a round, seed 2, 2 threads": [
+        *BOUND_AWARE_GRADIENT,
+        *UNPROJECTED,
+        *("--layers_per_round", "12", "--seed", "2"),
+    ],
+    "bounded.yaml, every candidate layer each round (19), 2 threads": [
+        *BOUND_AWARE_GRADIENT,
+        *UNPROJECTED,
+        *("--layers_per_round", "19"),
+    ],
     "bounded.yaml, authorized weight 0.3, preserve weight 0.3, 2 threads": [
         *BOUND_AWARE_GRADIENT,
         *UNPROJECTED,
