@@ -55,6 +55,7 @@ setup(
         "scikit-learn>=1.4",
         "pyyaml>=6.0",
         "tqdm>=4.66",
+        "filelock>=3.12",  # the main job holds its output folder (experiment.py)
     ],
     extras_require=EXTRAS,
     entry_points={"console_scripts": ["encoderlock=hf_encoderlock.cli.main:main"]},

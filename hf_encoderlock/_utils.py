@@ -16,11 +16,14 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from filelock import FileLock, Timeout
+
 from ._files import (
     CARD_FILE,
     CARD_FORMAT,
     CHECKPOINTS_SUBDIR,
     LOCK_CONFIG_FILE,
+    LOCK_SUFFIX,
     LOCKED_SUBDIR,
     MODEL_CONFIG_FILE,
     MODEL_WEIGHTS_FILE,
@@ -229,6 +232,35 @@ def remove_stale_staging(target: str | Path) -> list[Path]:
     for path in stale:
         shutil.rmtree(path, ignore_errors=True)
     return stale
+
+
+@contextmanager
+def exclusive_output_folder(target: str | Path, what: str) -> Iterator[None]:
+    """Hold ``target`` for one run: a second run on the same output folder is refused at once, before any work.
+
+    Without this, a second run would take the first one's staging folder for an interrupted run's leftover and delete
+    it, and the first run would publish an output that looks complete with parts missing. The hold is an OS file lock
+    (filelock) on the hidden sibling ``.{name}.lock``, which is removed when the block ends; a killed run's lock goes
+    with its process, and its file is taken over by the next run.
+    """
+    target = Path(target).resolve()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    hold = FileLock(target.parent / f".{target.name}{LOCK_SUFFIX}")
+    try:
+        hold.acquire(timeout=0)
+    except Timeout:
+        raise FileExistsError(
+            f"{what}: another run is writing output_dir {target} (it holds {hold.lock_file}); wait for it to finish "
+            "or choose another output_dir"
+        ) from None
+    try:
+        yield
+    finally:
+        # the file goes while still held, so no empty lock file is left beside the user's folder: a run that opens
+        # it before then is refused (this run is not over yet) and a later one creates a fresh file. Only a run
+        # whose open and lock straddle both this unlink and the release could hold the old file beside a newer run.
+        Path(hold.lock_file).unlink(missing_ok=True)
+        hold.release()
 
 
 @contextmanager

@@ -24,6 +24,7 @@ from ._files import CHECKPOINTS_SUBDIR, LOCKED_SUBDIR, REPORT_JSON, REPORT_MD, R
 from ._utils import (
     atomic_folder,
     check_output_folder,
+    exclusive_output_folder,
     optional_import,
     remove_package_outputs,
     remove_stale_staging,
@@ -197,7 +198,21 @@ def run_lock_experiment(args: LockExperimentArguments, lock_config: EncoderLockC
     check_supported_settings(lock_config)  # not after the "before" probes
     target = Path(lock_config.output_dir)
     gate = _MainProcessGate(lock_config)
-    if gate.main:  # the others never touch the output folder
+    if not gate.main:  # the others never touch the output folder
+        return _run_lock_experiment(args, lock_config, target, gate, started)
+    with exclusive_output_folder(target, "the main job"):
+        return _run_lock_experiment(args, lock_config, target, gate, started)
+
+
+def _run_lock_experiment(
+    args: LockExperimentArguments,
+    lock_config: EncoderLockConfig,
+    target: Path,
+    gate: _MainProcessGate,
+    started: float,
+) -> dict[str, Any]:
+    """``run_lock_experiment``'s work, with the output folder held by the main process."""
+    if gate.main:
         resuming = bool(lock_config.resume_from_checkpoint)
         check_output_folder(
             target, REPORT_JSON, lock_config.overwrite_output_dir or resuming, "the main job", sources=[args.model]

@@ -4,10 +4,13 @@ config.json replaced without the flag, never a user's file deleted (also in vict
 from __future__ import annotations
 
 import importlib.util
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from hf_encoderlock._utils import exclusive_output_folder
 from hf_encoderlock.encoders import tiny_vit_encoder
 from hf_encoderlock.hub.card import write_model_card
 from hf_encoderlock.hub.locked import LockedEncoder
@@ -89,3 +92,34 @@ def test_the_main_job_never_deletes_a_users_files(tmp_path):
     assert (out / "report.json").is_file() and (out / "locked" / "encoderlock_config.json").is_file()
     assert {name: (out / name).read_text() for name in mine} == mine
     assert not list((out / "checkpoints").glob("checkpoint-*"))  # its own checkpoints are removed
+
+
+def test_a_second_main_job_on_a_busy_output_folder_is_refused_and_the_first_keeps_its_files(tmp_path):
+    model_dir, words = toy_main_job_inputs(tmp_path)
+    out = tmp_path / "out"
+    running = tmp_path / ".out.partial-running"  # the staging folder the first run is writing into
+    (running / "victim").mkdir(parents=True)
+    (running / "victim" / "config.json").write_text("{}")
+    with exclusive_output_folder(out, "the first run"):
+        with pytest.raises(FileExistsError, match=r"another run is writing output_dir .*out"):
+            _main([*words, "--output_dir", str(out), "--overwrite_output_dir", "true"])
+        assert (running / "victim" / "config.json").is_file()  # not taken for an interrupted run's leftover
+    assert not list(tmp_path.glob(".out.lock*"))  # nothing left beside the folder once the run is over
+    with exclusive_output_folder(out, "the next run"):  # free again
+        pass
+
+
+def test_a_killed_runs_hold_on_the_output_folder_goes_with_it(tmp_path):
+    out = tmp_path / "out"
+    hold = "import sys\nfrom hf_encoderlock._utils import exclusive_output_folder\n"
+    hold += "with exclusive_output_folder(sys.argv[1], 'a run'):\n    print('held', flush=True)\n    sys.stdin.read()\n"
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(out)], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout.readline().strip() == b"held"
+        with pytest.raises(FileExistsError, match="another run is writing"), exclusive_output_folder(out, "the next"):
+            pass
+    finally:
+        holder.kill()
+        holder.wait(timeout=60)
+    with exclusive_output_folder(out, "the next run"):  # the lock file it left is taken over
+        assert list(tmp_path.glob(".out.lock"))
