@@ -334,6 +334,17 @@ SETTINGS: dict[str, list[str]] = {
         *UNPROJECTED,
         *("--layers_per_round", "19"),
     ],
+    # bounded.yaml from 4e9f68f on (6 layers a round) and one lever
+    "bounded.yaml (6 layers), blocks 0..2 (no patch embedding), 2 threads": [
+        *BOUND_AWARE_GRADIENT,
+        *UNPROJECTED,
+        *("--layers_per_round", "6", "--candidate_blocks", "0", "1", "2"),
+    ],
+    "bounded.yaml (6 layers), blocks 0..5 (no patch embedding), 2 threads": [
+        *BOUND_AWARE_GRADIENT,
+        *UNPROJECTED,
+        *("--layers_per_round", "6", "--candidate_blocks", "0", "1", "2", "3", "4", "5"),
+    ],
     "bounded.yaml, authorized weight 0.3, preserve weight 0.3, 2 threads": [
         *BOUND_AWARE_GRADIENT,
         *UNPROJECTED,
