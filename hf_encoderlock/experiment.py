@@ -200,7 +200,11 @@ def run_lock_experiment(args: LockExperimentArguments, lock_config: EncoderLockC
     gate = _MainProcessGate(lock_config)
     if not gate.main:  # the others never touch the output folder
         return _run_lock_experiment(args, lock_config, target, gate, started)
-    with exclusive_output_folder(target, "the main job"):
+    resuming = bool(lock_config.resume_from_checkpoint)
+    check_output_folder(
+        target, REPORT_JSON, lock_config.overwrite_output_dir or resuming, "the main job", sources=[args.model]
+    )
+    with exclusive_output_folder(target, "the main job"):  # after the checks, which name the problem exactly
         return _run_lock_experiment(args, lock_config, target, gate, started)
 
 
@@ -211,12 +215,8 @@ def _run_lock_experiment(
     gate: _MainProcessGate,
     started: float,
 ) -> dict[str, Any]:
-    """``run_lock_experiment``'s work, with the output folder held by the main process."""
+    """``run_lock_experiment``'s work, with the output folder checked and held by the main process."""
     if gate.main:
-        resuming = bool(lock_config.resume_from_checkpoint)
-        check_output_folder(
-            target, REPORT_JSON, lock_config.overwrite_output_dir or resuming, "the main job", sources=[args.model]
-        )
         for stale in remove_stale_staging(target):
             logger.warning("removed %s, left by an interrupted run", stale)
     resume = lock_config.resume_from_checkpoint
