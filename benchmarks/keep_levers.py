@@ -7,11 +7,11 @@ Run by hand (a few minutes per setting on a 2-core CPU; two settings at a time w
 
 Each setting runs ``examples/lock_vit.py`` (authorized ``mnist``, prohibited ``mnist-m``, the default lock with the
 setting's flags) with probe seeds 0 1 2 at 100% of the attacker's data. Its run folder goes under ``--runs_dir``
-(git-ignored by default; a run whose ``report.json`` exists is not run again) and the victim's features are cached
-once under ``--cache_dir``. The summary gives, per setting, the advantage removed on ``mnist-m`` and kept on
-``mnist`` by the attacker's best fresh probe, on its **validation** split (200 images of the attacker's training
-split: what settings are chosen on) and on the **test** split (what is reported; nothing selects on it), each the
-mean over the probe seeds, in ``keep_levers.json`` and ``keep_levers.md``.
+(git-ignored by default; a run whose ``report.json`` exists is not run again, and ``--summarize`` never starts one)
+and the victim's features are cached once under ``--cache_dir``. The summary gives, per setting, the advantage
+removed on ``mnist-m`` and kept on ``mnist`` by the attacker's best fresh probe, on its **validation** split (200
+images of the attacker's training split: what settings are chosen on) and on the **test** split (what is reported;
+nothing selects on it), each the mean over the probe seeds, in ``keep_levers.json`` and ``keep_levers.md``.
 """
 
 from __future__ import annotations
@@ -414,9 +414,13 @@ def _folder_name(name: str) -> str:
     return "".join(c if c.isalnum() or c in ".-" else "_" for c in name)
 
 
+def _run_folder(name: str, args: argparse.Namespace) -> Path:
+    return Path(args.runs_dir) / _folder_name(name)
+
+
 def run_setting(name: str, args: argparse.Namespace) -> Path:
     """Run one setting's lock experiment unless its report exists; return its run folder."""
-    folder = Path(args.runs_dir) / _folder_name(name)
+    folder = _run_folder(name, args)
     if (folder / "report.json").is_file():
         return folder
     threads = 2 if name in TWO_THREADS else args.threads
@@ -519,7 +523,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cache_dir", default="outputs/keep_levers/cache")
     parser.add_argument("--jobs", type=int, default=1, help="Settings run at a time.")
     parser.add_argument("--threads", type=int, default=2, help="torch threads per run (OMP_NUM_THREADS).")
+    parser.add_argument(
+        "--summarize",
+        action="store_true",
+        help="Only summarize finished runs: never start a lock, and refuse if a setting's report.json is missing "
+        "(a run still going, or never run).",
+    )
     args = parser.parse_args(argv)
+    if args.summarize:
+        unfinished = [name for name in args.settings if not (_run_folder(name, args) / "report.json").is_file()]
+        if unfinished:
+            # not parser.error: its usage line spells out every setting
+            sys.exit(f"keep_levers.py: --summarize: no report.json yet for {', '.join(map(repr, unfinished))}")
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         folders = dict(zip(args.settings, pool.map(lambda name: run_setting(name, args), args.settings)))
     write_summary({name: summarize_run(folder) for name, folder in folders.items()}, Path(args.output))
