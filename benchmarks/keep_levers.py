@@ -345,6 +345,11 @@ SETTINGS: dict[str, list[str]] = {
         *UNPROJECTED,
         *("--layers_per_round", "6", "--candidate_blocks", "0", "1", "2", "3", "4", "5"),
     ],
+    "bounded.yaml (6 layers), patch embedding only, 2 threads": [
+        *BOUND_AWARE_GRADIENT,
+        *UNPROJECTED,
+        *("--layers_per_round", "6", "--candidate_blocks", "-1"),
+    ],
     "bounded.yaml, authorized weight 0.3, preserve weight 0.3, 2 threads": [
         *BOUND_AWARE_GRADIENT,
         *UNPROJECTED,
