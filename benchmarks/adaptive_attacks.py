@@ -57,6 +57,9 @@ def main() -> None:
     )
     parser.add_argument("--sanitizers", nargs="*", help="Sanitisers to try (default: all; none: no sanitiser).")
     parser.add_argument("--transforms", nargs="*", help="Transforms to try (default: all; none: no transform).")
+    parser.add_argument(
+        "--learned_transforms", nargs="*", help="Learned transforms to try (default: all; none: no learned one)."
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -70,11 +73,18 @@ def main() -> None:
     authorized = [row["domain"] for row in report["table"] if row["role"] == "authorized"]
     baselines = {row["domain"]: {"victim": row["victim"], "random_twin": row["random_twin"]} for row in prohibited}
     chosen = {
-        k: tuple(v) for k, v in (("sanitizers", args.sanitizers), ("transforms", args.transforms)) if v is not None
+        k: tuple(v)
+        for k, v in (
+            ("sanitizers", args.sanitizers),
+            ("transforms", args.transforms),
+            ("learned_transforms", args.learned_transforms),
+        )
+        if v is not None
     }
     config = AdaptiveConfig(
         **chosen,
-        combine=bool(chosen.get("sanitizers", True)) and bool(chosen.get("transforms", True)),
+        combine=bool(chosen.get("sanitizers", True))
+        and (bool(chosen.get("transforms", True)) or bool(chosen.get("learned_transforms", True))),
         suite=args.suite,
         seeds=tuple(experiment.probe_seeds),
         finetune_fractions=tuple(args.finetune_fractions),

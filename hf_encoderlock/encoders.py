@@ -35,6 +35,10 @@ from ._files import (
     PROCESSOR_CONFIG_FILE,
 )
 
+# transformers' model classes (AutoModel, AutoImageProcessor, ViTModel) are imported inside the functions that load or
+# build a Hugging Face model: importing them costs seconds, and a plain nn.Module, the attacker's probes and the data
+# layer never need them. No import cycle is involved.
+
 POOLINGS = ("auto", "cls", "mean", "pooler", "spatial_mean")
 # Every transformers load: never run code shipped with a checkpoint, and never ask about it (a terminal would get an
 # interactive "run the custom code? [y/N]" prompt for a config with ``auto_map`` otherwise).

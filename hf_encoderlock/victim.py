@@ -28,6 +28,9 @@ from ._utils import atomic_folder
 from .data.domains import default_cache_dir, load_domain
 from .encoders import EncoderAdapter, vit_image_processor
 
+# ViTConfig is imported where the victim's architecture is built, as encoders.py does with transformers' model classes
+# (an import that costs seconds, which reading the victim's recipe does not need).
+
 VICTIM_ASSET_DIR = Path(__file__).parent / "assets" / "victim"
 
 

@@ -7,7 +7,8 @@ domain. :func:`run_adaptive_suite` plays its moves, family by family, each with 
 - ``fresh_probe``: new linear / MLP / kNN heads on the untouched encoder (the probe suite's attacker);
 - ``sanitize``: data-free weight edits of the released folder (:mod:`hf_encoderlock.probing.sanitize`), then probes;
 - ``transform``: input transformations applied alike to the attacker's train, validation and test images
-  (:mod:`hf_encoderlock.probing.transforms`), then probes;
+  (:mod:`hf_encoderlock.probing.transforms`), then probes; among them a colour map the attacker learns through the
+  locked encoder itself (:mod:`hf_encoderlock.probing.learned_transforms`);
 - ``sanitize+transform``: the sanitiser and the transform each chose on validation, together;
 - with ``suite="full"``, fine-tuning families (:mod:`hf_encoderlock.probing.attacks`): patient full fine-tuning,
   re-initialisation of the blocks a lock may change then fine-tuning, and fine-tuning after the chosen sanitiser,
@@ -40,9 +41,10 @@ from .._utils import markdown_row, package_versions, percent
 from ..encoders import EncoderAdapter, load_encoder
 from .attacks import SCRATCH, AttackConfig, run_attack_suite
 from .heads import torch_threads
+from .learned_transforms import LEARNED_TRANSFORMS, ColourMapFit, colour_mapped_encoder, fit_colour_map, fit_rows
 from .probe_report import ENCODER_ROLE, TWIN_ROLE, ProbeReport, advantage_removed, report_json
 from .sanitize import SANITIZERS, count_outliers, sanitize_module
-from .suite import ProbeConfig, load_domains, run_probe_suite
+from .suite import ProbeConfig, load_domains, run_probe_suite, split_training_rows
 from .transforms import TRANSFORMS, ChannelStats, domain_stats, transformed_encoder
 
 FRESH_PROBE, SANITIZE, TRANSFORM, COMBINED, FINETUNE = (
@@ -73,6 +75,13 @@ class AdaptiveConfig:
     )
     transforms: tuple[str, ...] = field(
         default=tuple(TRANSFORMS), metadata={"help": f"Input transformations tried, of {tuple(TRANSFORMS)}."}
+    )
+    learned_transforms: tuple[str, ...] = field(
+        default=tuple(LEARNED_TRANSFORMS),
+        metadata={
+            "help": f"Learned input transformations tried, of {tuple(LEARNED_TRANSFORMS)}: fitted with a linear head "
+            "through the attacked encoder on training rows no probe seed validates on, then probed like the others."
+        },
     )
     combine: bool = field(
         default=True, metadata={"help": "Also try the sanitiser and the transform chosen on validation together."}
@@ -111,6 +120,7 @@ class AdaptiveConfig:
 
     def __post_init__(self) -> None:
         self.sanitizers, self.transforms, self.heads = tuple(self.sanitizers), tuple(self.transforms), tuple(self.heads)
+        self.learned_transforms = tuple(self.learned_transforms)
         self.seeds, self.finetune_seeds = tuple(int(s) for s in self.seeds), tuple(int(s) for s in self.finetune_seeds)
         self.finetune_fractions = tuple(float(f) for f in self.finetune_fractions)
         self.finetune_lrs = tuple(float(lr) for lr in self.finetune_lrs)
@@ -119,6 +129,10 @@ class AdaptiveConfig:
             (self.suite in SUITES, f"suite must be one of {SUITES}, got {self.suite!r}"),
             (set(self.sanitizers) <= set(SANITIZERS), f"sanitizers must be a subset of {tuple(SANITIZERS)}"),
             (set(self.transforms) <= set(TRANSFORMS), f"transforms must be a subset of {tuple(TRANSFORMS)}"),
+            (
+                set(self.learned_transforms) <= set(LEARNED_TRANSFORMS),
+                f"learned_transforms must be a subset of {tuple(LEARNED_TRANSFORMS)}",
+            ),
             (0.0 < self.fraction <= 1.0, "fraction must be in (0, 1]"),
             (0.0 < self.reference_share <= 1.0, "reference_share must be in (0, 1]"),
             (all(0.0 < f <= 1.0 for f in self.finetune_fractions), "finetune_fractions must be in (0, 1]"),
@@ -632,7 +646,8 @@ def run_adaptive_suite(
         timings["baselines"] = time.perf_counter() - tick
 
         steps = 1 + sum(len(SANITIZERS[s].strengths) for s in config.sanitizers)
-        steps += len(resolved) * (sum(len(TRANSFORMS[t].strengths) for t in transforms) + int(config.combine))
+        learned = sum(len(LEARNED_TRANSFORMS[t].strengths) for t in config.learned_transforms)
+        steps += len(resolved) * (sum(len(TRANSFORMS[t].strengths) for t in transforms) + learned + int(config.combine))
         bar = tqdm(total=steps, desc="adaptive attacks", disable=not config.progress)
         outcomes: list[AttackOutcome] = []
 
@@ -641,6 +656,21 @@ def run_adaptive_suite(
             outcomes.extend(_outcomes(report, family, attack, strength, config.fraction))
             bar.set_postfix_str(f"{family}: {attack}")
             bar.update(1)
+
+        def transform_view(model, attack: str, strength: float, domain: str) -> EncoderAdapter:
+            """``model`` behind a fixed transform, or behind a learned one fitted through ``model`` itself."""
+            if attack not in LEARNED_TRANSFORMS:
+                return transformed_encoder(model, attack, strength, config.transform_seed, reference, sources[domain])
+            train = resolved[domain]["train"]
+            labels = np.asarray(train[config.label_column])
+            validation = [s.validation for s in split_training_rows(labels, probe_config.split_plan())]
+            fit = ColourMapFit(seed=config.transform_seed)
+            rows = fit_rows(len(train), validation, fit.max_images, config.transform_seed)
+            feature = train.features.get(config.label_column)
+            classes = getattr(feature, "num_classes", None) or int(labels.max()) + 1
+            images = train.select(rows)[config.image_column]
+            colour_map = fit_colour_map(model, images, labels[rows], int(strength), fit, num_classes=classes)
+            return colour_mapped_encoder(model, colour_map, f"{attack} {strength:g}")
 
         # The untouched encoder and every sanitised copy see the same pixels: preprocess each image once.
         pixels = PixelCache(encoder)
@@ -661,27 +691,22 @@ def run_adaptive_suite(
         for domain, dataset in resolved.items():  # per domain: the statistics matching starts from its own
             for name in transforms:
                 for strength in TRANSFORMS[name].strengths:
-                    view = transformed_encoder(
-                        encoder, name, strength, config.transform_seed, reference, sources[domain]
-                    )
-                    probe(view, {domain: dataset}, TRANSFORM, name, strength)
+                    probe(transform_view(encoder, name, strength, domain), {domain: dataset}, TRANSFORM, name, strength)
+            for name in config.learned_transforms:
+                for strength in LEARNED_TRANSFORMS[name].strengths:
+                    probe(transform_view(encoder, name, strength, domain), {domain: dataset}, TRANSFORM, name, strength)
         timings[TRANSFORM] = time.perf_counter() - tick
         partial = AdaptiveReport(encoder.name, {}, base, {}, outcomes)
-        if config.combine and config.sanitizers and transforms:
+        if config.combine and config.sanitizers and (transforms or config.learned_transforms):
             tick = time.perf_counter()
             for domain, dataset in resolved.items():
                 sanitiser, transform = (
                     partial.best_in_family(domain, SANITIZE),
                     partial.best_in_family(domain, TRANSFORM),
                 )
-                model = transformed_encoder(
-                    sanitize_module(encoder, sanitiser.attack, sanitiser.strength, config.noise_seed),
-                    transform.attack,
-                    transform.strength,
-                    config.transform_seed,
-                    reference,
-                    sources[domain],
-                )
+                # a learned transform is fitted again, through the sanitised encoder it is shown to
+                sanitised = sanitize_module(encoder, sanitiser.attack, sanitiser.strength, config.noise_seed)
+                model = transform_view(sanitised, transform.attack, transform.strength, domain)
                 probe(model, {domain: dataset}, COMBINED, f"{sanitiser.label} + {transform.label}", None)
             timings[COMBINED] = time.perf_counter() - tick
         bar.close()

@@ -128,7 +128,7 @@ def test_transforms_apply_to_train_and_test_alike(encoder, prohibited, baselines
         return real(model, data, *args, **kwargs)
 
     monkeypatch.setattr(adaptive, "run_probe_suite", spy)
-    config = AdaptiveConfig(sanitizers=(), transforms=("invert",), combine=False, **FAST)
+    config = AdaptiveConfig(sanitizers=(), transforms=("invert",), learned_transforms=(), combine=False, **FAST)
     report = run_adaptive_suite(encoder, prohibited, config, baselines=baselines, output_dir=tmp_path)
     model, data = seen[-1]
     # the probe suite extracts every split through the model's preprocessing: train and test are inverted alike

@@ -1,0 +1,190 @@
+"""Learned input transforms: a disguise the attacker fits against the very encoder it attacks.
+
+The fixed transforms of :mod:`hf_encoderlock.probing.transforms` guess what a lock missed (colour removed, channels
+swapped, statistics matched). An attacker who holds labelled prohibited images can instead *learn* how to show them
+to the locked encoder, as JailNTL (CVPR'25) learns a disguise against a non-transferable model. Its smallest form here
+is a colour map: every pixel's colour goes through the same small function (an affine map plus a residual MLP), the
+result kept within the images' own pixel range, fitted jointly with a linear head by gradient descent through the
+frozen encoder. It covers greyscale, channel permutations and per-domain statistics matching as special cases, and
+whatever mixture of them the lock leaves open. Once fitted, the map stands in front of the encoder's preprocessing
+like any fixed transform (:func:`colour_mapped_encoder`), and fresh probes are trained on what it produces.
+
+The map is fitted on rows of the attacker's training split that no probe seed uses for validation (the caller picks
+them, :func:`fit_rows`), so the choices made on validation stay honest; test images are never seen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+from torch.nn import functional as F
+
+from ..encoders import EncoderAdapter
+from .transforms import TransformError
+
+
+@dataclass(frozen=True)
+class LearnedTransform:
+    """A named learned transform and the strengths the attacker tries (for ``colour_map``: the hidden units of its
+    residual MLP; 0 leaves an affine colour map)."""
+
+    name: str
+    strengths: tuple[float, ...]
+    description: str
+
+
+LEARNED_TRANSFORMS: dict[str, LearnedTransform] = {
+    "colour_map": LearnedTransform(
+        "colour_map",
+        (16.0,),
+        "a per-pixel colour map (affine plus a residual MLP of this many hidden units) fitted with a linear head "
+        "through the frozen encoder",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class ColourMapFit:
+    """How the attacker fits a colour map: a fixed budget, no early stopping (nothing is chosen on validation)."""
+
+    epochs: int = 8
+    batch_size: int = 128
+    max_images: int = 1024
+    learning_rate: float = 1e-2
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 2 or self.max_images < 2 or not self.learning_rate > 0:
+            raise TransformError(
+                "ColourMapFit needs epochs >= 1, batch_size >= 2, max_images >= 2 and a positive learning_rate, got "
+                f"{self}"
+            )
+
+
+class ColourMap(nn.Module):
+    """The same colour function for every pixel: ``A x + b + W2 gelu(W1 x + c)`` on the encoder's raw pixel values
+    (its preprocessing's normalisation undone), clamped to the pixel range of the images it was fitted on, then
+    normalised again. It starts as the identity (``A = I``, ``b = 0``, ``W2 = 0``)."""
+
+    def __init__(
+        self, channels: int, hidden: int, mean: torch.Tensor, std: torch.Tensor, low: float, high: float
+    ) -> None:
+        super().__init__()
+        self.affine = nn.Conv2d(channels, channels, 1)
+        with torch.no_grad():
+            self.affine.weight.copy_(torch.eye(channels).reshape(channels, channels, 1, 1))
+            self.affine.bias.zero_()
+        self.residual = None
+        if hidden > 0:
+            self.residual = nn.Sequential(nn.Conv2d(channels, hidden, 1), nn.GELU(), nn.Conv2d(hidden, channels, 1))
+            nn.init.zeros_(self.residual[2].weight)
+            nn.init.zeros_(self.residual[2].bias)
+        self.register_buffer("mean", mean.reshape(channels, 1, 1).float().clone())
+        # a processor that does not normalise reports std 1 (see EncoderAdapter.normalization)
+        self.register_buffer("std", std.reshape(channels, 1, 1).float().clamp_min(1e-12).clone())
+        self.low, self.high = float(low), float(high)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        raw = pixel_values * self.std + self.mean
+        mapped = self.affine(raw)
+        if self.residual is not None:
+            mapped = mapped + self.residual(raw)
+        return (mapped.clamp(self.low, self.high) - self.mean) / self.std
+
+
+def fit_rows(num_rows: int, validation_rows: Sequence[np.ndarray], max_images: int, seed: int = 0) -> np.ndarray:
+    """Up to ``max_images`` seeded rows of a training split of ``num_rows`` rows, none of them in any of
+    ``validation_rows`` (each probe seed's validation part), sorted. Raises when fewer than two rows are left."""
+    excluded = np.zeros(num_rows, dtype=bool)
+    for rows in validation_rows:
+        excluded[np.asarray(rows, dtype=np.int64)] = True
+    free = np.flatnonzero(~excluded)
+    if free.size < 2:
+        raise TransformError(
+            f"a learned transform needs at least 2 training rows outside every probe seed's validation part; "
+            f"{free.size} of {num_rows} are left"
+        )
+    chosen = np.random.default_rng([seed, 2]).permutation(free)[:max_images]
+    return np.sort(chosen)
+
+
+def _pixels(encoder: EncoderAdapter, images: Sequence[Image.Image], batch_size: int) -> torch.Tensor:
+    return torch.cat([encoder.preprocess(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])
+
+
+def fit_colour_map(
+    encoder: EncoderAdapter,
+    images: Sequence[Image.Image],
+    labels: Sequence[int] | np.ndarray | torch.Tensor,
+    hidden: int,
+    fit: ColourMapFit | None = None,
+    num_classes: int | None = None,
+) -> ColourMap:
+    """Fit a :class:`ColourMap` (``hidden`` residual units) and a linear head on ``encoder``'s features of
+    ``images``, by cross-entropy on ``labels`` (``num_classes``: their largest value + 1 unless given). The encoder
+    is not changed: its weights, ``requires_grad`` flags and train / eval mode are as before. Returns the map,
+    frozen, in eval mode.
+
+    Hand-written torch rather than a Trainer: one small loop whose every batch goes through the frozen encoder.
+    """
+    fit = fit or ColourMapFit()
+    if hidden < 0 or hidden != int(hidden):
+        raise TransformError(f"colour_map takes a whole number >= 0 of hidden units as its strength, got {hidden!r}")
+    targets = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+    if len(images) != len(targets) or len(images) < 2:
+        raise TransformError(
+            f"a colour map needs at least 2 images with one label each, got {len(images)} images and {len(targets)} "
+            "labels"
+        )
+    pixels = _pixels(encoder, images, 256)
+    channels = pixels.shape[1]
+    mean, std = encoder.normalization()
+    raw = pixels * std + mean
+    backbone = encoder.backbone
+    flags = {name: p.requires_grad for name, p in backbone.named_parameters()}
+    was_training = backbone.training
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(fit.seed)
+        colour_map = ColourMap(channels, int(hidden), mean, std, float(raw.min()), float(raw.max()))
+        classes = num_classes or int(targets.max()) + 1
+        # standardised features, as the probe suite's linear heads see them
+        head = nn.Sequential(nn.BatchNorm1d(encoder.feature_dim, affine=False), nn.Linear(encoder.feature_dim, classes))
+        optimizer = torch.optim.Adam([*colour_map.parameters(), *head.parameters()], lr=fit.learning_rate)
+        order = torch.Generator().manual_seed(fit.seed)
+        try:
+            backbone.requires_grad_(False)
+            backbone.eval()
+            for _ in range(fit.epochs):
+                permutation = torch.randperm(len(pixels), generator=order)
+                for start in range(0, len(pixels), fit.batch_size):
+                    batch = permutation[start : start + fit.batch_size]
+                    if len(batch) < 2:  # batch normalisation needs two rows
+                        continue
+                    features = encoder.features(colour_map(pixels[batch]))
+                    loss = F.cross_entropy(head(features), targets[batch])
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+        finally:
+            for name, param in backbone.named_parameters():
+                param.requires_grad_(flags[name])
+            backbone.train(was_training)
+    return colour_map.requires_grad_(False).eval()
+
+
+def colour_mapped_encoder(encoder: EncoderAdapter, colour_map: ColourMap, label: str) -> EncoderAdapter:
+    """A view of ``encoder`` (the same weights, not copied) whose preprocessing applies ``colour_map`` to every image;
+    ``label`` names the map in the view's name."""
+
+    def preprocess(images: Sequence[Image.Image]) -> torch.Tensor:
+        with torch.no_grad():
+            return colour_map(encoder.preprocess(images))
+
+    return EncoderAdapter(
+        encoder.backbone, pooling=encoder.pooling, preprocess_fn=preprocess, name=f"{encoder.name} [{label}]"
+    )

@@ -1,0 +1,138 @@
+"""The learned colour map: it starts as the identity, leaves the encoder as it was, is fitted on rows no probe seed
+validates on, and finds information a fixed transform cannot reach."""
+
+import numpy as np
+import pytest
+import torch
+from datasets import ClassLabel, Dataset, DatasetDict, Features
+from datasets import Image as ImageFeature
+from PIL import Image
+from torch import nn
+
+from hf_encoderlock.encoders import EncoderAdapter
+from hf_encoderlock.probing import adaptive
+from hf_encoderlock.probing.adaptive import FRESH_PROBE, TRANSFORM, AdaptiveConfig, AdaptiveError, run_adaptive_suite
+from hf_encoderlock.probing.learned_transforms import (
+    LEARNED_TRANSFORMS,
+    ColourMap,
+    ColourMapFit,
+    colour_mapped_encoder,
+    fit_colour_map,
+    fit_rows,
+)
+from hf_encoderlock.probing.transforms import TransformError
+
+FAST = dict(seeds=(0,), heads=("linear",), progress=False)
+
+
+class RedOnly(nn.Module):
+    """A "locked" encoder that sees only the red channel: whatever the other channels hold is lost to its probes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.patches = nn.Conv2d(1, 8, 4, stride=4)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.patches(pixel_values[:, :1])).mean(dim=(2, 3))
+
+
+def to_pixels(images):
+    return torch.stack([torch.from_numpy(np.asarray(i, dtype=np.float32) / 255.0).permute(2, 0, 1) for i in images])
+
+
+@pytest.fixture(scope="module")
+def red_only():
+    torch.manual_seed(0)
+    return EncoderAdapter(RedOnly(), pooling="mean", preprocess_fn=to_pixels, name="red-only")
+
+
+def blue_domain(n_train, n_test, seed=0):
+    """Two classes told apart by the blue channel only (dark or bright); red and green are noise."""
+    rng = np.random.default_rng(seed)
+
+    def split(n):
+        images, labels = [], []
+        for i in range(n):
+            label = i % 2
+            pixels = rng.integers(0, 256, (16, 16, 3)).astype(np.uint8)
+            pixels[:, :, 2] = rng.integers(0, 60, (16, 16)) + 190 * label
+            images.append(Image.fromarray(pixels))
+            labels.append(label)
+        features = Features({"image": ImageFeature(), "label": ClassLabel(names=["dark", "bright"])})
+        return Dataset.from_dict({"image": images, "label": labels}, features=features)
+
+    return DatasetDict(train=split(n_train), test=split(n_test))
+
+
+def test_a_colour_map_starts_as_the_identity():
+    pixels = torch.rand(2, 3, 5, 5) * 2 - 1  # normalised like a ViT processor's (mean 0.5, std 0.5)
+    mean, std = torch.full((3, 1, 1), 0.5), torch.full((3, 1, 1), 0.5)
+    colour_map = ColourMap(3, 16, mean, std, 0.0, 1.0)
+    assert torch.allclose(colour_map(pixels), pixels, atol=1e-6)
+
+
+def test_fit_rows_never_take_a_validation_row():
+    validation = [np.array([0, 3, 5]), np.array([5, 7])]
+    rows = fit_rows(10, validation, max_images=100, seed=1)
+    assert rows.tolist() == [1, 2, 4, 6, 8, 9]
+    assert len(fit_rows(10, validation, max_images=3, seed=1)) == 3
+    with pytest.raises(TransformError, match="at least 2 training rows outside every probe seed's validation part"):
+        fit_rows(3, [np.array([0, 1])], max_images=10)
+
+
+def test_fitting_leaves_the_encoder_as_it_was(red_only):
+    domain = blue_domain(16, 4)["train"]
+    before = {k: v.clone() for k, v in red_only.state_dict().items()}
+    red_only.backbone.train()
+    fit_colour_map(red_only, domain["image"], domain["label"], 4, ColourMapFit(epochs=1, batch_size=8))
+    assert all(torch.equal(before[k], v) for k, v in red_only.state_dict().items())
+    assert red_only.backbone.training and all(p.requires_grad for p in red_only.backbone.parameters())
+    red_only.backbone.eval()
+    with pytest.raises(TransformError, match="whole number >= 0 of hidden units"):
+        fit_colour_map(red_only, domain["image"], domain["label"], -1)
+
+
+def test_the_learned_map_finds_what_the_encoder_ignores(red_only):
+    """The label lives in the blue channel, which the encoder never reads: fresh probes are at chance, greyscale
+    dilutes the blue channel among noise, and the learned map routes it to red."""
+    domains = {"p": blue_domain(160, 60)}
+    config = AdaptiveConfig(sanitizers=(), transforms=("greyscale",), combine=False, **FAST)
+    baselines = {"p": {"victim": 1.0, "random_twin": 0.5}}
+    report = run_adaptive_suite(red_only, domains, config, baselines=baselines)
+    by_attack = {o.attack: o for o in report.outcomes}
+    assert set(by_attack) == {"none", "greyscale", "colour_map"}
+    assert by_attack["none"].family == FRESH_PROBE and by_attack["none"].test < 0.75
+    assert by_attack["colour_map"].family == TRANSFORM and by_attack["colour_map"].strength == 16.0
+    assert by_attack["colour_map"].test >= 0.95
+    assert by_attack["colour_map"].test > by_attack["greyscale"].test
+    assert report.worst_case("p").attack == "colour_map"
+
+
+def test_a_learned_map_is_fitted_through_the_sanitised_encoder_when_combined(red_only, monkeypatch):
+    fitted_on = []
+    real = adaptive.fit_colour_map
+
+    def spy(model, *args, **kwargs):
+        fitted_on.append(model)
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(adaptive, "fit_colour_map", spy)
+    config = AdaptiveConfig(sanitizers=("gaussian_noise",), transforms=(), **FAST)
+    report = run_adaptive_suite(red_only, {"p": blue_domain(40, 10)}, config)
+    combined = [o for o in report.outcomes if o.family == "sanitize+transform"]
+    assert [o.attack for o in combined] == ["gaussian_noise 0.05 + colour_map 16"]
+    assert len(fitted_on) == 2 and fitted_on[0] is red_only and fitted_on[1] is not red_only
+
+
+def test_a_colour_mapped_view_shares_the_weights(red_only):
+    colour_map = ColourMap(3, 0, torch.zeros(3, 1, 1), torch.ones(3, 1, 1), 0.0, 1.0)
+    view = colour_mapped_encoder(red_only, colour_map, "colour_map 0")
+    assert view.backbone is red_only.backbone and view.name == "red-only [colour_map 0]"
+    image = Image.fromarray(np.full((16, 16, 3), 80, dtype=np.uint8))
+    assert torch.allclose(view.preprocess([image]), red_only.preprocess([image]))
+
+
+def test_unknown_learned_transforms_are_refused():
+    assert "colour_map" in LEARNED_TRANSFORMS
+    with pytest.raises(AdaptiveError, match="learned_transforms must be a subset"):
+        AdaptiveConfig(learned_transforms=("style_transfer",))
