@@ -111,6 +111,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num_rounds", type=_positive_int, default=None, help="Rounds per lock (default: YAML's).")
     parser.add_argument("--threads", type=_positive_int, default=1, help="torch threads (default 1).")
     parser.add_argument("--summarize", action="store_true", help="Only gather existing cells into the summary.")
+    parser.add_argument(
+        "--adaptive_dir",
+        default=None,
+        help="A folder of later adaptive attacks on the cells' locks (DIR/<cell>/adaptive_report.json, e.g. from "
+        "benchmarks/adaptive_attacks.py --suite probe): where one exists, a cell's worst case is read from it "
+        "instead of from the run's report.json (which is left as it is).",
+    )
     return parser
 
 
@@ -274,8 +281,17 @@ def run_cell(options: argparse.Namespace, objective: str, authorized: str, prohi
             shutil.rmtree(run_dir)
         report = run_lock_experiment(experiment, lock)
         ran = True
+    adaptive_source = None
+    later = Path(options.adaptive_dir) / name / "adaptive_report.json" if options.adaptive_dir else None
+    if later is not None and later.is_file():
+        adaptive = json.loads(later.read_text())
+        if adaptive.get("victim_outliers_beyond_6") is None:  # counted against the victim by the main job only
+            adaptive["telltale_tensors"] = (report.get("adaptive") or {}).get("telltale_tensors")
+        report = {**report, "adaptive": adaptive}
+        adaptive_source = os.path.relpath(later, REPO) if later.resolve().is_relative_to(REPO) else str(later)
     cell = cell_from_report(report, objective, authorized, prohibited)
     cell.update(
+        adaptive_source=adaptive_source,
         wall_seconds=time.perf_counter() - started if ran else None,
         finished_at=datetime.fromtimestamp(report_path.stat().st_mtime, timezone.utc).isoformat(timespec="seconds"),
         run_dir=os.path.relpath(run_dir, REPO) if run_dir.is_relative_to(REPO) else str(run_dir),

@@ -52,6 +52,7 @@ WHOLE_MINIMUMS = {
     "prohibited_batch_factor": 1,
     "score_batches": 1,
     "challenge_every": 0,
+    "colour_map_every": 0,
     "num_pseudo_classes": 2,
     "pseudo_label_restarts": 1,
     "zero_shot_images": 16,
@@ -361,6 +362,17 @@ class EncoderLockConfig(flag_fields(*KNOB_GROUPS), TrainingArguments):
             "'permute_channels:5'): each adds a transformed copy of every prohibited lock image, with its label, so "
             "the lock's updates and its adversaries see those images too. Copies are split into lock and validation "
             "parts independently of their originals. []: none."
+        },
+    )
+    colour_map_every: int = field(
+        default=0,
+        metadata={
+            "help": "Self-challenge against the attacker's learned colour map (beyond the paper; 0: off): every this "
+            "many rounds, at the round start, a per-pixel colour map (hf_encoderlock.probing.learned_transforms, the "
+            "adaptive attacker's colour_map) is fitted with a linear head through the current encoder on up to 1,024 "
+            "of the prohibited lock images, and from then on half of every prohibited batch (updates and selection) "
+            "is shown under it, so the lock also removes what that map makes readable. Costs one fit (a few epochs "
+            "through the encoder) per refit."
         },
     )
     max_authorized_drift: float = field(

@@ -31,6 +31,7 @@ from .._files import (
     TRAINER_STATE_FILES,
 )
 from ..probing.heads import head_from_layout, head_layout
+from ..probing.learned_transforms import ColourMap
 from .objectives import LockHeads
 from .projection import AuthorizedProjection
 from .selection import load_mask, save_mask
@@ -38,6 +39,7 @@ from .selection import load_mask, save_mask
 HEAD_ROLES = ("authorized", "adversary")
 HEAD_KEYS = ("heads", "stale_heads", "best_heads", "best_stale_heads")  # the LockHeads fields, saved in this order
 VIEW_GENERATOR_KEY = "view_generator.state"  # in LOCK_TENSORS_FILE: the views' generator state (uint8)
+COLOUR_MAP_PREFIX = "colour_map."  # in LOCK_TENSORS_FILE: the colour map's parameters and buffers
 MASK_NAME_PREFIX = "backbone."  # in memory masks name EncoderAdapter parameters; the mask file names AutoModel weights
 
 logger = logging.getLogger(__name__)
@@ -75,6 +77,9 @@ class LockState:
     #: ``authorized_projection='auto'`` found no room for the prohibited gradient at the first round: the lock runs
     #: unprojected (decided once, so a resumed run keeps the decision).
     projection_dropped: bool = False
+    #: ``colour_map_every``: the colour map fitted at the latest refit, under which half of every prohibited batch is
+    #: shown (``None``: off, or not fitted yet).
+    colour_map: ColourMap | None = field(default=None, repr=False, compare=False)
     #: Per-round figures, in the order they were recorded.
     history: list[dict[str, Any]] = field(default_factory=list)
     #: Seconds spent in selection, masked updates and challenges.
@@ -121,6 +126,10 @@ class LockState:
             tensors[f"best_state.{name}"] = value.detach().cpu().clone()
         if self.view_generator is not None:
             tensors[VIEW_GENERATOR_KEY] = self.view_generator.get_state()
+        if self.colour_map is not None:
+            tensors.update(
+                {f"{COLOUR_MAP_PREFIX}{n}": t.detach().cpu().clone() for n, t in self.colour_map.state_dict().items()}
+            )
         info = {
             "format": LOCK_STATE_FORMAT,
             "head_layouts": layouts,
@@ -135,6 +144,7 @@ class LockState:
             "history": self.history,
             "phase_time": self.phase_time,
             "last_logs": self.last_logs,
+            "colour_map": self.colour_map.layout() if self.colour_map is not None else None,
         }
         (folder / LOCK_STATE_FILE).write_text(json.dumps(info, indent=2, default=str))
         save_file(tensors, str(folder / LOCK_TENSORS_FILE))
@@ -167,6 +177,12 @@ class LockState:
         if VIEW_GENERATOR_KEY in tensors:  # states saved before it was have none: the trainer's seeded one is used
             view_generator = torch.Generator()
             view_generator.set_state(tensors[VIEW_GENERATOR_KEY])
+        colour_map = None
+        if info.get("colour_map"):  # states saved before colour_map_every existed have none
+            state = {
+                n.removeprefix(COLOUR_MAP_PREFIX): t for n, t in tensors.items() if n.startswith(COLOUR_MAP_PREFIX)
+            }
+            colour_map = ColourMap.from_layout(info["colour_map"], state).to(device)
         # states saved before rounds_completed was added to them have it in the lock config only
         rounds = info["rounds_completed"] if "rounds_completed" in info else _rounds_in_lock_config(folder)
         return cls(
@@ -184,6 +200,7 @@ class LockState:
             phase_time={**_phase_time(), **{k: float(v) for k, v in info["phase_time"].items()}},
             last_logs=dict(info.get("last_logs", {})),
             view_generator=view_generator,
+            colour_map=colour_map,
         )
 
 

@@ -49,6 +49,7 @@ from ..hub.card import write_model_card
 from ..hub.public_names import is_hub_id, public_domain_record
 from ..hub.push import DEFAULT_COMMIT_MESSAGE, push_locked_to_hub
 from ..probing.heads import head_accuracy
+from ..probing.learned_transforms import LEARNED_TRANSFORMS, ColourMapFit, fit_colour_map_to_pixels
 from .callbacks import LockRoundCallback
 from .challenger import Challenger, simulated_attacker_weights
 from .config import AUTO_POOLINGS, EncoderLockConfig, check_supported_settings
@@ -67,6 +68,10 @@ DRIFT_WARNING_FACTOR = 10.0
 # encoderlock_config.json entries a resumed checkpoint must share with the run (with every hyperparameter)
 RESUME_MUST_MATCH = ("variant", "objective", "base_model", "poolings", "authorized", "prohibited", "seed")
 VIEW_SEED_OFFSET = 104_729  # augmented views draw from their own generator, seeded args.seed + this
+# colour_map_every: the lock's colour map is the adaptive attacker's (same hidden units), fitted on at most as many
+# images as the attacker's, for fewer epochs: the lock refits it every colour_map_every rounds
+COLOUR_MAP_FIT = ColourMapFit(epochs=4)
+COLOUR_MAP_HIDDEN = int(LEARNED_TRANSFORMS["colour_map"].strengths[0])
 
 #: The transformers release the private Trainer hooks below were last checked against.
 TRANSFORMERS_CHECKED = "5.25.0"
@@ -368,6 +373,11 @@ class EncoderLockTrainer(Trainer):
         """
         for module in self._statistics_modules:  # the Trainer puts the model in train mode before every step
             module.eval()
+        colour_map = self.lock_state.colour_map
+        if colour_map is not None:  # half of the prohibited batch as the attacker's learned colour map shows it
+            half = len(p_pixels) // 2
+            with torch.no_grad():
+                p_pixels = torch.cat([p_pixels[:half], colour_map.to(p_pixels.device)(p_pixels[half:])])
         n_a, extra = len(a_pixels), {}
         if self.objective.uses_views:
             views = augmented_view(
@@ -525,9 +535,35 @@ class EncoderLockTrainer(Trainer):
         if round_index < self.lock_state.rounds_completed:
             self._show_phase(round_index, "updates")
             return
+        if self.args.colour_map_every and round_index % self.args.colour_map_every == 0:
+            self._show_phase(round_index, "colour map")
+            self.fit_colour_map(round_index)
         self._show_phase(round_index, "selection")
         self.record_round(self.rounds.select_round(self.lock_state, round_index))
         self._show_phase(round_index, "updates")
+
+    def fit_colour_map(self, round_index: int) -> None:
+        """The attacker's learned colour map (``colour_map_every``), fitted through the current encoder on up to
+        ``COLOUR_MAP_FIT.max_images`` seeded prohibited lock images, and used from now on (see
+        :meth:`objective_terms`). Its time counts as challenge time; the round's history records it."""
+        started = time.perf_counter()
+        data = self.lock_prohibited
+        generator = torch.Generator().manual_seed(self.args.seed + round_index)
+        rows = torch.randperm(len(data), generator=generator)[: COLOUR_MAP_FIT.max_images].sort().values
+        part = data.take(rows)
+        device = next(self.encoder.parameters()).device
+        fit = replace(COLOUR_MAP_FIT, seed=self.args.seed + round_index)
+        self.lock_state.colour_map = fit_colour_map_to_pixels(
+            self.encoder,
+            part.pixel_values.to(device),
+            part.labels,
+            COLOUR_MAP_HIDDEN,
+            fit,
+            num_classes=part.num_classes,
+        )
+        seconds = time.perf_counter() - started
+        self.lock_state.phase_time["challenge"] += seconds
+        self.record_round({"round": round_index, "colour_map_images": len(rows), "time_colour_map_s": seconds})
 
     def before_optimizer_step(self) -> None:
         """Before each optimiser step (see :meth:`RoundDriver.before_optimizer_step`)."""

@@ -89,6 +89,21 @@ class ColourMap(nn.Module):
         self.register_buffer("std", std.reshape(channels, 1, 1).float().clamp_min(1e-12).clone())
         self.low, self.high = float(low), float(high)
 
+    def layout(self) -> dict[str, float | int]:
+        """What rebuilds this map's structure (JSON-serialisable); its tensors are its ``state_dict``."""
+        hidden = 0 if self.residual is None else self.residual[0].out_channels
+        return {"channels": self.affine.in_channels, "hidden": hidden, "low": self.low, "high": self.high}
+
+    @classmethod
+    def from_layout(cls, layout: dict[str, float | int], state: dict[str, torch.Tensor]) -> ColourMap:
+        """The map :meth:`layout` and ``state_dict`` describe, frozen, in eval mode."""
+        channels = int(layout["channels"])
+        colour_map = cls(
+            channels, int(layout["hidden"]), torch.zeros(channels), torch.ones(channels), layout["low"], layout["high"]
+        )
+        colour_map.load_state_dict(state)
+        return colour_map.requires_grad_(False).eval()
+
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         raw = pixel_values * self.std + self.mean
         mapped = self.affine(raw)
@@ -125,42 +140,56 @@ def fit_colour_map(
     fit: ColourMapFit | None = None,
     num_classes: int | None = None,
 ) -> ColourMap:
+    """:func:`fit_colour_map_to_pixels` on ``images`` prepared by ``encoder``'s own preprocessing."""
+    if len(images) < 2:
+        raise TransformError(f"a colour map needs at least 2 images, got {len(images)}")
+    return fit_colour_map_to_pixels(encoder, _pixels(encoder, images, 256), labels, hidden, fit, num_classes)
+
+
+def fit_colour_map_to_pixels(
+    encoder: EncoderAdapter,
+    pixels: torch.Tensor,
+    labels: Sequence[int] | np.ndarray | torch.Tensor,
+    hidden: int,
+    fit: ColourMapFit | None = None,
+    num_classes: int | None = None,
+) -> ColourMap:
     """Fit a :class:`ColourMap` (``hidden`` residual units) and a linear head on ``encoder``'s features of
-    ``images``, by cross-entropy on ``labels`` (``num_classes``: their largest value + 1 unless given). The encoder
-    is not changed: its weights, ``requires_grad`` flags and train / eval mode are as before. Returns the map,
-    frozen, in eval mode.
+    ``pixels`` (already preprocessed), by cross-entropy on ``labels`` (``num_classes``: their largest value + 1
+    unless given). The encoder is not changed: its weights, ``requires_grad`` flags and train / eval mode are as
+    before. Returns the map, frozen, in eval mode.
 
     Hand-written torch rather than a Trainer: one small loop whose every batch goes through the frozen encoder.
     """
     fit = fit or ColourMapFit()
     if hidden < 0 or hidden != int(hidden):
         raise TransformError(f"colour_map takes a whole number >= 0 of hidden units as its strength, got {hidden!r}")
-    targets = torch.as_tensor(np.asarray(labels), dtype=torch.long)
-    if len(images) != len(targets) or len(images) < 2:
+    targets = torch.as_tensor(np.asarray(labels), dtype=torch.long).to(pixels.device)
+    if len(pixels) != len(targets) or len(pixels) < 2:
         raise TransformError(
-            f"a colour map needs at least 2 images with one label each, got {len(images)} images and {len(targets)} "
+            f"a colour map needs at least 2 images with one label each, got {len(pixels)} images and {len(targets)} "
             "labels"
         )
-    pixels = _pixels(encoder, images, 256)
     channels = pixels.shape[1]
-    mean, std = encoder.normalization()
+    mean, std = (t.to(pixels.device) for t in encoder.normalization())
     raw = pixels * std + mean
     backbone = encoder.backbone
     flags = {name: p.requires_grad for name, p in backbone.named_parameters()}
     was_training = backbone.training
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(fit.seed)
-        colour_map = ColourMap(channels, int(hidden), mean, std, float(raw.min()), float(raw.max()))
+        colour_map = ColourMap(channels, int(hidden), mean, std, float(raw.min()), float(raw.max())).to(pixels.device)
         classes = num_classes or int(targets.max()) + 1
         # standardised features, as the probe suite's linear heads see them
         head = nn.Sequential(nn.BatchNorm1d(encoder.feature_dim, affine=False), nn.Linear(encoder.feature_dim, classes))
+        head = head.to(pixels.device)
         optimizer = torch.optim.Adam([*colour_map.parameters(), *head.parameters()], lr=fit.learning_rate)
         order = torch.Generator().manual_seed(fit.seed)
         try:
             backbone.requires_grad_(False)
             backbone.eval()
             for _ in range(fit.epochs):
-                permutation = torch.randperm(len(pixels), generator=order)
+                permutation = torch.randperm(len(pixels), generator=order).to(pixels.device)
                 for start in range(0, len(pixels), fit.batch_size):
                     batch = permutation[start : start + fit.batch_size]
                     if len(batch) < 2:  # batch normalisation needs two rows

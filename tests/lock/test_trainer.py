@@ -389,6 +389,7 @@ class _StopAt(TrainerCallback):
                 "max_authorized_drift": 0.01,
             },
         ),
+        ("information", 3, {"colour_map_every": 2}),
     ],
     ids=[
         "paper-mid-round-end-of-epoch",
@@ -397,6 +398,7 @@ class _StopAt(TrainerCallback):
         "projected-killed-before-the-repair",
         "projected-killed-inside-the-repair",
         "auto-projection-dropped-drift-guarded-mid-round",
+        "colour-map-fitted-at-round-0-killed-mid-round-1",
     ],
 )
 def test_killed_run_resumes_to_the_same_mask_and_bit_identical_weights(
@@ -443,6 +445,36 @@ def test_killed_run_resumes_to_the_same_mask_and_bit_identical_weights(
     whole_losses = [e["loss"] for e in whole.state.log_history if "loss" in e]
     resumed_losses = [e["loss"] for e in resumed.state.log_history if "loss" in e]
     assert resumed_losses == whole_losses
+    if extra.get("colour_map_every"):  # the map fitted before the kill came from the checkpoint, the next was refitted
+        for name, value in whole.lock_state.colour_map.state_dict().items():
+            assert torch.equal(resumed.lock_state.colour_map.state_dict()[name], value), f"colour map {name} differs"
+
+
+def test_the_lock_refits_the_attackers_colour_map_and_shows_half_of_each_prohibited_batch_under_it(tiny_trainer):
+    encoder, trainer = tiny_trainer(num_rounds=3, update_steps_per_round=1, colour_map_every=2)
+    trainer.train()
+    fits = [h for h in trainer.lock_state.history if "time_colour_map_s" in h]
+    assert [h["round"] for h in fits] == [0, 2]
+    assert all(0 < h["colour_map_images"] <= len(trainer.lock_prohibited) for h in fits)
+    colour_map = trainer.lock_state.colour_map
+    assert colour_map is not None and not any(p.requires_grad for p in colour_map.parameters())
+    assert any(not torch.equal(p, torch.eye(3).reshape(3, 3, 1, 1)) for p in [colour_map.affine.weight])
+
+    seen = []
+    real = trainer._lock_features
+
+    def spy(model, pixel_values, num_authorized):
+        seen.append(pixel_values[num_authorized:].clone())
+        return real(model, pixel_values, num_authorized)
+
+    trainer._lock_features = spy
+    batch = trainer.lock_prohibited.take(torch.arange(4))
+    authorized = trainer.lock_authorized.take(torch.arange(2))
+    trainer.objective_terms(encoder, authorized.pixel_values, authorized.labels, batch.pixel_values, batch.labels)
+    with torch.no_grad():
+        mapped = colour_map(batch.pixel_values[2:])
+    assert torch.equal(seen[0][:2], batch.pixel_values[:2]) and torch.equal(seen[0][2:], mapped)
+    assert not torch.equal(mapped, batch.pixel_values[2:])
 
 
 class _PoisonableObjective(PaperObjective):
