@@ -446,9 +446,12 @@ def _best(probe: dict[str, Any], role: str, domain: str) -> dict[str, Any]:
     return next(b for b in probe["best"][role] if b["domain"] == domain and abs(b["fraction"] - FRACTION) < 1e-9)
 
 
-def summarize_run(folder: Path) -> dict[str, Any]:
-    """Removed / kept on the validation and test splits (means over probe seeds) from a run's ``report.json``."""
+def summarize_run(folder: Path, adaptive_report: Path | None = None) -> dict[str, Any]:
+    """Removed / kept on the validation and test splits (means over probe seeds) from a run's ``report.json``; the
+    worst case from ``adaptive_report`` (a later ``adaptive_report.json`` on the same lock) when given."""
     report = json.loads((folder / "report.json").read_text())
+    if adaptive_report is not None:
+        report["adaptive"] = json.loads(adaptive_report.read_text())
     before, after = report["probe_before"], report["probe_after"]
     out: dict[str, Any] = {"total_s": report["timings"]["total_s"]}
     for split in ("validation", "test"):
@@ -534,6 +537,12 @@ def main(argv: list[str] | None = None) -> None:
         help="Only summarize finished runs: never start a lock, and refuse if a setting's report.json is missing "
         "(a run still going, or never run).",
     )
+    parser.add_argument(
+        "--adaptive_dir",
+        default=None,
+        help="With --summarize: later adaptive attacks on the runs' locks (DIR/<run folder name>/adaptive_report.json, "
+        "from benchmarks/adaptive_attacks.py); where one exists, a setting's worst case is read from it.",
+    )
     args = parser.parse_args(argv)
     if args.summarize:
         unfinished = [name for name in args.settings if not (_run_folder(name, args) / "report.json").is_file()]
@@ -542,7 +551,12 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(f"keep_levers.py: --summarize: no report.json yet for {', '.join(map(repr, unfinished))}")
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         folders = dict(zip(args.settings, pool.map(lambda name: run_setting(name, args), args.settings)))
-    write_summary({name: summarize_run(folder) for name, folder in folders.items()}, Path(args.output))
+    later = {
+        name: path
+        for name, folder in folders.items()
+        if args.adaptive_dir and (path := Path(args.adaptive_dir) / folder.name / "adaptive_report.json").is_file()
+    }
+    write_summary({name: summarize_run(folder, later.get(name)) for name, folder in folders.items()}, Path(args.output))
 
 
 if __name__ == "__main__":

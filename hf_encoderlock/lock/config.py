@@ -41,7 +41,9 @@ BEST_MODEL_CRITERIA = get_args(BestModelCriterion)
 # The knob groups, each declared once on its own dataclass (help, default, range) and flattened into
 # EncoderLockConfig under its prefix (info_*, augment_*, adversary_*): see lock/knobs.py.
 KNOB_GROUPS: tuple[type[KnobGroup], ...] = (InformationTermsConfig, AugmentationConfig, AdversaryConfig)
-NOT_HYPERPARAMETERS = ("lock_cache_bytes",)  # how the data is held, not what the lock does: free to change on resume
+# How the data is held and whether a finished result may be replaced, not what the lock does: free to change on resume
+# (a resume refused for overwrite_output_dir was found on the user's path).
+NOT_HYPERPARAMETERS = ("lock_cache_bytes", "overwrite_output_dir")
 # Validation: integer fields with the smallest value a lock can run with, and number fields that must be finite and
 # positive / non-negative (NaN passes no comparison, so each is checked for finiteness first).
 WHOLE_MINIMUMS = {

@@ -315,7 +315,8 @@ def test_mask_is_checkpointed_and_restored_on_resume(tmp_path, tiny_trainer):
     saved = load_mask(checkpoint / MASK_FILE)
     assert sum(int(m.sum()) for m in saved.values()) == 15
 
-    resumed_encoder, resumed = tiny_trainer(save_strategy="no", best_model_criterion="last")
+    # whether a finished result may be replaced is no lock setting: a resume may change it
+    resumed_encoder, resumed = tiny_trainer(save_strategy="no", best_model_criterion="last", overwrite_output_dir=True)
     resumed._load_from_checkpoint(str(checkpoint))
     saved_weights = AutoModel.from_pretrained(checkpoint).state_dict()
     for name, value in resumed_encoder.backbone.state_dict().items():
