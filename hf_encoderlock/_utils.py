@@ -178,12 +178,13 @@ def check_output_folder(
         shown = ", ".join(users[:5]) + (", ..." if len(users) > 5 else "")
         raise FileExistsError(
             f"{what}: output_dir {folder} holds files this package did not write ({shown}); choose another folder, "
-            "or pass overwrite_output_dir=True (they are kept, never deleted)"
+            "or pass overwrite_output_dir=True (--overwrite_output_dir on the command line; they are kept, never "
+            "deleted)"
         )
     if (folder / finished_marker).exists():
         raise FileExistsError(
             f"{what}: output_dir {folder} already holds a finished result ({finished_marker}); choose another "
-            "folder, or pass overwrite_output_dir=True to replace it"
+            "folder, or pass overwrite_output_dir=True (--overwrite_output_dir on the command line) to replace it"
         )
 
 
@@ -246,13 +247,18 @@ def exclusive_output_folder(target: str | Path, what: str) -> Iterator[None]:
     target = Path(target).resolve()
     target.parent.mkdir(parents=True, exist_ok=True)
     hold = FileLock(target.parent / f".{target.name}{LOCK_SUFFIX}")
+    cannot = f"{what}: output_dir {target} cannot be written (its hold file {hold.lock_file} cannot be created)"
     try:
         hold.acquire(timeout=0)
-    except Timeout:
+    except Timeout:  # an OSError too: caught first
+        if not Path(hold.lock_file).exists():  # nobody holds it: the file could not be made (e.g. under /proc)
+            raise PermissionError(cannot) from None
         raise FileExistsError(
             f"{what}: another run is writing output_dir {target} (it holds {hold.lock_file}); wait for it to finish "
             "or choose another output_dir"
         ) from None
+    except OSError as error:  # e.g. a read-only or virtual file system (found on the user's path: /sys)
+        raise PermissionError(f"{cannot}: {error.strerror or error}") from None
     try:
         yield
     finally:

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from huggingface_hub.utils import HFValidationError, validate_repo_id
 from PIL import Image
 from safetensors.torch import load_model, save_model
 from torch import nn
@@ -406,6 +407,13 @@ class EncoderAdapter(nn.Module):
             return cls._from_plain_folder(local, model, pooling, preprocess_fn)
         if local.exists() and not (local / MODEL_CONFIG_FILE).is_file():
             raise EncoderError(f"{source} has no {MODEL_CONFIG_FILE}: it is not a saved encoder folder")
+        if not local.exists():
+            try:  # else transformers' message speaks of a malformed repository id, not of a missing folder
+                validate_repo_id(source)
+            except HFValidationError:
+                raise EncoderError(
+                    f"{source!r} is not an existing folder, nor a Hub model id (name or namespace/name)"
+                ) from None
         if kwargs.pop("trust_remote_code", False):
             raise EncoderError(
                 "trust_remote_code=True is not supported: a lock is loaded with transformers' own classes only, "

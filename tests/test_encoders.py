@@ -146,3 +146,9 @@ def test_transformers_is_never_asked_to_run_code_shipped_with_a_checkpoint(tmp_p
     assert asked and all(value is False for value in asked), asked
     with pytest.raises(EncoderError, match="trust_remote_code=True is not supported"):
         EncoderAdapter.from_pretrained(folder, trust_remote_code=True)
+
+
+def test_a_missing_folder_is_named_as_such(tmp_path):
+    for missing in (tmp_path / "no" / "model", "./no/such/model"):
+        with pytest.raises(EncoderError, match="is not an existing folder, nor a Hub model id"):
+            load_encoder(missing)

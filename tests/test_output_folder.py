@@ -9,7 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from filelock import FileLock, Timeout
 
+from hf_encoderlock import _utils
 from hf_encoderlock._utils import exclusive_output_folder
 from hf_encoderlock.encoders import tiny_vit_encoder
 from hf_encoderlock.hub.card import write_model_card
@@ -123,3 +125,25 @@ def test_a_killed_runs_hold_on_the_output_folder_goes_with_it(tmp_path):
         holder.wait(timeout=60)
     with exclusive_output_folder(out, "the next run"):  # the lock file it left is taken over
         assert list(tmp_path.glob(".out.lock"))
+
+
+def test_an_output_folder_whose_hold_file_cannot_be_made_is_named_unwritable(tmp_path, monkeypatch):
+    """Not "another run is writing": under /proc the hold file is silently never made, under /sys making it fails."""
+
+    class NeverMade(FileLock):
+        def acquire(self, timeout=None, **kwargs):
+            raise Timeout(self.lock_file)
+
+    class Refused(FileLock):
+        def acquire(self, timeout=None, **kwargs):
+            raise PermissionError(13, "Permission denied")
+
+    for lock_class, reason in ((NeverMade, ""), (Refused, ": Permission denied")):
+        monkeypatch.setattr(_utils, "FileLock", lock_class)
+        with pytest.raises(PermissionError) as caught:
+            with exclusive_output_folder(tmp_path / "out", "the main job"):
+                pass
+        assert str(caught.value) == (
+            f"the main job: output_dir {tmp_path / 'out'} cannot be written (its hold file {tmp_path / '.out.lock'} "
+            f"cannot be created){reason}"
+        )
