@@ -21,6 +21,7 @@ from ..probing.attacks import ATTACKS, AttackConfig, AttackError, attack_report_
 from ..probing.sanitize import SanitizeError
 from ..probing.transforms import TransformError
 from ..victim import load_victim
+from .columns import add_column_arguments, domain_specs
 
 USER_ERRORS = (DomainError, EncoderError, AttackError, AdaptiveError, SanitizeError, TransformError)
 SUITES = ("finetune", "probe", "full")
@@ -65,6 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-scratch", action="store_true", help="Skip training the random-init twin from scratch.")
     parser.add_argument("--threads", type=int, help="torch threads.")
     parser.add_argument("--quiet", action="store_true", help="No progress bars.")
+    add_column_arguments(parser)
 
 
 def _encoder(name: str | None):
@@ -83,10 +85,10 @@ def _run_adaptive(args: argparse.Namespace) -> int:
     )
     reference = None
     if args.authorized:
-        reference = load_domain(DomainSpec(args.authorized[0]), seed=config.domain_seed)["train"]
+        reference = load_domain(domain_specs(args.authorized[:1], args)[0], seed=config.domain_seed)["train"]
     report = run_adaptive_suite(
         _encoder(args.encoder),
-        args.domains,
+        domain_specs(args.domains, args),
         config,
         authorized=reference,
         victim=_encoder(args.victim),
@@ -129,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
     config = AttackConfig(progress=not args.quiet, **{k: v for k, v in overrides.items() if v is not None})
     report = run_attack_suite(
         _encoder(args.encoder),
-        args.domains,
+        domain_specs(args.domains, args),
         config,
         random_twin=not args.no_scratch,
         authorized=authorized,

@@ -11,6 +11,7 @@ from ..audit import AuditError, audit_locked
 from ..data.domains import DomainError
 from ..encoders import EncoderError
 from ..probing.suite import ProbeConfig
+from .columns import add_column_arguments, domain_specs
 
 USER_ERRORS = (AuditError, DomainError, EncoderError)
 
@@ -33,6 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, help="Maximum epochs per gradient-trained head.")
     parser.add_argument("--cache-dir", type=Path, help="Cache folder for built-in domains and features.")
     parser.add_argument("--quiet", action="store_true", help="No progress bars.")
+    add_column_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -47,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     report = audit_locked(
         args.locked,
         original=args.original,
-        domains=args.domains,
+        domains=domain_specs(args.domains, args),
         probe_config=config,
         probes=not args.no_probes,
         cache_dir=args.cache_dir,

@@ -12,6 +12,7 @@ from ..probing.features import FeatureError
 from ..probing.heads import HEAD_KINDS
 from ..probing.suite import ProbeConfig, load_domains, run_probe_suite
 from ..victim import load_victim
+from .columns import add_column_arguments, domain_specs
 
 USER_ERRORS = (DomainError, EncoderError, FeatureError)
 
@@ -34,7 +35,9 @@ def run(args: argparse.Namespace) -> int:
     """``encoderlock probe``: run the probe suite and write probe_report.{json,md,png} into ``--out``."""
     config = _probe_config(args)
     cache_dir = None if args.no_cache else (args.cache_dir or default_cache_dir())
-    domains = load_domains(args.domains, config, cache_dir)  # fail on a bad domain before loading any model
+    domains = load_domains(
+        domain_specs(args.domains, args), config, cache_dir
+    )  # fail on a bad domain before loading any model
     if args.victim:
         encoder = load_victim()
     else:
@@ -82,3 +85,4 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-dir", type=Path, help="Cache folder (default: $HF_ENCODERLOCK_CACHE or ~/.cache).")
     parser.add_argument("--no-cache", action="store_true", help="Do not read or write cached features.")
     parser.add_argument("--quiet", action="store_true", help="No progress bars.")
+    add_column_arguments(parser)

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from datasets import ClassLabel, Dataset, DatasetDict, Features
+from datasets import ClassLabel, Dataset, DatasetDict, Features, load_from_disk
 from datasets import Image as ImageFeature
 from PIL import Image
 
@@ -33,4 +33,12 @@ def domain_dir(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("domains") / "colours"
     DatasetDict(train=split(45), test=split(21)).save_to_disk(str(folder))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def renamed_domain_dir(domain_dir, tmp_path_factory):
+    """The same domain saved with a user's own column names: ``pic`` and ``digit``."""
+    folder = tmp_path_factory.mktemp("renamed") / "colours"
+    load_from_disk(str(domain_dir)).rename_columns({"image": "pic", "label": "digit"}).save_to_disk(str(folder))
     return folder

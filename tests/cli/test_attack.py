@@ -7,7 +7,8 @@ import pytest
 from hf_encoderlock.cli.main import main
 
 
-def test_cli_attack_writes_the_fine_tuning_report(encoder_dir, domain_dir, tmp_path, capsys):
+def test_cli_attack_writes_the_fine_tuning_report(encoder_dir, renamed_domain_dir, tmp_path, capsys):
+    """On a domain with a user's own column names (``pic`` / ``digit``), named by the column flags."""
     out = tmp_path / "attack"
     code = main(
         [
@@ -15,7 +16,11 @@ def test_cli_attack_writes_the_fine_tuning_report(encoder_dir, domain_dir, tmp_p
             "--encoder",
             str(encoder_dir),
             "--domains",
-            str(domain_dir),
+            str(renamed_domain_dir),
+            "--image-column",
+            "pic",
+            "--label-column",
+            "digit",
             "--prohibited",
             "colours",
             "--out",

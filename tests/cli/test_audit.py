@@ -31,9 +31,13 @@ def test_cli_no_probes_and_tamper_exit_status(audit_folders, tmp_path, capsys):
 
 
 def test_cli_with_probes_on_saved_toy_domains(tmp_path):
+    """On domains saved with a user's own column names (``pic`` / ``digit``), named by the column flags."""
     red, green = tmp_path / "red", tmp_path / "green"
-    DatasetDict(train=toy_domain(30, 0, "red"), test=toy_domain(15, 1, "red")).save_to_disk(str(red))
-    DatasetDict(train=toy_domain(30, 2, "green"), test=toy_domain(15, 3, "green")).save_to_disk(str(green))
+    own = {"image": "pic", "label": "digit"}
+    red_splits = DatasetDict(train=toy_domain(30, 0, "red"), test=toy_domain(15, 1, "red"))
+    red_splits.rename_columns(own).save_to_disk(str(red))
+    green_splits = DatasetDict(train=toy_domain(30, 2, "green"), test=toy_domain(15, 3, "green"))
+    green_splits.rename_columns(own).save_to_disk(str(green))
     original, locked = build_audit_folders(tmp_path / "lock", {"authorized": [str(red)], "prohibited": [str(green)]})
     out = tmp_path / "audit"
     status = main(
@@ -58,6 +62,10 @@ def test_cli_with_probes_on_saved_toy_domains(tmp_path):
             "--cache-dir",
             str(tmp_path / "cache"),
             "--quiet",
+            "--image-column",
+            "pic",
+            "--label-column",
+            "digit",
         ]
     )
     assert status == 0

@@ -79,3 +79,12 @@ def test_cli_bad_encoder_and_arguments(domain_dir, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:  # --encoder and --victim are exclusive
         build_parser().parse_args(["probe", "--encoder", "x", "--victim", "--domains", "d", "--out", "o"])
     assert exit_info.value.code == 2
+
+
+def test_cli_probe_reads_a_users_own_column_names(renamed_domain_dir, encoder_dir, tmp_path, capsys):
+    out = tmp_path / "report"
+    argv = ["probe", "--encoder", str(encoder_dir), "--domains", str(renamed_domain_dir), "--out", str(out), *FAST]
+    assert main(argv) == 2  # found on the user's path: there was no way to name the columns
+    assert "image column 'image' not found" in capsys.readouterr().err
+    assert main([*argv, "--image-column", "pic", "--label-column", "digit"]) == 0
+    _check_outputs(out, ["colours"], twin=True)

@@ -1,0 +1,27 @@
+"""``--image-column`` / ``--label-column`` for the commands that read a user's domains (``probe``, ``attack``,
+``audit``): a dataset locked with its own column names (``encoderlock lock --image_column pic``) is measured with
+the same names."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+from ..data.domains import DomainSpec
+
+
+def add_column_arguments(parser: argparse.ArgumentParser) -> None:
+    """The two column flags (built-in domains have ``image`` / ``label`` and ignore them)."""
+    parser.add_argument(
+        "--image-column", default="image", metavar="NAME", help="Image column of every domain given (default: image)."
+    )
+    parser.add_argument(
+        "--label-column", default="label", metavar="NAME", help="Label column of every domain given (default: label)."
+    )
+
+
+def domain_specs(names: Sequence[str] | None, args: argparse.Namespace) -> list[DomainSpec] | None:
+    """``names`` as domain specs reading ``args``' columns (``None`` stays ``None``)."""
+    if names is None:
+        return None
+    return [DomainSpec(name, image_column=args.image_column, label_column=args.label_column) for name in names]
