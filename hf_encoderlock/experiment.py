@@ -17,8 +17,10 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import huggingface_hub.constants
 import torch
 from datasets import DatasetDict
+from transformers.integrations import get_reporting_integration_callbacks
 
 from ._files import CHECKPOINTS_SUBDIR, LOCKED_SUBDIR, REPORT_JSON, REPORT_MD, REPORT_PNG, VICTIM_SUBDIR
 from ._utils import (
@@ -34,6 +36,7 @@ from .data.lock_tensors import combine_labelled_domains
 from .encoders import EncoderAdapter, load_encoder
 from .hub.card import write_model_card
 from .lock.config import EncoderLockConfig, check_supported_settings
+from .lock.state import checkpoint_problem, resumable_checkpoint
 from .lock.trainer import EncoderLockTrainer
 from .probing.adaptive import AdaptiveConfig, run_adaptive_suite
 from .probing.lock_report import build_lock_report, lock_report_markdown, plot_lock_report
@@ -222,6 +225,7 @@ def _run_lock_experiment(
     resume = lock_config.resume_from_checkpoint
     if isinstance(resume, str) and resume.lower() in ("true", "yes", "1"):
         resume = True  # the flag's text form: the last complete checkpoint under output_dir/checkpoints
+    _check_before_long_work(lock_config, target, resume)
     if not gate.main:
         gate.wait()  # the main process fills the domain and victim caches first; the others then read them
     domains = _load_domains(args)  # every domain is checked before any long work
@@ -345,6 +349,34 @@ def _run_lock_experiment(
     lock_config.output_dir = str(target)
     gate.wait()  # the report is in place: the other processes may read it
     return report
+
+
+def _check_before_long_work(lock_config: EncoderLockConfig, target: Path, resume: Any) -> None:
+    """What the trainer would refuse only after the "before" probes (found on the user's path, 20-40 s in): a resume
+    without a checkpoint to resume from, a logging integration that is not installed, a push in offline mode."""
+    checkpoints = target / CHECKPOINTS_SUBDIR
+    if resume is True:
+        found, skipped = resumable_checkpoint(checkpoints)
+        if found is None:
+            damaged = "; ".join(f"{path.name}: {problem}" for path, problem in skipped)
+            raise ValueError(
+                f"resume_from_checkpoint=True: no complete checkpoint in {checkpoints}"
+                + (f" (passed over {damaged})" if damaged else " (checkpoints are kept only with a save_strategy)")
+            )
+    elif resume:
+        problem = checkpoint_problem(resume)
+        if problem is not None:
+            raise ValueError(f"resume_from_checkpoint={resume}: {problem}")
+    for callback in get_reporting_integration_callbacks(lock_config.report_to):
+        try:
+            callback()  # the Trainer builds them too; each checks that its package is installed
+        except (RuntimeError, ImportError) as error:
+            raise ValueError(f"report_to={lock_config.report_to}: {error}") from None
+    if lock_config.push_to_hub and huggingface_hub.constants.HF_HUB_OFFLINE:
+        raise ValueError(
+            "push_to_hub=True needs the Hub, but offline mode is on (HF_HUB_OFFLINE); run without it and publish "
+            "later with `encoderlock push`"
+        )
 
 
 def _train_lock(

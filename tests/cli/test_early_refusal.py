@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 from datasets import DatasetDict
 
@@ -17,8 +19,16 @@ from tests.helpers import toy_domain
         (["--fsdp", "full_shard"], "does not support FSDP"),
         (["--load_best_model_at_end", "true", "--eval_strategy", "steps", "--save_strategy", "steps"],
          "load_best_model_at_end is not used by a lock"),
+        # found on the user's path: these three were refused only after the "before" probes
+        (["--resume_from_checkpoint", "true"], "resume_from_checkpoint=True: no complete checkpoint in"),
+        pytest.param(
+            ["--report_to", "tensorboard"],
+            "report_to=['tensorboard']: TensorBoardCallback requires tensorboard",
+            marks=pytest.mark.skipif(importlib.util.find_spec("tensorboard") is not None, reason="it is installed"),
+        ),
+        (["--push_to_hub", "true", "--hub_model_id", "me/x"], "push_to_hub=True needs the Hub, but offline mode is on"),
     ],
-    ids=["fsdp", "load_best_model_at_end"],
+    ids=["fsdp", "load_best_model_at_end", "resume-without-checkpoint", "report-to-missing-package", "push-offline"],
 )  # fmt: skip
 def test_unsupported_settings_are_refused_before_the_probes(tmp_path, monkeypatch, capsys, setting, message):
     model_dir = tmp_path / "tiny"
