@@ -24,7 +24,14 @@ MIN_MEASURABLE_ADVANTAGE = 0.03  # victim minus twin accuracy below which the ra
 
 def _not_measurable(row: dict[str, Any], ratio: float | None) -> str:
     """The verdict when the ratio is missing or the victim's advantage is within probe noise; "" otherwise."""
-    if ratio is None or math.isnan(ratio) or row["victim"] - row["random_twin"] < MIN_MEASURABLE_ADVANTAGE:
+    advantage = row["victim"] - row["random_twin"]
+    if advantage <= -MIN_MEASURABLE_ADVANTAGE:  # not noise: the pre-trained encoder does worse than random weights
+        return (
+            "not measurable: the victim is below its random-init twin on this domain, so it has no advantage to keep "
+            f"or remove (victim {100 * row['victim']:.1f}%, twin {100 * row['random_twin']:.1f}%: "
+            f"{100 * advantage:.1f} points; locked {100 * row['locked']:.1f}%); check the domain's size and labels"
+        )
+    if ratio is None or math.isnan(ratio) or advantage < MIN_MEASURABLE_ADVANTAGE:
         return (
             "not measurable: the victim's advantage over its random-init twin on this domain is within probe noise "
             f"(victim {100 * row['victim']:.1f}%, twin {100 * row['random_twin']:.1f}%: "

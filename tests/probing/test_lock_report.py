@@ -62,6 +62,11 @@ def test_removal_above_100_percent_is_said_in_words_and_the_noise_floor_is_state
     for verdict, key in ((prohibited_verdict, "advantage_removed"), (authorized_verdict, "advantage_kept")):
         noise = {"victim": 0.961, "random_twin": 0.955, "locked": 0.935, key: 4.0}  # alike on both sides
         assert "0.6 points, under the 3-point noise floor" in verdict(noise)
+        # a victim far below its twin is no noise (found on the user's path: "-75.0 points, under the noise floor")
+        below_twin = {"victim": 0.125, "random_twin": 0.875, "locked": 0.0, key: 1.0}
+        text = verdict(below_twin)
+        assert "the victim is below its random-init twin" in text and "-75.0 points" in text
+        assert "noise floor" not in text
     lock = {"variant": "supervised", "objective": "information", "mask": {"count": 1, "num_parameters": 10,
             "fraction": 0.1}, "rounds_completed": 1}  # fmt: skip
     table = [{"domain": "letters", "role": "prohibited", **below}]
