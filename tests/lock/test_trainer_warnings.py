@@ -1,7 +1,11 @@
 """Warnings a lock gives about its own scale: a budget that is a large share of the candidate weights (before any
-update), and authorized features that drifted far past the guard (at the end)."""
+update), and authorized features that drifted far past the guard (at the end); and no warning about pinned memory on
+a CPU-only machine."""
+
+import warnings
 
 import pytest
+import torch
 
 from hf_encoderlock.lock.rounds import BUDGET_WARNING_SHARE
 from hf_encoderlock.lock.trainer import DRIFT_WARNING_FACTOR
@@ -41,3 +45,14 @@ def test_authorized_drift_far_above_the_guard_warns_at_the_end(tiny_trainer, cap
     assert bool(found) is warns
     if warns:
         assert f"{drift:.3g}" in found[0] and f"max_authorized_drift={guard:g}" in found[0]
+
+
+@pytest.mark.skipif(torch.accelerator.is_available(), reason="pinning is only dropped without an accelerator")
+def test_a_cpu_only_lock_does_not_warn_about_pinned_memory(tiny_trainer):
+    """torch warned "'pin_memory' argument is set as true but no accelerator is found" in every CPU run."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _, trainer = tiny_trainer(num_rounds=1, use_cpu=False)  # use_cpu=True turns pinning off itself
+        trainer.train()
+    assert not [w for w in caught if "pin_memory" in str(w.message)]
+    assert trainer.args.dataloader_pin_memory is False
