@@ -350,6 +350,11 @@ SETTINGS: dict[str, list[str]] = {
         *UNPROJECTED,
         *("--layers_per_round", "6", "--candidate_blocks", "-1"),
     ],
+    "bounded.yaml (6 layers), colour map every 5 rounds, 2 threads": [
+        *BOUND_AWARE_GRADIENT,
+        *UNPROJECTED,
+        *("--layers_per_round", "6", "--colour_map_every", "5"),
+    ],
     "bounded.yaml, authorized weight 0.3, preserve weight 0.3, 2 threads": [
         *BOUND_AWARE_GRADIENT,
         *UNPROJECTED,
