@@ -21,7 +21,7 @@ from ..probing.attacks import ATTACKS, AttackConfig, AttackError, attack_report_
 from ..probing.sanitize import SanitizeError
 from ..probing.transforms import TransformError
 from ..victim import load_victim
-from .columns import add_column_arguments, domain_specs
+from .measure_options import add_column_arguments, domain_specs, silence_progress
 
 USER_ERRORS = (DomainError, EncoderError, AttackError, AdaptiveError, SanitizeError, TransformError)
 SUITES = ("finetune", "probe", "full")
@@ -115,6 +115,7 @@ def _roles(names: list[str], domains: list[str], flag: str) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     """Handler of ``encoderlock attack``: run the chosen suite and print where the report went."""
+    silence_progress(args)
     if args.suite != "finetune":
         return _run_adaptive(args)
     authorized = _roles(args.authorized, args.domains, "--authorized")

@@ -11,7 +11,7 @@ from ..audit import AuditError, audit_locked
 from ..data.domains import DomainError
 from ..encoders import EncoderError
 from ..probing.suite import ProbeConfig
-from .columns import add_column_arguments, domain_specs
+from .measure_options import add_column_arguments, domain_specs, silence_progress
 
 USER_ERRORS = (AuditError, DomainError, EncoderError)
 
@@ -41,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
     """Handler of ``encoderlock audit``: 0 when every check passes, 1 when one fails or one could not run (no
     ``--original``: the result is INCOMPLETE); an audit that cannot run as
     asked (missing original, unreadable mask, another architecture) raises a one-line user error (exit 2)."""
+    silence_progress(args)
 
     overrides = {"fractions": args.fractions, "seeds": args.seeds, "heads": args.heads, "epochs": args.epochs}
     config = dataclasses.replace(

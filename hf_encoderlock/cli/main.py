@@ -60,8 +60,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "sign",
         "Sign every published file of a locked encoder folder with an elliptic-curve key (model.sig).",
         "Sign the weights, configs, lock config and model card of a locked folder with OpenSSF model-signing "
-        "(needs pip install 'hf_encoderlock[signing]'); load_locked(..., public_key=...) then refuses any added, "
-        "removed or changed file.",
+        "(needs pip install 'hf_encoderlock[signing]'); load_locked(..., public_key=...) then refuses a changed or "
+        "removed signed file, and an added code, config or weights file.",
     ),
     "env": ("env", "Print versions, devices and cache paths (for bug reports).", "Print versions, devices and caches."),
     "audit": (

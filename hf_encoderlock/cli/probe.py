@@ -12,7 +12,7 @@ from ..probing.features import FeatureError
 from ..probing.heads import HEAD_KINDS
 from ..probing.suite import ProbeConfig, load_domains, run_probe_suite
 from ..victim import load_victim
-from .columns import add_column_arguments, domain_specs
+from .measure_options import add_column_arguments, domain_specs, silence_progress
 
 USER_ERRORS = (DomainError, EncoderError, FeatureError)
 
@@ -33,6 +33,7 @@ def _probe_config(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     """``encoderlock probe``: run the probe suite and write probe_report.{json,md,png} into ``--out``."""
+    silence_progress(args)
     config = _probe_config(args)
     cache_dir = None if args.no_cache else (args.cache_dir or default_cache_dir())
     domains = load_domains(

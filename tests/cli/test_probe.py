@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from hf_encoderlock.cli import measure_options
 from hf_encoderlock.cli.main import build_parser, main
 
 REPO = Path(__file__).resolve().parents[2]
@@ -88,3 +89,12 @@ def test_cli_probe_reads_a_users_own_column_names(renamed_domain_dir, encoder_di
     assert "image column 'image' not found" in capsys.readouterr().err
     assert main([*argv, "--image-column", "pic", "--label-column", "digit"]) == 0
     _check_outputs(out, ["colours"], twin=True)
+
+
+def test_quiet_also_silences_transformers_progress_bars(encoder_dir, domain_dir, tmp_path, monkeypatch):
+    """--quiet left transformers' "Loading weights" bars on (found on the user's path)."""
+    silenced = []
+    monkeypatch.setattr(measure_options.transformers_logging, "disable_progress_bar", lambda: silenced.append(True))
+    argv = ["probe", "--encoder", str(encoder_dir), "--domains", str(domain_dir), "--out", str(tmp_path / "r"), *FAST]
+    assert main([*argv, "--no-random-twin"]) == 0
+    assert silenced == [True]
