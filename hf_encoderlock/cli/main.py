@@ -26,6 +26,7 @@ from .lock_help import help_request, known_help
 PROG = "encoderlock"
 EXIT_USER_ERROR = 2
 EXIT_INTERNAL_ERROR = 3
+EXIT_INTERRUPTED = 130  # the shell's status for a process ended by SIGINT
 DEBUG_FLAG = "--debug"  # anywhere among the words: show tracebacks instead of one-line errors
 
 #: command -> (module under hf_encoderlock.cli, one-line help, description)
@@ -107,7 +108,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``encoderlock`` console script; returns the exit status.
 
     Exit status: 0 done, 1 checks failed (``audit``), 2 a user error (bad input, missing file, missing extra: one line
-    naming it), 3 an unexpected error (one line; ``--debug`` anywhere among the words shows the traceback).
+    naming it), 3 an unexpected error (one line; ``--debug`` anywhere among the words shows the traceback), 130
+    interrupted (Ctrl-C).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = DEBUG_FLAG in argv
@@ -128,6 +130,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     module = command_module(args.command)
     try:
         return int(module.run(args) or 0)
+    except KeyboardInterrupt:  # Ctrl-C is the user's choice: one line, no traceback (--debug shows it)
+        if debug:
+            raise
+        print(f"{PROG} {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except (*module.USER_ERRORS, ValueError, OSError, ImportError) as error:
         if debug:
             raise

@@ -29,3 +29,17 @@ def test_an_unexpected_error_is_one_line_with_status_3(monkeypatch, capsys):
     assert main(["env"]) == 3
     err = capsys.readouterr().err.strip()
     assert "unexpected RuntimeError: a bug over two lines" in err and "--debug" in err and "\n" not in err
+
+
+def test_ctrl_c_is_one_line_with_status_130(monkeypatch, capsys):
+    """A Ctrl-C printed a full KeyboardInterrupt traceback (found on the user's path)."""
+    module = cli_main.command_module("env")
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(module, "run", interrupted)
+    assert main(["env"]) == 130
+    assert capsys.readouterr().err.strip() == "encoderlock env: interrupted"
+    with pytest.raises(KeyboardInterrupt):
+        main(["env", "--debug"])
