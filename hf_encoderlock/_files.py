@@ -62,6 +62,7 @@ VICTIM_CACHE_NAME = "victim-v1"
 STAGING_INFIX = ".partial-"  # a save is written into the hidden sibling ``.{name}.partial-XXXX`` first
 LOCK_SUFFIX = ".lock"  # a run holds its output folder through the hidden sibling ``.{name}.lock``
 RETIRED_INFIX = ".old-"  # a replaced folder briefly lives at ``.{name}.old-XXXX`` before it is deleted
+PRIVATE_FOLDER_MODE = 0o700  # a checkpoint: mask, lock state and optimizer state are the owner's alone
 SAVED_FOLDER_MODE = 0o755  # mkdtemp makes staging folders private; a published folder is readable like any other
 
 # ------------------------------------------------------------------------------------------------------ signing

@@ -40,7 +40,15 @@ from torch.func import functional_call
 from transformers import AutoModel, PreTrainedModel, Trainer, TrainerState
 from transformers.trainer_utils import TrainOutput
 
-from .._files import LOCK_CONFIG_FILE, LOCK_CONFIG_FORMAT, MASK_FILE, MODEL_CONFIG_FILE, TRAINER_STATE_FILE
+from .._files import (
+    CHECKPOINT_PREFIX,
+    LOCK_CONFIG_FILE,
+    LOCK_CONFIG_FORMAT,
+    MASK_FILE,
+    MODEL_CONFIG_FILE,
+    PRIVATE_FOLDER_MODE,
+    TRAINER_STATE_FILE,
+)
 from .._utils import atomic_folder, check_output_folder, package_versions
 from ..data.lock_tensors import LockDataError, PairedDomainCollator, PairedDomainDataset, check_labelled_dataset
 from ..data.streamed import load_lock_domain
@@ -816,6 +824,11 @@ class EncoderLockTrainer(Trainer):
             super()._save_checkpoint(model, trial)
         finally:
             self._saving_checkpoint = False
+        # private as a whole: besides the mask, the optimizer state is non-zero exactly on the changed weights, and
+        # the Trainer writes it readable by everyone (found on the user's path)
+        checkpoint = Path(self.args.output_dir) / f"{CHECKPOINT_PREFIX}{self.state.global_step}"
+        if checkpoint.is_dir():
+            checkpoint.chmod(PRIVATE_FOLDER_MODE)
 
     def push_to_hub(
         self, commit_message="End of training", blocking=True, token=None, revision=None, private=None, **kwargs
