@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 from .._files import ADAPTIVE_REPORT_STEM, ATTACK_REPORT_STEM
@@ -25,6 +26,9 @@ from .measure_options import add_column_arguments, domain_specs, silence_progres
 
 USER_ERRORS = (DomainError, EncoderError, AttackError, AdaptiveError, SanitizeError, TransformError)
 SUITES = ("finetune", "probe", "full")
+# shown in the flags' help
+ATTACK_DEFAULTS = {spec.name: spec.default for spec in dataclasses.fields(AttackConfig)}
+ADAPTIVE_DEFAULTS = {spec.name: spec.default for spec in dataclasses.fields(AdaptiveConfig)}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -60,11 +64,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--seeds", type=int, nargs="+", help="Seeds (default 0; probe seeds 0 1 2 for the adaptive suite)."
     )
-    parser.add_argument("--epochs", type=int, help="Maximum epochs per attack run.")
-    parser.add_argument("--max-train", type=int, help="Cap on each domain's training split (stratified).")
-    parser.add_argument("--max-test", type=int, help="Cap on each domain's test split.")
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        help=f"Maximum epochs per attack run (default {ATTACK_DEFAULTS['epochs']}; "
+        f"--suite probe/full: {ADAPTIVE_DEFAULTS['finetune_epochs']}).",
+    )
+    parser.add_argument(
+        "--max-train", type=int, help="Cap on each domain's training split (stratified; default: none)."
+    )
+    parser.add_argument("--max-test", type=int, help="Cap on each domain's test split (default: none).")
     parser.add_argument("--no-scratch", action="store_true", help="Skip training the random-init twin from scratch.")
-    parser.add_argument("--threads", type=int, help="torch threads.")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's own).")
     parser.add_argument("--quiet", action="store_true", help="No progress bars.")
     add_column_arguments(parser)
 

@@ -16,6 +16,9 @@ from .measure_options import add_column_arguments, domain_specs, silence_progres
 USER_ERRORS = (AuditError, DomainError, EncoderError)
 
 
+PROBE_EPOCHS = ProbeConfig.__dataclass_fields__["epochs"].default  # shown in the flag's help
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The arguments of ``encoderlock audit``."""
     parser.add_argument("locked", help="A locked encoder folder.")
@@ -31,7 +34,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fractions", type=float, nargs="+", help="Probe training fractions (default 0.01 0.1 1).")
     parser.add_argument("--seeds", type=int, nargs="+", help="Probe seeds (default 0 1 2).")
     parser.add_argument("--heads", nargs="+", help="Probe head kinds (default: all).")
-    parser.add_argument("--epochs", type=int, help="Maximum epochs per gradient-trained head.")
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        help=f"Maximum epochs per gradient-trained head (default {PROBE_EPOCHS}).",
+    )
     parser.add_argument("--cache-dir", type=Path, help="Cache folder for built-in domains and features.")
     parser.add_argument("--quiet", action="store_true", help="No progress bars.")
     add_column_arguments(parser)

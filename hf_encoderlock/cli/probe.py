@@ -15,6 +15,7 @@ from ..victim import load_victim
 from .measure_options import add_column_arguments, domain_specs, silence_progress
 
 USER_ERRORS = (DomainError, EncoderError, FeatureError)
+PROBE_DEFAULTS = {spec.name: spec.default for spec in dataclasses.fields(ProbeConfig)}  # shown in the flags' help
 
 
 def _probe_config(args: argparse.Namespace):
@@ -80,9 +81,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--heads", nargs="+", choices=HEAD_KINDS, help="Head kinds (default: all).")
     parser.add_argument("--poolings", nargs="+", help="Poolings (default: every pooling the encoder offers).")
     parser.add_argument("--no-random-twin", action="store_true", help="Skip the random-init twin baseline.")
-    parser.add_argument("--batch-size", type=int, help="Images per encoder pass during feature extraction.")
-    parser.add_argument("--epochs", type=int, help="Maximum epochs per gradient-trained head.")
-    parser.add_argument("--threads", type=int, help="torch threads for feature extraction.")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        help=f"Images per encoder pass during feature extraction (default {PROBE_DEFAULTS['batch_size']}).",
+    )
+    parser.add_argument(
+        "--epochs", type=int, help=f"Maximum epochs per gradient-trained head (default {PROBE_DEFAULTS['epochs']})."
+    )
+    parser.add_argument("--threads", type=int, help="torch threads for feature extraction (default: torch's own).")
     parser.add_argument("--cache-dir", type=Path, help="Cache folder (default: $HF_ENCODERLOCK_CACHE or ~/.cache).")
     parser.add_argument("--no-cache", action="store_true", help="Do not read or write cached features.")
     parser.add_argument("--quiet", action="store_true", help="No progress bars.")
