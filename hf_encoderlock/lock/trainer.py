@@ -303,11 +303,11 @@ class EncoderLockTrainer(Trainer):
         self._saving_checkpoint = False
         self._saved_to: set[Path] = {Path(args.output_dir).resolve()}  # checked above, at construction
         self.prohibited_batch_factor = self._usable_prohibited_batch_factor(args)
-        # each of world_size processes reads its own share of the pairs (found on the user's path: a 2-process main
-        # job whose shares were each below one batch dropped every batch, made no update, and reported success)
         if args.dataloader_pin_memory and not torch.accelerator.is_available():
             # pinning is for copies to an accelerator: on a CPU-only machine torch only warns about it, every run
             args.dataloader_pin_memory = False
+        # each of world_size processes reads its own share of the pairs (found on the user's path: a 2-process main
+        # job whose shares were each below one batch dropped every batch, made no update, and reported success)
         if self.lock_data.pairs < args.per_device_train_batch_size * args.world_size:
             args.dataloader_drop_last = False  # less than one batch: dropping it would leave nothing to train on
         super().__init__(
