@@ -36,7 +36,7 @@ from .data.lock_tensors import combine_labelled_domains
 from .encoders import EncoderAdapter, load_encoder
 from .hub.card import write_model_card
 from .lock.config import EncoderLockConfig, check_supported_settings
-from .lock.state import checkpoint_problem, resumable_checkpoint
+from .lock.state import checkpoint_problem, checkpoint_to_resume
 from .lock.trainer import EncoderLockTrainer
 from .probing.adaptive import AdaptiveConfig, run_adaptive_suite
 from .probing.lock_report import build_lock_report, lock_report_markdown, plot_lock_report
@@ -354,15 +354,8 @@ def _run_lock_experiment(
 def _check_before_long_work(lock_config: EncoderLockConfig, target: Path, resume: Any) -> None:
     """What the trainer would refuse only after the "before" probes (found on the user's path, 20-40 s in): a resume
     without a checkpoint to resume from, a logging integration that is not installed, a push in offline mode."""
-    checkpoints = target / CHECKPOINTS_SUBDIR
     if resume is True:
-        found, skipped = resumable_checkpoint(checkpoints)
-        if found is None:
-            damaged = "; ".join(f"{path.name}: {problem}" for path, problem in skipped)
-            raise ValueError(
-                f"resume_from_checkpoint=True: no complete checkpoint in {checkpoints}"
-                + (f" (passed over {damaged})" if damaged else " (checkpoints are kept only with a save_strategy)")
-            )
+        checkpoint_to_resume(target / CHECKPOINTS_SUBDIR)
     elif resume:
         problem = checkpoint_problem(resume)
         if problem is not None:

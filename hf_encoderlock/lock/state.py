@@ -298,6 +298,20 @@ def resumable_checkpoint(folder: str | Path) -> tuple[Path | None, list[tuple[Pa
     return None, skipped
 
 
+def checkpoint_to_resume(folder: str | Path) -> tuple[Path, str]:
+    """What ``resume_from_checkpoint=True`` resumes from: the newest complete ``checkpoint-N`` under ``folder`` and
+    the newer ones passed over, as one line ("" when none); raises ``ValueError`` naming the folder (and each damaged
+    checkpoint) when there is none."""
+    found, skipped = resumable_checkpoint(folder)
+    damaged = "; ".join(f"{path.name}: {problem}" for path, problem in skipped)
+    if found is None:
+        raise ValueError(
+            f"resume_from_checkpoint=True: no complete checkpoint in {folder}"
+            + (f" (passed over {damaged})" if damaged else " (checkpoints are kept only with a save_strategy)")
+        )
+    return found, damaged
+
+
 def last_complete_checkpoint(folder: str | Path) -> Path | None:
     """The ``checkpoint-N`` under ``folder`` with the highest ``N`` that is complete (a damaged one is skipped)."""
     return resumable_checkpoint(folder)[0]

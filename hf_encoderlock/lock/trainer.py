@@ -66,7 +66,7 @@ from .lock_data import DatasetReader, LockData, concat_poolings
 from .objectives import LockObjective, ObjectiveTerms, build_objective
 from .rounds import RoundDriver, candidate_weights, check_budget, weights_per_round_for
 from .selection import mask_stats
-from .state import LockState, checkpoint_is_complete, checkpoint_problem, resumable_checkpoint
+from .state import LockState, checkpoint_is_complete, checkpoint_problem, checkpoint_to_resume
 from .variants.augmentations import AugmentationConfig, augmented_view
 
 logger = logging.getLogger(__name__)
@@ -873,14 +873,8 @@ class EncoderLockTrainer(Trainer):
         ``output_dir`` (one cut short by a kill or a full disk, or with a file that does not load, is skipped with a
         warning naming it), and a checkpoint made with other lock settings is refused."""
         if resume_from_checkpoint is True:
-            found, skipped = resumable_checkpoint(self.args.output_dir)
-            damaged = "; ".join(f"{path.name}: {problem}" for path, problem in skipped)
-            if found is None:
-                raise ValueError(
-                    f"resume_from_checkpoint=True: no complete checkpoint in {self.args.output_dir}"
-                    + (f" (passed over {damaged})" if damaged else "")
-                )
-            if skipped:
+            found, damaged = checkpoint_to_resume(self.args.output_dir)
+            if damaged:
                 logger.warning("resume_from_checkpoint=True: resuming from %s, passing over %s", found.name, damaged)
             resume_from_checkpoint = str(found)
         if resume_from_checkpoint and self._finished_at(Path(resume_from_checkpoint)):
