@@ -427,6 +427,8 @@ class EncoderLockCardData:
             "best_round": self.best_round,
             "projection_dropped": self.projection_dropped,
             "seed": self.seed,
+            "weight_bound": as_finite_float(self.hyperparameters.get("weight_bound")),
+            "weight_bound_recorded": "weight_bound" in self.hyperparameters,
             "hyperparameters": {k: json.dumps(_tidy(v)) for k, v in sorted(self.hyperparameters.items())},
             "results": [
                 {

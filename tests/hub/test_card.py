@@ -73,6 +73,27 @@ def test_card_says_when_auto_dropped_the_projection(locked_folder, dropped):
         assert "- Rounds completed: 2 (encoder kept from round 2)\n- Seed: 7" in text
 
 
+@pytest.mark.parametrize(
+    "bound, expected",
+    [
+        ("absent", "no bound on them is recorded"),
+        (None, "this lock did not bound them"),
+        (2.5, "kept within 2.5 robust standard\n  deviations of its tensor's median"),
+    ],
+)
+def test_card_names_the_data_free_weight_edit_as_the_lock_bounded_it(locked_folder, bound, expected):
+    """The limitations say whether a data-free outlier reset can find the changed weights (docs/THREAT_MODEL.md)."""
+    config = json.loads((locked_folder / "encoderlock_config.json").read_text())
+    hyperparameters = {k: v for k, v in config["hyperparameters"].items() if k != "weight_bound"}
+    if bound != "absent":
+        hyperparameters["weight_bound"] = bound
+    (locked_folder / "encoderlock_config.json").write_text(json.dumps({**config, "hyperparameters": hyperparameters}))
+    text = ModelCard.load(write_model_card(locked_folder, report=card_report(), repo_id="user/locked")).text
+    assert "**Editing the weights without data.**" in text and expected in text
+    others = {"no bound on them is recorded", "this lock did not bound them", "robust standard"} - {expected}
+    assert not any(other in text for other in others if other not in expected)
+
+
 def test_card_without_report_finds_matching_report_only(locked_folder):
     stale = card_report() | {"lock": {"mask": {**MASK, "count": 99}, "seed": 7}}
     (locked_folder.parent / "report.json").write_text(json.dumps(stale))
