@@ -62,7 +62,7 @@ HELP_GROUPS: dict[str, tuple[str, ...]] = {
     "Encoder and data": (
         "model", "pooling", "authorized", "prohibited", "report_domains", "image_column", "label_column",
         "lock_share", "max_lock_images", "domain_seed", "cache_dir", "lock_cache_bytes", "output_dir",
-        "overwrite_output_dir",
+        "overwrite_output_dir", "save_strategy", "resume_from_checkpoint",
     ),
     "Lock: budget, selection and updates": (
         "num_rounds", "weights_per_round", "weight_budget_share", "layers_per_round", "update_steps_per_round",

@@ -494,6 +494,16 @@ class EncoderLockConfig(flag_fields(*KNOB_GROUPS), TrainingArguments):
         },
     )
 
+    resume_from_checkpoint: str | None = field(
+        default=None,
+        metadata={
+            "help": "Resume an interrupted lock: a checkpoint-N folder, or 'true' for the newest complete one under "
+            "output_dir/checkpoints (checkpoints are kept only with a save_strategy). The lock's settings must be "
+            "those the checkpoint was written with; the main job refuses a resume with nothing to resume before any "
+            "work. None: a fresh lock."
+        },
+    )
+
     # --- publishing -----------------------------------------------------------------------------------------
     hub_gated: str | None = field(
         default=None,
@@ -523,7 +533,14 @@ class EncoderLockConfig(flag_fields(*KNOB_GROUPS), TrainingArguments):
         default=False, metadata={"help": "Kept False: lock batches carry two domains the model does not name."}
     )
     logging_steps: float = field(default=10, metadata={"help": "Log every this many update steps."})
-    save_strategy: str = field(default="no", metadata={"help": "Checkpoint strategy (see TrainingArguments)."})
+    save_strategy: str = field(
+        default="no",
+        metadata={
+            "help": "When to keep a checkpoint under output_dir/checkpoints: 'no' (an interrupted lock starts again), "
+            "'steps' (every save_steps update steps) or 'epoch', as in TrainingArguments. Checkpoints hold the mask "
+            "and lock state: private (folders readable by the owner only) and never uploaded."
+        },
+    )
     dataloader_drop_last: bool = field(
         default=True,
         metadata={
