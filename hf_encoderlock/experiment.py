@@ -9,6 +9,7 @@ renamed into place at the end, so an interrupted run never leaves an output fold
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -222,6 +223,7 @@ def _run_lock_experiment(
     if gate.main:
         for stale in remove_stale_staging(target):
             logger.warning("removed %s, left by an interrupted run", stale)
+        _remove_empty_checkpoints(target)  # a killed run's, with nothing in it to resume from
     resume = lock_config.resume_from_checkpoint
     if isinstance(resume, str) and resume.lower() in ("true", "yes", "1"):
         resume = True  # the flag's text form: the last complete checkpoint under output_dir/checkpoints
@@ -290,7 +292,11 @@ def _run_lock_experiment(
 
         victim_outliers = count_outliers(encoder.backbone)  # the lock changes the encoder in place
         tick = time.perf_counter()
-        trainer = _train_lock(encoder, lock_config, target, resume, **lock)
+        try:
+            trainer = _train_lock(encoder, lock_config, target, resume, **lock)
+        except BaseException:  # Ctrl-C or an error: an empty checkpoints/ would only suggest a run to resume
+            _remove_empty_checkpoints(target)
+            raise
         timings["lock_s"] = time.perf_counter() - tick
         trainer.save_model(str(staging / LOCKED_SUBDIR))
         own_head_sets = {"authorized": authorized_test}
@@ -349,6 +355,13 @@ def _run_lock_experiment(
     lock_config.output_dir = str(target)
     gate.wait()  # the report is in place: the other processes may read it
     return report
+
+
+def _remove_empty_checkpoints(target: Path) -> None:
+    """Remove ``target/checkpoints`` if it is empty: the Trainer makes it before the lock starts, and without a
+    save_strategy an interrupted run leaves it with nothing inside. A folder with anything in it stays."""
+    with contextlib.suppress(OSError):  # absent, or not empty
+        (target / CHECKPOINTS_SUBDIR).rmdir()
 
 
 def _check_before_long_work(lock_config: EncoderLockConfig, target: Path, resume: Any) -> None:

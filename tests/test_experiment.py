@@ -124,6 +124,34 @@ def test_an_interrupted_main_job_keeps_its_checkpoints_and_resumes(tmp_path, mon
     assert report["lock"]["mask"]["count"] == 20  # two rounds of 10, the second restored from the checkpoint
 
 
+def test_an_interrupted_main_job_without_checkpoints_leaves_no_empty_checkpoints_folder(tmp_path, monkeypatch):
+    """Without a save_strategy the Trainer still made checkpoints/, and a Ctrl-C left it empty (found on the user's
+    path): it suggested a run to resume. An empty one left by a killed run goes at the next start."""
+    model_dir, words = toy_main_job_inputs(tmp_path)
+    out = tmp_path / "out"
+    words += ["--output_dir", str(out), "--num_rounds", "1", "--update_steps_per_round", "1", "--weights_per_round"]
+    words += ["10", "--per_device_train_batch_size", "8", "--adversary_epochs", "1", "--adversary_seeds", "1"]
+    words += ["--probe_seeds", "0", "--probe_fractions", "1.0", "--use_cpu", "true", "--disable_tqdm", "true"]
+    words += ["--adaptive_attacks", "false"]
+
+    def killed(self):
+        assert (out / "checkpoints").is_dir()  # what the Trainer made
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(EncoderLockTrainer, "end_lock", killed)
+        with pytest.raises(KeyboardInterrupt):
+            _example_module().main(words)
+    assert not out.exists() or list(out.iterdir()) == []
+
+    (out / "checkpoints").mkdir(parents=True)  # as a killed run (SIGTERM: no cleanup) leaves it
+    with monkeypatch.context() as patch:
+        patch.setattr(EncoderLockTrainer, "end_lock", killed)
+        with pytest.raises(KeyboardInterrupt):
+            _example_module().main(words)  # it starts: the empty folder is not taken for a user's file either
+    assert not out.exists() or list(out.iterdir()) == []
+
+
 def test_the_example_run_as_a_script_names_bad_input_in_one_line(tmp_path):
     finished = tmp_path / "finished"
     finished.mkdir()
