@@ -392,14 +392,16 @@ class EncoderAdapter(nn.Module):
         pooling: str = "auto",
         model: nn.Module | None = None,
         preprocess_fn: Callable[[Sequence[Image.Image]], torch.Tensor] | None = None,
+        image_processor: Any | None = None,
         **kwargs: Any,
     ) -> EncoderAdapter:
         """Load a backbone and its image processor from a folder or the Hub.
 
         A folder saved from a plain ``nn.Module`` needs ``model``: an instance of the same class, whose weights are
         replaced (strictly) by the saved ones; ``preprocess_fn`` when the folder holds no image processor.
+        ``image_processor`` replaces the one saved with the model (needed when it has none).
         """
-        from transformers import AutoImageProcessor, AutoModel
+        from transformers import AutoModel
 
         source = str(name_or_path)
         local = Path(source)
@@ -423,12 +425,17 @@ class EncoderAdapter(nn.Module):
             backbone = AutoModel.from_pretrained(source, **kwargs, **NO_REMOTE_CODE)
         except (OSError, ValueError) as error:  # ValueError: a config that needs custom code (auto_map)
             raise EncoderError(f"could not load the encoder {source!r}: {error}") from error
-        try:
-            processor = AutoImageProcessor.from_pretrained(source, **NO_REMOTE_CODE)
-        except (OSError, ValueError) as error:
-            raise EncoderError(f"{source!r} has no usable image processor: {error}") from error
+        processor = image_processor
+        if processor is None:
+            try:
+                processor = load_image_processor(
+                    source, "; give one with image_processor=... (--image_processor on the command line)"
+                )
+            except EncoderError:
+                if preprocess_fn is None:
+                    raise  # with a preprocess function the model's own processor is optional
         backbone.eval()
-        return cls(backbone, pooling=pooling, image_processor=processor, name=source)
+        return cls(backbone, pooling=pooling, image_processor=processor, preprocess_fn=preprocess_fn, name=source)
 
     @classmethod
     def _from_plain_folder(cls, folder: Path, model, pooling: str, preprocess_fn) -> EncoderAdapter:
@@ -473,6 +480,16 @@ def _processor_size(processor: Any) -> tuple[int, int] | None:
     return (int(shortest), int(shortest)) if shortest else None
 
 
+def load_image_processor(source: str | os.PathLike, hint: str = "") -> Any:
+    """The image processor saved in the folder or Hub repository ``source`` (transformers' own classes only)."""
+    from transformers import AutoImageProcessor
+
+    try:
+        return AutoImageProcessor.from_pretrained(str(source), **NO_REMOTE_CODE)
+    except (OSError, ValueError) as error:  # ValueError: a processor that needs custom code
+        raise EncoderError(f"{str(source)!r} has no usable image processor{hint}: {error}") from error
+
+
 def split_processing(processing: Any | None) -> tuple[Any | None, Callable | None]:
     """``(image processor, preprocess function)`` from what a user passes as ``processing_class``: a Hugging Face
     image processor (it has ``save_pretrained``), or a function from a list of PIL images to a pixel tensor."""
@@ -507,10 +524,13 @@ def load_encoder(
 ) -> EncoderAdapter:
     """An :class:`EncoderAdapter` from a folder, a Hub id, a backbone module or an adapter (returned as is).
 
-    ``image_processor`` may also be a preprocess function (PIL images -> pixel tensor). A ``PreTrainedModel`` given
-    without one gets the processor saved next to its checkpoint when that can be found. ``model`` is the instance a
-    folder saved from a plain ``nn.Module`` loads into.
+    ``image_processor`` may also be a preprocess function (PIL images -> pixel tensor), or a folder or Hub id whose
+    saved image processor is loaded (for a model saved without one). A ``PreTrainedModel`` given without one gets the
+    processor saved next to its checkpoint when that can be found. ``model`` is the instance a folder saved from a
+    plain ``nn.Module`` loads into.
     """
+    if isinstance(image_processor, (str, os.PathLike)):
+        image_processor = load_image_processor(image_processor)
     processor, preprocess_fn = split_processing(image_processor)
     if isinstance(model_or_path, EncoderAdapter):
         return model_or_path
@@ -523,10 +543,9 @@ def load_encoder(
             "the encoder must be a model id or folder, a PreTrainedModel, an nn.Module or an EncoderAdapter; "
             f"got {type(model_or_path).__name__}"
         )
-    adapter = EncoderAdapter.from_pretrained(model_or_path, pooling=pooling, model=model, preprocess_fn=preprocess_fn)
-    if processor is not None:
-        adapter.image_processor = processor
-    return adapter
+    return EncoderAdapter.from_pretrained(
+        model_or_path, pooling=pooling, model=model, preprocess_fn=preprocess_fn, image_processor=processor
+    )
 
 
 def vit_image_processor(image_size: int, mean: float = 0.5, std: float = 0.5) -> Any:

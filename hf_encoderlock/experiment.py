@@ -49,6 +49,13 @@ from .victim import load_victim
 logger = logging.getLogger(__name__)
 
 
+def _public_path(source: str | None) -> str | None:
+    """A folder or Hub id as published: a local folder by its last component only (the card's privacy rule)."""
+    if source is not None and Path(source).expanduser().exists():
+        return Path(source).expanduser().resolve().name
+    return source
+
+
 @dataclass
 class LockExperimentArguments:
     """What to lock, against what, and how the result is measured."""
@@ -56,6 +63,14 @@ class LockExperimentArguments:
     model: str | None = field(
         default=None,
         metadata={"help": "Encoder to lock: a Hub id or a folder (default: the built-in offline victim ViT)."},
+    )
+    image_processor: str | None = field(
+        default=None,
+        metadata={
+            "help": "For a --model saved without an image processor: a folder or Hub id whose saved processor "
+            "prepares the images (the base model's, say); it is saved with the victim and locked folders. None: the "
+            "model's own."
+        },
     )
     pooling: str = field(default="auto", metadata={"help": "Feature pooling: auto, cls, mean, pooler, spatial_mean."})
     authorized: str = field(
@@ -107,6 +122,8 @@ class LockExperimentArguments:
             raise ValueError(f"lock_share must be in (0, 1), got {self.lock_share}")
         if self.max_lock_images < 16:
             raise ValueError(f"max_lock_images must be >= 16, got {self.max_lock_images}")
+        if self.image_processor is not None and self.model is None:
+            raise ValueError("image_processor is for a --model of yours; the built-in victim has its own")
 
     def spec(self, name: str) -> DomainSpec:
         return DomainSpec(name=name, image_column=self.image_column, label_column=self.label_column)
@@ -127,14 +144,13 @@ class LockExperimentArguments:
         if self.report_domains is not None:
             record["report_domains"] = [self.public_spec(name)["name"] for name in self.report_domains]
         record["model"] = self.public_model()
+        record["image_processor"] = _public_path(self.image_processor)
         record.pop("cache_dir")
         return record
 
     def public_model(self) -> str | None:
         """``model`` as published: a local folder by its last component only."""
-        if self.model is not None and Path(self.model).expanduser().exists():
-            return Path(self.model).expanduser().resolve().name
-        return self.model
+        return _public_path(self.model)
 
     def authorized_domains(self) -> list[str]:
         """The authorized domain names (``authorized`` split at commas)."""
@@ -257,7 +273,9 @@ def _run_lock_experiment(
             lock_p = lock_p.select_columns(["image"])  # the lock gets the prohibited images, never their labels
 
     encoder: EncoderAdapter = (
-        load_victim(args.cache_dir) if args.model is None else load_encoder(args.model, args.pooling)
+        load_victim(args.cache_dir)
+        if args.model is None
+        else load_encoder(args.model, args.pooling, image_processor=args.image_processor)
     )
     if args.model is not None:
         encoder.name = args.public_model()  # the reports name it; feature caches key on its weights, not its name

@@ -152,3 +152,21 @@ def test_a_missing_folder_is_named_as_such(tmp_path):
     for missing in (tmp_path / "no" / "model", "./no/such/model"):
         with pytest.raises(EncoderError, match="is not an existing folder, nor a Hub model id"):
             load_encoder(missing)
+
+
+def test_a_model_saved_without_an_image_processor_takes_one_from_another_folder(tmp_path):
+    """A fine-tuned copy often has no preprocessor_config.json: the error says how to give one, and giving one (a
+    folder, as the CLI's --image_processor does, or a processor object) loads the model with it."""
+    bare, donor = tmp_path / "bare", tmp_path / "donor"
+    tiny_vit_encoder(seed=0, image_size=16, patch_size=4).save_pretrained(bare)
+    (bare / "preprocessor_config.json").unlink()
+    vit_image_processor(16, mean=0.25, std=0.5).save_pretrained(donor)
+    with pytest.raises(EncoderError, match=r"no usable image processor; give one with image_processor=.*--image_"):
+        load_encoder(bare)
+    for given in (str(donor), vit_image_processor(16, mean=0.25, std=0.5)):
+        encoder = load_encoder(bare, image_processor=given)
+        mean, std = encoder.normalization()
+        assert torch.allclose(mean, torch.full_like(mean, 0.25)) and torch.allclose(std, torch.full_like(std, 0.5))
+        assert encoder.preprocess([Image.new("RGB", (20, 20), "white")]).shape == (1, 3, 16, 16)
+    with pytest.raises(EncoderError, match=r"'.*nowhere' has no usable image processor"):
+        load_encoder(bare, image_processor=str(tmp_path / "nowhere"))

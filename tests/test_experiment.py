@@ -10,7 +10,8 @@ import pytest
 from datasets import DatasetDict
 from transformers import AutoImageProcessor, AutoModel
 
-from hf_encoderlock.encoders import tiny_vit_encoder
+from hf_encoderlock.encoders import EncoderError, tiny_vit_encoder
+from hf_encoderlock.experiment import LockExperimentArguments
 from hf_encoderlock.lock.trainer import EncoderLockTrainer
 from tests.helpers import toy_domain, toy_main_job_inputs
 
@@ -150,6 +151,29 @@ def test_an_interrupted_main_job_without_checkpoints_leaves_no_empty_checkpoints
         with pytest.raises(KeyboardInterrupt):
             _example_module().main(words)  # it starts: the empty folder is not taken for a user's file either
     assert not out.exists() or list(out.iterdir()) == []
+
+
+def test_a_model_saved_without_an_image_processor_is_locked_with_the_one_named(tmp_path):
+    """--image_processor gives a --model saved without one its processor: the victim and locked folders keep it, and
+    the report names a local folder by its last component only."""
+    model_dir, words = toy_main_job_inputs(tmp_path)
+    donor = tmp_path / "base-model"
+    donor.mkdir()
+    (model_dir / "preprocessor_config.json").rename(donor / "preprocessor_config.json")
+    out = tmp_path / "out"
+    words += ["--output_dir", str(out), "--num_rounds", "1", "--update_steps_per_round", "1", "--weights_per_round"]
+    words += ["10", "--per_device_train_batch_size", "8", "--adversary_epochs", "1", "--adversary_seeds", "1"]
+    words += ["--probe_seeds", "0", "--probe_fractions", "1.0", "--use_cpu", "true", "--disable_tqdm", "true"]
+    words += ["--adaptive_attacks", "false", "--repair_steps", "0"]
+    with pytest.raises(EncoderError, match="--image_processor"):
+        _example_module().main(words)
+    _example_module().main([*words, "--image_processor", str(donor)])
+    for folder in ("victim", "locked"):
+        assert AutoImageProcessor.from_pretrained(out / folder) is not None
+    report = json.loads((out / "report.json").read_text())
+    assert report["experiment"]["image_processor"] == "base-model" and str(tmp_path) not in json.dumps(report)
+    with pytest.raises(ValueError, match="the built-in victim has its own"):
+        LockExperimentArguments(image_processor=str(donor))
 
 
 def test_the_example_run_as_a_script_names_bad_input_in_one_line(tmp_path):

@@ -21,8 +21,13 @@ from ..probing.adaptive import AdaptiveConfig, AdaptiveError, adaptive_report_ma
 from ..probing.attacks import ATTACKS, AttackConfig, AttackError, attack_report_markdown, run_attack_suite
 from ..probing.sanitize import SanitizeError
 from ..probing.transforms import TransformError
-from ..victim import load_victim
-from .measure_options import add_column_arguments, domain_specs, silence_progress
+from .measure_options import (
+    add_column_arguments,
+    add_image_processor_argument,
+    domain_specs,
+    encoder_or_victim,
+    silence_progress,
+)
 
 USER_ERRORS = (DomainError, EncoderError, AttackError, AdaptiveError, SanitizeError, TransformError)
 SUITES = ("finetune", "probe", "full")
@@ -78,10 +83,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's own).")
     parser.add_argument("--quiet", action="store_true", help="No progress bars.")
     add_column_arguments(parser)
-
-
-def _encoder(name: str | None):
-    return load_victim() if name == "victim" else name
+    add_image_processor_argument(parser)
 
 
 def _run_adaptive(args: argparse.Namespace) -> int:
@@ -98,11 +100,11 @@ def _run_adaptive(args: argparse.Namespace) -> int:
     if args.authorized:
         reference = load_domain(domain_specs(args.authorized[:1], args)[0], seed=config.domain_seed)["train"]
     report = run_adaptive_suite(
-        _encoder(args.encoder),
+        encoder_or_victim(args.encoder, args.image_processor),
         domain_specs(args.domains, args),
         config,
         authorized=reference,
-        victim=_encoder(args.victim),
+        victim=encoder_or_victim(args.victim, args.image_processor),
         output_dir=args.out,
     )
     print(adaptive_report_markdown(report))
@@ -142,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
     }
     config = AttackConfig(progress=not args.quiet, **{k: v for k, v in overrides.items() if v is not None})
     report = run_attack_suite(
-        _encoder(args.encoder),
+        encoder_or_victim(args.encoder, args.image_processor),
         domain_specs(args.domains, args),
         config,
         random_twin=not args.no_scratch,

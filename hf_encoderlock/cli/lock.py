@@ -60,7 +60,8 @@ USAGE = (
 #: ``--help-all`` only.
 HELP_GROUPS: dict[str, tuple[str, ...]] = {
     "Encoder and data": (
-        "model", "pooling", "authorized", "prohibited", "report_domains", "image_column", "label_column",
+        "model", "image_processor", "pooling", "authorized", "prohibited", "report_domains", "image_column",
+        "label_column",
         "lock_share", "max_lock_images", "domain_seed", "cache_dir", "lock_cache_bytes", "output_dir",
         "overwrite_output_dir", "save_strategy", "resume_from_checkpoint",
     ),

@@ -7,12 +7,17 @@ import dataclasses
 from pathlib import Path
 
 from ..data.domains import DomainError, default_cache_dir
-from ..encoders import EncoderError, load_encoder
+from ..encoders import EncoderError
 from ..probing.features import FeatureError
 from ..probing.heads import HEAD_KINDS
 from ..probing.suite import ProbeConfig, load_domains, run_probe_suite
-from ..victim import load_victim
-from .measure_options import add_column_arguments, domain_specs, silence_progress
+from .measure_options import (
+    add_column_arguments,
+    add_image_processor_argument,
+    domain_specs,
+    encoder_or_victim,
+    silence_progress,
+)
 
 USER_ERRORS = (DomainError, EncoderError, FeatureError)
 PROBE_DEFAULTS = {spec.name: spec.default for spec in dataclasses.fields(ProbeConfig)}  # shown in the flags' help
@@ -40,10 +45,7 @@ def run(args: argparse.Namespace) -> int:
     domains = load_domains(
         domain_specs(args.domains, args), config, cache_dir
     )  # fail on a bad domain before loading any model
-    if args.victim:
-        encoder = load_victim()
-    else:
-        encoder = load_encoder(args.encoder)
+    encoder = encoder_or_victim("victim" if args.victim else args.encoder, args.image_processor)
     report = run_probe_suite(encoder, domains, config, random_twin=not args.no_random_twin, cache_dir=cache_dir)
     paths = report.save(args.out)
     print(_best_summary(report))
@@ -94,3 +96,4 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-cache", action="store_true", help="Do not read or write cached features.")
     parser.add_argument("--quiet", action="store_true", help="No progress bars.")
     add_column_arguments(parser)
+    add_image_processor_argument(parser)

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -98,3 +99,19 @@ def test_quiet_also_silences_transformers_progress_bars(encoder_dir, domain_dir,
     argv = ["probe", "--encoder", str(encoder_dir), "--domains", str(domain_dir), "--out", str(tmp_path / "r"), *FAST]
     assert main([*argv, "--no-random-twin"]) == 0
     assert silenced == [True]
+
+
+def test_cli_probe_takes_the_image_processor_of_another_folder(encoder_dir, domain_dir, tmp_path, capsys):
+    """An encoder saved without preprocessor_config.json is refused with the flag to use; with it, it is probed."""
+    bare = tmp_path / "bare"
+    shutil.copytree(encoder_dir, bare)
+    (bare / "preprocessor_config.json").unlink()
+    out = tmp_path / "report"
+    argv = ["probe", "--encoder", str(bare), "--domains", str(domain_dir), "--out", str(out), "--no-random-twin", *FAST]
+    assert main(argv) == 2
+    assert "--image_processor" in capsys.readouterr().err
+    assert main([*argv, "--image-processor", str(encoder_dir)]) == 0
+    _check_outputs(out, ["colours"], twin=False)
+    victim = ["probe", "--victim", "--image-processor", str(encoder_dir), "--domains", str(domain_dir), "--out"]
+    assert main([*victim, str(out), *FAST]) == 2
+    assert "the built-in victim has its own" in capsys.readouterr().err
