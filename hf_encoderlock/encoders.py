@@ -406,7 +406,9 @@ class EncoderAdapter(nn.Module):
         source = str(name_or_path)
         local = Path(source)
         if (local / PLAIN_MODULE_CONFIG_FILE).is_file():
-            return cls._from_plain_folder(local, model, pooling, preprocess_fn)
+            adapter = cls._from_plain_folder(local, model, pooling, preprocess_fn)
+            adapter.image_processor = image_processor or adapter.image_processor
+            return adapter
         if local.exists() and not (local / MODEL_CONFIG_FILE).is_file():
             raise EncoderError(f"{source} has no {MODEL_CONFIG_FILE}: it is not a saved encoder folder")
         if not local.exists():

@@ -86,6 +86,9 @@ def test_plain_module_with_preprocess_fn(tmp_path):
     for saved, restored in zip(module.state_dict().values(), loaded.backbone.state_dict().values()):
         assert torch.equal(saved, restored)
     assert loaded.pooling == "mean" and loaded(loaded.preprocess(_images(1))).shape == (1, 4)
+    processor = vit_image_processor(8)  # an image processor given with the folder is kept, as for any model
+    given = load_encoder(tmp_path / "plain", image_processor=processor, model=fresh)
+    assert given.image_processor is processor and given.preprocess(_images(1)).shape == (1, 3, 8, 8)
 
 
 def test_saved_folder_loads_with_auto_classes_and_pipeline(vit, tmp_path):
