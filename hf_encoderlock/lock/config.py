@@ -514,6 +514,15 @@ class EncoderLockConfig(flag_fields(*KNOB_GROUPS), TrainingArguments):
         },
     )
 
+    hub_strategy: str = field(
+        default="end",
+        metadata={
+            "help": "With push_to_hub: a lock is pushed once, finished (save_model or push_to_hub); other values are "
+            "accepted as in TrainingArguments but push nothing at checkpoints, since a half-done lock would publish "
+            "original weights where the lock changes them."
+        },
+    )
+
     # --- Trainer defaults that suit a lock ---------------------------------------------------------------
     output_dir: str | None = field(
         default="encoderlock_output", metadata={"help": "Where the lock's outputs and checkpoints go."}

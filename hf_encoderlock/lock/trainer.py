@@ -218,6 +218,12 @@ class EncoderLockTrainer(Trainer):
                 f"{encoder.name} has no image processor: pass processing_class= (an image processor such as "
                 "AutoImageProcessor.from_pretrained(...), or a function from a list of PIL images to a pixel tensor)"
             )
+        if args.push_to_hub and str(getattr(args.hub_strategy, "value", args.hub_strategy)) != "end":
+            logger.warning(
+                "hub_strategy=%r: a lock is pushed once, finished (save_model or push_to_hub), never at a checkpoint: "
+                "a half-done lock would publish original weights where the lock changes them",
+                str(getattr(args.hub_strategy, "value", args.hub_strategy)),
+            )
         if args.push_to_hub and not isinstance(encoder.backbone, PreTrainedModel):
             # found on the user's path: the first pushed checkpoint failed, after the lock had run, on a missing
             # config.json; a Hub copy must load with AutoModel, which a plain module's folder cannot
@@ -853,20 +859,10 @@ class EncoderLockTrainer(Trainer):
     # Private Trainer hook (checked against transformers 5.25.0): the only place a checkpoint is
     # pushed during training; the Trainer's own push would upload the mask and the optimizer state.
     def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
-        """``push_to_hub=True`` during training (every ``hub_strategy`` but ``end``): the checkpoint's public files
-        go through the lock's own push (card, processor, gate); its mask, lock state, optimizer and RNG states stay
-        local, and no checkpoint folder is uploaded."""
-        if not self.is_world_process_zero() or self.args.hub_strategy == "end":
-            return
-        push_locked_to_hub(
-            checkpoint_folder,
-            self.hub_model_id or self.args.hub_model_id or Path(self.args.output_dir).resolve().name,
-            private=self.args.hub_private_repo,
-            gated=self.args.hub_gated,
-            token=self.args.hub_token,
-            commit_message=f"Lock in progress, step {self.state.global_step}",
-            revision=self.args.hub_revision,
-        )
+        """``push_to_hub=True`` during training: nothing is pushed, whatever the ``hub_strategy``. A half-done lock
+        holds most of the original weights at the positions the finished lock changes, and the difference between
+        two pushed states shows those positions (found on the user's path, where a first commit held the original
+        values at most of them). The lock is pushed once, finished, by ``save_model`` / ``push_to_hub``."""
 
     def train(self, resume_from_checkpoint: str | bool | None = None, trial=None, ignore_keys_for_eval=None, **kwargs):
         """``Trainer.train``; ``resume_from_checkpoint=True`` takes the last *complete* checkpoint under

@@ -228,7 +228,12 @@ def test_the_progress_bar_names_the_round_and_phase(tmp_path, toy_domains):
 
 
 @pytest.mark.parametrize("hub_strategy", ["every_save", "checkpoint", "all_checkpoints", "end"])
-def test_push_to_hub_true_never_uploads_the_mask_state_or_checkpoints(tmp_path, toy_domains, fake_hub, hub_strategy):
+def test_push_to_hub_true_never_uploads_the_mask_state_or_checkpoints(
+    tmp_path, toy_domains, fake_hub, hub_strategy, caplog
+):
+    """Whatever the hub_strategy, one push of the finished lock: a checkpoint's weights (a half-done lock) were
+    pushed as commits, and the first held the original values at most of the positions the lock changed (found on
+    the user's path)."""
     args = make_lock_config(
         tmp_path / "run",
         TINY_LOCK,
@@ -240,10 +245,13 @@ def test_push_to_hub_true_never_uploads_the_mask_state_or_checkpoints(tmp_path, 
         save_strategy="steps",
         save_steps=3,
     )
-    trainer = EncoderLockTrainer(
-        _vit_model(), args, toy_domains.authorized, toy_domains.prohibited, processing_class=vit_image_processor(16)
-    )
+    with caplog.at_level("WARNING", logger="hf_encoderlock"):
+        trainer = EncoderLockTrainer(
+            _vit_model(), args, toy_domains.authorized, toy_domains.prohibited, processing_class=vit_image_processor(16)
+        )
+    assert ("pushed once, finished" in caplog.text) is (hub_strategy != "end")
     trainer.train()
+    assert "user/locked-by-habit" not in fake_hub.repos or not fake_hub.repos["user/locked-by-habit"].commits
     trainer.save_model()  # the Trainer habit: save_model pushes when push_to_hub=True (must not recurse)
     repo = fake_hub.repos["user/locked-by-habit"]
     assert repo.gated == "auto"
@@ -254,10 +262,8 @@ def test_push_to_hub_true_never_uploads_the_mask_state_or_checkpoints(tmp_path, 
     latest = set(repo.commits[-1][1])
     assert {"README.md", "config.json", "model.safetensors", "preprocessor_config.json"} <= latest
     assert (tmp_path / "run" / MASK_FILE).is_file()  # the mask stays on the owner's machine
-    if hub_strategy == "end":
-        assert len(repo.commits) == 1  # only the final save pushed
-    else:
-        assert len(repo.commits) >= 2  # the checkpoints pushed too, through the lock's own push
+    assert len(repo.commits) == 1  # only the finished lock
+    assert repo.commits[0][1]["model.safetensors"] == (tmp_path / "run" / "model.safetensors").read_bytes()
 
 
 def test_default_config_is_the_tuned_lock_and_reference_is_the_papers():
