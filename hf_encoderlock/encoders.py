@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import importlib.util
 import json
+import logging
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -51,9 +52,22 @@ SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N"})
 ALPHA_BACKGROUND = "white"
 ALPHA_MODES = {"LA": "L", "La": "L", "RGBA": "RGB", "RGBa": "RGB", "PA": "RGB"}  # mode -> its opaque mode
 
+logger = logging.getLogger(__name__)
+
 
 class EncoderError(ValueError):
     """An encoder could not be loaded or used as asked; the message names the problem."""
+
+
+def _check_reads_images(backbone: nn.Module, source: str) -> None:
+    """Refuse a transformers model whose input is not ``pixel_values`` (a text or audio model): it would fail only
+    once images reach it, with transformers' message about its own inputs."""
+    reads = getattr(backbone, "main_input_name", "pixel_values")
+    if reads != "pixel_values":
+        raise EncoderError(
+            f"{source!r} is a {type(backbone).__name__}, whose input is {reads}, not images: a lock needs a vision "
+            "encoder (one whose input is pixel_values)"
+        )
 
 
 # ------------------------------------------------------------------------------------------------ image conversion
@@ -176,6 +190,7 @@ class EncoderAdapter(nn.Module):
         name: str | None = None,
     ) -> None:
         super().__init__()
+        _check_reads_images(backbone, name or type(backbone).__name__)
         if pooling not in POOLINGS:
             raise EncoderError(f"unknown pooling {pooling!r}; choose one of {POOLINGS}")
         self.backbone = backbone
@@ -424,9 +439,23 @@ class EncoderAdapter(nn.Module):
                 "never with code shipped in the model's folder or repository"
             )
         try:
-            backbone = AutoModel.from_pretrained(source, **kwargs, **NO_REMOTE_CODE)
+            backbone, loading = AutoModel.from_pretrained(source, output_loading_info=True, **kwargs, **NO_REMOTE_CODE)
         except (OSError, ValueError) as error:  # ValueError: a config that needs custom code (auto_map)
             raise EncoderError(f"could not load the encoder {source!r}: {error}") from error
+        missing = sorted(loading.get("missing_keys") or ())
+        _check_reads_images(backbone, source)  # before the processor, whose absence would be the wrong complaint
+        if missing and all(key.startswith("pooler.") for key in missing) and getattr(backbone, "pooler", None):
+            # Saved without a pooler: transformers made a random, unseeded one, which would then be probed, saved
+            # with the lock and published as the original's (found on the user's path). Dropped after loading, so
+            # the global random stream is the same as before.
+            backbone.pooler = None
+        elif missing:
+            logger.warning(
+                "%s: the checkpoint lacks %d tensor(s) of the model (%s), which transformers initialised at random",
+                source,
+                len(missing),
+                ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else ""),
+            )
         processor = image_processor
         if processor is None:
             try:

@@ -6,13 +6,18 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors import safe_open
 from transformers import (
     AutoImageProcessor,
     AutoModel,
+    BertConfig,
+    BertModel,
     ConvNextConfig,
     ConvNextModel,
     ResNetConfig,
     ResNetModel,
+    ViTConfig,
+    ViTModel,
     pipeline,
 )
 
@@ -173,3 +178,28 @@ def test_a_model_saved_without_an_image_processor_takes_one_from_another_folder(
         assert encoder.preprocess([Image.new("RGB", (20, 20), "white")]).shape == (1, 3, 16, 16)
     with pytest.raises(EncoderError, match=r"'.*nowhere' has no usable image processor"):
         load_encoder(bare, image_processor=str(tmp_path / "nowhere"))
+
+
+def test_a_checkpoint_without_a_pooler_loads_without_a_random_one(tmp_path):
+    """transformers fills a missing pooler with random, unseeded weights, which were then probed, locked and
+    published as the original's (found on the user's path): the loaded encoder has none, and two loads are equal."""
+    config = ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, image_size=16)
+    ViTModel(config, add_pooling_layer=False).save_pretrained(tmp_path / "no-pooler")
+    vit_image_processor(16).save_pretrained(tmp_path / "no-pooler")
+    first, second = load_encoder(tmp_path / "no-pooler"), load_encoder(tmp_path / "no-pooler")
+    assert first.backbone.pooler is None and "pooler" not in first.available_poolings()
+    assert first.state_dict().keys() == second.state_dict().keys()
+    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values()))
+    first.save_pretrained(tmp_path / "saved")
+    with safe_open(str(tmp_path / "saved" / "model.safetensors"), "pt") as saved:
+        assert not any("pooler" in key for key in saved.keys())
+
+
+def test_a_model_that_does_not_read_images_is_refused_as_such(tmp_path):
+    """A text model was refused for lacking an image processor, then, given one, failed on its first batch."""
+    config = BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, vocab_size=99)
+    BertModel(config).save_pretrained(tmp_path / "bert")
+    with pytest.raises(EncoderError, match=r"is a BertModel, whose input is input_ids, not images"):
+        load_encoder(tmp_path / "bert")
+    with pytest.raises(EncoderError, match=r"is a BertModel"):
+        load_encoder(BertModel(config))
