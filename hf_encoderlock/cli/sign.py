@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .._files import MASK_FILE, SIGNATURE_FILE
 from ..hub.authorization import LockVerificationError
-from ..hub.signing import require_signing, sign_locked, signed_files, verify_signature
+from ..hub.signing import require_signing, sign_locked, signed_files
 
 # A folder whose files no longer match its card is the user's to fix (exit 2), not a crash.
 USER_ERRORS = (LockVerificationError, ImportError)
@@ -32,10 +32,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Handler of ``encoderlock sign``; the key's password, if any, is read from ``$ENCODERLOCK_KEY_PASSWORD``."""
     require_signing()
-    path = sign_locked(args.locked, args.key, password=os.environ.get(PASSWORD_ENV), include_mask=args.include_mask)
+    path = sign_locked(
+        args.locked,
+        args.key,
+        password=os.environ.get(PASSWORD_ENV),
+        include_mask=args.include_mask,
+        check_with=args.check,  # a signature that fails the check is not left behind
+    )
     names = signed_files(args.locked, include_mask=args.include_mask)
     print(f"signed {len(names)} files of {args.locked} into {path}: {', '.join(names)}")
     if args.check is not None:
-        verify_signature(args.locked, args.check)
         print(f"{SIGNATURE_FILE} verifies with {args.check}")
     return 0

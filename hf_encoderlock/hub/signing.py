@@ -88,13 +88,16 @@ def sign_locked(
     *,
     password: str | bytes | None = None,
     include_mask: bool = False,
+    check_with: KeyLike | None = None,
 ) -> Path:
     """Sign every published file of the locked ``folder`` with an elliptic-curve private key (PEM); returns the
     signature's path (``folder / "model.sig"``, replaced if present).
 
     The folder is checked against its card first, so only files the card vouches for are signed. Sign after the
     last change to any file, the card included (``push_locked_to_hub(..., sign_key=...)`` renders the card, then
-    signs). Raises ``FileNotFoundError`` for a missing key, ``ValueError`` for a key that cannot sign.
+    signs). With ``check_with`` (the public key), the new signature is verified at once; if it does not verify, the
+    folder's signature is put back as it was (none, or the earlier one), so a failed check never leaves the folder
+    looking signed. Raises ``FileNotFoundError`` for a missing key, ``ValueError`` for a key that cannot sign.
     """
     folder = Path(folder)
     key = Path(private_key).expanduser()
@@ -103,16 +106,43 @@ def sign_locked(
     Authorization.from_card(folder / CARD_FILE).verify(folder)
     signing = _model_signing("signing")
     secret = password.encode() if isinstance(password, str) else password
+    _check_elliptic_private_key(key, secret)
     try:
         config = signing.Config().use_elliptic_key_signer(private_key=key, password=secret)
-    except Exception as error:  # not PEM, not an elliptic-curve key, wrong or missing password
+    except Exception as error:  # not PEM, wrong or missing password
         raise ValueError(f"cannot sign with {key}: {_one_line(error)}") from error
     config.set_hashing_config(_NamedFiles(signed_files(folder, include_mask=include_mask)))
     path = folder / SIGNATURE_FILE
+    earlier = path.read_bytes() if path.is_file() else None
     if path.is_symlink():  # a Hub cache snapshot links to a shared blob: replace the link, never write through it
         path.unlink()
     config.sign(folder, path)
+    if check_with is not None:
+        try:
+            verify_signature(folder, check_with)
+        except BaseException:
+            path.unlink(missing_ok=True)
+            if earlier is not None:
+                path.write_bytes(earlier)
+            raise
     return path
+
+
+def _check_elliptic_private_key(key: Path, password: bytes | None) -> None:
+    """Refuse a private key that is not an elliptic-curve one with a message that says so (model-signing's own
+    error for an RSA key is about a missing ``curve`` attribute, raised only while signing)."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    try:
+        loaded = load_pem_private_key(key.read_bytes(), password=password)
+    except Exception as error:  # not PEM, wrong or missing password: model-signing's message follows
+        raise ValueError(f"cannot sign with {key}: {_one_line(error)}") from error
+    if not isinstance(loaded, ec.EllipticCurvePrivateKey):
+        raise ValueError(
+            f"cannot sign with {key}: it holds an {type(loaded).__name__.removeprefix('_')}, and signing needs an "
+            "elliptic-curve key (e.g. `openssl ecparam -name prime256v1 -genkey -noout -out key.pem`)"
+        )
 
 
 @contextmanager

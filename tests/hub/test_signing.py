@@ -238,3 +238,31 @@ def test_a_signed_folder_edited_after_signing_warns_without_a_key(signed_folder,
     write_model_card(signed_folder, report=card_report())  # the card re-hashed to match: only model.sig disagrees
     with pytest.warns(UserWarning, match=r"model.sig no longer matches.*preprocessor_config.json: changed since"):
         LockedEncoder.from_pretrained(signed_folder)
+
+
+def test_a_failed_check_leaves_the_signature_as_it_was_and_an_rsa_key_is_named(locked_folder, keys, capsys):
+    """`sign --check WRONG` exited 2 but left the new model.sig, so the folder counted as signed; an RSA key failed
+    with "object has no attribute 'curve'" (both found on the user's path)."""
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    write_model_card(locked_folder, report=card_report())
+    other_private, other_public = make_keys(keys[0].parent, "other")
+    assert cli_main(["sign", str(locked_folder), "--key", str(keys[0]), "--check", str(other_public)]) == 2
+    capsys.readouterr()
+    assert not (locked_folder / SIGNATURE_FILE).exists()  # not signed, as before
+    sign_locked(locked_folder, keys[0])
+    earlier = (locked_folder / SIGNATURE_FILE).read_bytes()
+    with pytest.raises(LockVerificationError):
+        sign_locked(locked_folder, other_private, check_with=keys[1])
+    assert (locked_folder / SIGNATURE_FILE).read_bytes() == earlier  # the earlier signature, which still verifies
+    verify_signature(locked_folder, keys[1])
+
+    rsa_key = keys[0].parent / "rsa.pem"
+    rsa_key.write_bytes(
+        rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    assert cli_main(["sign", str(locked_folder), "--key", str(rsa_key)]) == 2
+    assert "it holds an RSAPrivateKey, and signing needs an elliptic-curve key" in capsys.readouterr().err
+    assert (locked_folder / SIGNATURE_FILE).read_bytes() == earlier
