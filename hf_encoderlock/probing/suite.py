@@ -10,6 +10,7 @@ scores the chosen heads. The same suite on the encoder's random-init twin gives 
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
@@ -213,20 +214,30 @@ def split_training_rows(labels: np.ndarray, plan: SplitPlan) -> list[SeedSplit]:
 
 
 # ---------------------------------------------------------------------------------------------------- inputs
+logger = logging.getLogger(__name__)
+
 # Below this many test images the standard error of an accuracy near 50%, 0.5 / sqrt(n), exceeds 2.5 points: close to
 # the 3-point victim-versus-twin gap under which the reports already call differences noise.
 SMALL_TEST_SPLIT = 400
 
 
+_SMALL_SPLITS_NAMED: set[tuple[str, str, int]] = set()  # once per process: the main job probes the same data 3 times
+
+
 def warn_if_test_split_is_small(name: str, split: str, num_images: int) -> None:
-    """Warn that accuracies on a test split of fewer than :data:`SMALL_TEST_SPLIT` images carry a wide error."""
-    if 0 < num_images < SMALL_TEST_SPLIT:
-        warnings.warn(
-            f"domain {name!r}: its {split!r} split has {num_images} images, so every accuracy measured on it has a "
-            f"standard error of up to {50 / math.sqrt(num_images):.1f} points and differences of a few points between "
-            f"encoders or attacks are noise there; {SMALL_TEST_SPLIT} or more test images give a standard error under "
-            "2.5 points",
-            stacklevel=1,  # one location, so the default filter shows it once per domain in a run that probes twice
+    """Log, once per domain, that accuracies on a test split of fewer than :data:`SMALL_TEST_SPLIT` images carry a
+    wide error."""
+    if 0 < num_images < SMALL_TEST_SPLIT and (name, split, num_images) not in _SMALL_SPLITS_NAMED:
+        _SMALL_SPLITS_NAMED.add((name, split, num_images))
+        logger.warning(
+            "domain %r: its %r split has %d images, so every accuracy measured on it has a standard error of up to "
+            "%.1f points and differences of a few points between encoders or attacks are noise there; %d or more "
+            "test images give a standard error under 2.5 points",
+            name,
+            split,
+            num_images,
+            50 / math.sqrt(num_images),
+            SMALL_TEST_SPLIT,
         )
 
 

@@ -159,11 +159,15 @@ def test_head_fits_use_at_most_the_process_threads_and_restore_them(
         torch.set_num_threads(previous)
 
 
-def test_a_small_test_split_is_named_with_its_standard_error_before_any_probe(domains):
-    """24 test images: the error of an accuracy there is up to 0.5 / sqrt(24), about 10 points; the user is told."""
-    with pytest.warns(UserWarning) as caught:
+def test_a_small_test_split_is_named_with_its_standard_error_once(domains, caplog, monkeypatch):
+    """24 test images: the error of an accuracy there is up to 0.5 / sqrt(24), about 10 points; the user is told once,
+    not at each of the main job's three probe passes."""
+    monkeypatch.setattr(probes_module, "_SMALL_SPLITS_NAMED", set())
+    with caplog.at_level("WARNING", logger="hf_encoderlock"):
         probes_module.load_domains(domains, SUITE)
-    messages = [str(w.message) for w in caught]
-    assert any("domain 'alpha': its 'test' split has 24 images" in m and "up to 10.2 points" in m for m in messages)
-    assert any("domain 'beta': its 'test' split has 21 images" in m for m in messages)
-    probes_module.warn_if_test_split_is_small("big", "test", probes_module.SMALL_TEST_SPLIT)  # at the threshold: silent
+        probes_module.load_domains(domains, SUITE)
+        probes_module.warn_if_test_split_is_small("big", "test", probes_module.SMALL_TEST_SPLIT)  # at the threshold
+    messages = [record.getMessage() for record in caplog.records]
+    assert len(messages) == 2, messages
+    assert "domain 'alpha': its 'test' split has 24 images" in messages[0] and "up to 10.2 points" in messages[0]
+    assert "domain 'beta': its 'test' split has 21 images" in messages[1]
