@@ -33,6 +33,7 @@ from ._utils import (
     remove_stale_staging,
 )
 from .data.domains import BUILTIN_DOMAINS, DomainSpec, load_domain, train_validation_split
+from .data.errors import DomainError
 from .data.lock_tensors import combine_labelled_domains
 from .encoders import EncoderAdapter, load_encoder
 from .hub.card import write_model_card
@@ -173,12 +174,23 @@ def split_for_lock(dataset: DatasetDict, share: float, cap: int, seed: int):
     return lock_part, DatasetDict({"train": probe_part, "test": dataset["test"]})
 
 
-def _load_domains(args: LockExperimentArguments) -> dict[str, DatasetDict]:
+def _load_domains(args: LockExperimentArguments, variant: str) -> dict[str, DatasetDict]:
     names = [*args.authorized_domains(), args.prohibited, *args.other_domains()]
-    return {
-        args.spec(name).display_name: load_domain(args.spec(name), seed=args.domain_seed, cache_dir=args.cache_dir)
-        for name in names
-    }
+    domains = {}
+    for name in names:
+        try:
+            domains[args.spec(name).display_name] = load_domain(
+                args.spec(name), seed=args.domain_seed, cache_dir=args.cache_dir
+            )
+        except DomainError as error:
+            if variant == "unsupervised" and name == args.prohibited:  # found on the user's path
+                raise DomainError(
+                    f"{error}. The main job measures the lock with probes on the prohibited domain, so it needs its "
+                    "labels (class sub-folders) even with variant 'unsupervised', whose lock never reads them; to "
+                    "lock with unlabelled images only, use EncoderLockTrainer from Python (docs/VARIANTS.md)"
+                ) from error
+            raise
+    return domains
 
 
 def _probe_config(args: LockExperimentArguments) -> ProbeConfig:
@@ -246,7 +258,7 @@ def _run_lock_experiment(
     _check_before_long_work(lock_config, target, resume)
     if not gate.main:
         gate.wait()  # the main process fills the domain and victim caches first; the others then read them
-    domains = _load_domains(args)  # every domain is checked before any long work
+    domains = _load_domains(args, lock_config.variant)  # every domain is checked before any long work
     authorized_names = [args.spec(name).display_name for name in args.authorized_domains()]
     prohibited_name = args.spec(args.prohibited).display_name
     if prohibited_name in authorized_names or len(set(authorized_names)) != len(authorized_names):

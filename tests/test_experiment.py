@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 from datasets import DatasetDict
+from PIL import Image
 from transformers import AutoImageProcessor, AutoModel
 
+from hf_encoderlock.data.errors import DomainError
 from hf_encoderlock.encoders import EncoderError, tiny_vit_encoder
 from hf_encoderlock.experiment import LockExperimentArguments
 from hf_encoderlock.lock.trainer import EncoderLockTrainer
@@ -174,6 +176,22 @@ def test_a_model_saved_without_an_image_processor_is_locked_with_the_one_named(t
     assert report["experiment"]["image_processor"] == "base-model" and str(tmp_path) not in json.dumps(report)
     with pytest.raises(ValueError, match="the built-in victim has its own"):
         LockExperimentArguments(image_processor=str(donor))
+
+
+def test_unlabelled_prohibited_images_for_the_unsupervised_main_job_are_refused_with_the_reason(tmp_path):
+    """A folder of images without class sub-folders failed with "no class subfolders", though the docs say the
+    unsupervised variant needs images only (found on the user's path): the message says why the main job needs
+    labels and where images alone are enough."""
+    model_dir, words = toy_main_job_inputs(tmp_path)
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for index in range(4):
+        Image.new("RGB", (16, 16), (index * 60, 0, 0)).save(flat / f"{index}.png")
+    words[words.index("--prohibited") + 1] = str(flat)
+    expected = r"no class subfolders.*needs its labels.*never reads them.*EncoderLockTrainer"
+    with pytest.raises(DomainError, match=expected):
+        _example_module().main([*words, "--variant", "unsupervised", "--output_dir", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
 def test_the_example_run_as_a_script_names_bad_input_in_one_line(tmp_path):
