@@ -97,11 +97,18 @@ def check_budget(candidates: Mapping[str, nn.Parameter], args: EncoderLockConfig
     the candidates: otherwise selection would silently take whole layers or run out of weights."""
     sizes = sorted((param.numel() for param in candidates.values()), reverse=True)
     per_round = sum(sizes[: args.layers_per_round])
+    # the messages name the setting the user gave: a share is resolved into weights_per_round before this check
+    share = args.weight_budget_share
+    asked = (
+        f"weights_per_round={args.weights_per_round}"
+        if share is None
+        else f"weight_budget_share={share} ({args.weights_per_round} weights a round over num_rounds={args.num_rounds})"
+    )
     if args.weights_per_round > per_round:
         raise ValueError(
-            f"weights_per_round={args.weights_per_round} exceeds the {per_round} entries of the "
-            f"{args.layers_per_round} largest candidate layer(s) (layers_per_round): lower it or raise "
-            "layers_per_round"
+            f"{asked} exceeds the {per_round} entries of the {args.layers_per_round} largest candidate layer(s) "
+            f"(layers_per_round): lower {'it' if share is None else 'the share'}, raise layers_per_round"
+            + ("" if share is None else " or num_rounds")
         )
     budget = args.weights_per_round * args.num_rounds
     if budget > sum(sizes):
@@ -111,17 +118,25 @@ def check_budget(candidates: Mapping[str, nn.Parameter], args: EncoderLockConfig
         )
     if budget > BUDGET_WARNING_SHARE * sum(sizes):
         # the budget is absolute: sized for the default victim, it rewrites much of a small encoder's layers
+        sparse = BUDGET_WARNING_SHARE / 2
+        advice = (
+            f"for this encoder consider weights_per_round={max(1, int(sparse * sum(sizes) / args.num_rounds))} "
+            f"({100 * sparse:.0f}% of them), or state the budget as a share of the candidates with "
+            "weight_budget_share"
+            if share is None
+            else f"a smaller weight_budget_share (e.g. {sparse:g}) keeps it sparse"
+        )
         logger.warning(
-            "num_rounds x weights_per_round = %d is %.0f%% of the %d candidate weights (candidate_blocks=%s): "
-            "the lock will change a large share of those layers, not a sparse set of weights. The defaults are "
-            "sized for the built-in victim; for this encoder consider weights_per_round=%d (%.0f%% of them), or "
-            "state the budget as a share of the candidates with weight_budget_share.",
+            "%s makes a budget of %d weights, %.0f%% of the %d candidate weights (candidate_blocks=%s): the lock will "
+            "change a large share of those layers, not a sparse set of weights; %s.",
+            asked
+            if share is not None
+            else f"num_rounds x weights_per_round = {args.num_rounds} x {args.weights_per_round}",
             budget,
             100 * budget / sum(sizes),
             sum(sizes),
             args.candidate_blocks,
-            max(1, int(BUDGET_WARNING_SHARE * sum(sizes) / (2 * args.num_rounds))),
-            100 * BUDGET_WARNING_SHARE / 2,
+            advice,
         )
 
 

@@ -123,6 +123,12 @@ def test_a_budget_the_candidates_cannot_hold_is_refused(tiny_lock_config):
         check_budget(candidates, tiny_lock_config(num_rounds=total, weights_per_round=2, layers_per_round=99))
     with pytest.raises(ValueError, match="largest candidate layer"):
         check_budget(candidates, tiny_lock_config(weights_per_round=total, layers_per_round=1))
+    # a share is named as the user gave it, not as the weights_per_round it was resolved into (found on the user's
+    # path: "lower it" pointed at a setting never set)
+    shared = tiny_lock_config(weight_budget_share=1.0, layers_per_round=1, num_rounds=1)
+    shared.weights_per_round = weights_per_round_for(candidates, shared)
+    with pytest.raises(ValueError, match=r"^weight_budget_share=1.0 \(\d+ weights a round .*lower the share"):
+        check_budget(candidates, shared)
 
 
 def test_a_budget_share_is_that_share_of_the_candidates_spread_over_the_rounds(tiny_lock_config):

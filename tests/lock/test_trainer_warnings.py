@@ -28,8 +28,16 @@ def test_a_budget_beyond_a_few_percent_of_the_candidates_warns_before_any_update
         _, large = tiny_trainer(weights_per_round=per_round)
     (message,) = _warnings(caplog, "candidate weights")
     assert large.state.global_step == 0  # warned at construction, before the lock ran
-    assert f"{2 * per_round} is {round(100 * 2 * per_round / candidates)}% of the {candidates} candidate" in message
-    assert "weights_per_round=" in message
+    pct = round(100 * 2 * per_round / candidates)
+    assert f"makes a budget of {2 * per_round} weights, {pct}% of the {candidates} candidate" in message
+    assert "consider weights_per_round=" in message and "weight_budget_share" in message
+    share = 2 * 2 * per_round / candidates  # the same budget, stated as a share: the advice speaks of the share
+    with caplog.at_level("WARNING", logger=ROUNDS_LOGGER):
+        caplog.clear()
+        tiny_trainer(weight_budget_share=share)
+    (message,) = _warnings(caplog, "candidate weights")
+    assert message.startswith(f"weight_budget_share={share}") and "a smaller weight_budget_share" in message
+    assert "consider weights_per_round" not in message
 
 
 @pytest.mark.parametrize("guard, warns", [(1e-9, True), (1e6, False)], ids=["far-above", "within"])
