@@ -30,7 +30,7 @@ from huggingface_hub import HfApi, snapshot_download
 from PIL import Image
 from torch import nn
 
-from .._files import CARD_FILE, LOCK_CONFIG_FILE, MASK_FILE, MODEL_CONFIG_FILE, SIGNATURE_FILE
+from .._files import CARD_FILE, LOCK_CONFIG_FILE, MASK_FILE, MODEL_CONFIG_FILE, SIGNATURE_FILE, TRAINER_STATE_FILE
 from ..encoders import EncoderAdapter
 from .authorization import Authorization, LockVerificationError
 from .card import find_report, write_model_card
@@ -85,6 +85,12 @@ def _check_locked_folder(folder: Path) -> None:
         raise FileNotFoundError(f"{folder} is not a locked encoder folder: {', '.join(missing)} missing")
     if not weight_files(folder):
         raise FileNotFoundError(f"{folder} holds no weight file")
+    if (folder / TRAINER_STATE_FILE).is_file():  # found on the user's path: it was pushed as if it were a lock
+        raise ValueError(
+            f"{folder} is a checkpoint of a lock in progress ({TRAINER_STATE_FILE}): a half-done lock still holds "
+            "original weights where the finished lock changes them; push the finished lock (the folder save_model "
+            "writes, or the main job's locked/)"
+        )
 
 
 def push_locked_to_hub(

@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 from transformers import AutoImageProcessor, AutoModel
 
 from hf_encoderlock._files import CARD_FILE
+from hf_encoderlock.cli.main import main as cli_main
 from hf_encoderlock.encoders import tiny_vit_encoder
 from hf_encoderlock.hub.authorization import METADATA_KEY, LockVerificationError
 from hf_encoderlock.hub.card import write_model_card
@@ -63,6 +64,16 @@ def test_push_refuses_a_folder_that_is_not_locked(tmp_path):
     tiny_vit_encoder(seed=0, image_size=16, patch_size=4).save_pretrained(tmp_path / "plain")
     with pytest.raises(FileNotFoundError, match=LOCK_CONFIG_FILE):
         push_locked_to_hub(tmp_path / "plain", "user/plain", token=TOKEN)
+
+
+def test_push_refuses_a_checkpoint_of_a_lock_in_progress(locked_folder, fake_hub, capsys):
+    """`encoderlock push OUT/checkpoint-6 ...` published a half-done lock as a lock (found on the user's path)."""
+    (locked_folder / "trainer_state.json").write_text("{}")
+    with pytest.raises(ValueError, match="is a checkpoint of a lock in progress"):
+        push_locked_to_hub(locked_folder, "user/half-done", token=TOKEN)
+    assert cli_main(["push", str(locked_folder), "user/half-done", "--token", TOKEN]) == 2
+    assert "push the finished lock" in capsys.readouterr().err
+    assert "user/half-done" not in fake_hub.repos
 
 
 # ------------------------------------------------------------------------------------ push and pull (HTTP)
