@@ -174,7 +174,7 @@ def split_for_lock(dataset: DatasetDict, share: float, cap: int, seed: int):
     return lock_part, DatasetDict({"train": probe_part, "test": dataset["test"]})
 
 
-def _load_domains(args: LockExperimentArguments, variant: str) -> dict[str, DatasetDict]:
+def _load_domains(args: LockExperimentArguments, variant: str = "supervised") -> dict[str, DatasetDict]:
     names = [*args.authorized_domains(), args.prohibited, *args.other_domains()]
     domains = {}
     for name in names:
