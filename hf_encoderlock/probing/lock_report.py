@@ -87,7 +87,7 @@ def prohibited_verdict(row: dict[str, Any]) -> str:
         )
     return (
         f"lock does NOT hold: only {100 * removed:.0f}% of the victim's advantage removed "
-        f"(fresh probes reach {100 * row['locked']:.1f}%, victim {100 * row['victim']:.1f}%)"
+        f"(fresh probes reach {100 * row['locked']:.1f}%, victim {100 * row['victim']:.1f}%; no adaptive attacker ran)"
     )
 
 
@@ -207,7 +207,13 @@ def lock_report_markdown(report: dict[str, Any]) -> str:
 def _adaptive_markdown(report: dict[str, Any]) -> list[str]:
     """The adaptive attacker's section: the worst case per prohibited domain, then its per-family table."""
     if not report.get("adaptive"):
-        return []
+        return [
+            "## An attacker who knows the method",
+            "",
+            "Not run (`adaptive_attacks` was off): the figures above are fresh probes only, and say nothing about an "
+            "attacker who knows the method (docs/THREAT_MODEL.md).",
+            "",
+        ]
     adaptive = AdaptiveReport.from_dict(report["adaptive"])
     lines = [
         "## An attacker who knows the method (adaptive suite, probe-only families)",

@@ -140,6 +140,10 @@ def test_card_states_the_adaptive_worst_case_beside_fresh_probes(locked_folder):
     path.with_name("report.json").unlink(missing_ok=True)
     again = write_model_card(locked_folder, repo_id="user/locked").read_text()
     assert "0.2% of the advantage removed" in again
+    assert "No attacker who knows the method" not in again
+    # without the adaptive attacker (adaptive_attacks off) the card says so, not nothing (found on the user's path)
+    skipped = write_model_card(locked_folder, report=card_report(), repo_id="user/locked").read_text()
+    assert "No attacker who knows the method (weight sanitisation, input transformations) was run" in skipped
 
 
 def test_card_shows_no_ratio_within_noise_and_says_when_the_lock_fell_below_the_twin(locked_folder):

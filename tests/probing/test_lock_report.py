@@ -6,7 +6,8 @@ def test_verdict_says_holds_fails_or_not_measurable():
 
     row = {"victim": 0.72, "random_twin": 0.24, "locked": 0.26, "advantage_removed": (0.72 - 0.26) / (0.72 - 0.24)}
     assert prohibited_verdict(row).startswith("lock holds against fresh probes: 96%")
-    assert prohibited_verdict({**row, "locked": 0.6, "advantage_removed": 0.25}).startswith("lock does NOT hold")
+    failed = prohibited_verdict({**row, "locked": 0.6, "advantage_removed": 0.25})
+    assert failed.startswith("lock does NOT hold") and "no adaptive attacker ran" in failed
     noise = {"victim": 0.960, "random_twin": 0.951, "locked": 0.94, "advantage_removed": 2.33}  # 0.9-point advantage
     assert prohibited_verdict(noise).startswith("not measurable")
 
@@ -36,6 +37,7 @@ def test_markdown_shows_no_ratio_where_the_advantage_is_within_noise():
     text = lock_report_markdown({"authorized": ["mnist"], "prohibited": ["mnist-m"], "fraction": 1.0, "table": rows,
                                  "verdict": {}, "lock": lock, "timings": {}})  # fmt: skip
     assert "400.0%" not in text and "-300.0%" not in text
+    assert "Not run (`adaptive_attacks` was off): the figures above are fresh probes only" in text  # no adaptive
     assert "| digits | other | 95.5% | 96.1% | 93.5% | - | within noise | within noise |" in text
     assert "98.1%" in text
 
