@@ -332,13 +332,14 @@ class EncoderLockCardData:
         return {
             "extra_gated_heading": GATE_HEADING,
             "extra_gated_description": (
-                f"This encoder was locked with EncoderLock so that probing it for {prohibited} fails. "
-                "Access is granted to people who agree not to work around that restriction."
+                f"This encoder was locked with EncoderLock, a change meant to make probing it for {prohibited} fail; "
+                "the model card's evaluation says how far it does. Access is granted to people who agree not to work "
+                "around that restriction."
             ),
             "extra_gated_prompt": (
                 f"By requesting access you agree not to use this encoder, its features or any model derived from it "
                 f"for: {prohibited}. You also agree not to attempt to undo the lock (for example by fine-tuning the "
-                f"encoder on prohibited data or by disguising prohibited inputs)."
+                f"encoder on prohibited data, editing its weights or disguising prohibited inputs)."
             ),
             "extra_gated_fields": {
                 **{f"I will not use this model for: {use}": "checkbox" for use in self.prohibited_uses},
