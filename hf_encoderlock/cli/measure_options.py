@@ -37,12 +37,12 @@ def add_image_processor_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def encoder_or_victim(name: str | None, image_processor: str | None, victim_word: str = "victim") -> Any:
-    """The encoder a measuring command names: the built-in victim for ``victim_word``, else the folder or Hub id
-    loaded with ``image_processor`` when one is given (``None`` stays ``None``)."""
+def encoder_or_victim(name: str | None, image_processor: str | None) -> Any:
+    """The encoder a measuring command names: the built-in victim for ``victim``, else the folder or Hub id loaded
+    with ``image_processor`` when one is given (``None`` stays ``None``)."""
     if name is None:
         return None
-    if name == victim_word:
+    if name == "victim":
         if image_processor is not None:
             raise ValueError("--image-processor is for an encoder of yours; the built-in victim has its own")
         return load_victim()

@@ -46,6 +46,8 @@ from .probe_report import (
     ProbeScore,
 )
 
+logger = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class SplitPlan:
@@ -214,8 +216,6 @@ def split_training_rows(labels: np.ndarray, plan: SplitPlan) -> list[SeedSplit]:
 
 
 # ---------------------------------------------------------------------------------------------------- inputs
-logger = logging.getLogger(__name__)
-
 # Below this many test images the standard error of an accuracy near 50%, 0.5 / sqrt(n), exceeds 2.5 points: close to
 # the 3-point victim-versus-twin gap under which the reports already call differences noise.
 SMALL_TEST_SPLIT = 400
