@@ -111,6 +111,11 @@ class NonFiniteWeightsError(FloatingPointError):
     """An encoder weight holds NaN or inf: nothing is saved (the message names the tensor)."""
 
 
+def _log_number(value: Any) -> int | float:
+    """A round figure as the Trainer's logs take it: an integer stays one, anything else (flags too) is a float."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else float(value)
+
+
 def _first_non_finite(module: nn.Module) -> tuple[str, int] | None:
     """``(name, count)`` of the first floating-point parameter or buffer of ``module`` holding NaN or inf."""
     for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
@@ -701,11 +706,17 @@ class EncoderLockTrainer(Trainer):
             self.lock_state.phase_time["selection"] += figures["time_selection_s"]
         self.lock_state.history.append({"step": self.state.global_step, **figures})
         if self.args.logging_strategy != "no":  # the user turned logging off: the history still keeps them
-            self.log({f"lock/{k}": float(v) for k, v in figures.items()})
+            # counts stay integers (a float mask size was printed as '1.02e+04'); the rest as numbers for report_to
+            self.log({f"lock/{k}": _log_number(v) for k, v in figures.items()})
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs and self.lock_state.last_logs:
             logs = {**logs, **{f"lock/{k}": v for k, v in self.lock_state.last_logs.items()}}
+        last_step_repaired = self.state.global_step > self.args.lock_steps and not self.lock_state.projection_dropped
+        if "learning_rate" in logs and last_step_repaired:
+            # the Trainer logs its scheduler's rate, after the step it reports on; a repair step ran at
+            # repair_learning_rate (found on the user's path: the logs showed the lock's rate during repair)
+            logs = {**logs, "learning_rate": self.args.repair_learning_rate}
         super().log(logs, start_time)
 
     # ------------------------------------------------------------------------------------------- evaluate

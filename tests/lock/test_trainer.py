@@ -111,6 +111,8 @@ def test_repair_steps_follow_the_rounds_inside_the_mask_unprojected_on_the_autho
     assert sum(int(m.sum()) for m in mask.values()) == 2 * 15  # the repair selected nothing
     logs = [e for e in trainer.state.log_history if "lock/loss_authorized" in e]
     assert [float(e.get("lock/repair_learning_rate", 0)) for e in logs] == [0] * 6 + [0.003] * 4
+    # the Trainer's own learning_rate column says what the steps ran at (it showed the lock's rate during repair)
+    assert [e["learning_rate"] for e in logs] == [pytest.approx(0.01)] * 6 + [pytest.approx(0.003)] * 4
     for e in logs[6:]:  # a repair step's loss is the authorized side alone
         assert float(e["loss"]) == pytest.approx(float(e["lock/loss_authorized"]), rel=1e-3)
     after_rounds, now = snapshot.weights, dict(encoder.named_parameters())
@@ -266,7 +268,8 @@ def test_logs_rounds_and_saves_a_loadable_encoder(tmp_path, tiny_trainer):
     encoder, trainer = tiny_trainer()
     trainer.train()
     logged = [entry for entry in trainer.state.log_history if "lock/mask_size" in entry]
-    assert [int(float(e["lock/mask_size"])) for e in logged] == [15, 30]
+    assert [e["lock/mask_size"] for e in logged] == [15, 30]  # integers, not floats printed as '1.02e+04'
+    assert all(type(e["lock/mask_size"]) is int and type(e["lock/round"]) is int for e in logged)
     assert any("lock/challenge_prohibited_val_accuracy" in e for e in trainer.state.log_history)
     assert any("lock/loss_prohibited" in e for e in trainer.state.log_history)
     metrics = trainer.evaluate()
