@@ -223,11 +223,12 @@ class EncoderLockTrainer(Trainer):
                 f"{encoder.name} has no image processor: pass processing_class= (an image processor such as "
                 "AutoImageProcessor.from_pretrained(...), or a function from a list of PIL images to a pixel tensor)"
             )
-        if args.push_to_hub and str(getattr(args.hub_strategy, "value", args.hub_strategy)) != "end":
+        hub_strategy = str(getattr(args.hub_strategy, "value", args.hub_strategy))  # TrainingArguments makes an enum
+        if args.push_to_hub and hub_strategy != "end":
             logger.warning(
                 "hub_strategy=%r: a lock is pushed once, finished (save_model or push_to_hub), never at a checkpoint: "
                 "a half-done lock would publish original weights where the lock changes them",
-                str(getattr(args.hub_strategy, "value", args.hub_strategy)),
+                hub_strategy,
             )
         if args.push_to_hub and not isinstance(encoder.backbone, PreTrainedModel):
             # found on the user's path: the first pushed checkpoint failed, after the lock had run, on a missing
@@ -460,7 +461,11 @@ class EncoderLockTrainer(Trainer):
         dropped the projection: unprojected, the lock's cost to the authorized domain lies along what it removed, and
         a repair takes both back (docs/DEFAULT_LOCK.md, "When the projection leaves no room", has the measurement),
         so those steps continue the lock on the last round's mask instead."""
-        return self.state.global_step >= self.args.lock_steps and not self.lock_state.projection_dropped
+        return self._is_repair_step(self.state.global_step)
+
+    def _is_repair_step(self, step: int) -> bool:
+        """Whether update ``step`` (0-based) is a repair step (see :attr:`repairing`)."""
+        return step >= self.args.lock_steps and not self.lock_state.projection_dropped
 
     def _selection_terms(self, a_pixels, a_labels, p_pixels, p_labels) -> ObjectiveTerms:
         """The objective on one pair of score batches, through the encoder itself (the round driver's ``terms``)."""
@@ -712,8 +717,7 @@ class EncoderLockTrainer(Trainer):
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs and self.lock_state.last_logs:
             logs = {**logs, **{f"lock/{k}": v for k, v in self.lock_state.last_logs.items()}}
-        last_step_repaired = self.state.global_step > self.args.lock_steps and not self.lock_state.projection_dropped
-        if "learning_rate" in logs and last_step_repaired:
+        if "learning_rate" in logs and self._is_repair_step(self.state.global_step - 1):
             # the Trainer logs its scheduler's rate, after the step it reports on; a repair step ran at
             # repair_learning_rate (found on the user's path: the logs showed the lock's rate during repair)
             logs = {**logs, "learning_rate": self.args.repair_learning_rate}
