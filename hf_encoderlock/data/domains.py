@@ -514,6 +514,15 @@ def _load_local(spec: DomainSpec, seed: int, allow_local_images_under: str | os.
 
 
 def _load_hub(spec: DomainSpec, seed: int, allow_local_images_under: str | os.PathLike | None) -> DatasetDict:
+    close = difflib.get_close_matches(_normalise_name(spec.name), BUILTIN_DOMAINS, n=1, cutoff=0.6)
+    if close:
+        # a bare name may be a canonical Hub dataset, so it is looked up; said first because an unreachable Hub
+        # answers only after its retries
+        logger.warning(
+            "domain %r is not a built-in domain (did you mean %r?); looking for it on the Hugging Face Hub",
+            spec.name,
+            close[0],
+        )
     try:
         raw = load_dataset(spec.name, spec.config)
     except Exception as err:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -307,9 +308,17 @@ def test_hub_unreachable_offline_raises_domain_error():
 # --------------------------------------------------------------------------------------------- bad specs
 
 
-def test_unknown_name_suggests_builtin():
-    with pytest.raises(DomainError, match="Did you mean the built-in 'mnist'"):
+def test_unknown_name_suggests_builtin(caplog):
+    with caplog.at_level(logging.WARNING, logger=domains.__name__), pytest.raises(DomainError, match="Did you mean"):
         load_domain("mnsit")
+    # said before the Hub lookup, which offline answers only after its retries
+    assert [r.getMessage() for r in caplog.records] == [
+        "domain 'mnsit' is not a built-in domain (did you mean 'mnist'?); looking for it on the Hugging Face Hub"
+    ]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger=domains.__name__), pytest.raises(DomainError):
+        load_domain("someone/definitely-not-a-dataset-xyz")
+    assert not caplog.records
     with pytest.raises(DomainError, match="unknown built-in domain"):
         domains.build_builtin_domain("nope")
     with pytest.raises(DomainError, match="unknown domain spec key"):
