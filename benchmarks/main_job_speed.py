@@ -1,11 +1,12 @@
-"""Two implementation choices of the main job, each timed side by side in one run on the built-in victim.
+"""Implementation choices of the main job, each timed side by side in one run on the built-in victim.
 
     python benchmarks/main_job_speed.py --output benchmarks/results/main_job_speed [--threads 2] [--repeats 7]
 
 1. Attention: a short default lock (``--rounds`` rounds, no repair steps) under ``sdpa`` (the fused kernels
    transformers picks by default) and ``eager`` (plain matrix products and a softmax), alternated so that both see
    the same machine state.
-2. Probe heads: the probe suite's fits (linear, MLP, kNN; CLS and mean pooling; 3 seeds; fractions 1%, 10%, 100%)
+2. Prohibited batch: the same short lock with ``prohibited_batch_factor`` 2 and 1, alternated.
+3. Probe heads: the probe suite's fits (linear, MLP, kNN; CLS and mean pooling; 3 seeds; fractions 1%, 10%, 100%)
    on the victim's features of ``mnist`` and ``mnist-m``, with 1 and 2 torch threads for the head fits, alternated;
    reports whether both thread counts gave the same test accuracies.
 
@@ -32,7 +33,14 @@ from hf_encoderlock.lock.trainer import EncoderLockTrainer
 from hf_encoderlock.probing.suite import ProbeConfig, run_probe_suite
 from hf_encoderlock.victim import load_victim
 
-ATTENTION = ("sdpa", "eager")
+# the short-lock comparisons: each names its settings, the first being the one the others are compared with
+LOCK_COMPARISONS: dict[str, dict[str, dict]] = {
+    "attention": {"sdpa": {"attention": "sdpa"}, "eager": {"attention": "eager"}},
+    "prohibited_batch": {
+        "prohibited_batch_factor 2": {"prohibited_batch_factor": 2},
+        "prohibited_batch_factor 1": {"prohibited_batch_factor": 1},
+    },
+}
 HEAD_THREADS = (1, 2)
 
 
@@ -40,20 +48,22 @@ def _median_after_warmup(times: list[float]) -> float:
     return statistics.median(times[1:] if len(times) > 1 else times)
 
 
-def time_attention(rounds: int, repeats: int, cache_dir: str) -> dict:
-    """Seconds of a ``rounds``-round default lock (no repair steps), per attention implementation, with each
-    implementation's last phase times."""
+def time_short_locks(settings: dict[str, dict], rounds: int, repeats: int, cache_dir: str) -> dict:
+    """Seconds of a ``rounds``-round default lock (no repair steps) per setting, alternated so that every setting
+    sees the same machine state, with each setting's last phase times. A setting is a dict of
+    ``EncoderLockConfig`` fields, plus ``attention`` for the victim's attention implementation."""
     lock_a, _ = split_for_lock(load_domain("mnist", cache_dir=cache_dir), 0.5, 1500, 0)
     lock_p, _ = split_for_lock(load_domain("mnist-m", cache_dir=cache_dir), 0.5, 1500, 0)
-    times: dict[str, list[float]] = {name: [] for name in ATTENTION}
+    times: dict[str, list[float]] = {name: [] for name in settings}
     phases: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(repeats + 1):
-            for name in ATTENTION:
+            for name, setting in settings.items():
+                fields = dict(setting)
                 encoder = load_victim(cache_dir)
-                encoder.backbone.set_attn_implementation(name)
+                encoder.backbone.set_attn_implementation(fields.pop("attention", "sdpa"))
                 config = EncoderLockConfig(
-                    output_dir=tmp, num_rounds=rounds, repair_steps=0, report_to="none", disable_tqdm=True
+                    output_dir=tmp, num_rounds=rounds, repair_steps=0, report_to="none", disable_tqdm=True, **fields
                 )
                 trainer = EncoderLockTrainer(encoder, config, lock_a, lock_p, "mnist", "mnist-m")
                 started = time.perf_counter()
@@ -62,6 +72,7 @@ def time_attention(rounds: int, repeats: int, cache_dir: str) -> dict:
                 phases[name] = trainer.phase_times()
     return {
         "rounds": rounds,
+        "settings": settings,
         "seconds": {name: _median_after_warmup(t) for name, t in times.items()},
         "all_seconds": times,
         "last_phase_seconds": phases,
@@ -89,6 +100,10 @@ def time_heads(repeats: int, cache_dir: str) -> dict:
     }
 
 
+def _flag(name: str, value) -> str:
+    return f"--{name} {' '.join(value) if isinstance(value, (list, tuple)) else value}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", required=True, help="Folder for main_job_speed.json / .md.")
@@ -96,42 +111,54 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7, help="Timed runs per setting (after one warm-up).")
     parser.add_argument("--rounds", type=int, default=3, help="Rounds of each timed lock.")
     parser.add_argument("--cache_dir", required=True, help="Cache folder for domains and the victim's features.")
+    parser.add_argument(
+        "--compare",
+        nargs="+",
+        choices=(*LOCK_COMPARISONS, "heads"),
+        default=(*LOCK_COMPARISONS, "heads"),
+        help="The comparisons to run (default: all).",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
 
     result = {
-        "command": "python benchmarks/main_job_speed.py "
-        + " ".join(f"--{k} {v}" for k, v in vars(args).items() if k != "output"),
+        "command": "python benchmarks/main_job_speed.py " + " ".join(_flag(k, v) for k, v in vars(args).items()),
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads",
         "torch": torch.__version__,
-        "attention": time_attention(args.rounds, args.repeats, args.cache_dir),
-        "heads": time_heads(args.repeats, args.cache_dir),
     }
+    for name in args.compare:
+        if name in LOCK_COMPARISONS:
+            result[name] = time_short_locks(LOCK_COMPARISONS[name], args.rounds, args.repeats, args.cache_dir)
+    if "heads" in args.compare:
+        result["heads"] = time_heads(args.repeats, args.cache_dir)
     (output / "main_job_speed.json").write_text(json.dumps(result, indent=2))
-    attention, heads = result["attention"], result["heads"]
     lines = [
-        "# Attention implementation and head-fit threads (main job)",
+        "# Implementation choices of the main job, timed side by side",
         "",
         f"`{result['command']}` ({result['machine']}, torch {result['torch']}); medians over {args.repeats} runs.",
         "",
         "| Choice | Setting | Seconds | Ratio to the first |",
         "|---|---|---|---|",
     ]
-    first = attention["seconds"][ATTENTION[0]]
-    for name in ATTENTION:
-        seconds = attention["seconds"][name]
-        label = f"attention, a {attention['rounds']}-round lock"
-        lines.append(f"| {label} | {name} | {seconds:.1f} | {seconds / first:.2f} |")
-    first = heads["seconds"][str(HEAD_THREADS[0])]
-    for threads in HEAD_THREADS:
-        seconds = heads["seconds"][str(threads)]
-        lines.append(f"| probe heads, mnist + mnist-m | {threads} thread(s) | {seconds:.2f} | {seconds / first:.2f} |")
-    lines += [
-        "",
-        f"Same test accuracies with 1 and 2 head threads: {heads['same_test_accuracies']}.",
-    ]
+    for name in LOCK_COMPARISONS:
+        if name not in result:
+            continue
+        seconds = result[name]["seconds"]
+        first = next(iter(seconds.values()))
+        for setting, value in seconds.items():
+            label = f"{name.replace('_', ' ')}, a {args.rounds}-round lock"
+            lines.append(f"| {label} | {setting} | {value:.1f} | {value / first:.2f} |")
+    if "heads" in result:
+        heads = result["heads"]
+        first = heads["seconds"][str(HEAD_THREADS[0])]
+        for threads in HEAD_THREADS:
+            seconds = heads["seconds"][str(threads)]
+            lines.append(
+                f"| probe heads, mnist + mnist-m | {threads} thread(s) | {seconds:.2f} | {seconds / first:.2f} |"
+            )
+        lines += ["", f"Same test accuracies with 1 and 2 head threads: {heads['same_test_accuracies']}."]
     (output / "main_job_speed.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

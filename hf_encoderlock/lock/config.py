@@ -322,12 +322,14 @@ class EncoderLockConfig(flag_fields(*KNOB_GROUPS), TrainingArguments):
     layers_per_round: int = field(default=2, metadata={"help": "M: layers whose weights compete each round."})
     update_steps_per_round: int = field(default=10, metadata={"help": "Masked optimiser steps after each selection."})
     prohibited_batch_factor: int = field(
-        default=2,
+        default=1,
         metadata={
             "help": "Prohibited images per authorized image in an update batch: the prohibited side of a batch holds "
             "this times per_device_train_batch_size images (lowered, with a warning, when the lock data hold fewer "
             "than one such batch). The information measures are batch statistics, and a larger prohibited batch "
-            "estimates them, and their gradient, with less noise (docs/DEFAULT_LOCK.md, 'Prohibited batch')."
+            "estimates them, and their gradient, with less noise, at the cost of a longer step: 2 removed a little "
+            "more on the default task, but the main job no longer fit five minutes on two cores "
+            "(docs/DEFAULT_LOCK.md, 'Prohibited batch')."
         },
     )
     repair_steps: int = field(

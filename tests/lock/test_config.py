@@ -56,6 +56,8 @@ def test_the_bounded_example_config_sets_only_the_bounded_levers():
         "authorized_projection": None,
         "learning_rate": 0.01,
         "layers_per_round": 6,
+        "prohibited_batch_factor": 2,
+        "info_whitening_shrinkage": 0.1,
         "prohibited_transforms": [
             *("greyscale", "match_image_stats", "match_domain_stats"),
             *("permute_channels:5", "permute_channels:3", "permute_channels:4"),

@@ -164,10 +164,11 @@ class InformationTermsConfig(KnobGroup):
         help="weight of the authorized features' drift from the unlocked encoder (0: off; > 0 keeps a frozen copy "
         "of the encoder).",
     )
-    # 1: standardised features; below 1: (partly) whitened, as a whitening probe sees them (0.1: docs/DEFAULT_LOCK.md,
-    # 'Whitened measures'). 0 would need a full-rank batch correlation: singular whenever features outnumber the batch.
+    # 1: standardised features; below 1: (partly) whitened, as a whitening probe sees them. Whitening won only with the
+    # doubled prohibited batch, which the main job's time ruled out (docs/DEFAULT_LOCK.md, 'Whitened measures').
+    # 0 would need a full-rank batch correlation: singular whenever features outnumber the batch.
     whitening_shrinkage: float = knob(
-        0.1,
+        1.0,
         range="(0, 1]",
         help="prohibited features are whitened with their correlation shrunk this far towards the identity before "
         "every measure, in (0, 1] (1: standardised only; below 1, class information in low-variance directions "
