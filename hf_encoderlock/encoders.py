@@ -70,6 +70,34 @@ def _check_reads_images(backbone: nn.Module, source: str) -> None:
         )
 
 
+def saved_weight_keys(backbone: nn.Module, names: Sequence[str]) -> dict[str, str]:
+    """The key under which ``save_pretrained`` writes each of the backbone's parameters ``names`` to
+    ``model.safetensors``.
+
+    transformers 5 renames some modules in memory (ViT's ``layers.0.attention.q_proj``) and writes them back under
+    their checkpoint names (``encoder.layer.0.attention.attention.query``), so that a reader of the weights file finds
+    the tensors a card names. A name that is not renamed one to one (a plain ``nn.Module``, a tensor the conversion
+    merges or splits) maps to itself.
+    """
+    params = dict(backbone.named_parameters())
+    unknown = [name for name in names if name not in params]
+    if unknown:
+        raise EncoderError(f"no parameter(s) {unknown} in the {type(backbone).__name__}")
+    chosen = {name: params[name] for name in names}
+    if not hasattr(backbone, "save_pretrained"):
+        return {name: name for name in chosen}
+    from transformers.core_model_loading import revert_weight_conversion
+
+    try:
+        saved = revert_weight_conversion(backbone, dict(chosen))
+    except Exception as err:  # the keys only name tensors for a reader: a conversion failing here must not fail a save
+        logger.info("weights file keys not resolved (%s: %s); in-memory names kept", type(err).__name__, err)
+        return {name: name for name in chosen}
+    # renaming keeps each tensor object, so identity maps the saved key back to its parameter
+    key_of = {id(tensor): key for key, tensor in saved.items()}
+    return {name: key_of.get(id(tensor), name) for name, tensor in chosen.items()}
+
+
 # ------------------------------------------------------------------------------------------------ image conversion
 def integer_pixels_to_8bit(array: np.ndarray) -> np.ndarray:
     """Integer pixels as ``uint8``, scaled by their bit depth: values up to 255 are kept, up to 65535 are 16-bit

@@ -424,6 +424,8 @@ class EncoderLockCardData:
             if fraction is None
             else f"{np.format_float_positional(_significant(100 * fraction, 3), trim='-')}%",
             "mask_layers": mask.get("per_layer", {}),
+            # a lock saved before the keys were recorded has none: its table names the in-memory tensors only
+            "mask_keys": mask.get("saved_keys") if isinstance(mask.get("saved_keys"), dict) else {},
             "rounds_completed": self.rounds_completed,
             "best_round": self.best_round,
             "projection_dropped": self.projection_dropped,

@@ -52,7 +52,7 @@ from .._files import (
 from .._utils import atomic_folder, check_output_folder, package_versions
 from ..data.lock_tensors import LockDataError, PairedDomainCollator, PairedDomainDataset, check_labelled_dataset
 from ..data.streamed import load_lock_domain
-from ..encoders import NO_REMOTE_CODE, EncoderAdapter, EncoderError, load_encoder
+from ..encoders import NO_REMOTE_CODE, EncoderAdapter, EncoderError, load_encoder, saved_weight_keys
 from ..hub.card import write_model_card
 from ..hub.public_names import is_hub_id, public_domain_record
 from ..hub.push import DEFAULT_COMMIT_MESSAGE, push_locked_to_hub
@@ -760,6 +760,7 @@ class EncoderLockTrainer(Trainer):
     def lock_summary(self) -> dict[str, Any]:
         """The content of ``encoderlock_config.json``."""
         stats = mask_stats(self.mask, self.encoder, candidates=self.candidates)
+        per_layer = {name.removeprefix("backbone."): n for name, n in stats["per_layer"].items()}
         return {
             "format": LOCK_CONFIG_FORMAT,
             "variant": self.args.variant,
@@ -775,7 +776,9 @@ class EncoderLockTrainer(Trainer):
                 "fraction": stats["fraction_of_parameters"],
                 "fraction_of_candidates": stats["fraction_of_candidates"],
                 "num_parameters": stats["num_parameters"],
-                "per_layer": {name.removeprefix("backbone."): n for name, n in stats["per_layer"].items()},
+                "per_layer": per_layer,
+                # where a reader of model.safetensors finds each tensor (transformers renames some in memory)
+                "saved_keys": saved_weight_keys(self.encoder.backbone, list(per_layer)),
             },
             "rounds_completed": self.rounds_completed_in_mask,
             # authorized_projection='auto' found no room at the first round and the lock ran unprojected

@@ -245,6 +245,15 @@ def test_every_standard_section_is_present_in_order(locked_folder, with_report):
         assert information in text, information
 
 
+def test_the_changed_tensors_are_named_as_the_weights_file_holds_them(locked_folder):
+    mask = {**lock_config()["mask"], "per_layer": {"layers.0.attention.q_proj.weight": 23}}
+    mask["saved_keys"] = {"layers.0.attention.q_proj.weight": "encoder.layer.0.attention.attention.query.weight"}
+    (locked_folder / LOCK_CONFIG_FILE).write_text(json.dumps(lock_config(mask=mask)))
+    text = ModelCard.load(write_model_card(locked_folder, report=report())).text
+    assert "| Tensor | Key in `model.safetensors` | Weights changed |" in text
+    assert "| `layers.0.attention.q_proj.weight` | `encoder.layer.0.attention.attention.query.weight` | 23 |" in text
+
+
 # --------------------------------------------------------------------------------------- authorization, Hub checks
 def test_the_authorization_block_still_parses_and_verifies(locked_folder):
     path = write_model_card(locked_folder, report=report(), repo_id="user/locked")

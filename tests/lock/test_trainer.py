@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from safetensors import safe_open
 from transformers import AutoImageProcessor, AutoModel, TrainerCallback
 
 from hf_encoderlock.data.lock_tensors import LockDataError
@@ -281,6 +282,12 @@ def test_logs_rounds_and_saves_a_loadable_encoder(tmp_path, tiny_trainer):
     assert summary["authorized"] == ["red"] and summary["prohibited"] == ["green"]
     assert summary["variant"] == "supervised" and summary["seed"] == 3
     assert summary["mask"]["count"] == sum(summary["mask"]["per_layer"].values()) > 0
+    # each changed tensor named as the weights file holds it (transformers 5 renames ViT's modules in memory)
+    keys = summary["mask"]["saved_keys"]
+    assert set(keys) == set(summary["mask"]["per_layer"]) and any(key != name for name, key in keys.items())
+    params = dict(encoder.backbone.named_parameters())
+    with safe_open(out / "model.safetensors", "pt") as weights:
+        assert all(torch.equal(weights.get_tensor(key), params[name]) for name, key in keys.items())
     assert {"transformers", "torch", "hf_encoderlock"} <= set(summary["versions"])
     assert (out / MASK_FILE).is_file()
     reloaded = AutoModel.from_pretrained(out)
