@@ -75,9 +75,9 @@ def saved_weight_keys(backbone: nn.Module, names: Sequence[str]) -> dict[str, st
     ``model.safetensors``.
 
     transformers 5 renames some modules in memory (ViT's ``layers.0.attention.q_proj``) and writes them back under
-    their checkpoint names (``encoder.layer.0.attention.attention.query``), so that a reader of the weights file finds
-    the tensors a card names. A name that is not renamed one to one (a plain ``nn.Module``, a tensor the conversion
-    merges or splits) maps to itself.
+    their checkpoint names (``encoder.layer.0.attention.attention.query``); the card gives both, so that a reader of
+    the weights file finds the tensors it names. A name that is not renamed one to one (a plain ``nn.Module``, a
+    tensor the conversion merges or splits) maps to itself.
     """
     params = dict(backbone.named_parameters())
     unknown = [name for name in names if name not in params]

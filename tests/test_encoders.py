@@ -21,7 +21,14 @@ from transformers import (
     pipeline,
 )
 
-from hf_encoderlock.encoders import EncoderAdapter, EncoderError, load_encoder, tiny_vit_encoder, vit_image_processor
+from hf_encoderlock.encoders import (
+    EncoderAdapter,
+    EncoderError,
+    load_encoder,
+    saved_weight_keys,
+    tiny_vit_encoder,
+    vit_image_processor,
+)
 
 
 def _images(count: int, size: int = 28, seed: int = 0) -> list[Image.Image]:
@@ -203,3 +210,20 @@ def test_a_model_that_does_not_read_images_is_refused_as_such(tmp_path):
         load_encoder(tmp_path / "bert")
     with pytest.raises(EncoderError, match=r"is a BertModel"):
         load_encoder(BertModel(config))
+
+
+def test_saved_weight_keys_name_each_parameter_as_save_pretrained_writes_it(vit, tmp_path):
+    names = ["layers.0.attention.q_proj.weight", "layers.1.mlp.fc1.weight"]
+    names.append("embeddings.patch_embeddings.projection.weight")
+    keys = saved_weight_keys(vit.backbone, names)
+    vit.backbone.save_pretrained(tmp_path)
+    params = dict(vit.backbone.named_parameters())
+    with safe_open(tmp_path / "model.safetensors", "pt") as weights:
+        assert set(keys.values()) <= set(weights.keys())
+        assert all(torch.equal(weights.get_tensor(keys[name]), params[name]) for name in names)
+    assert keys["layers.0.attention.q_proj.weight"] == "encoder.layer.0.attention.attention.query.weight"
+    assert keys["embeddings.patch_embeddings.projection.weight"] == "embeddings.patch_embeddings.projection.weight"
+    plain = torch.nn.Sequential(torch.nn.Linear(3, 2))
+    assert saved_weight_keys(plain, ["0.weight"]) == {"0.weight": "0.weight"}
+    with pytest.raises(EncoderError, match="no parameter"):
+        saved_weight_keys(plain, ["1.weight"])

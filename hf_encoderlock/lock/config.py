@@ -329,7 +329,7 @@ class EncoderLockConfig(flag_fields(*KNOB_GROUPS), TrainingArguments):
             "than one such batch). The information measures are batch statistics, and a larger prohibited batch "
             "estimates them, and their gradient, with less noise, at the cost of a longer step: 2 removed a little "
             "more on the default task, but the main job no longer fit five minutes on two cores "
-            "(docs/DEFAULT_LOCK.md, 'Prohibited batch')."
+            "(docs/DEFAULT_LOCK.md, 'Prohibited batch and measures')."
         },
     )
     repair_steps: int = field(
