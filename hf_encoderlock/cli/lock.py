@@ -77,7 +77,7 @@ HELP_GROUPS: dict[str, tuple[str, ...]] = {
         "variant", "objective", "alpha", "objective_eps", *flag_names(InformationTermsConfig), "prohibited_poolings",
         "num_pseudo_classes", "pseudo_label_restarts", "contrastive_temperature", *flag_names(AugmentationConfig),
         "zero_shot_generators", "zero_shot_images", "finetune_aware_steps", "finetune_aware_lr",
-        "finetune_aware_weight", "prohibited_transforms",
+        "finetune_aware_weight", "prohibited_transforms", "prohibited_view_batches",
     ),
     "Self-challenge (the lock's own adversary heads)": (
         "challenge_every", *flag_names(AdversaryConfig), "validation_fraction", "challenge_max_images",

@@ -578,12 +578,44 @@ def _row_hashes(data: LockRows, use_pixels: bool) -> list[bytes]:
     ]
 
 
-def stratified_split(data: LockRows, fraction: float, seed: int) -> tuple[LockRows, LockRows]:
+def stratified_split(data: LockRows, fraction: float, seed: int, views: int = 1) -> tuple[LockRows, LockRows]:
     """Split into (lock-train, validation) with :func:`~hf_encoderlock.data.splits.stratified_indices` (by label
-    when labels exist); rows keep their original order within each part."""
-    labels = None if data.labels is None else data.labels.numpy()
-    kept, held = stratified_indices(labels, fraction, seed, size=len(data))
-    return data.subset(torch.as_tensor(np.sort(kept))), data.subset(torch.as_tensor(np.sort(held)))
+    when labels exist); rows keep their original order within each part.
+
+    With ``views`` > 1 the rows are ``views`` blocks of the same images (the originals, then one transformed copy
+    per block, as :func:`~hf_encoderlock.probing.transforms.with_transformed_copies` lays them out): the originals
+    are split, and each part takes every view of its images, again in view blocks (see :func:`one_view_rows`)."""
+    if views == 1:
+        labels = None if data.labels is None else data.labels.numpy()
+        kept, held = stratified_indices(labels, fraction, seed, size=len(data))
+        return data.subset(torch.as_tensor(np.sort(kept))), data.subset(torch.as_tensor(np.sort(held)))
+    if views < 1 or len(data) % views:
+        raise LockDataError(f"domain {data.name!r}: {len(data)} rows are not {views} blocks of equal size")
+    images = len(data) // views
+    labels = None if data.labels is None else data.labels[:images].numpy()
+    kept, held = stratified_indices(labels, fraction, seed, size=images)
+
+    def every_view(bases: np.ndarray) -> torch.Tensor:
+        bases = torch.as_tensor(np.sort(bases))
+        return torch.cat([view * images + bases for view in range(views)])
+
+    return data.subset(every_view(kept)), data.subset(every_view(held))
+
+
+def one_view_rows(rows: torch.Tensor, views: int, size: int, view: int) -> torch.Tensor:
+    """The rows showing the images of ``rows`` under view ``view``, each once (sorted), in data of ``size`` rows laid
+    out as ``views`` blocks of the same images (as :func:`stratified_split` leaves them): an attacker's probe sees
+    one view of every image, so a batch's information measures are taken under one view, not across a mix of them.
+    Two views of one image in ``rows`` become one row: a duplicate would be its own nearest neighbour."""
+    images = size // views
+    return torch.unique(view * images + rows % images)
+
+
+def batch_view(rows: torch.Tensor, views: int, seed: int) -> int:
+    """The view a batch of ``rows`` shows: drawn from the rows and ``seed`` alone, so it is the same in any
+    DataLoader worker and on a resumed run, and every view is drawn alike over a shuffled pass."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + int(rows.sum()))
+    return int(torch.randint(views, (1,), generator=generator))
 
 
 class PairedDomainDataset(TorchDataset):
@@ -612,16 +644,31 @@ class PairedDomainCollator:
 
     With ``prohibited_per_authorized`` k > 1 the batch holds every item's prohibited example but only every k-th
     item's authorized one: the prohibited side of a batch is k times the authorized side, still without an image
-    twice when the prohibited domain is the longer one (each of its rows is in one item per pass)."""
+    twice when the prohibited domain is the longer one (each of its rows is in one item per pass).
 
-    def __init__(self, authorized: LockRows, prohibited: LockRows, prohibited_per_authorized: int = 1) -> None:
+    With ``prohibited_views`` > 1 (prohibited rows in view blocks, see :func:`stratified_split`) every batch shows
+    its prohibited images under one view, drawn per batch by :func:`batch_view` with ``seed``."""
+
+    def __init__(
+        self,
+        authorized: LockRows,
+        prohibited: LockRows,
+        prohibited_per_authorized: int = 1,
+        prohibited_views: int = 1,
+        seed: int = 0,
+    ) -> None:
         self.authorized = authorized
         self.prohibited = prohibited
         self.prohibited_per_authorized = prohibited_per_authorized
+        self.prohibited_views = prohibited_views
+        self.seed = seed
 
     def __call__(self, items: list[dict[str, int]]) -> dict[str, torch.Tensor]:
         a_index = torch.tensor([item["authorized_index"] for item in items[:: self.prohibited_per_authorized]])
         p_index = torch.tensor([item["prohibited_index"] for item in items])
+        if self.prohibited_views > 1:
+            view = batch_view(p_index, self.prohibited_views, self.seed)
+            p_index = one_view_rows(p_index, self.prohibited_views, len(self.prohibited), view)
         authorized, prohibited = self.authorized.take(a_index), self.prohibited.take(p_index)
         batch = {
             "authorized_index": a_index,  # rows of the lock's authorized data: per-image cached features

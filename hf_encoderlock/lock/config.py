@@ -365,7 +365,17 @@ class EncoderLockConfig(flag_fields(*KNOB_GROUPS), TrainingArguments):
             "hf_encoderlock.probing.transforms.TRANSFORMS, each optionally 'name:strength', e.g. 'greyscale' or "
             "'permute_channels:5'): each adds a transformed copy of every prohibited lock image, with its label, so "
             "the lock's updates and its adversaries see those images too. Copies are split into lock and validation "
-            "parts independently of their originals. []: none."
+            "parts independently of their originals (with prohibited_view_batches, together with them). []: none."
+        },
+    )
+    prohibited_view_batches: bool = field(
+        default=False,
+        metadata={
+            "help": "With prohibited_transforms: every prohibited batch (updates and selection scores) shows its "
+            "images under one view, the originals or one transform, drawn per batch, as an attacker's probe sees "
+            "them; the information measures are then taken within a view. False: a batch mixes the views (its "
+            "measures can then fall by setting the views apart rather than by removing class information from each). "
+            "An image and its copies go to the same lock or validation part."
         },
     )
     colour_map_every: int = field(
@@ -654,6 +664,10 @@ class EncoderLockConfig(flag_fields(*KNOB_GROUPS), TrainingArguments):
                 (transforms_problem := _transform_specs_problem(self.prohibited_transforms)) is None,
                 f"prohibited_transforms must be a list of 'name' or 'name:strength' with a name from "
                 f"{sorted(TRANSFORMS)}: {transforms_problem}",
+            ),
+            (
+                not self.prohibited_view_batches or bool(self.prohibited_transforms),
+                "prohibited_view_batches needs prohibited_transforms (without copies every batch shows one view)",
             ),
             (
                 self.weight_budget_share is None or 0.0 < _finite_or_nan(self.weight_budget_share) <= 1.0,

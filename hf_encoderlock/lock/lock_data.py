@@ -101,6 +101,12 @@ def with_attacker_views(args: EncoderLockConfig, authorized_dataset: Any, prohib
     return with_transformed_copies(prohibited_dataset, args.prohibited_transforms, reference, args.seed)
 
 
+def prohibited_views(args: EncoderLockConfig) -> int:
+    """How many views of each prohibited image a batch chooses one from: the originals plus one per transform with
+    ``prohibited_view_batches``, else 1."""
+    return 1 + len(args.prohibited_transforms) if args.prohibited_view_batches else 1
+
+
 def with_pseudo_labels(
     encoder: EncoderAdapter, args: EncoderLockConfig, data: LockRows, poolings: Sequence[str] | None
 ) -> LockRows:
@@ -135,6 +141,9 @@ class LockData:
     challenge_sets: dict[str, LockRows]
     zero_shot_source: list[str] | None = None
     pseudo_labelled: bool = False
+    #: Views per prohibited image whose batches show one view each (``prohibited_view_batches``; 1: batches mix
+    #: whatever rows they draw). Above 1, the prohibited splits are that many blocks of the same images.
+    prohibited_views: int = 1
 
     @classmethod
     def load(
@@ -192,7 +201,8 @@ class LockData:
             prohibited = with_pseudo_labels(encoder, args, prohibited, prohibited_poolings)
         check_domains(authorized, prohibited)
         lock_authorized, val_authorized = stratified_split(authorized, args.validation_fraction, args.seed)
-        lock_prohibited, val_prohibited = stratified_split(prohibited, args.validation_fraction, args.seed)
+        views = prohibited_views(args)
+        lock_prohibited, val_prohibited = stratified_split(prohibited, args.validation_fraction, args.seed, views)
         splits = dict(
             lock_authorized=lock_authorized,
             val_authorized=val_authorized,
@@ -204,7 +214,11 @@ class LockData:
             for offset, key in enumerate(CHALLENGE_SETS)
         }
         return cls(
-            **splits, challenge_sets=challenge_sets, zero_shot_source=zero_shot_source, pseudo_labelled=pseudo_labelled
+            **splits,
+            challenge_sets=challenge_sets,
+            zero_shot_source=zero_shot_source,
+            pseudo_labelled=pseudo_labelled,
+            prohibited_views=views,
         )
 
     @property

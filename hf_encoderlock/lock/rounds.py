@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..data.lock_tensors import DomainTensors, LockRows
+from ..data.lock_tensors import DomainTensors, LockRows, one_view_rows
 from ..encoders import EncoderAdapter
 from .config import AUTO_PROJECTION, EncoderLockConfig
 from .lock_data import LockData
@@ -286,11 +286,14 @@ class RoundDriver:
         parts, first = args.world_size * accumulation, args.process_index * accumulation
         size = args.per_device_train_batch_size * parts
 
-        def shards(data: LockRows) -> list[DomainTensors]:
+        def shards(data: LockRows, views: int = 1) -> list[DomainTensors]:
             # Draw each global batch's rows, then decode only this rank's micro-batch shares of them
             out = []
             for _ in range(args.score_batches):
                 index = torch.randperm(len(data), generator=generator)[:size]
+                if views > 1:  # one view per score batch, as in the update batches
+                    view = int(torch.randint(views, (1,), generator=generator))
+                    index = one_view_rows(index, views, len(data), view)
                 for part in range(first, first + accumulation):
                     share = index[part::parts]
                     out.append(data.take(share if len(share) else index[part % len(index)].view(1)))
@@ -304,7 +307,8 @@ class RoundDriver:
 
             return closure
 
-        a_batches, p_batches = shards(self.data.lock_authorized), shards(self.data.lock_prohibited)
+        a_batches = shards(self.data.lock_authorized)
+        p_batches = shards(self.data.lock_prohibited, self.data.prohibited_views)
         whole: dict[str, torch.Tensor] = {}  # the prohibited gradient summed over score batches, before projection
 
         def free_part(name: str, gradient: torch.Tensor) -> torch.Tensor:

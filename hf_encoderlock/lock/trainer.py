@@ -327,7 +327,11 @@ class EncoderLockTrainer(Trainer):
             args=args,
             train_dataset=PairedDomainDataset(self.lock_authorized, self.lock_prohibited, seed=args.seed),
             data_collator=PairedDomainCollator(
-                self.lock_authorized, self.lock_prohibited, prohibited_per_authorized=self.prohibited_batch_factor
+                self.lock_authorized,
+                self.lock_prohibited,
+                prohibited_per_authorized=self.prohibited_batch_factor,
+                prohibited_views=self.lock_data.prohibited_views,
+                seed=args.seed,
             ),
             eval_dataset=eval_dataset,
             callbacks=list(callbacks or []),

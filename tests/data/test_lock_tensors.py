@@ -3,7 +3,14 @@
 import pytest
 import torch
 
-from hf_encoderlock.data.lock_tensors import DomainTensors, PairedDomainCollator, PairedDomainDataset
+from hf_encoderlock.data.lock_tensors import (
+    DomainTensors,
+    LockDataError,
+    PairedDomainCollator,
+    PairedDomainDataset,
+    one_view_rows,
+    stratified_split,
+)
 from tests.helpers import toy_domain
 
 
@@ -55,3 +62,49 @@ def test_collated_batches_hold_factor_times_more_distinct_prohibited_images(fact
         assert len(set(p_rows)) == len(p_rows)  # no prohibited image twice in a batch
         assert batch["authorized_index"].tolist() == a_rows  # the rows the reference cache reads
         assert torch.equal(batch["authorized_labels"], authorized.labels[batch["authorized_index"]])
+
+
+def _viewed_rows(images: int, views: int) -> DomainTensors:
+    """``views`` blocks of ``images`` one-pixel rows: pixel ``1000 * view + image``, label ``image % 3``."""
+    pixels = torch.cat([1000 * view + torch.arange(images) for view in range(views)]).float()[:, None]
+    return DomainTensors("rows", pixels, (torch.arange(images) % 3).repeat(views), 3)
+
+
+def test_a_split_by_views_keeps_every_view_of_an_image_in_one_part_in_view_blocks():
+    kept, held = stratified_split(_viewed_rows(30, 3), 0.2, seed=0, views=3)
+    for part in (kept, held):
+        pixels = part.pixel_values[:, 0].long()
+        images = len(part) // 3
+        assert len(part) == 3 * images
+        blocks = pixels.view(3, images)
+        assert torch.equal(blocks // 1000, torch.arange(3)[:, None].expand(3, images))  # view-major
+        assert torch.equal(blocks % 1000, (blocks[0] % 1000).expand(3, images))  # the same images in each block
+    kept_images, held_images = ({int(p) % 1000 for p in part.pixel_values[:, 0]} for part in (kept, held))
+    assert not kept_images & held_images
+    assert len(held) == 3 * 6  # 20% of the 30 images, stratified as without views
+    with pytest.raises(LockDataError, match="not 4 blocks"):
+        stratified_split(_viewed_rows(30, 3), 0.2, seed=0, views=4)
+
+
+def test_one_view_rows_show_each_drawn_image_once_under_the_view():
+    rows = torch.tensor([0, 12, 25, 2, 15])  # 10 images x 3 views: 2 and 12 are one image, so are 25 and 15
+    assert one_view_rows(rows, 3, 30, 1).tolist() == [10, 12, 15]
+    assert one_view_rows(rows, 3, 30, 0).tolist() == [0, 2, 5]
+
+
+def test_collated_batches_show_one_view_of_their_prohibited_images():
+    authorized, prohibited = _numbered_rows(40, 0), _viewed_rows(20, 4)
+    dataset = PairedDomainDataset(authorized, prohibited, seed=0)
+    collate = PairedDomainCollator(authorized, prohibited, prohibited_views=4, seed=3)
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(1)).tolist()
+    seen_views = set()
+    for start in range(0, len(order) - 8 + 1, 8):
+        items = [dataset[i] for i in order[start : start + 8]]
+        pixels = collate(items)["prohibited_pixel_values"][:, 0].long()
+        drawn = {int(prohibited.pixel_values[item["prohibited_index"], 0]) % 1000 for item in items}
+        assert len(set((pixels // 1000).tolist())) == 1  # one view per batch
+        assert set((pixels % 1000).tolist()) == drawn and len(pixels) == len(drawn)  # the drawn images, each once
+        seen_views.add(int(pixels[0]) // 1000)
+        again = collate(items)["prohibited_pixel_values"]
+        assert torch.equal(again[:, 0].long(), pixels)  # the view depends on the batch and the seed alone
+    assert seen_views == {0, 1, 2, 3}

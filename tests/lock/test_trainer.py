@@ -605,6 +605,28 @@ def test_prohibited_transforms_add_the_attackers_views_to_the_lock_data(tiny_tra
         EncoderLockConfig(output_dir="unused", prohibited_transforms=["sepia"])
 
 
+def test_view_batches_lock_on_one_view_per_batch_with_each_image_and_its_copy_in_one_part(tiny_trainer):
+    _, trainer = tiny_trainer(prohibited_transforms=["greyscale"], prohibited_view_batches=True)
+    assert trainer.lock_data.prohibited_views == 2
+    mean, std = (torch.as_tensor(v).view(1, 3, 1, 1) for v in trainer._normalization)
+    for part in (trainer.lock_prohibited, trainer.val_prohibited):
+        raw = part.take(torch.arange(len(part))).pixel_values * std + mean
+        grey = (raw[:, 0] - raw[:, 2]).abs().amax(dim=(1, 2)) < 1e-2
+        half = len(part) // 2
+        assert not grey[:half].any() and grey[half:].all()  # the originals, then their copies
+        # each copy is its original in grey (the same image: the same split part)
+        luma = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+        assert torch.allclose(raw[half:, 0], (raw[:half] * luma).sum(dim=1), atol=0.02)
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(8)])
+    raw = batch["prohibited_pixel_values"] * std + mean
+    grey = (raw[:, 0] - raw[:, 2]).abs().amax(dim=(1, 2)) < 1e-2
+    assert grey.all() or not grey.any()
+    trainer.train()
+    assert sum(int(m.sum()) for m in trainer.mask.values()) > 0
+    with pytest.raises(ValueError, match="prohibited_view_batches needs prohibited_transforms"):
+        EncoderLockConfig(output_dir="unused", prohibited_view_batches=True)
+
+
 def test_prohibited_transforms_matching_the_authorized_statistics_lock_end_to_end(tiny_trainer):
     # the match_* transforms take their reference statistics from the authorized images, as the attacker's do
     _, plain = tiny_trainer()
