@@ -108,22 +108,28 @@ def prohibited_views(args: EncoderLockConfig) -> int:
 
 
 def with_pseudo_labels(
-    encoder: EncoderAdapter, args: EncoderLockConfig, data: LockRows, poolings: Sequence[str] | None
+    encoder: EncoderAdapter, args: EncoderLockConfig, data: LockRows, poolings: Sequence[str] | None, views: int = 1
 ) -> LockRows:
     """``data`` labelled by k-means clusters of the unlocked encoder's features (of ``poolings`` concatenated, the
-    prohibited view the objective sees; ``None``: the encoder's default pooling)."""
+    prohibited view the objective sees; ``None``: the encoder's default pooling).
+
+    With ``views`` > 1 (``data`` in view blocks, originals first) the originals are clustered and each copy takes its
+    original's label: a one-view batch then measures the same classes under every view, where clusters of all rows
+    could put a whole transformed view in a few clusters."""
     poolings = [*(poolings or [encoder.pooling])]
+    originals = data if views == 1 else data.subset(torch.arange(len(data) // views))
     device, was_training = args.device, encoder.training
     encoder.to(device).eval()
     with torch.no_grad():
         features = torch.cat(
             [
                 concat_poolings(encoder.pooled_features(chunk.to(device), poolings), poolings).float().cpu()
-                for chunk in data.pixel_chunks(args.per_device_train_batch_size)
+                for chunk in originals.pixel_chunks(args.per_device_train_batch_size)
             ]
         )
     encoder.train(was_training)
     labels = cluster_pseudo_labels(features, args.num_pseudo_classes, args.seed, args.pseudo_label_restarts)
+    labels = labels.repeat(views)
     return replace(data, labels=labels, num_classes=args.num_pseudo_classes)
 
 
@@ -196,12 +202,12 @@ class LockData:
             encoder, prohibited_dataset, prohibited_name, labelled, args.lock_cache_bytes, not args.disable_tqdm
         )
         check_domain_size(prohibited)  # before pseudo-labels: k-means of copies of one image is meaningless
+        views = prohibited_views(args)
         pseudo_labelled = prohibited.labels is None
         if pseudo_labelled:
-            prohibited = with_pseudo_labels(encoder, args, prohibited, prohibited_poolings)
+            prohibited = with_pseudo_labels(encoder, args, prohibited, prohibited_poolings, views)
         check_domains(authorized, prohibited)
         lock_authorized, val_authorized = stratified_split(authorized, args.validation_fraction, args.seed)
-        views = prohibited_views(args)
         lock_prohibited, val_prohibited = stratified_split(prohibited, args.validation_fraction, args.seed, views)
         splits = dict(
             lock_authorized=lock_authorized,

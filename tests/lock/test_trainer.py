@@ -627,6 +627,16 @@ def test_view_batches_lock_on_one_view_per_batch_with_each_image_and_its_copy_in
         EncoderLockConfig(output_dir="unused", prohibited_view_batches=True)
 
 
+def test_view_batches_give_each_copy_its_originals_pseudo_label(tiny_trainer):
+    _, trainer = tiny_trainer(
+        variant="unsupervised", prohibited_transforms=["greyscale", "invert"], prohibited_view_batches=True
+    )
+    for part in (trainer.lock_prohibited, trainer.val_prohibited):
+        blocks = part.labels.view(3, -1)
+        assert torch.equal(blocks[1], blocks[0]) and torch.equal(blocks[2], blocks[0])
+    assert len(set(trainer.lock_prohibited.labels.tolist())) > 1
+
+
 def test_prohibited_transforms_matching_the_authorized_statistics_lock_end_to_end(tiny_trainer):
     # the match_* transforms take their reference statistics from the authorized images, as the attacker's do
     _, plain = tiny_trainer()
