@@ -355,6 +355,22 @@ SETTINGS: dict[str, list[str]] = {
         *UNPROJECTED,
         *("--layers_per_round", "6", "--colour_map_every", "5"),
     ],
+    # examples/configs/bounded.yaml itself (the file pins the batch and measures it was measured with, which the
+    # flag lists above leave to the current defaults) with one view of the prohibited images per batch
+    **{
+        f"bounded.yaml file, one view per batch{seed_name}, 2 threads": [
+            *("--config", "examples/configs/bounded.yaml", "--prohibited_view_batches", "true", *seed_flags)
+        ]
+        for seed_name, seed_flags in (("", ()), (", seed 1", ("--seed", "1")), (", seed 2", ("--seed", "2")))
+    },
+    # and with the attacker's learned colour map refitted every 5 rounds (lock seed 42: the flag-list setting
+    # "bounded.yaml (6 layers), colour map every 5 rounds, 2 threads" below, run when the defaults were the file's)
+    **{
+        f"bounded.yaml file, colour map every 5 rounds, seed {seed}, 2 threads": [
+            *("--config", "examples/configs/bounded.yaml", "--colour_map_every", "5", "--seed", seed)
+        ]
+        for seed in ("1", "2")
+    },
     "bounded.yaml, authorized weight 0.3, preserve weight 0.3, 2 threads": [
         *BOUND_AWARE_GRADIENT,
         *UNPROJECTED,
