@@ -371,6 +371,12 @@ SETTINGS: dict[str, list[str]] = {
         ]
         for seed in ("1", "2")
     },
+    **{
+        f"bounded.yaml file, colour map every round{seed_name}, 2 threads": [
+            *("--config", "examples/configs/bounded.yaml", "--colour_map_every", "1", *seed_flags)
+        ]
+        for seed_name, seed_flags in (("", ()), (", seed 1", ("--seed", "1")), (", seed 2", ("--seed", "2")))
+    },
     "bounded.yaml, authorized weight 0.3, preserve weight 0.3, 2 threads": [
         *BOUND_AWARE_GRADIENT,
         *UNPROJECTED,
