@@ -364,8 +364,8 @@ class EncoderLockConfig(flag_fields(*KNOB_GROUPS), TrainingArguments):
             "help": "Input transformations an attacker who knows the method would try (names from "
             "hf_encoderlock.probing.transforms.TRANSFORMS, each optionally 'name:strength', e.g. 'greyscale' or "
             "'permute_channels:5'): each adds a transformed copy of every prohibited lock image, with its label, so "
-            "the lock's updates and its adversaries see those images too. Copies are split into lock and validation "
-            "parts independently of their originals (with prohibited_view_batches, together with them). []: none."
+            "the lock's updates and its adversaries see those images too. An image and its copies go to the same lock "
+            "or validation part. []: none."
         },
     )
     prohibited_view_batches: bool = field(
@@ -374,8 +374,7 @@ class EncoderLockConfig(flag_fields(*KNOB_GROUPS), TrainingArguments):
             "help": "With prohibited_transforms: every prohibited batch (updates and selection scores) shows its "
             "images under one view, the originals or one transform, drawn per batch, as an attacker's probe sees "
             "them; the information measures are then taken within a view. False: a batch mixes the views (its "
-            "measures can then fall by setting the views apart rather than by removing class information from each). "
-            "An image and its copies go to the same lock or validation part."
+            "measures can then fall by setting the views apart rather than by removing class information from each)."
         },
     )
     colour_map_every: int = field(
@@ -384,7 +383,8 @@ class EncoderLockConfig(flag_fields(*KNOB_GROUPS), TrainingArguments):
             "help": "Self-challenge against the attacker's learned colour map (beyond the paper; 0: off): every this "
             "many rounds, at the round start, a per-pixel colour map (hf_encoderlock.probing.learned_transforms, the "
             "adaptive attacker's colour_map) is fitted with a linear head through the current encoder on up to 1,024 "
-            "of the prohibited lock images, and from then on half of every prohibited batch (updates and selection) "
+            "of the prohibited lock images (without their prohibited_transforms copies, as the attacker fits it on its "
+            "own images), and from then on half of every prohibited batch (updates and selection) "
             "is shown under it, so the lock also removes what that map makes readable. Costs one fit (a few epochs "
             "through the encoder) per refit."
         },

@@ -102,9 +102,9 @@ def with_attacker_views(args: EncoderLockConfig, authorized_dataset: Any, prohib
 
 
 def prohibited_views(args: EncoderLockConfig) -> int:
-    """How many views of each prohibited image a batch chooses one from: the originals plus one per transform with
-    ``prohibited_view_batches``, else 1."""
-    return 1 + len(args.prohibited_transforms) if args.prohibited_view_batches else 1
+    """How many views of each prohibited image the lock holds: the originals plus one per ``prohibited_transforms``
+    entry."""
+    return 1 + len(args.prohibited_transforms)
 
 
 def with_pseudo_labels(
@@ -147,9 +147,22 @@ class LockData:
     challenge_sets: dict[str, LockRows]
     zero_shot_source: list[str] | None = None
     pseudo_labelled: bool = False
-    #: Views per prohibited image whose batches show one view each (``prohibited_view_batches``; 1: batches mix
-    #: whatever rows they draw). Above 1, the prohibited splits are that many blocks of the same images.
+    #: Views per prohibited image (the originals and one copy per ``prohibited_transforms`` entry). Above 1, each
+    #: prohibited split is that many blocks of the same images, the originals first (see ``stratified_split``).
     prohibited_views: int = 1
+    #: ``prohibited_view_batches``: each prohibited batch shows one of the views (else batches mix them)
+    view_batches: bool = False
+
+    @property
+    def batch_views(self) -> int:
+        """The views a prohibited batch draws one of: :attr:`prohibited_views` with :attr:`view_batches`, else 1."""
+        return self.prohibited_views if self.view_batches else 1
+
+    @property
+    def original_prohibited(self) -> LockRows:
+        """The lock split's prohibited images without their transformed copies."""
+        data = self.lock_prohibited
+        return data if self.prohibited_views == 1 else data.subset(torch.arange(len(data) // self.prohibited_views))
 
     @classmethod
     def load(
@@ -225,6 +238,7 @@ class LockData:
             zero_shot_source=zero_shot_source,
             pseudo_labelled=pseudo_labelled,
             prohibited_views=views,
+            view_batches=args.prohibited_view_batches,
         )
 
     @property

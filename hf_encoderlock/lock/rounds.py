@@ -308,7 +308,7 @@ class RoundDriver:
             return closure
 
         a_batches = shards(self.data.lock_authorized)
-        p_batches = shards(self.data.lock_prohibited, self.data.prohibited_views)
+        p_batches = shards(self.data.lock_prohibited, self.data.batch_views)
         whole: dict[str, torch.Tensor] = {}  # the prohibited gradient summed over score batches, before projection
 
         def free_part(name: str, gradient: torch.Tensor) -> torch.Tensor:

@@ -330,7 +330,7 @@ class EncoderLockTrainer(Trainer):
                 self.lock_authorized,
                 self.lock_prohibited,
                 prohibited_per_authorized=self.prohibited_batch_factor,
-                prohibited_views=self.lock_data.prohibited_views,
+                prohibited_views=self.lock_data.batch_views,
                 seed=args.seed,
             ),
             eval_dataset=eval_dataset,
@@ -575,10 +575,11 @@ class EncoderLockTrainer(Trainer):
 
     def fit_colour_map(self, round_index: int) -> None:
         """The attacker's learned colour map (``colour_map_every``), fitted through the current encoder on up to
-        ``COLOUR_MAP_FIT.max_images`` seeded prohibited lock images, and used from now on (see
-        :meth:`objective_terms`). Its time counts as challenge time; the round's history records it."""
+        ``COLOUR_MAP_FIT.max_images`` seeded prohibited lock images (originals, not their transformed copies), and
+        used from now on (see :meth:`objective_terms`). Its time counts as challenge time; the round's history records
+        it."""
         started = time.perf_counter()
-        data = self.lock_prohibited
+        data = self.lock_data.original_prohibited  # the attacker fits its map on untransformed images
         generator = torch.Generator().manual_seed(self.args.seed + round_index)
         rows = torch.randperm(len(data), generator=generator)[: COLOUR_MAP_FIT.max_images].sort().values
         part = data.take(rows)

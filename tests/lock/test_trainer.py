@@ -627,6 +627,42 @@ def test_view_batches_lock_on_one_view_per_batch_with_each_image_and_its_copy_in
         EncoderLockConfig(output_dir="unused", prohibited_view_batches=True)
 
 
+def test_copies_share_their_originals_split_part_and_mix_in_batches_without_view_batches(tiny_trainer):
+    _, trainer = tiny_trainer(prohibited_transforms=["greyscale"])
+    data = trainer.lock_data
+    assert (data.prohibited_views, data.batch_views) == (2, 1)
+    mean, std = (torch.as_tensor(v).view(1, 3, 1, 1) for v in trainer._normalization)
+    for part in (data.lock_prohibited, data.val_prohibited):
+        raw = part.take(torch.arange(len(part))).pixel_values * std + mean
+        half = len(part) // 2
+        luma = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+        assert torch.allclose(raw[half:, 0], (raw[:half] * luma).sum(dim=1), atol=0.02)  # copy i is original i
+    originals = data.original_prohibited
+    assert torch.equal(originals.pixel_values, data.lock_prohibited.pixel_values[: len(data.lock_prohibited) // 2])
+    pixels = trainer.data_collator([trainer.train_dataset[i] for i in range(len(trainer.train_dataset))])
+    raw = pixels["prohibited_pixel_values"] * std + mean
+    grey = (raw[:, 0] - raw[:, 2]).abs().amax(dim=(1, 2)) < 1e-2
+    assert 0 < int(grey.sum()) < len(grey)  # a batch mixes the views
+
+
+def test_the_locks_colour_map_is_fitted_on_the_original_images(tiny_trainer, monkeypatch):
+    import hf_encoderlock.lock.trainer as trainer_module
+
+    fitted = []
+    original_fit = trainer_module.fit_colour_map_to_pixels
+
+    def recording_fit(encoder, pixels, *args, **kwargs):
+        fitted.append(pixels.detach().cpu())
+        return original_fit(encoder, pixels, *args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "fit_colour_map_to_pixels", recording_fit)
+    _, trainer = tiny_trainer(prohibited_transforms=["greyscale"], colour_map_every=2, num_rounds=2)
+    trainer.train()
+    originals = trainer.lock_data.original_prohibited.pixel_values
+    assert fitted and all(len(p) == len(originals) for p in fitted)
+    assert all(torch.equal(p, originals) for p in fitted)  # every original (the set is under the fit's maximum)
+
+
 def test_view_batches_give_each_copy_its_originals_pseudo_label(tiny_trainer):
     _, trainer = tiny_trainer(
         variant="unsupervised", prohibited_transforms=["greyscale", "invert"], prohibited_view_batches=True
