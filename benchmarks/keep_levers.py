@@ -371,6 +371,12 @@ SETTINGS: dict[str, list[str]] = {
         ]
         for seed in ("1", "2")
     },
+    # the file as it is, from main 8f8c459 on (an image and its copies in one split part; the colour map fitted on
+    # the original images)
+    **{
+        f"bounded.yaml file{seed_name}, 2 threads": [*("--config", "examples/configs/bounded.yaml", *seed_flags)]
+        for seed_name, seed_flags in (("", ()), (", seed 1", ("--seed", "1")), (", seed 2", ("--seed", "2")))
+    },
     **{
         f"bounded.yaml file, colour map every round{seed_name}, 2 threads": [
             *("--config", "examples/configs/bounded.yaml", "--colour_map_every", "1", *seed_flags)
