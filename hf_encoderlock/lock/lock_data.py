@@ -114,8 +114,8 @@ def with_pseudo_labels(
     prohibited view the objective sees; ``None``: the encoder's default pooling).
 
     With ``views`` > 1 (``data`` in view blocks, originals first) the originals are clustered and each copy takes its
-    original's label: a one-view batch then measures the same classes under every view, where clusters of all rows
-    could put a whole transformed view in a few clusters."""
+    original's label, as a transform does not change an image's class (clusters of all rows could put a whole
+    transformed view in a few clusters)."""
     poolings = [*(poolings or [encoder.pooling])]
     originals = data if views == 1 else data.subset(torch.arange(len(data) // views))
     device, was_training = args.device, encoder.training
