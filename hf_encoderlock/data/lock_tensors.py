@@ -602,6 +602,12 @@ def stratified_split(data: LockRows, fraction: float, seed: int, views: int = 1)
     return data.subset(every_view(kept)), data.subset(every_view(held))
 
 
+def original_rows(data: LockRows, views: int) -> LockRows:
+    """The first of ``views`` blocks of ``data`` (laid out as :func:`stratified_split` leaves them): the original
+    images, without their transformed copies."""
+    return data if views == 1 else data.subset(torch.arange(len(data) // views))
+
+
 def one_view_rows(rows: torch.Tensor, views: int, size: int, view: int) -> torch.Tensor:
     """The rows showing the images of ``rows`` under view ``view``, each once (sorted), in data of ``size`` rows laid
     out as ``views`` blocks of the same images (as :func:`stratified_split` leaves them): an attacker's probe sees

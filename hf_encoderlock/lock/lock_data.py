@@ -25,6 +25,7 @@ from ..data.lock_tensors import (
     check_labelled_dataset,
     content_overlap,
     label_tensor,
+    original_rows,
     stratified_split,
 )
 from ..data.streamed import load_lock_domain
@@ -117,7 +118,7 @@ def with_pseudo_labels(
     original's label, as a transform does not change an image's class (clusters of all rows could put a whole
     transformed view in a few clusters)."""
     poolings = [*(poolings or [encoder.pooling])]
-    originals = data if views == 1 else data.subset(torch.arange(len(data) // views))
+    originals = original_rows(data, views)
     device, was_training = args.device, encoder.training
     encoder.to(device).eval()
     with torch.no_grad():
@@ -161,8 +162,7 @@ class LockData:
     @property
     def original_prohibited(self) -> LockRows:
         """The lock split's prohibited images without their transformed copies."""
-        data = self.lock_prohibited
-        return data if self.prohibited_views == 1 else data.subset(torch.arange(len(data) // self.prohibited_views))
+        return original_rows(self.lock_prohibited, self.prohibited_views)
 
     @classmethod
     def load(
