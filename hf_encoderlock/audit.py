@@ -56,7 +56,7 @@ from .hub.public_names import domain_display_name
 from .lock.masking import bit_view
 from .lock.selection import block_index, load_mask, select_candidate_parameters
 from .probing.probe_report import TWIN_ROLE
-from .probing.sanitize import count_outliers
+from .probing.sanitize import count_outliers, count_piled_up
 from .probing.suite import ProbeConfig, run_probe_suite
 from .victim import load_victim
 
@@ -412,20 +412,31 @@ OUTLIER_Z = 6.0  # robust standard deviations beyond which an entry is a tell-ta
 
 
 def check_outliers(locked: torch.nn.Module, original: torch.nn.Module | None) -> tuple[dict[str, Any], list[str]]:
-    """Check 7: per weight tensor, entries beyond ``OUTLIER_Z`` robust std in the locked encoder (and the original);
-    the notes name the tensors with more than twice the original's count (every tensor with any, without one)."""
+    """Check 7: per weight tensor, entries beyond ``OUTLIER_Z`` robust std in the locked encoder (and the original),
+    and entries piled up on one value (:func:`~hf_encoderlock.probing.sanitize.piled_up`: what clamping a bounded
+    lock's updates leaves); the notes name the tensors with more than twice the original's count of either (every
+    tensor with any, without one)."""
+
+    def flag(locked_counts: dict[str, int], original_counts: dict[str, int] | None) -> list[str]:
+        limit = (lambda name: 2 * original_counts.get(name, 0)) if original_counts is not None else (lambda _: 0)
+        return [name for name, count in locked_counts.items() if count > limit(name)]
+
     locked_counts = count_outliers(locked, OUTLIER_Z)
     original_counts = count_outliers(original, OUTLIER_Z) if original is not None else None
-    flagged = [
-        name
-        for name, count in locked_counts.items()
-        if count > (2 * original_counts.get(name, 0) if original_counts is not None else 0)
-    ]
+    flagged = flag(locked_counts, original_counts)
+    locked_piled = count_piled_up(locked)
+    original_piled = count_piled_up(original) if original is not None else None
+    piled_flagged = flag(locked_piled, original_piled)
     summary = {
         "z": OUTLIER_Z,
         "locked": sum(locked_counts.values()),
         "original": sum(original_counts.values()) if original_counts is not None else None,
         "flagged": {name: [locked_counts[name], (original_counts or {}).get(name)] for name in flagged},
+        "piled_up": {
+            "locked": sum(locked_piled.values()),
+            "original": sum(original_piled.values()) if original_piled is not None else None,
+            "flagged": {name: [locked_piled[name], (original_piled or {}).get(name)] for name in piled_flagged},
+        },
     }
     notes = []
     if flagged and original_counts is not None:
@@ -438,6 +449,14 @@ def check_outliers(locked: torch.nn.Module, original: torch.nn.Module | None) ->
         notes.append(
             f"{summary['locked']} entries in {len(flagged)} tensor(s) lie beyond {OUTLIER_Z:g} robust std of their "
             "tensor's median (without the original, they cannot be told from natural outliers)"
+        )
+    if piled_flagged:
+        against = "" if original_piled is None else f" against {summary['piled_up']['original']} in the original"
+        notes.append(
+            f"tell-tale weights: {summary['piled_up']['locked']} entries in {len(piled_flagged)} tensor(s) sit on a "
+            f"value their tensor repeats far more often than any other{against}, as clamping a bounded lock's "
+            f"updates leaves them: they show an attacker part of the mask without data (docs/THREAT_MODEL.md); "
+            f"e.g. {_preview(piled_flagged)}"
         )
     return summary, notes
 

@@ -43,7 +43,7 @@ from .lock.trainer import EncoderLockTrainer
 from .probing.adaptive import AdaptiveConfig, run_adaptive_suite
 from .probing.lock_report import build_lock_report, lock_report_markdown, plot_lock_report
 from .probing.probe_report import TWIN_ROLE
-from .probing.sanitize import count_outliers
+from .probing.sanitize import count_outliers, count_piled_up
 from .probing.suite import ProbeConfig, run_probe_suite
 from .victim import load_victim
 
@@ -320,7 +320,8 @@ def _run_lock_experiment(
         timings["probe_before_s"] = time.perf_counter() - tick
         gate.wait()  # the other processes join the lock
 
-        victim_outliers = count_outliers(encoder.backbone)  # the lock changes the encoder in place
+        # the lock changes the encoder in place
+        victim_outliers, victim_piled_up = count_outliers(encoder.backbone), count_piled_up(encoder.backbone)
         tick = time.perf_counter()
         try:
             trainer = _train_lock(encoder, lock_config, target, resume, **lock)
@@ -360,6 +361,7 @@ def _run_lock_experiment(
                 },
                 fresh_probes=after,  # the fresh-probe family is the "after" probes: not run twice
                 victim_outliers=victim_outliers,
+                victim_piled_up=victim_piled_up,
             )
             timings["adaptive_s"] = time.perf_counter() - tick
         timings.update({f"lock_{k}_s": v for k, v in trainer.phase_times().items()})

@@ -11,6 +11,7 @@ from hf_encoderlock.audit import MASK_FILE, AuditError, audit_locked, compare_we
 from hf_encoderlock.encoders import load_encoder, tiny_vit_encoder
 from hf_encoderlock.hub.card import write_model_card
 from hf_encoderlock.lock.selection import load_mask, save_mask
+from hf_encoderlock.probing.sanitize import robust_scale
 
 
 def test_clean_lock_passes_every_check(audit_folders):
@@ -316,4 +317,23 @@ def test_edits_inside_the_tensor_range_are_not_tell_tale(audit_folders):
     encoder.backbone.save_pretrained(locked)
     report = audit_locked(locked, original=original, probes=False)
     assert report.outliers["flagged"] == {} and report.outliers["locked"] == report.outliers["original"]
+    assert report.outliers["piled_up"]["flagged"] == {}
     assert not any("tell-tale" in note for note in report.notes)
+
+
+def test_edits_clamped_onto_one_value_are_tell_tale_inside_the_range(audit_folders):
+    """A bounded lock keeps each entry in range, but a clamp leaves many on the very same value."""
+    original, locked = audit_folders
+    encoder, source = load_encoder(str(locked)), load_encoder(str(original))
+    name = "layers.0.attention.q_proj.weight"
+    with torch.no_grad():
+        for key, param in encoder.backbone.named_parameters():
+            param.copy_(source.backbone.get_parameter(key))
+        weight = encoder.backbone.get_parameter(name)
+        median, scale = robust_scale(weight)
+        weight[0, :8] = median + 2.5 * scale  # inside the range, but eight entries on one value
+    encoder.backbone.save_pretrained(locked)
+    report = audit_locked(locked, original=original, probes=False)
+    assert report.outliers["flagged"] == {}  # nothing beyond 6 robust std
+    assert report.outliers["piled_up"]["flagged"] == {name: [8, 0]}
+    assert any(note.startswith("tell-tale weights: 8 entries in 1 tensor(s) sit on a value") for note in report.notes)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+import zlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -52,6 +53,10 @@ BUDGET_WARNING_SHARE = 0.05
 # barely moves (docs/RESULTS.md, "Every domain pair", has the shares measured at round 0 on the built-in pairs and
 # what the projected locks removed). authorized_projection='auto' drops the projection below it.
 LOW_FREE_SHARE = 0.01
+# Bounded updates: each selected entry's edge is drawn (seeded, per entry) up to this share of the range's half-width
+# inside it, so the weights the bound stops spread over a band instead of all landing on one value; hundreds of
+# entries on one value would show an attacker part of the mask without data (probing.sanitize.piled_up).
+BOUND_JITTER = 0.1
 SCORE_SEED_STRIDE = 7919  # round r draws its score batches from a generator seeded args.seed + this * (r + 1)
 
 #: ``terms(a_pixels, a_labels, p_pixels, p_labels)``: the objective's terms on one pair of batches, through the
@@ -164,16 +169,22 @@ class RoundDriver:
         self.terms, self.reference_encoder = terms, reference_encoder
         self.lowers_prohibited = lowers_prohibited  # the objective's: which way the update moves its prohibited term
         self.guard: MaskedParameterGuard | None = None
-        # Per entry, the range a bounded update keeps it in: its tensor's natural range, widened to the entry's own
-        # unlocked value, so a natural outlier that gets selected is not pulled in (a lock that erased the tensor's
-        # outliers would be a tell too). From the unlocked weights at construction: a resumed run, built from the
-        # unlocked encoder again, recomputes the same ranges, so they are not saved.
+        # Per entry, the range a bounded update keeps it in: its tensor's natural range, each edge drawn a little
+        # inside (BOUND_JITTER), widened to the entry's own unlocked value, so a natural outlier that gets selected is
+        # not pulled in (a lock that erased the tensor's outliers would be a tell too). From the unlocked weights and
+        # the seed at construction: a resumed run, built from the unlocked encoder again, recomputes the same ranges
+        # (on every rank), so they are not saved.
         self.weight_ranges: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         if args.weight_bound is not None:
             for name, param in candidates.items():
-                low, high = natural_range(param.detach(), args.weight_bound)
                 original = param.detach()
-                self.weight_ranges[name] = (original.clamp(max=low), original.clamp(min=high))
+                low, high = natural_range(original, args.weight_bound)
+                centre, half = (low + high) / 2, (high - low) / 2
+                generator = torch.Generator().manual_seed(args.seed + zlib.crc32(name.encode()))
+                inward = BOUND_JITTER * half * torch.rand((2, *original.shape), generator=generator)
+                inward = inward.to(device=original.device, dtype=original.dtype)
+                edges = (centre - half + inward[0], centre + half - inward[1])
+                self.weight_ranges[name] = (torch.minimum(original, edges[0]), torch.maximum(original, edges[1]))
 
     # ----------------------------------------------------------------------------------------------- guard
     def attach(self, state: LockState, optimizer: torch.optim.Optimizer) -> None:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import os
 import time
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from datasets import DatasetDict
 from PIL import Image
+from torch import nn
 
 from .._files import ADAPTIVE_REPORT_STEM, REPORT_FORMAT_VERSION
 from .._utils import markdown_row, package_versions, percent
@@ -43,7 +44,7 @@ from .attacks import SCRATCH, AttackConfig, run_attack_suite
 from .heads import torch_threads
 from .learned_transforms import LEARNED_TRANSFORMS, ColourMapFit, colour_mapped_encoder, fit_colour_map, fit_rows
 from .probe_report import ENCODER_ROLE, TWIN_ROLE, ProbeReport, advantage_removed, report_json
-from .sanitize import SANITIZERS, count_outliers, sanitize_module
+from .sanitize import SANITIZERS, count_outliers, count_piled_up, sanitize_module
 from .suite import ProbeConfig, load_domains, run_probe_suite, split_training_rows
 from .transforms import TRANSFORMS, ChannelStats, domain_stats, transformed_encoder
 
@@ -239,12 +240,22 @@ class AdaptiveReport:
     versions: dict[str, str] = field(default_factory=dict)
     #: the unlocked encoder's per-tensor counts beyond 6 robust std (None: not known)
     victim_outliers: dict[str, int] | None = None
+    #: per tensor, entries on a piled-up value (:func:`~hf_encoderlock.probing.sanitize.piled_up`), locked and victim
+    piled_up: dict[str, int] = field(default_factory=dict)
+    victim_piled_up: dict[str, int] | None = None
 
     def telltale_tensors(self) -> list[str]:
         """Tensors holding more than twice the victim's entries beyond 6 robust std (the issue's "no tell-tale
-        weights" rule); with the victim's counts unknown, every tensor holding any."""
-        victim = self.victim_outliers
-        return [name for name, n in self.outliers.items() if n > (2 * victim.get(name, 0) if victim is not None else 0)]
+        weights" rule), or more than twice its entries on piled-up values (a bound's clamp); with the victim's
+        counts unknown, every tensor holding any."""
+        flagged = []
+        for counts, victim in ((self.outliers, self.victim_outliers), (self.piled_up, self.victim_piled_up)):
+            flagged += [
+                name
+                for name, n in counts.items()
+                if n > (2 * victim.get(name, 0) if victim is not None else 0) and name not in flagged
+            ]
+        return flagged
 
     def outlier_line(self) -> str:
         """One sentence on the outlier weights an attacker can see (and reset) without data."""
@@ -254,11 +265,16 @@ class AdaptiveReport:
             return line + " (the victim's count is unknown)."
         flagged = self.telltale_tensors()
         line += f" (victim: {sum(self.victim_outliers.values())})"
+        piled = sum(self.piled_up.values())
+        if piled or self.victim_piled_up:
+            line += f"; entries on a piled-up value (a bound's clamp): {piled}" + (
+                "" if self.victim_piled_up is None else f" (victim: {sum(self.victim_piled_up.values())})"
+            )
         if not flagged:
             return line + "; no tensor holds more than twice the victim's."
         return line + (
             f"; {len(flagged)} tensor(s) hold more than twice the victim's, tell-tale weights that a data-free "
-            "outlier reset finds."
+            "reset finds."
         )
 
     def chosen(self, domain: str) -> list[AttackOutcome]:
@@ -349,6 +365,8 @@ class AdaptiveReport:
             "finetune": [dict(asdict(o), test=o.test, scratch=o.scratch) for o in self.finetune],
             "outliers_beyond_6": self.outliers,
             "victim_outliers_beyond_6": self.victim_outliers,
+            "piled_up": self.piled_up,
+            "victim_piled_up": self.victim_piled_up,
             "telltale_tensors": self.telltale_tensors(),
             "timings": self.timings,
             "versions": self.versions,
@@ -386,6 +404,8 @@ class AdaptiveReport:
             data.get("timings", {}),
             data.get("versions", {}),
             data.get("victim_outliers_beyond_6"),
+            data.get("piled_up", {}),
+            data.get("victim_piled_up"),
         )
 
     def to_json(self, path: str | os.PathLike | None = None) -> str:
@@ -603,6 +623,7 @@ def run_adaptive_suite(
     output_dir: str | os.PathLike | None = None,
     fresh_probes: ProbeReport | None = None,
     victim_outliers: Mapping[str, int] | None = None,
+    victim_piled_up: Mapping[str, int] | None = None,
 ) -> AdaptiveReport:
     """Attack ``encoder`` on each (prohibited) domain with every adaptive family; the encoder is never modified.
 
@@ -621,6 +642,8 @@ def run_adaptive_suite(
         victim_outliers: the unlocked encoder's per-tensor counts beyond 6 robust std
             (:func:`~hf_encoderlock.probing.sanitize.count_outliers`), when the victim itself is not at hand (the main
             job counts them before the lock changes the encoder in place); counted on ``victim`` otherwise.
+        victim_piled_up: the same for its entries on piled-up values
+            (:func:`~hf_encoderlock.probing.sanitize.count_piled_up`).
     """
     from tqdm.auto import tqdm
 
@@ -735,17 +758,19 @@ def run_adaptive_suite(
         {k: v for k, v in count_outliers(encoder.backbone).items() if v},
         timings,
         package_versions(),
-        dict(victim_outliers) if victim_outliers is not None else _victim_outliers(victim),
+        dict(victim_outliers) if victim_outliers is not None else _victim_counts(victim, count_outliers),
+        {k: v for k, v in count_piled_up(encoder.backbone).items() if v},
+        dict(victim_piled_up) if victim_piled_up is not None else _victim_counts(victim, count_piled_up),
     )
     if output_dir is not None:
         report.save(output_dir)
     return report
 
 
-def _victim_outliers(victim: Any | None) -> dict[str, int] | None:
+def _victim_counts(victim: Any | None, count: Callable[[nn.Module], dict[str, int]]) -> dict[str, int] | None:
     if victim is None:
         return None
-    return count_outliers(load_encoder(victim).backbone)
+    return count(load_encoder(victim).backbone)
 
 
 def _finetune_families(

@@ -23,6 +23,10 @@ MAD_TO_STD = 1.4826  # the MAD of a normal distribution times this is its standa
 # Down to 2.5: an attacker who knows a lock's weight bound (EncoderLockConfig.weight_bound) looks just inside it.
 # Every grid lists the gentlest edit first: when validation cannot tell strengths apart, the attacker keeps the first.
 DEFAULT_Z_THRESHOLDS = (6.0, 4.0, 2.5)
+# A value held by this many times as many entries as its tensor's typical value is a pile-up: what clamping updates to
+# a bound leaves (float32 weights trained from random values share no value; a half-precision tensor's common values
+# near its median repeat a handful of times, which the multiple absorbs).
+PILED_UP_FACTOR = 4.0
 
 
 class SanitizeError(ValueError):
@@ -54,6 +58,13 @@ def robust_z(tensor: torch.Tensor) -> torch.Tensor:
 def count_outliers(module: nn.Module, threshold: float = 6.0) -> dict[str, int]:
     """Per weight tensor, how many entries lie more than ``threshold`` robust standard deviations from its median."""
     return {name: int((robust_z(param).abs() > threshold).sum()) for name, param in sanitizable_weights(module)}
+
+
+def count_piled_up(module: nn.Module, factor: float | None = None) -> dict[str, int]:
+    """Per weight tensor, how many entries sit on a value repeated ``factor`` (default: the ``reset_piled_up``
+    sanitiser's) times as often as the tensor's typical value (:func:`piled_up`)."""
+    factor = PILED_UP_FACTOR if factor is None else factor
+    return {name: int(piled_up(param, factor).sum()) for name, param in sanitizable_weights(module)}
 
 
 # ------------------------------------------------------------------------------------------- the sanitisers
@@ -97,6 +108,22 @@ def requantize_int8(tensor: torch.Tensor, percentile: float, generator: torch.Ge
     return (torch.round(tensor.float() / step).clamp(-127, 127) * step).to(tensor.dtype)
 
 
+def piled_up(tensor: torch.Tensor, factor: float) -> torch.Tensor:
+    """Where ``tensor``'s entries sit on a value that repeats at least ``factor`` times as often as its values
+    typically do (the median multiplicity of its distinct values, 1 for float32 weights trained from noise), zero
+    excepted: a clamp or a projection onto a bound leaves many entries on the very same value, training does not."""
+    flat = tensor.detach().reshape(-1)
+    _, inverse, counts = torch.unique(flat, return_inverse=True, return_counts=True)
+    typical = float(counts.float().median())
+    return ((counts[inverse] >= factor * typical) & (flat != 0)).reshape(tensor.shape)
+
+
+def reset_piled_up(tensor: torch.Tensor, factor: float, generator: torch.Generator) -> torch.Tensor:
+    """Entries on a value repeated ``factor`` times as often as the tensor's typical value set to its median."""
+    median, _ = robust_scale(tensor)
+    return torch.where(piled_up(tensor, factor), median.to(tensor.dtype), tensor)
+
+
 @dataclass(frozen=True)
 class Sanitizer:
     """A named data-free weight edit and the strengths the attacker tries."""
@@ -124,6 +151,14 @@ SANITIZERS: dict[str, Sanitizer] = {
             DEFAULT_Z_THRESHOLDS,
             "z",
             "entries clipped to median +/- z robust std",
+        ),
+        Sanitizer(
+            "reset_piled_up",
+            reset_piled_up,
+            (PILED_UP_FACTOR,),
+            "factor",
+            "entries on a value repeated this many times as often as the tensor's typical value (a bound's clamp) "
+            "reset to the median",
         ),
         Sanitizer(
             "prune_largest",

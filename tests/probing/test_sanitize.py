@@ -8,6 +8,7 @@ from hf_encoderlock.probing.sanitize import (
     SANITIZERS,
     SanitizeError,
     count_outliers,
+    piled_up,
     robust_scale,
     robust_z,
     sanitizable_weights,
@@ -77,6 +78,36 @@ def test_int8_absmax_round_trip_is_dominated_by_the_outlier():
     assert float((cleaned[0].weight == 0).float().mean()) > 0.5
     percentile = sanitize_module(model, "int8_requantize", 99.9)
     assert float((percentile[0].weight == 0).float().mean()) < 0.2
+
+
+def test_entries_clamped_onto_one_bound_are_found_and_reset_but_trained_weights_are_not():
+    model, _ = planted(value=0.0)
+    weight = model[0].weight
+    assert int(piled_up(weight, 4.0).sum()) == 0  # weights drawn at random never share a value
+    median, scale = robust_scale(weight)
+    bound = float(median + 2.5 * scale)
+    with torch.no_grad():
+        weight[0, :10] = bound  # what a clamp at the bound leaves behind
+        weight[1, :3] = -bound  # three of a kind: below 4 times the typical multiplicity of 1
+    flagged = piled_up(weight, 4.0)
+    assert flagged[0, :10].all() and int(flagged.sum()) == 10
+    cleaned = sanitize_module(model, "reset_piled_up", 4.0)
+    assert torch.equal(cleaned[0].weight[0, :10], torch.full((10,), float(cleaned[0].weight.median())))
+    assert torch.equal(cleaned[0].weight[1:], weight[1:]) and torch.equal(cleaned[2].weight, model[2].weight)
+    # zeros (pruned or padded weights) repeat in ordinary checkpoints and are left alone
+    with torch.no_grad():
+        weight[2, :20] = 0.0
+    assert not piled_up(weight, 4.0)[2, :20].any()
+
+
+def test_piled_up_values_are_judged_against_the_tensors_own_multiplicity():
+    # a half-precision tensor repeats values everywhere: only a value far more frequent than its typical one counts
+    torch.manual_seed(0)
+    weight = (torch.randn(256, 256) * 0.02).half()
+    weight[0, :200] = weight.max()
+    flagged = piled_up(weight, 4.0)
+    assert flagged[0, :200].all()
+    assert float(flagged.float().mean()) < 0.1  # only the commonest values near the median, which a reset barely moves
 
 
 @pytest.mark.parametrize("name", sorted(SANITIZERS))
