@@ -34,6 +34,10 @@ AUTO_POOLINGS = "auto"  # prohibited_poolings: every pooling the encoder offers,
 AUTO_PROJECTION = "auto"
 NONE_WORDS = ("none", "null")  # what a flag of a field that may be None takes for None (as YAML's null)
 PROJECTION_BY_VARIANT = {"supervised": 0.01, "unsupervised": 0.02, "zero-shot": 0.05}
+# Bounded updates: each selected entry's edge is drawn (seeded, per entry) up to this share of the range's half-width
+# inside it, so the weights the bound stops spread over a band instead of all landing on one value; hundreds of
+# entries on one value would show an attacker part of the mask without data (probing.sanitize.piled_up).
+BOUND_JITTER = 0.1
 BestModelCriterion = Literal["gap", "last"]
 SelectionUnit = Literal["weight", "row"]
 SELECTION_UNITS: tuple[str, ...] = get_args(SelectionUnit)
@@ -353,7 +357,9 @@ class EncoderLockConfig(flag_fields(*KNOB_GROUPS), TrainingArguments):
         default=None,
         metadata={
             "help": "Bounded updates: after every step, each changed weight is clamped to its tensor's median plus or "
-            "minus this many robust standard deviations (1.4826 x MAD, of the unlocked tensor; widened to the "
+            "minus this many robust standard deviations (1.4826 x MAD, of the unlocked tensor; each entry's edge "
+            f"drawn, seeded, up to {BOUND_JITTER:g} of that width inside, so stopped weights do not pile up on one "
+            "value; widened to the "
             "weight's own unlocked value), so no changed weight stands out of its tensor's distribution (an attacker "
             "resets or clips such outliers without data). Unchanged weights are never touched. None: unbounded."
         },

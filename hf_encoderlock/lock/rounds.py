@@ -24,7 +24,7 @@ from torch import nn
 
 from ..data.lock_tensors import DomainTensors, LockRows, one_view_rows
 from ..encoders import EncoderAdapter
-from .config import AUTO_PROJECTION, EncoderLockConfig
+from .config import AUTO_PROJECTION, BOUND_JITTER, EncoderLockConfig
 from .lock_data import LockData
 from .masking import MaskedParameterGuard, natural_range
 from .objectives import ObjectiveTerms
@@ -53,10 +53,6 @@ BUDGET_WARNING_SHARE = 0.05
 # barely moves (docs/RESULTS.md, "Every domain pair", has the shares measured at round 0 on the built-in pairs and
 # what the projected locks removed). authorized_projection='auto' drops the projection below it.
 LOW_FREE_SHARE = 0.01
-# Bounded updates: each selected entry's edge is drawn (seeded, per entry) up to this share of the range's half-width
-# inside it, so the weights the bound stops spread over a band instead of all landing on one value; hundreds of
-# entries on one value would show an attacker part of the mask without data (probing.sanitize.piled_up).
-BOUND_JITTER = 0.1
 SCORE_SEED_STRIDE = 7919  # round r draws its score batches from a generator seeded args.seed + this * (r + 1)
 
 #: ``terms(a_pixels, a_labels, p_pixels, p_labels)``: the objective's terms on one pair of batches, through the

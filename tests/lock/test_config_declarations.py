@@ -35,7 +35,7 @@ NO_LONGER_HYPERPARAMETERS = ("overwrite_output_dir",)
 # Help texts that list a registry's choices, which grew after the fixture (the field's default did not change).
 GROWN_CHOICES_SINCE_FIXTURE = {"score_function": "'prohibited_gradient'"}
 # Help texts rewritten after the fixture to say what the flag does in a lock (the field's default did not change).
-REWORDED_SINCE_FIXTURE = ("save_strategy", "prohibited_batch_factor", "prohibited_transforms")
+REWORDED_SINCE_FIXTURE = ("save_strategy", "prohibited_batch_factor", "prohibited_transforms", "weight_bound")
 # Defaults changed after the fixture, each with its reason in docs/DEFAULT_LOCK.md (and its help rewritten).
 CHANGED_DEFAULTS_SINCE_FIXTURE = {"prohibited_batch_factor": 1, "info_whitening_shrinkage": 1.0}  # the main job's time
 

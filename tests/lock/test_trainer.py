@@ -10,9 +10,8 @@ from transformers import AutoImageProcessor, AutoModel, TrainerCallback
 from hf_encoderlock.data.lock_tensors import LockDataError
 from hf_encoderlock.encoders import tiny_vit_encoder
 from hf_encoderlock.lock.challenger import simulated_attacker_weights
-from hf_encoderlock.lock.config import EncoderLockConfig
+from hf_encoderlock.lock.config import BOUND_JITTER, EncoderLockConfig
 from hf_encoderlock.lock.objectives import PaperObjective
-from hf_encoderlock.lock.rounds import BOUND_JITTER
 from hf_encoderlock.lock.selection import load_mask
 from hf_encoderlock.lock.trainer import LOCK_CONFIG_FILE, MASK_FILE, EncoderLockTrainer, NonFiniteLossError
 from hf_encoderlock.probing.sanitize import PILED_UP_FACTOR, piled_up
