@@ -187,3 +187,17 @@ def test_telltale_tensors_are_those_over_twice_the_victims_outliers_and_the_repo
     assert again.victim_outliers == report.victim_outliers and again.telltale_tensors() == ["a.weight", "c.weight"]
     report.outliers = {"a.weight": 4}
     assert "no tensor holds more than twice" in report.outlier_line()
+
+
+def test_tensors_with_piled_up_entries_are_telltale_too_and_survive_the_round_trip():
+    report = AdaptiveReport("enc", {"p": {}}, {}, {}, outliers={}, victim_outliers={"a.weight": 0, "b.weight": 0})
+    assert report.telltale_tensors() == [] and "piled-up" not in report.outlier_line()
+    report.piled_up, report.victim_piled_up = {"b.weight": 772, "c.weight": 3}, {"b.weight": 0, "c.weight": 2}
+    assert report.telltale_tensors() == ["b.weight"]  # 772 > 2 x 0; 3 is not > 2 x 2
+    line = report.outlier_line()
+    assert "entries on a piled-up value (a bound's clamp): 775 (victim: 2)" in line and "1 tensor(s)" in line
+    report.outliers = {"b.weight": 9}  # over both rules: named once
+    assert report.telltale_tensors() == ["b.weight"]
+    again = AdaptiveReport.from_dict(json.loads(report.to_json()))
+    assert (again.piled_up, again.victim_piled_up) == (report.piled_up, report.victim_piled_up)
+    assert again.telltale_tensors() == ["b.weight"]
