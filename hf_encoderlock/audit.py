@@ -451,12 +451,12 @@ def check_outliers(locked: torch.nn.Module, original: torch.nn.Module | None) ->
             "tensor's median (without the original, they cannot be told from natural outliers)"
         )
     if piled_flagged:
-        against = "" if original_piled is None else f" against {summary['piled_up']['original']} in the original"
+        against = "" if original_piled is None else f" (the original: {summary['piled_up']['original']})"
         notes.append(
-            f"tell-tale weights: {summary['piled_up']['locked']} entries in {len(piled_flagged)} tensor(s) sit on a "
-            f"value their tensor repeats far more often than any other{against}, as clamping a bounded lock's "
-            f"updates leaves them: they show an attacker part of the mask without data (docs/THREAT_MODEL.md); "
-            f"e.g. {_preview(piled_flagged)}"
+            f"tell-tale weights: {summary['piled_up']['locked']} entries in {len(piled_flagged)} tensor(s){against} "
+            "sit on values their tensor holds far more often than its others, as clamping a bounded lock's updates "
+            f"leaves them: they show an attacker part of the mask without data (docs/THREAT_MODEL.md); e.g. "
+            f"{_preview(piled_flagged)}"
         )
     return summary, notes
 

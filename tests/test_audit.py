@@ -336,4 +336,5 @@ def test_edits_clamped_onto_one_value_are_tell_tale_inside_the_range(audit_folde
     report = audit_locked(locked, original=original, probes=False)
     assert report.outliers["flagged"] == {}  # nothing beyond 6 robust std
     assert report.outliers["piled_up"]["flagged"] == {name: [8, 0]}
-    assert any(note.startswith("tell-tale weights: 8 entries in 1 tensor(s) sit on a value") for note in report.notes)
+    expected = "tell-tale weights: 8 entries in 1 tensor(s) (the original: 0) sit on"
+    assert any(note.startswith(expected) for note in report.notes)
