@@ -81,6 +81,8 @@ def main() -> None:
         )
         if v is not None
     }
+    # "none" (as the help says) or the flag alone: an empty family
+    chosen = {k: () if v == ("none",) else v for k, v in chosen.items()}
     config = AdaptiveConfig(
         **chosen,
         combine=bool(chosen.get("sanitizers", True))

@@ -34,10 +34,6 @@ AUTO_POOLINGS = "auto"  # prohibited_poolings: every pooling the encoder offers,
 AUTO_PROJECTION = "auto"
 NONE_WORDS = ("none", "null")  # what a flag of a field that may be None takes for None (as YAML's null)
 PROJECTION_BY_VARIANT = {"supervised": 0.01, "unsupervised": 0.02, "zero-shot": 0.05}
-# Bounded updates: each selected entry's edge is drawn (seeded, per entry) up to this share of the range's half-width
-# inside it, so the weights the bound stops spread over a band instead of all landing on one value; hundreds of
-# entries on one value would show an attacker part of the mask without data (probing.sanitize.piled_up).
-BOUND_JITTER = 0.1
 BestModelCriterion = Literal["gap", "last"]
 SelectionUnit = Literal["weight", "row"]
 SELECTION_UNITS: tuple[str, ...] = get_args(SelectionUnit)
@@ -357,11 +353,20 @@ class EncoderLockConfig(flag_fields(*KNOB_GROUPS), TrainingArguments):
         default=None,
         metadata={
             "help": "Bounded updates: after every step, each changed weight is clamped to its tensor's median plus or "
-            "minus this many robust standard deviations (1.4826 x MAD, of the unlocked tensor; each entry's edge "
-            f"drawn, seeded, up to {BOUND_JITTER:g} of that width inside, so stopped weights do not pile up on one "
-            "value; widened to the "
+            "minus this many robust standard deviations (1.4826 x MAD, of the unlocked tensor; widened to the "
             "weight's own unlocked value), so no changed weight stands out of its tensor's distribution (an attacker "
-            "resets or clips such outliers without data). Unchanged weights are never touched. None: unbounded."
+            "resets or clips such outliers without data). Unchanged weights are never touched. The weights the bound "
+            "stops share one value per tensor edge unless bound_jitter spreads them. None: unbounded."
+        },
+    )
+    bound_jitter: float = field(
+        default=0.0,
+        metadata={
+            "help": "With weight_bound: each changed weight's edge is drawn (seeded, per entry) up to this share of "
+            "the bound inside it, so the weights the bound stops spread over a band instead of piling up on one "
+            "value, which shows an attacker part of the mask without data (encoderlock audit names such tensors). "
+            "0: one edge per tensor side. On the default task 0.1 cost the bounded lock a few points of its worst "
+            "case at three lock seeds of three (docs/THREAT_MODEL.md), so it is off."
         },
     )
     prohibited_transforms: list[str] = field(
@@ -636,6 +641,14 @@ class EncoderLockConfig(flag_fields(*KNOB_GROUPS), TrainingArguments):
             (
                 not self.bound_aware_scores or self.weight_bound is not None,
                 "bound_aware_scores needs weight_bound (the room it scores by is the bounded range)",
+            ),
+            (
+                not self.bound_jitter or self.weight_bound is not None,
+                "bound_jitter needs weight_bound (it spreads the bound's edges)",
+            ),
+            (
+                0.0 <= _finite_or_nan(self.bound_jitter) < 1.0,
+                f"bound_jitter must be in [0, 1), got {self.bound_jitter!r}",
             ),
             (
                 self.selection_unit in SELECTION_UNITS,

@@ -24,7 +24,7 @@ from torch import nn
 
 from ..data.lock_tensors import DomainTensors, LockRows, one_view_rows
 from ..encoders import EncoderAdapter
-from .config import AUTO_PROJECTION, BOUND_JITTER, EncoderLockConfig
+from .config import AUTO_PROJECTION, EncoderLockConfig
 from .lock_data import LockData
 from .masking import MaskedParameterGuard, natural_range
 from .objectives import ObjectiveTerms
@@ -166,7 +166,7 @@ class RoundDriver:
         self.lowers_prohibited = lowers_prohibited  # the objective's: which way the update moves its prohibited term
         self.guard: MaskedParameterGuard | None = None
         # Per entry, the range a bounded update keeps it in: its tensor's natural range, each edge drawn a little
-        # inside (BOUND_JITTER), widened to the entry's own unlocked value, so a natural outlier that gets selected is
+        # inside (bound_jitter), widened to the entry's own unlocked value, so a natural outlier that gets selected is
         # not pulled in (a lock that erased the tensor's outliers would be a tell too). From the unlocked weights and
         # the seed at construction: a resumed run, built from the unlocked encoder again, recomputes the same ranges
         # (on every rank), so they are not saved.
@@ -175,12 +175,14 @@ class RoundDriver:
             for name, param in candidates.items():
                 original = param.detach()
                 low, high = natural_range(original, args.weight_bound)
-                centre, half = (low + high) / 2, (high - low) / 2
-                generator = torch.Generator().manual_seed(args.seed + zlib.crc32(name.encode()))
-                inward = BOUND_JITTER * half * torch.rand((2, *original.shape), generator=generator)
-                inward = inward.to(device=original.device, dtype=original.dtype)
-                edges = (centre - half + inward[0], centre + half - inward[1])
-                self.weight_ranges[name] = (torch.minimum(original, edges[0]), torch.maximum(original, edges[1]))
+                edges = (low, high)
+                if args.bound_jitter:
+                    centre, half = (low + high) / 2, (high - low) / 2
+                    generator = torch.Generator().manual_seed(args.seed + zlib.crc32(name.encode()))
+                    inward = args.bound_jitter * half * torch.rand((2, *original.shape), generator=generator)
+                    inward = inward.to(device=original.device, dtype=original.dtype)
+                    edges = (centre - half + inward[0], centre + half - inward[1])
+                self.weight_ranges[name] = (original.clamp(max=edges[0]), original.clamp(min=edges[1]))
 
     # ----------------------------------------------------------------------------------------------- guard
     def attach(self, state: LockState, optimizer: torch.optim.Optimizer) -> None:

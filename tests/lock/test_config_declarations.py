@@ -29,6 +29,7 @@ ADDED_SINCE_FIXTURE = {
     "weight_budget_share": None,
     "colour_map_every": 0,
     "prohibited_view_batches": False,
+    "bound_jitter": 0.0,
 }
 # Fields recorded as hyperparameters when the fixture was captured that no longer are (they do not change the lock).
 NO_LONGER_HYPERPARAMETERS = ("overwrite_output_dir",)

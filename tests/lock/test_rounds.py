@@ -105,6 +105,36 @@ def test_bound_aware_scores_need_a_bound(tiny_lock_config):
         tiny_lock_config(bound_aware_scores=True)
 
 
+def test_bound_jitter_needs_a_bound_and_a_share_below_one(tiny_lock_config):
+    with pytest.raises(ValueError, match="bound_jitter needs weight_bound"):
+        tiny_lock_config(bound_jitter=0.1)
+    for bad in (-0.1, 1.0, float("nan")):
+        with pytest.raises(ValueError, match=r"bound_jitter must be in \[0, 1\)"):
+            tiny_lock_config(weight_bound=2.5, bound_jitter=bad)
+
+
+def test_jittered_edges_are_seeded_per_entry_and_inside_the_bound(tiny_lock_config, toy_domains):
+    args = tiny_lock_config(weight_bound=1.0, bound_jitter=0.2)
+    _, _, _, driver, _, _ = _driver(args, toy_domains)
+    _, _, _, again, _, _ = _driver(tiny_lock_config(weight_bound=1.0, bound_jitter=0.2), toy_domains)
+    plain = _driver(tiny_lock_config(weight_bound=1.0), toy_domains)[3]
+    for name, (low, high) in driver.weight_ranges.items():
+        assert torch.equal(low, again.weight_ranges[name][0]) and torch.equal(high, again.weight_ranges[name][1])
+        plain_low, plain_high = plain.weight_ranges[name]
+        half = (plain_high.min() - plain_low.max()) / 2  # the plain edges: the range's two ends, or beyond them
+        for jittered, edge, beyond in (
+            (low, plain_low, plain_low < plain_low.max()),
+            (high, plain_high, plain_high > plain_high.min()),
+        ):
+            inward = (jittered - edge).abs()
+            assert torch.equal(jittered[beyond], edge[beyond]), name  # an entry beyond the bound keeps its value
+            assert bool((inward[~beyond] <= 0.2 * half + 1e-6).all()), name  # at most a fifth of the way inside
+            assert bool(((jittered - edge)[~beyond] * (1 if jittered is low else -1) >= 0).all()), name  # inside
+            assert len(torch.unique(jittered[~beyond])) > 0.9 * int((~beyond).sum()), name  # one edge per entry
+    for detached in (driver, again, plain):
+        detached.detach()
+
+
 def test_a_repair_step_runs_at_its_own_rate_and_the_schedule_is_put_back(tiny_lock_config, toy_domains):
     args = tiny_lock_config(repair_learning_rate=0.123)
     _, data, state, driver, optimizer, terms = _driver(args, toy_domains)
