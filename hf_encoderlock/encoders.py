@@ -327,6 +327,15 @@ class EncoderAdapter(nn.Module):
                     self._feature_dim = int(self.features(probe).shape[-1])
         return self._feature_dim
 
+    @property
+    def patch_size(self) -> int | None:
+        """The side of the square patches a patch-embedding backbone cuts its input into (its config's
+        ``patch_size``), or None when it has none (a convolutional or plain backbone) or its patches are not square."""
+        size = getattr(getattr(self.backbone, "config", None), "patch_size", None)
+        if isinstance(size, (tuple, list)):
+            size = size[0] if len(set(size)) == 1 else None
+        return size if isinstance(size, int) and size > 0 else None
+
     def input_shape(self) -> tuple[int, int, int]:
         """``(channels, height, width)`` the backbone expects."""
         config = getattr(self.backbone, "config", None)

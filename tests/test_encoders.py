@@ -227,3 +227,31 @@ def test_saved_weight_keys_name_each_parameter_as_save_pretrained_writes_it(vit,
     assert saved_weight_keys(plain, ["0.weight"]) == {"0.weight": "0.weight"}
     with pytest.raises(EncoderError, match="no parameter"):
         saved_weight_keys(plain, ["1.weight"])
+
+
+def test_patch_size_is_read_from_a_patch_embedding_backbone_only(vit):
+    assert vit.patch_size == 8
+    square = ViTModel(
+        ViTConfig(
+            image_size=32,
+            patch_size=(4, 4),
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=16,
+        )
+    )
+    oblong = ViTModel(
+        ViTConfig(
+            image_size=32,
+            patch_size=(4, 8),
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=16,
+        )
+    )
+    resnet = ResNetModel(ResNetConfig(embedding_size=8, hidden_sizes=[8], depths=[1], layer_type="basic"))
+    assert EncoderAdapter(square.eval(), image_processor=vit_image_processor(32)).patch_size == 4
+    assert EncoderAdapter(oblong.eval(), image_processor=vit_image_processor(32)).patch_size is None
+    assert EncoderAdapter(resnet.eval(), image_processor=vit_image_processor(32)).patch_size is None

@@ -57,7 +57,7 @@ from ..hub.card import write_model_card
 from ..hub.public_names import is_hub_id, public_domain_record
 from ..hub.push import DEFAULT_COMMIT_MESSAGE, push_locked_to_hub
 from ..probing.heads import head_accuracy
-from ..probing.learned_transforms import LEARNED_TRANSFORMS, ColourMapFit, fit_colour_map_to_pixels
+from ..probing.learned_transforms import LEARNED_TRANSFORMS, LearnedMapFit, fit_colour_map_to_pixels
 from .callbacks import LockRoundCallback
 from .challenger import Challenger, simulated_attacker_weights
 from .config import AUTO_POOLINGS, EncoderLockConfig, check_supported_settings
@@ -78,7 +78,7 @@ RESUME_MUST_MATCH = ("variant", "objective", "base_model", "poolings", "authoriz
 VIEW_SEED_OFFSET = 104_729  # augmented views draw from their own generator, seeded args.seed + this
 # colour_map_every: the lock's colour map is the adaptive attacker's (same hidden units), fitted on at most as many
 # images as the attacker's, for fewer epochs: the lock refits it every colour_map_every rounds
-COLOUR_MAP_FIT = ColourMapFit(epochs=4)
+COLOUR_MAP_FIT = LearnedMapFit(epochs=4)
 COLOUR_MAP_HIDDEN = int(LEARNED_TRANSFORMS["colour_map"].strengths[0])
 
 #: The transformers release the private Trainer hooks below were last checked against.

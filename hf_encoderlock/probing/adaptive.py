@@ -7,8 +7,8 @@ domain. :func:`run_adaptive_suite` plays its moves, family by family, each with 
 - ``fresh_probe``: new linear / MLP / kNN heads on the untouched encoder (the probe suite's attacker);
 - ``sanitize``: data-free weight edits of the released folder (:mod:`hf_encoderlock.probing.sanitize`), then probes;
 - ``transform``: input transformations applied alike to the attacker's train, validation and test images
-  (:mod:`hf_encoderlock.probing.transforms`), then probes; among them a colour map the attacker learns through the
-  locked encoder itself (:mod:`hf_encoderlock.probing.learned_transforms`);
+  (:mod:`hf_encoderlock.probing.transforms`), then probes; among them a colour map and a patch map the attacker
+  learns through the locked encoder itself (:mod:`hf_encoderlock.probing.learned_transforms`);
 - ``sanitize+transform``: the sanitiser and the transform each chose on validation, together;
 - with ``suite="full"``, fine-tuning families (:mod:`hf_encoderlock.probing.attacks`): patient full fine-tuning,
   re-initialisation of the blocks a lock may change then fine-tuning, and fine-tuning after the chosen sanitiser,
@@ -42,7 +42,13 @@ from .._utils import markdown_row, package_versions, percent
 from ..encoders import EncoderAdapter, load_encoder
 from .attacks import SCRATCH, AttackConfig, run_attack_suite
 from .heads import torch_threads
-from .learned_transforms import LEARNED_TRANSFORMS, ColourMapFit, colour_mapped_encoder, fit_colour_map, fit_rows
+from .learned_transforms import (
+    LEARNED_TRANSFORMS,
+    LearnedMapFit,
+    fit_learned_transform,
+    fit_rows,
+    input_mapped_encoder,
+)
 from .probe_report import ENCODER_ROLE, TWIN_ROLE, ProbeReport, advantage_removed, report_json
 from .sanitize import SANITIZERS, count_outliers, count_piled_up, sanitize_module
 from .suite import ProbeConfig, load_domains, run_probe_suite, split_training_rows
@@ -81,7 +87,8 @@ class AdaptiveConfig:
         default=tuple(LEARNED_TRANSFORMS),
         metadata={
             "help": f"Learned input transformations tried, of {tuple(LEARNED_TRANSFORMS)}: fitted with a linear head "
-            "through the attacked encoder on training rows no probe seed validates on, then probed like the others."
+            "through the attacked encoder on training rows no probe seed validates on, then probed like the others "
+            "(patch_map only on encoders with square patches)."
         },
     )
     combine: bool = field(
@@ -661,6 +668,9 @@ def run_adaptive_suite(
             else None
         )
         transforms = [t for t in config.transforms if reference is not None or not TRANSFORMS[t].needs_reference]
+        learned_transforms = [
+            t for t in config.learned_transforms if encoder.patch_size or not LEARNED_TRANSFORMS[t].needs_patches
+        ]
         sources = {
             d: domain_stats(ds["train"], config.image_column, seed=config.transform_seed) for d, ds in resolved.items()
         }
@@ -669,7 +679,7 @@ def run_adaptive_suite(
         timings["baselines"] = time.perf_counter() - tick
 
         steps = 1 + sum(len(SANITIZERS[s].strengths) for s in config.sanitizers)
-        learned = sum(len(LEARNED_TRANSFORMS[t].strengths) for t in config.learned_transforms)
+        learned = sum(len(LEARNED_TRANSFORMS[t].strengths) for t in learned_transforms)
         steps += len(resolved) * (sum(len(TRANSFORMS[t].strengths) for t in transforms) + learned + int(config.combine))
         bar = tqdm(total=steps, desc="adaptive attacks", disable=not config.progress)
         outcomes: list[AttackOutcome] = []
@@ -687,13 +697,14 @@ def run_adaptive_suite(
             train = resolved[domain]["train"]
             labels = np.asarray(train[config.label_column])
             validation = [s.validation for s in split_training_rows(labels, probe_config.split_plan())]
-            fit = ColourMapFit(seed=config.transform_seed)
-            rows = fit_rows(len(train), validation, fit.max_images, config.transform_seed)
+            rows = fit_rows(len(train), validation, LearnedMapFit().max_images, config.transform_seed)
             feature = train.features.get(config.label_column)
             classes = getattr(feature, "num_classes", None) or int(labels.max()) + 1
             images = train.select(rows)[config.image_column]
-            colour_map = fit_colour_map(model, images, labels[rows], int(strength), fit, num_classes=classes)
-            return colour_mapped_encoder(model, colour_map, f"{attack} {strength:g}")
+            input_map = fit_learned_transform(
+                attack, strength, model, images, labels[rows], config.transform_seed, num_classes=classes
+            )
+            return input_mapped_encoder(model, input_map, f"{attack} {strength:g}")
 
         # The untouched encoder and every sanitised copy see the same pixels: preprocess each image once.
         pixels = PixelCache(encoder)
@@ -715,12 +726,12 @@ def run_adaptive_suite(
             for name in transforms:
                 for strength in TRANSFORMS[name].strengths:
                     probe(transform_view(encoder, name, strength, domain), {domain: dataset}, TRANSFORM, name, strength)
-            for name in config.learned_transforms:
+            for name in learned_transforms:
                 for strength in LEARNED_TRANSFORMS[name].strengths:
                     probe(transform_view(encoder, name, strength, domain), {domain: dataset}, TRANSFORM, name, strength)
         timings[TRANSFORM] = time.perf_counter() - tick
         partial = AdaptiveReport(encoder.name, {}, base, {}, outcomes)
-        if config.combine and config.sanitizers and (transforms or config.learned_transforms):
+        if config.combine and config.sanitizers and (transforms or learned_transforms):
             tick = time.perf_counter()
             for domain, dataset in resolved.items():
                 sanitiser, transform = (

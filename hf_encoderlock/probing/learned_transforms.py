@@ -2,12 +2,20 @@
 
 The fixed transforms of :mod:`hf_encoderlock.probing.transforms` guess what a lock missed (colour removed, channels
 swapped, statistics matched). An attacker who holds labelled prohibited images can instead *learn* how to show them
-to the locked encoder, as JailNTL (CVPR'25) learns a disguise against a non-transferable model. Its smallest form here
-is a colour map: every pixel's colour goes through the same small function (an affine map plus a residual MLP), the
-result kept within the images' own pixel range, fitted jointly with a linear head by gradient descent through the
-frozen encoder. It covers greyscale, channel permutations and per-domain statistics matching as special cases, and
-whatever mixture of them the lock leaves open. Once fitted, the map stands in front of the encoder's preprocessing
-like any fixed transform (:func:`colour_mapped_encoder`), and fresh probes are trained on what it produces.
+to the locked encoder, as JailNTL (CVPR'25) learns a disguise against a non-transferable model. Two forms, each
+fitted jointly with a linear head by gradient descent through the frozen encoder, the result kept within the images'
+own pixel range:
+
+- a colour map: every pixel's colour goes through the same small function (an affine map plus a residual MLP). It
+  covers greyscale, channel permutations and per-domain statistics matching as special cases, and whatever mixture
+  of them the lock leaves open;
+- a patch map: every patch of the encoder's own patch grid goes through the same affine map of all its pixels. A
+  patch-embedding encoder multiplies each patch by one matrix, so this map composed with the locked matrix can stand
+  in for the original one: whatever a lock changed in its patch embedding, the attacker can learn back without
+  touching a weight.
+
+Once fitted, a map stands in front of the encoder's preprocessing like any fixed transform
+(:func:`input_mapped_encoder`), and fresh probes are trained on what it produces.
 
 The map is fitted on rows of the attacker's training split that no probe seed uses for validation (the caller picks
 them, :func:`fit_rows`), so the choices made on validation stay honest; test images are never seen.
@@ -31,11 +39,14 @@ from .transforms import TransformError
 @dataclass(frozen=True)
 class LearnedTransform:
     """A named learned transform and the strengths the attacker tries (for ``colour_map``: the hidden units of its
-    residual MLP; 0 leaves an affine colour map)."""
+    residual MLP, 0 leaving an affine colour map; for ``patch_map``: the learning rate of its fit).
+    ``needs_patches``: only for encoders with a patch size
+    (:attr:`~hf_encoderlock.encoders.EncoderAdapter.patch_size`)."""
 
     name: str
     strengths: tuple[float, ...]
     description: str
+    needs_patches: bool = False
 
 
 LEARNED_TRANSFORMS: dict[str, LearnedTransform] = {
@@ -45,12 +56,21 @@ LEARNED_TRANSFORMS: dict[str, LearnedTransform] = {
         "a per-pixel colour map (affine plus a residual MLP of this many hidden units) fitted with a linear head "
         "through the frozen encoder",
     ),
+    # The rate was chosen on the attacker's validation split of three bounded.yaml locks (docs/THREAT_MODEL.md).
+    "patch_map": LearnedTransform(
+        "patch_map",
+        (1e-3,),
+        "a per-patch affine map on the encoder's own patch grid (all of a patch's pixels from all of them), fitted "
+        "with a linear head through the frozen encoder at this learning rate; with the patch embedding it can stand "
+        "in for any patch embedding",
+        needs_patches=True,
+    ),
 }
 
 
 @dataclass(frozen=True)
-class ColourMapFit:
-    """How the attacker fits a colour map: a fixed budget, no early stopping (nothing is chosen on validation)."""
+class LearnedMapFit:
+    """How the attacker fits a learned map: a fixed budget, no early stopping (nothing is chosen on validation)."""
 
     epochs: int = 8
     batch_size: int = 128
@@ -61,7 +81,7 @@ class ColourMapFit:
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 2 or self.max_images < 2 or not self.learning_rate > 0:
             raise TransformError(
-                "ColourMapFit needs epochs >= 1, batch_size >= 2, max_images >= 2 and a positive learning_rate, got "
+                "LearnedMapFit needs epochs >= 1, batch_size >= 2, max_images >= 2 and a positive learning_rate, got "
                 f"{self}"
             )
 
@@ -112,6 +132,37 @@ class ColourMap(nn.Module):
         return (mapped.clamp(self.low, self.high) - self.mean) / self.std
 
 
+class PatchMap(nn.Module):
+    """The same affine map for every ``patch_size`` x ``patch_size`` patch of the image: each patch's raw pixel
+    values (all channels, the preprocessing's normalisation undone) flattened, mapped, clamped to the pixel range of
+    the images it was fitted on, then normalised again. It starts as the identity."""
+
+    def __init__(
+        self, channels: int, patch_size: int, mean: torch.Tensor, std: torch.Tensor, low: float, high: float
+    ) -> None:
+        super().__init__()
+        if patch_size < 1:
+            raise TransformError(f"a patch map needs a patch size >= 1, got {patch_size}")
+        self.patch_size = int(patch_size)
+        size = channels * self.patch_size**2
+        self.linear = nn.Linear(size, size)
+        with torch.no_grad():
+            self.linear.weight.copy_(torch.eye(size))
+            self.linear.bias.zero_()
+        self.register_buffer("mean", mean.reshape(channels, 1, 1).float().clone())
+        # a processor that does not normalise reports std 1 (see EncoderAdapter.normalization)
+        self.register_buffer("std", std.reshape(channels, 1, 1).float().clamp_min(1e-12).clone())
+        self.low, self.high = float(low), float(high)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        raw = pixel_values * self.std + self.mean
+        side = self.patch_size
+        patches = F.unfold(raw, side, stride=side)  # (batch, channels x side x side, patches)
+        mapped = self.linear(patches.transpose(1, 2)).transpose(1, 2)
+        image = F.fold(mapped, raw.shape[-2:], side, stride=side)
+        return (image.clamp(self.low, self.high) - self.mean) / self.std
+
+
 def fit_rows(num_rows: int, validation_rows: Sequence[np.ndarray], max_images: int, seed: int = 0) -> np.ndarray:
     """Up to ``max_images`` seeded rows of a training split of ``num_rows`` rows, none of them in any of
     ``validation_rows`` (each probe seed's validation part), sorted. Raises when fewer than two rows are left."""
@@ -132,12 +183,22 @@ def _pixels(encoder: EncoderAdapter, images: Sequence[Image.Image], batch_size: 
     return torch.cat([encoder.preprocess(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])
 
 
+def _check_labels(pixels: torch.Tensor, labels: Sequence[int] | np.ndarray | torch.Tensor) -> torch.Tensor:
+    targets = torch.as_tensor(np.asarray(labels), dtype=torch.long).to(pixels.device)
+    if len(pixels) != len(targets) or len(pixels) < 2:
+        raise TransformError(
+            f"a learned map needs at least 2 images with one label each, got {len(pixels)} images and "
+            f"{len(targets)} labels"
+        )
+    return targets
+
+
 def fit_colour_map(
     encoder: EncoderAdapter,
     images: Sequence[Image.Image],
     labels: Sequence[int] | np.ndarray | torch.Tensor,
     hidden: int,
-    fit: ColourMapFit | None = None,
+    fit: LearnedMapFit | None = None,
     num_classes: int | None = None,
 ) -> ColourMap:
     """:func:`fit_colour_map_to_pixels` on ``images`` prepared by ``encoder``'s own preprocessing."""
@@ -151,68 +212,127 @@ def fit_colour_map_to_pixels(
     pixels: torch.Tensor,
     labels: Sequence[int] | np.ndarray | torch.Tensor,
     hidden: int,
-    fit: ColourMapFit | None = None,
+    fit: LearnedMapFit | None = None,
     num_classes: int | None = None,
 ) -> ColourMap:
     """Fit a :class:`ColourMap` (``hidden`` residual units) and a linear head on ``encoder``'s features of
     ``pixels`` (already preprocessed), by cross-entropy on ``labels`` (``num_classes``: their largest value + 1
     unless given). The encoder is not changed: its weights, ``requires_grad`` flags and train / eval mode are as
-    before. Returns the map, frozen, in eval mode.
+    before. Returns the map, frozen, in eval mode."""
+    fit = fit or LearnedMapFit()
+    if hidden < 0 or hidden != int(hidden):
+        raise TransformError(f"colour_map takes a whole number >= 0 of hidden units as its strength, got {hidden!r}")
+    targets = _check_labels(pixels, labels)
+    mean, std = (t.to(pixels.device) for t in encoder.normalization())
+    raw = pixels * std + mean
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(fit.seed)
+        colour_map = ColourMap(pixels.shape[1], int(hidden), mean, std, float(raw.min()), float(raw.max()))
+        return _fit_input_map(encoder, pixels, targets, colour_map.to(pixels.device), fit, num_classes)
+
+
+def fit_patch_map(
+    encoder: EncoderAdapter,
+    images: Sequence[Image.Image],
+    labels: Sequence[int] | np.ndarray | torch.Tensor,
+    patch_size: int | None = None,
+    fit: LearnedMapFit | None = None,
+    num_classes: int | None = None,
+) -> PatchMap:
+    """Fit a :class:`PatchMap` on ``patch_size`` patches (the encoder's own when None) and a linear head on
+    ``encoder``'s features of ``images``, by cross-entropy on ``labels``, as :func:`fit_colour_map_to_pixels` does.
+    The encoder is not changed. Returns the map, frozen, in eval mode."""
+    fit = fit or LearnedMapFit()
+    patch_size = patch_size or encoder.patch_size
+    if patch_size is None:
+        raise TransformError(f"patch_map needs an encoder with square patches; {encoder.name} reports no patch size")
+    if len(images) < 2:
+        raise TransformError(f"a patch map needs at least 2 images, got {len(images)}")
+    pixels = _pixels(encoder, images, 256)
+    height, width = pixels.shape[-2:]
+    if height % patch_size or width % patch_size:
+        raise TransformError(
+            f"patch_map cuts images into {patch_size}x{patch_size} patches; {encoder.name} prepares {height}x{width} "
+            "images, which do not divide into them"
+        )
+    targets = _check_labels(pixels, labels)
+    mean, std = (t.to(pixels.device) for t in encoder.normalization())
+    raw = pixels * std + mean
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(fit.seed)
+        patch_map = PatchMap(pixels.shape[1], patch_size, mean, std, float(raw.min()), float(raw.max()))
+        return _fit_input_map(encoder, pixels, targets, patch_map.to(pixels.device), fit, num_classes)
+
+
+def _fit_input_map(
+    encoder: EncoderAdapter,
+    pixels: torch.Tensor,
+    targets: torch.Tensor,
+    input_map: nn.Module,
+    fit: LearnedMapFit,
+    num_classes: int | None,
+) -> nn.Module:
+    """Fit ``input_map`` jointly with a fresh linear head through the frozen ``encoder``, leaving the encoder's
+    weights, flags and mode as they were; runs inside the caller's seeded RNG fork.
 
     Hand-written torch rather than a Trainer: one small loop whose every batch goes through the frozen encoder.
     """
-    fit = fit or ColourMapFit()
-    if hidden < 0 or hidden != int(hidden):
-        raise TransformError(f"colour_map takes a whole number >= 0 of hidden units as its strength, got {hidden!r}")
-    targets = torch.as_tensor(np.asarray(labels), dtype=torch.long).to(pixels.device)
-    if len(pixels) != len(targets) or len(pixels) < 2:
-        raise TransformError(
-            f"a colour map needs at least 2 images with one label each, got {len(pixels)} images and {len(targets)} "
-            "labels"
-        )
-    channels = pixels.shape[1]
-    mean, std = (t.to(pixels.device) for t in encoder.normalization())
-    raw = pixels * std + mean
     backbone = encoder.backbone
     flags = {name: p.requires_grad for name, p in backbone.named_parameters()}
     was_training = backbone.training
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(fit.seed)
-        colour_map = ColourMap(channels, int(hidden), mean, std, float(raw.min()), float(raw.max())).to(pixels.device)
-        classes = num_classes or int(targets.max()) + 1
-        # standardised features, as the probe suite's linear heads see them
-        head = nn.Sequential(nn.BatchNorm1d(encoder.feature_dim, affine=False), nn.Linear(encoder.feature_dim, classes))
-        head = head.to(pixels.device)
-        optimizer = torch.optim.Adam([*colour_map.parameters(), *head.parameters()], lr=fit.learning_rate)
-        order = torch.Generator().manual_seed(fit.seed)
-        try:
-            backbone.requires_grad_(False)
-            backbone.eval()
-            for _ in range(fit.epochs):
-                permutation = torch.randperm(len(pixels), generator=order).to(pixels.device)
-                for start in range(0, len(pixels), fit.batch_size):
-                    batch = permutation[start : start + fit.batch_size]
-                    if len(batch) < 2:  # batch normalisation needs two rows
-                        continue
-                    features = encoder.features(colour_map(pixels[batch]))
-                    loss = F.cross_entropy(head(features), targets[batch])
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-        finally:
-            for name, param in backbone.named_parameters():
-                param.requires_grad_(flags[name])
-            backbone.train(was_training)
-    return colour_map.requires_grad_(False).eval()
+    classes = num_classes or int(targets.max()) + 1
+    # standardised features, as the probe suite's linear heads see them
+    head = nn.Sequential(nn.BatchNorm1d(encoder.feature_dim, affine=False), nn.Linear(encoder.feature_dim, classes))
+    head = head.to(pixels.device)
+    optimizer = torch.optim.Adam([*input_map.parameters(), *head.parameters()], lr=fit.learning_rate)
+    order = torch.Generator().manual_seed(fit.seed)
+    try:
+        backbone.requires_grad_(False)
+        backbone.eval()
+        for _ in range(fit.epochs):
+            permutation = torch.randperm(len(pixels), generator=order).to(pixels.device)
+            for start in range(0, len(pixels), fit.batch_size):
+                batch = permutation[start : start + fit.batch_size]
+                if len(batch) < 2:  # batch normalisation needs two rows
+                    continue
+                features = encoder.features(input_map(pixels[batch]))
+                loss = F.cross_entropy(head(features), targets[batch])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+    finally:
+        for name, param in backbone.named_parameters():
+            param.requires_grad_(flags[name])
+        backbone.train(was_training)
+    return input_map.requires_grad_(False).eval()
 
 
-def colour_mapped_encoder(encoder: EncoderAdapter, colour_map: ColourMap, label: str) -> EncoderAdapter:
-    """A view of ``encoder`` (the same weights, not copied) whose preprocessing applies ``colour_map`` to every image;
-    ``label`` names the map in the view's name."""
+def fit_learned_transform(
+    name: str,
+    strength: float,
+    encoder: EncoderAdapter,
+    images: Sequence[Image.Image],
+    labels: Sequence[int] | np.ndarray | torch.Tensor,
+    seed: int = 0,
+    num_classes: int | None = None,
+) -> nn.Module:
+    """The learned transform ``name`` of :data:`LEARNED_TRANSFORMS` at ``strength``, fitted through ``encoder`` on
+    ``images`` (the attacker's fixed budget, seeded by ``seed``)."""
+    if name == "colour_map":
+        return fit_colour_map(encoder, images, labels, int(strength), LearnedMapFit(seed=seed), num_classes)
+    if name == "patch_map":
+        fit = LearnedMapFit(seed=seed, learning_rate=float(strength))
+        return fit_patch_map(encoder, images, labels, None, fit, num_classes)
+    raise TransformError(f"unknown learned transform {name!r}; choose one of {tuple(LEARNED_TRANSFORMS)}")
+
+
+def input_mapped_encoder(encoder: EncoderAdapter, input_map: nn.Module, label: str) -> EncoderAdapter:
+    """A view of ``encoder`` (the same weights, not copied) whose preprocessing applies ``input_map`` (a fitted
+    colour or patch map) to every image; ``label`` names the map in the view's name."""
 
     def preprocess(images: Sequence[Image.Image]) -> torch.Tensor:
         with torch.no_grad():
-            return colour_map(encoder.preprocess(images))
+            return input_map(encoder.preprocess(images))
 
     return EncoderAdapter(
         encoder.backbone, pooling=encoder.pooling, preprocess_fn=preprocess, name=f"{encoder.name} [{label}]"

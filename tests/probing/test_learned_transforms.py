@@ -1,5 +1,6 @@
-"""The learned colour map: it starts as the identity, leaves the encoder as it was, is fitted on rows no probe seed
-validates on, and finds information a fixed transform cannot reach."""
+"""The learned colour and patch maps: they start as the identity, leave the encoder as they found it, are fitted on
+rows no probe seed validates on, and find information a fixed transform (or, for the patch map, a colour map) cannot
+reach."""
 
 import numpy as np
 import pytest
@@ -9,16 +10,18 @@ from datasets import Image as ImageFeature
 from PIL import Image
 from torch import nn
 
-from hf_encoderlock.encoders import EncoderAdapter
+from hf_encoderlock.encoders import EncoderAdapter, tiny_vit_encoder
 from hf_encoderlock.probing import adaptive
 from hf_encoderlock.probing.adaptive import FRESH_PROBE, TRANSFORM, AdaptiveConfig, AdaptiveError, run_adaptive_suite
 from hf_encoderlock.probing.learned_transforms import (
     LEARNED_TRANSFORMS,
     ColourMap,
-    ColourMapFit,
-    colour_mapped_encoder,
+    LearnedMapFit,
+    PatchMap,
     fit_colour_map,
+    fit_patch_map,
     fit_rows,
+    input_mapped_encoder,
 )
 from hf_encoderlock.probing.transforms import TransformError
 
@@ -84,7 +87,7 @@ def test_fitting_leaves_the_encoder_as_it_was(red_only):
     domain = blue_domain(16, 4)["train"]
     before = {k: v.clone() for k, v in red_only.state_dict().items()}
     red_only.backbone.train()
-    fit_colour_map(red_only, domain["image"], domain["label"], 4, ColourMapFit(epochs=1, batch_size=8))
+    fit_colour_map(red_only, domain["image"], domain["label"], 4, LearnedMapFit(epochs=1, batch_size=8))
     assert all(torch.equal(before[k], v) for k, v in red_only.state_dict().items())
     assert red_only.backbone.training and all(p.requires_grad for p in red_only.backbone.parameters())
     red_only.backbone.eval()
@@ -110,13 +113,13 @@ def test_the_learned_map_finds_what_the_encoder_ignores(red_only):
 
 def test_a_learned_map_is_fitted_through_the_sanitised_encoder_when_combined(red_only, monkeypatch):
     fitted_on = []
-    real = adaptive.fit_colour_map
+    real = adaptive.fit_learned_transform
 
-    def spy(model, *args, **kwargs):
+    def spy(name, strength, model, *args, **kwargs):
         fitted_on.append(model)
-        return real(model, *args, **kwargs)
+        return real(name, strength, model, *args, **kwargs)
 
-    monkeypatch.setattr(adaptive, "fit_colour_map", spy)
+    monkeypatch.setattr(adaptive, "fit_learned_transform", spy)
     config = AdaptiveConfig(sanitizers=("gaussian_noise",), transforms=(), **FAST)
     report = run_adaptive_suite(red_only, {"p": blue_domain(40, 10)}, config)
     combined = [o for o in report.outcomes if o.family == "sanitize+transform"]
@@ -126,7 +129,7 @@ def test_a_learned_map_is_fitted_through_the_sanitised_encoder_when_combined(red
 
 def test_a_colour_mapped_view_shares_the_weights(red_only):
     colour_map = ColourMap(3, 0, torch.zeros(3, 1, 1), torch.ones(3, 1, 1), 0.0, 1.0)
-    view = colour_mapped_encoder(red_only, colour_map, "colour_map 0")
+    view = input_mapped_encoder(red_only, colour_map, "colour_map 0")
     assert view.backbone is red_only.backbone and view.name == "red-only [colour_map 0]"
     image = Image.fromarray(np.full((16, 16, 3), 80, dtype=np.uint8))
     assert torch.allclose(view.preprocess([image]), red_only.preprocess([image]))
@@ -136,3 +139,91 @@ def test_unknown_learned_transforms_are_refused():
     assert "colour_map" in LEARNED_TRANSFORMS
     with pytest.raises(AdaptiveError, match="learned_transforms must be a subset"):
         AdaptiveConfig(learned_transforms=("style_transfer",))
+
+
+class FirstRowReader(nn.Module):
+    """A "locked" patch encoder that reads only the first pixel row of every 4 x 4 patch: what the other rows hold is
+    lost to its probes, and no per-pixel colour function can move it there. Its config names its patch size, as a
+    Hugging Face patch-embedding model's does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.config = type("Config", (), {"patch_size": 4})()
+        self.embed = nn.Conv2d(3, 8, 1)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.embed(pixel_values[:, :, ::4, :])).mean(dim=(2, 3))
+
+
+def lower_rows_domain(n_train, n_test, seed=0):
+    """Two classes told apart by the brightness of rows 1-3 of every 4 x 4 patch; the first rows are noise."""
+    rng = np.random.default_rng(seed)
+
+    def split(n):
+        images, labels = [], []
+        for i in range(n):
+            label = i % 2
+            pixels = rng.integers(0, 60, (16, 16, 3)).astype(np.uint8) + np.uint8(150 * label)
+            pixels[::4] = rng.integers(0, 256, (4, 16, 3))
+            images.append(Image.fromarray(pixels))
+            labels.append(label)
+        features = Features({"image": ImageFeature(), "label": ClassLabel(names=["dark", "bright"])})
+        return Dataset.from_dict({"image": images, "label": labels}, features=features)
+
+    return DatasetDict(train=split(n_train), test=split(n_test))
+
+
+@pytest.fixture(scope="module")
+def first_row_reader():
+    torch.manual_seed(0)
+    return EncoderAdapter(FirstRowReader(), pooling="mean", preprocess_fn=to_pixels, name="first-row")
+
+
+def test_a_patch_map_starts_as_the_identity():
+    pixels = torch.rand(2, 3, 8, 12) * 2 - 1
+    patch_map = PatchMap(3, 4, torch.full((3, 1, 1), 0.5), torch.full((3, 1, 1), 0.5), 0.0, 1.0)
+    assert patch_map.linear.weight.shape == (48, 48)
+    assert torch.allclose(patch_map(pixels), pixels, atol=1e-6)
+
+
+def test_a_patch_map_needs_patches_that_tile_the_image(red_only, first_row_reader):
+    domain = lower_rows_domain(8, 2)["train"]
+    with pytest.raises(TransformError, match="red-only reports no patch size"):
+        fit_patch_map(red_only, domain["image"], domain["label"])
+    with pytest.raises(TransformError, match="5x5 patches; first-row prepares 16x16 images"):
+        fit_patch_map(first_row_reader, domain["image"], domain["label"], patch_size=5)
+
+
+def test_fitting_a_patch_map_leaves_the_encoder_as_it_was():
+    encoder = tiny_vit_encoder(seed=1)
+    domain = lower_rows_domain(16, 4)["train"]
+    before = {k: v.clone() for k, v in encoder.state_dict().items()}
+    encoder.backbone.train()
+    patch_map = fit_patch_map(encoder, domain["image"], domain["label"], fit=LearnedMapFit(epochs=1, batch_size=8))
+    assert patch_map.patch_size == 8 and not patch_map.training
+    assert all(torch.equal(before[k], v) for k, v in encoder.state_dict().items())
+    assert encoder.backbone.training and all(p.requires_grad for p in encoder.backbone.parameters())
+
+
+def test_the_patch_map_finds_what_no_colour_map_can(first_row_reader):
+    """The label lives in pixel rows the encoder never reads: fresh probes and the colour map stay near chance, the
+    patch map moves the rows the label lives in onto the one the encoder reads."""
+    config = AdaptiveConfig(sanitizers=(), transforms=(), combine=False, **FAST)
+    report = run_adaptive_suite(
+        first_row_reader,
+        {"p": lower_rows_domain(160, 60)},
+        config,
+        baselines={"p": {"victim": 1.0, "random_twin": 0.5}},
+    )
+    by_attack = {o.attack: o for o in report.outcomes}
+    assert set(by_attack) == {"none", "colour_map", "patch_map"}
+    assert by_attack["patch_map"].family == TRANSFORM and by_attack["patch_map"].strength == 1e-3
+    assert by_attack["none"].test < 0.75 and by_attack["colour_map"].test < 0.75
+    assert by_attack["patch_map"].test >= 0.95
+    assert report.worst_case("p").attack == "patch_map"
+
+
+def test_the_patch_map_is_skipped_on_an_encoder_without_patches(red_only):
+    config = AdaptiveConfig(sanitizers=(), transforms=(), combine=False, **FAST)
+    report = run_adaptive_suite(red_only, {"p": blue_domain(40, 10)}, config)
+    assert {o.attack for o in report.outcomes} == {"none", "colour_map"}
