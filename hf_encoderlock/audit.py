@@ -56,7 +56,7 @@ from .hub.public_names import domain_display_name
 from .lock.masking import bit_view
 from .lock.selection import block_index, load_mask, select_candidate_parameters
 from .probing.probe_report import TWIN_ROLE
-from .probing.sanitize import count_outliers, count_piled_up
+from .probing.sanitize import count_outliers, count_piled_up, telltale
 from .probing.suite import ProbeConfig, run_probe_suite
 from .victim import load_victim
 
@@ -416,17 +416,12 @@ def check_outliers(locked: torch.nn.Module, original: torch.nn.Module | None) ->
     and entries piled up on one value (:func:`~hf_encoderlock.probing.sanitize.piled_up`: what clamping a bounded
     lock's updates leaves); the notes name the tensors with more than twice the original's count of either (every
     tensor with any, without one)."""
-
-    def flag(locked_counts: dict[str, int], original_counts: dict[str, int] | None) -> list[str]:
-        limit = (lambda name: 2 * original_counts.get(name, 0)) if original_counts is not None else (lambda _: 0)
-        return [name for name, count in locked_counts.items() if count > limit(name)]
-
     locked_counts = count_outliers(locked, OUTLIER_Z)
     original_counts = count_outliers(original, OUTLIER_Z) if original is not None else None
-    flagged = flag(locked_counts, original_counts)
+    flagged = telltale(locked_counts, original_counts)
     locked_piled = count_piled_up(locked)
     original_piled = count_piled_up(original) if original is not None else None
-    piled_flagged = flag(locked_piled, original_piled)
+    piled_flagged = telltale(locked_piled, original_piled)
     summary = {
         "z": OUTLIER_Z,
         "locked": sum(locked_counts.values()),

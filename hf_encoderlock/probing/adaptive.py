@@ -50,7 +50,7 @@ from .learned_transforms import (
     input_mapped_encoder,
 )
 from .probe_report import ENCODER_ROLE, TWIN_ROLE, ProbeReport, advantage_removed, report_json
-from .sanitize import SANITIZERS, count_outliers, count_piled_up, sanitize_module
+from .sanitize import SANITIZERS, count_outliers, count_piled_up, sanitize_module, telltale
 from .suite import ProbeConfig, load_domains, run_probe_suite, split_training_rows
 from .transforms import TRANSFORMS, ChannelStats, domain_stats, transformed_encoder
 
@@ -255,14 +255,8 @@ class AdaptiveReport:
         """Tensors holding more than twice the victim's entries beyond 6 robust std (the issue's "no tell-tale
         weights" rule), or more than twice its entries on piled-up values (a bound's clamp); with the victim's
         counts unknown, every tensor holding any."""
-        flagged = []
-        for counts, victim in ((self.outliers, self.victim_outliers), (self.piled_up, self.victim_piled_up)):
-            flagged += [
-                name
-                for name, n in counts.items()
-                if n > (2 * victim.get(name, 0) if victim is not None else 0) and name not in flagged
-            ]
-        return flagged
+        flagged = telltale(self.outliers, self.victim_outliers) + telltale(self.piled_up, self.victim_piled_up)
+        return list(dict.fromkeys(flagged))
 
     def outlier_line(self) -> str:
         """One sentence on the outlier weights an attacker can see (and reset) without data."""

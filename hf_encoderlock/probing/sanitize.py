@@ -67,6 +67,13 @@ def count_piled_up(module: nn.Module, factor: float | None = None) -> dict[str, 
     return {name: int(piled_up(param, factor).sum()) for name, param in sanitizable_weights(module)}
 
 
+def telltale(counts: dict[str, int], original: dict[str, int] | None) -> list[str]:
+    """The tensors of ``counts`` (per-tensor counts of outliers or of piled-up entries in a locked encoder) holding
+    more than twice the original's count: the "no tell-tale weights" rule of the audit and the adaptive report. With
+    the original's counts unknown (None), every tensor holding any."""
+    return [name for name, n in counts.items() if n > (2 * original.get(name, 0) if original is not None else 0)]
+
+
 # ------------------------------------------------------------------------------------------- the sanitisers
 def reset_outliers(tensor: torch.Tensor, z: float, generator: torch.Generator) -> torch.Tensor:
     """Entries beyond ``z`` robust standard deviations set to the tensor's median."""

@@ -13,6 +13,7 @@ from hf_encoderlock.probing.sanitize import (
     robust_z,
     sanitizable_weights,
     sanitize_module,
+    telltale,
 )
 
 
@@ -124,3 +125,10 @@ def test_bad_requests_name_the_problem():
         sanitize_module(model, "shave", 1.0)
     with pytest.raises(SanitizeError, match="positive strength"):
         sanitize_module(model, "reset_outliers", 0.0)
+
+
+def test_a_tensor_is_tell_tale_past_twice_the_originals_count_or_with_any_when_unknown():
+    locked = {"a.weight": 5, "b.weight": 4, "c.weight": 0, "d.weight": 1}
+    original = {"a.weight": 2, "b.weight": 2, "c.weight": 0}
+    assert telltale(locked, original) == ["a.weight", "d.weight"]
+    assert telltale(locked, None) == ["a.weight", "b.weight", "d.weight"]
