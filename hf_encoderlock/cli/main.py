@@ -48,8 +48,9 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "--suite finetune (default): fine-tune the encoder with a fresh head on each domain (full, last-k blocks, "
         "LoRA, re-initialisation), choosing learning rate and epoch on a validation split of the training images, "
         "and compare with the same architecture trained from scratch; writes attack_report.json, .md and .png. "
-        "--suite probe: weight sanitisation, input transformations and both, then fresh probes, each chosen on "
-        "validation, and the worst case over them; --suite full adds patient and re-initialised fine-tuning; "
+        "--suite probe: weight sanitisation, input transformations (fixed ones, and a colour map and a patch map "
+        "learned through the encoder) and both, then fresh probes, each chosen on validation, and the worst case "
+        "over them; --suite full adds patient and re-initialised fine-tuning; "
         "both write adaptive_report.json and .md.",
     ),
     "push": (
