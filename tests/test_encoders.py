@@ -230,28 +230,14 @@ def test_saved_weight_keys_name_each_parameter_as_save_pretrained_writes_it(vit,
 
 
 def test_patch_size_is_read_from_a_patch_embedding_backbone_only(vit):
-    assert vit.patch_size == 8
-    square = ViTModel(
-        ViTConfig(
-            image_size=32,
-            patch_size=(4, 4),
-            hidden_size=16,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            intermediate_size=16,
+    def vit_with_patches(patch_size):
+        config = ViTConfig(
+            image_size=32, patch_size=patch_size, hidden_size=16, num_hidden_layers=1, num_attention_heads=2
         )
-    )
-    oblong = ViTModel(
-        ViTConfig(
-            image_size=32,
-            patch_size=(4, 8),
-            hidden_size=16,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            intermediate_size=16,
-        )
-    )
+        return EncoderAdapter(ViTModel(config).eval(), image_processor=vit_image_processor(32))
+
     resnet = ResNetModel(ResNetConfig(embedding_size=8, hidden_sizes=[8], depths=[1], layer_type="basic"))
-    assert EncoderAdapter(square.eval(), image_processor=vit_image_processor(32)).patch_size == 4
-    assert EncoderAdapter(oblong.eval(), image_processor=vit_image_processor(32)).patch_size is None
+    assert vit.patch_size == 8
+    assert vit_with_patches((4, 4)).patch_size == 4
+    assert vit_with_patches((4, 8)).patch_size is None
     assert EncoderAdapter(resnet.eval(), image_processor=vit_image_processor(32)).patch_size is None

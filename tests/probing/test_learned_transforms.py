@@ -49,22 +49,28 @@ def red_only():
     return EncoderAdapter(RedOnly(), pooling="mean", preprocess_fn=to_pixels, name="red-only")
 
 
-def blue_domain(n_train, n_test, seed=0):
-    """Two classes told apart by the blue channel only (dark or bright); red and green are noise."""
+def two_class_domain(n_train, n_test, paint, seed=0):
+    """Two classes ("dark", "bright") of 16 x 16 images, each drawn by ``paint(rng, label)``."""
     rng = np.random.default_rng(seed)
 
     def split(n):
-        images, labels = [], []
-        for i in range(n):
-            label = i % 2
-            pixels = rng.integers(0, 256, (16, 16, 3)).astype(np.uint8)
-            pixels[:, :, 2] = rng.integers(0, 60, (16, 16)) + 190 * label
-            images.append(Image.fromarray(pixels))
-            labels.append(label)
+        labels = [i % 2 for i in range(n)]
+        images = [Image.fromarray(paint(rng, label)) for label in labels]
         features = Features({"image": ImageFeature(), "label": ClassLabel(names=["dark", "bright"])})
         return Dataset.from_dict({"image": images, "label": labels}, features=features)
 
     return DatasetDict(train=split(n_train), test=split(n_test))
+
+
+def blue_domain(n_train, n_test, seed=0):
+    """Two classes told apart by the blue channel only (dark or bright); red and green are noise."""
+
+    def paint(rng, label):
+        pixels = rng.integers(0, 256, (16, 16, 3)).astype(np.uint8)
+        pixels[:, :, 2] = rng.integers(0, 60, (16, 16)) + 190 * label
+        return pixels
+
+    return two_class_domain(n_train, n_test, paint, seed)
 
 
 def test_a_colour_map_starts_as_the_identity():
@@ -157,20 +163,13 @@ class FirstRowReader(nn.Module):
 
 def lower_rows_domain(n_train, n_test, seed=0):
     """Two classes told apart by the brightness of rows 1-3 of every 4 x 4 patch; the first rows are noise."""
-    rng = np.random.default_rng(seed)
 
-    def split(n):
-        images, labels = [], []
-        for i in range(n):
-            label = i % 2
-            pixels = rng.integers(0, 60, (16, 16, 3)).astype(np.uint8) + np.uint8(150 * label)
-            pixels[::4] = rng.integers(0, 256, (4, 16, 3))
-            images.append(Image.fromarray(pixels))
-            labels.append(label)
-        features = Features({"image": ImageFeature(), "label": ClassLabel(names=["dark", "bright"])})
-        return Dataset.from_dict({"image": images, "label": labels}, features=features)
+    def paint(rng, label):
+        pixels = rng.integers(0, 60, (16, 16, 3)).astype(np.uint8) + np.uint8(150 * label)
+        pixels[::4] = rng.integers(0, 256, (4, 16, 3))
+        return pixels
 
-    return DatasetDict(train=split(n_train), test=split(n_test))
+    return two_class_domain(n_train, n_test, paint, seed)
 
 
 @pytest.fixture(scope="module")
