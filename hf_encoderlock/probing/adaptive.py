@@ -23,6 +23,7 @@ accuracies on clean images.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 import zlib
@@ -53,6 +54,8 @@ from .probe_report import ENCODER_ROLE, TWIN_ROLE, ProbeReport, advantage_remove
 from .sanitize import SANITIZERS, count_outliers, count_piled_up, sanitize_module, telltale
 from .suite import ProbeConfig, load_domains, run_probe_suite, split_training_rows
 from .transforms import TRANSFORMS, ChannelStats, domain_stats, transformed_encoder
+
+logger = logging.getLogger(__name__)
 
 FRESH_PROBE, SANITIZE, TRANSFORM, COMBINED, FINETUNE = (
     "fresh_probe",
@@ -665,6 +668,15 @@ def run_adaptive_suite(
         learned_transforms = [
             t for t in config.learned_transforms if encoder.patch_size or not LEARNED_TRANSFORMS[t].needs_patches
         ]
+        for skipped, reason in (
+            ([t for t in config.transforms if t not in transforms], "they need an authorized sample (authorized=)"),
+            (
+                [t for t in config.learned_transforms if t not in learned_transforms],
+                f"{encoder.name} reports no square patch size",
+            ),
+        ):
+            if skipped:
+                logger.warning("adaptive attacks: skipping %s: %s", ", ".join(skipped), reason)
         sources = {
             d: domain_stats(ds["train"], config.image_column, seed=config.transform_seed) for d, ds in resolved.items()
         }

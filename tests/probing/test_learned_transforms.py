@@ -2,6 +2,8 @@
 rows no probe seed validates on, and find information a fixed transform (or, for the patch map, a colour map) cannot
 reach."""
 
+import logging
+
 import numpy as np
 import pytest
 import torch
@@ -222,7 +224,10 @@ def test_the_patch_map_finds_what_no_colour_map_can(first_row_reader):
     assert report.worst_case("p").attack == "patch_map"
 
 
-def test_the_patch_map_is_skipped_on_an_encoder_without_patches(red_only):
-    config = AdaptiveConfig(sanitizers=(), transforms=(), combine=False, **FAST)
-    report = run_adaptive_suite(red_only, {"p": blue_domain(40, 10)}, config)
+def test_the_patch_map_is_skipped_on_an_encoder_without_patches_and_the_user_told(red_only, caplog):
+    config = AdaptiveConfig(sanitizers=(), transforms=("match_image_stats",), combine=False, **FAST)
+    with caplog.at_level(logging.WARNING, logger="hf_encoderlock.probing.adaptive"):
+        report = run_adaptive_suite(red_only, {"p": blue_domain(40, 10)}, config)
     assert {o.attack for o in report.outcomes} == {"none", "colour_map"}
+    assert "skipping patch_map: red-only reports no square patch size" in caplog.text
+    assert "skipping match_image_stats: they need an authorized sample" in caplog.text
