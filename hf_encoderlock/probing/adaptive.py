@@ -312,7 +312,8 @@ class AdaptiveReport:
         return advantage_removed(accuracy, base["victim"], base["random_twin"])
 
     def family_table(self, domain: str) -> list[dict[str, Any]]:
-        """One row per probe-only family: its best attack (on validation) and the family's highest test accuracy."""
+        """One row per probe-only family: the attack with the family's highest test accuracy, each attack at the
+        strength chosen on validation (the worst case's rule, per family)."""
         rows = []
         for family in PROBE_FAMILIES:
             members = [o for o in self.chosen(domain) if o.family == family]
