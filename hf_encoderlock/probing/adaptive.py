@@ -49,6 +49,7 @@ from .learned_transforms import (
     fit_learned_transform,
     fit_rows,
     input_mapped_encoder,
+    patch_grid_problem,
 )
 from .probe_report import ENCODER_ROLE, TWIN_ROLE, ProbeReport, advantage_removed, report_json
 from .sanitize import SANITIZERS, count_outliers, count_piled_up, sanitize_module, telltale
@@ -666,15 +667,13 @@ def run_adaptive_suite(
             else None
         )
         transforms = [t for t in config.transforms if reference is not None or not TRANSFORMS[t].needs_reference]
+        grid_problem = patch_grid_problem(encoder)
         learned_transforms = [
-            t for t in config.learned_transforms if encoder.patch_size or not LEARNED_TRANSFORMS[t].needs_patches
+            t for t in config.learned_transforms if grid_problem is None or not LEARNED_TRANSFORMS[t].needs_patches
         ]
         for skipped, reason in (
             ([t for t in config.transforms if t not in transforms], "they need an authorized sample (authorized=)"),
-            (
-                [t for t in config.learned_transforms if t not in learned_transforms],
-                f"{encoder.name} reports no square patch size",
-            ),
+            ([t for t in config.learned_transforms if t not in learned_transforms], grid_problem),
         ):
             if skipped:
                 logger.warning("adaptive attacks: skipping %s: %s", ", ".join(skipped), reason)

@@ -231,6 +231,18 @@ def fit_colour_map_to_pixels(
         return _fit_input_map(encoder, pixels, targets, colour_map.to(pixels.device), fit, num_classes)
 
 
+def patch_grid_problem(encoder: EncoderAdapter) -> str | None:
+    """Why ``patch_map`` cannot run on ``encoder`` (no square patch size, or inputs its patches do not tile), or None
+    when it can: the adaptive suite checks this before any work."""
+    side = encoder.patch_size
+    if side is None:
+        return f"{encoder.name} reports no square patch size"
+    _, height, width = encoder.input_shape()
+    if height % side or width % side:
+        return f"{encoder.name}'s {height}x{width} inputs do not divide into its {side}x{side} patches"
+    return None
+
+
 def fit_patch_map(
     encoder: EncoderAdapter,
     images: Sequence[Image.Image],

@@ -24,6 +24,7 @@ from hf_encoderlock.probing.learned_transforms import (
     fit_patch_map,
     fit_rows,
     input_mapped_encoder,
+    patch_grid_problem,
 )
 from hf_encoderlock.probing.transforms import TransformError
 
@@ -193,6 +194,13 @@ def test_a_patch_map_needs_patches_that_tile_the_image(red_only, first_row_reade
         fit_patch_map(red_only, domain["image"], domain["label"])
     with pytest.raises(TransformError, match="5x5 patches; first-row prepares 16x16 images"):
         fit_patch_map(first_row_reader, domain["image"], domain["label"], patch_size=5)
+
+
+def test_the_suite_checks_the_patch_grid_before_any_work(red_only):
+    assert patch_grid_problem(tiny_vit_encoder(seed=1)) is None  # 32 x 32 inputs, 8 x 8 patches
+    assert patch_grid_problem(red_only) == "red-only reports no square patch size"
+    untiled = tiny_vit_encoder(seed=1, image_size=36, patch_size=8)
+    assert patch_grid_problem(untiled) == "tiny-vit's 36x36 inputs do not divide into its 8x8 patches"
 
 
 def test_fitting_a_patch_map_leaves_the_encoder_as_it_was():
