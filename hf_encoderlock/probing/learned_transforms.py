@@ -23,7 +23,7 @@ them, :func:`fit_rows`), so the choices made on validation stay honest; test ima
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -222,13 +222,10 @@ def fit_colour_map_to_pixels(
     fit = fit or LearnedMapFit()
     if hidden < 0 or hidden != int(hidden):
         raise TransformError(f"colour_map takes a whole number >= 0 of hidden units as its strength, got {hidden!r}")
-    targets = _check_labels(pixels, labels)
-    mean, std = (t.to(pixels.device) for t in encoder.normalization())
-    raw = pixels * std + mean
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(fit.seed)
-        colour_map = ColourMap(pixels.shape[1], int(hidden), mean, std, float(raw.min()), float(raw.max()))
-        return _fit_input_map(encoder, pixels, targets, colour_map.to(pixels.device), fit, num_classes)
+    channels = pixels.shape[1]
+    return _fit_input_map(
+        encoder, pixels, labels, lambda *scale: ColourMap(channels, int(hidden), *scale), fit, num_classes
+    )
 
 
 def patch_grid_problem(encoder: EncoderAdapter) -> str | None:
@@ -267,56 +264,60 @@ def fit_patch_map(
             f"patch_map cuts images into {patch_size}x{patch_size} patches; {encoder.name} prepares {height}x{width} "
             "images, which do not divide into them"
         )
-    targets = _check_labels(pixels, labels)
-    mean, std = (t.to(pixels.device) for t in encoder.normalization())
-    raw = pixels * std + mean
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(fit.seed)
-        patch_map = PatchMap(pixels.shape[1], patch_size, mean, std, float(raw.min()), float(raw.max()))
-        return _fit_input_map(encoder, pixels, targets, patch_map.to(pixels.device), fit, num_classes)
+    channels = pixels.shape[1]
+    return _fit_input_map(
+        encoder, pixels, labels, lambda *scale: PatchMap(channels, patch_size, *scale), fit, num_classes
+    )
 
 
 def _fit_input_map(
     encoder: EncoderAdapter,
     pixels: torch.Tensor,
-    targets: torch.Tensor,
-    input_map: nn.Module,
+    labels: Sequence[int] | np.ndarray | torch.Tensor,
+    make_map: Callable[[torch.Tensor, torch.Tensor, float, float], nn.Module],
     fit: LearnedMapFit,
     num_classes: int | None,
 ) -> nn.Module:
-    """Fit ``input_map`` jointly with a fresh linear head through the frozen ``encoder``, leaving the encoder's
-    weights, flags and mode as they were; runs inside the caller's seeded RNG fork.
+    """Fit the map ``make_map(mean, std, low, high)`` builds (the preprocessing's normalisation, the pixel range of
+    ``pixels``) jointly with a fresh linear head through the frozen ``encoder``, in a seeded RNG fork, leaving the
+    encoder's weights, flags and mode as they were.
 
     Hand-written torch rather than a Trainer: one small loop whose every batch goes through the frozen encoder.
     """
-    backbone = encoder.backbone
-    flags = {name: p.requires_grad for name, p in backbone.named_parameters()}
-    was_training = backbone.training
-    classes = num_classes or int(targets.max()) + 1
-    # standardised features, as the probe suite's linear heads see them
-    head = nn.Sequential(nn.BatchNorm1d(encoder.feature_dim, affine=False), nn.Linear(encoder.feature_dim, classes))
-    head = head.to(pixels.device)
-    optimizer = torch.optim.Adam([*input_map.parameters(), *head.parameters()], lr=fit.learning_rate)
-    order = torch.Generator().manual_seed(fit.seed)
-    try:
-        backbone.requires_grad_(False)
-        backbone.eval()
-        for _ in range(fit.epochs):
-            permutation = torch.randperm(len(pixels), generator=order).to(pixels.device)
-            for start in range(0, len(pixels), fit.batch_size):
-                batch = permutation[start : start + fit.batch_size]
-                if len(batch) < 2:  # batch normalisation needs two rows
-                    continue
-                features = encoder.features(input_map(pixels[batch]))
-                loss = F.cross_entropy(head(features), targets[batch])
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-    finally:
-        for name, param in backbone.named_parameters():
-            param.requires_grad_(flags[name])
-        backbone.train(was_training)
-    return input_map.requires_grad_(False).eval()
+    targets = _check_labels(pixels, labels)
+    mean, std = (t.to(pixels.device) for t in encoder.normalization())
+    raw = pixels * std + mean
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(fit.seed)
+        input_map = make_map(mean, std, float(raw.min()), float(raw.max())).to(pixels.device)
+        backbone = encoder.backbone
+        flags = {name: p.requires_grad for name, p in backbone.named_parameters()}
+        was_training = backbone.training
+        classes = num_classes or int(targets.max()) + 1
+        # standardised features, as the probe suite's linear heads see them
+        head = nn.Sequential(nn.BatchNorm1d(encoder.feature_dim, affine=False), nn.Linear(encoder.feature_dim, classes))
+        head = head.to(pixels.device)
+        optimizer = torch.optim.Adam([*input_map.parameters(), *head.parameters()], lr=fit.learning_rate)
+        order = torch.Generator().manual_seed(fit.seed)
+        try:
+            backbone.requires_grad_(False)
+            backbone.eval()
+            for _ in range(fit.epochs):
+                permutation = torch.randperm(len(pixels), generator=order).to(pixels.device)
+                for start in range(0, len(pixels), fit.batch_size):
+                    batch = permutation[start : start + fit.batch_size]
+                    if len(batch) < 2:  # batch normalisation needs two rows
+                        continue
+                    features = encoder.features(input_map(pixels[batch]))
+                    loss = F.cross_entropy(head(features), targets[batch])
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+        finally:
+            for name, param in backbone.named_parameters():
+                param.requires_grad_(flags[name])
+            backbone.train(was_training)
+        return input_map.requires_grad_(False).eval()
 
 
 def fit_learned_transform(

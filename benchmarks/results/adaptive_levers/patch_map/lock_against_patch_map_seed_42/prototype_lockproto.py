@@ -7,8 +7,6 @@ import runpy
 import sys
 from pathlib import Path
 
-import torch
-
 from hf_encoderlock.lock import trainer as trainer_module
 from hf_encoderlock.probing import learned_transforms as lt
 
@@ -23,14 +21,11 @@ class LockPatchMap(lt.PatchMap):
 def fit_patch_map_pixels(encoder, pixels, labels, hidden, fit=None, num_classes=None):
     """Takes the place of fit_colour_map_to_pixels in the lock (``hidden`` is ignored)."""
     fit = dataclasses.replace(fit or lt.LearnedMapFit(), learning_rate=1e-3)
-    targets = lt._check_labels(pixels, labels)
-    mean, std = (t.to(pixels.device) for t in encoder.normalization())
-    raw = pixels * std + mean
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(fit.seed)
-        side = getattr(encoder, "patch_size", None) or 8
-        patch_map = LockPatchMap(pixels.shape[1], side, mean, std, float(raw.min()), float(raw.max()))
-        return lt._fit_input_map(encoder, pixels, targets, patch_map.to(pixels.device), fit, num_classes)
+    side = getattr(encoder, "patch_size", None) or 8
+    channels = pixels.shape[1]
+    return lt._fit_input_map(
+        encoder, pixels, labels, lambda *scale: LockPatchMap(channels, side, *scale), fit, num_classes
+    )
 
 
 trainer_module.fit_colour_map_to_pixels = fit_patch_map_pixels
