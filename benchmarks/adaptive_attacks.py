@@ -55,6 +55,12 @@ def main() -> None:
     parser.add_argument(
         "--target", choices=("locked", "victim"), default="locked", help="Attack RUN/locked (default) or RUN/victim."
     )
+    parser.add_argument(
+        "--encoder",
+        type=Path,
+        help="Attack this encoder folder instead of RUN/TARGET, on the run's attacker data and against the run's "
+        "victim and twin figures (e.g. an encoder pre-trained without the prohibited domain, as a reference).",
+    )
     parser.add_argument("--sanitizers", nargs="*", help="Sanitisers to try (default: all; none: no sanitiser).")
     parser.add_argument("--transforms", nargs="*", help="Transforms to try (default: all; none: no transform).")
     parser.add_argument(
@@ -95,7 +101,7 @@ def main() -> None:
         finetune_seeds=tuple(args.finetune_seeds),
     )
     adaptive = run_adaptive_suite(
-        str(args.run / args.target),
+        str(args.encoder or args.run / args.target),
         {row["domain"]: attacker[row["domain"]] for row in prohibited},
         config,
         authorized=attacker[authorized[0]]["train"],
