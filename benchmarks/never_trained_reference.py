@@ -106,88 +106,116 @@ def _worst(report: dict[str, Any], domain: str) -> dict[str, Any]:
     return next(row for row in report["worst_case"] if row["domain"] == domain)
 
 
-def summarize_cell(
-    run: Path, out: Path, prohibited: str, lock_adaptive: Path | None, victim_attacked: Path
-) -> dict[str, Any]:
-    """One run and pre-training seed: victim, twin, the reference's fresh probe and worst case, and the lock's; with
-    the victim's own worst case (``victim_attacked``, where it was run), the share of the gap between the victim's and
-    the reference's worst cases that the lock's worst case closes."""
-    reference = _worst(json.loads((out / REPORT).read_text()), prohibited)
+def summarize_attacks(folder: Path, prohibited: str, seeds: list[int]) -> dict[str, Any]:
+    """One attacker's data: victim and twin (fresh probes), the victim's worst case where it was attacked, and each
+    attacked reference's fresh probe and worst case (at least one reference must have been attacked)."""
+    rows = {
+        str(seed): _worst(json.loads((folder / f"reference_seed{seed}" / REPORT).read_text()), prohibited)
+        for seed in seeds
+        if (folder / f"reference_seed{seed}" / REPORT).is_file()
+    }
+    references = {
+        seed: {
+            "fresh": row["fresh_probe"],
+            "fresh_removed": row["fresh_probe_removed"],
+            "worst": row["worst_accuracy"],
+            "worst_removed": row["worst_removed"],
+            "worst_attack": f"{row['worst_family']}: {row['worst_attack']}",
+        }
+        for seed, row in rows.items()
+    }
+    victim_report = folder / "victim" / REPORT
+    victim = _worst(json.loads(victim_report.read_text()), prohibited) if victim_report.is_file() else None
+    baselines = next(iter(rows.values()))  # every report of one attacker's data holds the same victim and twin
+    return {
+        "prohibited": prohibited,
+        "victim": baselines["victim"],
+        "random_twin": baselines["random_twin"],
+        "victim_worst": victim["worst_accuracy"] if victim else None,
+        "victim_worst_attack": f"{victim['worst_family']}: {victim['worst_attack']}" if victim else None,
+        "references": references,
+        "reference_worst_mean": statistics.mean(r["worst"] for r in references.values()),
+        "reference_worst_removed_mean": statistics.mean(r["worst_removed"] for r in references.values()),
+        "reference_fresh_removed_mean": statistics.mean(r["fresh_removed"] for r in references.values()),
+    }
+
+
+def summarize_lock(run: Path, prohibited: str, lock_adaptive: Path | None, attacks: dict[str, Any]) -> dict[str, Any]:
+    """A run's lock: fresh probes and worst case removed, and the share of the gap between the victim's worst case
+    and the references' mean worst case that the lock's worst case closes (100%: it leaves the attacker what an
+    encoder that never saw the domain leaves)."""
     run_report = json.loads((run / "report.json").read_text())
     row = next(r for r in run_report["table"] if r["domain"] == prohibited and r["role"] == "prohibited")
-    lock = {"fresh_removed": row["advantage_removed"]}
+    lock: dict[str, Any] = {"run": str(run), "fresh_removed": row["advantage_removed"]}
     if lock_adaptive is not None and (lock_adaptive / REPORT).is_file():
-        worst = _worst(json.loads((lock_adaptive / REPORT).read_text()), prohibited)
-        lock |= {key: worst[key] for key in ("worst_accuracy", "worst_removed", "worst_attack")}
-        lock["worst_source"] = str(lock_adaptive / REPORT)
+        source, report = lock_adaptive / REPORT, json.loads((lock_adaptive / REPORT).read_text())
     elif run_report.get("adaptive"):
-        worst = _worst(run_report["adaptive"], prohibited)
-        lock |= {key: worst[key] for key in ("worst_accuracy", "worst_removed", "worst_attack")}
-        lock["worst_source"] = str(run / "report.json")
-    victim_worst = None
-    if (victim_attacked / REPORT).is_file():
-        victim_worst = _worst(json.loads((victim_attacked / REPORT).read_text()), prohibited)["worst_accuracy"]
-        if "worst_accuracy" in lock:
-            gap = victim_worst - reference["worst_accuracy"]
-            lock["worst_share_of_reference_gap"] = (victim_worst - lock["worst_accuracy"]) / gap if gap > 0 else None
-    return {
-        "victim": reference["victim"],
-        "random_twin": reference["random_twin"],
-        "reference_fresh": reference["fresh_probe"],
-        "reference_fresh_removed": reference["fresh_probe_removed"],
-        "reference_worst": reference["worst_accuracy"],
-        "reference_worst_removed": reference["worst_removed"],
-        "reference_worst_attack": f"{reference['worst_family']}: {reference['worst_attack']}",
-        "victim_worst": victim_worst,
-        "lock": lock,
-        "run": str(run),
-    }
+        source, report = run / "report.json", run_report["adaptive"]
+    else:
+        return lock
+    worst = _worst(report, prohibited)
+    lock |= {key: worst[key] for key in ("worst_accuracy", "worst_removed", "worst_attack")}
+    lock["worst_source"] = str(source)
+    if attacks["victim_worst"] is not None:
+        gap = attacks["victim_worst"] - attacks["reference_worst_mean"]
+        lock["gap_closed"] = (attacks["victim_worst"] - worst["worst_accuracy"]) / gap if gap > 0 else None
+    return lock
 
 
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}"
 
 
-def write_summary(cells: dict[str, dict[str, Any]], output: Path) -> None:
-    """``never_trained_reference.json`` and ``.md``: one row per run and seed, then the mean over seeds per pair."""
+def write_summary(attacks: dict[str, dict[str, Any]], locks: dict[str, dict[str, Any]], output: Path) -> None:
+    """``never_trained_reference.json`` and ``.md``: the yardsticks per attacker's data, then each run's lock."""
     output.mkdir(parents=True, exist_ok=True)
-    (output / "never_trained_reference.json").write_text(json.dumps(cells, indent=2) + "\n")
+    summary = {"attacks": attacks, "locks": locks}
+    (output / "never_trained_reference.json").write_text(json.dumps(summary, indent=2) + "\n")
     lines = [
         "# An encoder that never saw the prohibited domain, under the adaptive attacker",
         "",
         "Reference: the built-in victim's recipe less the prohibited domain, pre-trained with the seed shown, attacked "
         "with the adaptive probe-only suite on the run's attacker data. Test accuracy, %. Removed = (victim - accuracy)"
-        " / (victim - twin), the victim and twin being the run's fresh-probe figures. The lock's columns are the run's "
-        "own (its worst case from the source named in the JSON). Gap closed = (victim's worst case - lock's worst "
-        "case) / (victim's worst case - reference's worst case): 100% means the lock leaves the attacker no more than "
-        "an encoder that never saw the domain would.",
+        " / (victim - twin), the victim and twin being the run's fresh-probe figures.",
         "",
-        "| Run | Pair (authorized -> prohibited) | Reference seed | Victim: fresh / worst | Twin "
-        "| Reference: fresh (removed) | Reference: worst (removed; attack) | Lock: fresh removed "
-        "| Lock: worst removed (attack) | Gap closed |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "## The yardsticks",
+        "",
+        "| Attacker's data | Victim: fresh / worst (attack) | Twin | Reference seed | Reference: fresh (removed) "
+        "| Reference: worst (removed; attack) |",
+        "|---|---|---|---|---|---|",
     ]
-    for name, cell in cells.items():
-        lock = cell["lock"]
+    for key, cell in attacks.items():
+        victim = f"{_pct(cell['victim'])} / {_pct(cell['victim_worst'])} (`{cell['victim_worst_attack'] or '-'}`)"
+        for seed, ref in cell["references"].items():
+            lines.append(
+                f"| {key} | {victim} | {_pct(cell['random_twin'])} | {seed} | {_pct(ref['fresh'])} "
+                f"({_pct(ref['fresh_removed'])}) | {_pct(ref['worst'])} ({_pct(ref['worst_removed'])}; "
+                f"`{ref['worst_attack']}`) |"
+            )
+        if len(cell["references"]) > 1:
+            lines.append(
+                f"| {key} | | | mean | ({_pct(cell['reference_fresh_removed_mean'])}) "
+                f"| {_pct(cell['reference_worst_mean'])} ({_pct(cell['reference_worst_removed_mean'])}) |"
+            )
+    lines += [
+        "",
+        "## The locks",
+        "",
+        "Gap closed = (victim's worst case - lock's worst case) / (victim's worst case - the references' mean worst "
+        "case): 100% means the lock leaves the attacker who knows the method what an encoder that never saw the "
+        "domain leaves. The lock's worst case is from the source named in the JSON.",
+        "",
+        "| Run | Attacker's data | Lock: fresh removed | Lock: worst (removed; attack) | Reference: worst removed, "
+        "mean | Gap closed |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, lock in locks.items():
+        cell = attacks[lock["attacks"]]
         lines.append(
-            f"| {name.rsplit('__', 1)[0]} | {cell['authorized']} -> {cell['prohibited']} | {cell['pretrain_seed']} "
-            f"| {_pct(cell['victim'])} / {_pct(cell['victim_worst'])} | {_pct(cell['random_twin'])} "
-            f"| {_pct(cell['reference_fresh'])} ({_pct(cell['reference_fresh_removed'])}) "
-            f"| {_pct(cell['reference_worst'])} ({_pct(cell['reference_worst_removed'])}; "
-            f"`{cell['reference_worst_attack']}`) | {_pct(lock['fresh_removed'])} "
-            f"| {_pct(lock.get('worst_removed'))} (`{lock.get('worst_attack', '-')}`) "
-            f"| {_pct(lock.get('worst_share_of_reference_gap'))} |"
+            f"| {name} | {lock['attacks']} | {_pct(lock['fresh_removed'])} | {_pct(lock.get('worst_accuracy'))} "
+            f"({_pct(lock.get('worst_removed'))}; `{lock.get('worst_attack', '-')}`) "
+            f"| {_pct(cell['reference_worst_removed_mean'])} | {_pct(lock.get('gap_closed'))} |"
         )
-    runs: dict[str, list[dict[str, Any]]] = {}
-    for name, cell in cells.items():
-        runs.setdefault(name.rsplit("__", 1)[0], []).append(cell)
-    if any(len(group) > 1 for group in runs.values()):
-        lines += ["", "Mean over the references' pre-training seeds, removed %:", ""]
-        lines += ["| Run | Seeds | Reference fresh | Reference worst |", "|---|---|---|---|"]
-        for run, group in runs.items():
-            fresh = statistics.mean(c["reference_fresh_removed"] for c in group)
-            worst = statistics.mean(c["reference_worst_removed"] for c in group)
-            lines.append(f"| {run} | {len(group)} | {_pct(fresh)} | {_pct(worst)} |")
     (output / "never_trained_reference.md").write_text("\n".join(lines) + "\n")
 
 
@@ -211,27 +239,25 @@ def main(argv: list[str] | None = None) -> None:
     if not args.summarize and args.cache_dir is None:
         parser.error("--cache_dir is required to build references (or pass --summarize)")
     experiments = {run: run_experiment(run) for run in args.runs}  # every run checked before any work
-    cells = {}
+    attacks, locks = {}, {}
     for run, experiment in experiments.items():
         prohibited, folder = experiment["prohibited"], attacks_folder(args.output, experiment)
-        if args.attack_victim and not args.summarize:
-            attack(run, run / "victim", folder / "victim", prohibited, args.threads)
-        for seed in args.pretrain_seeds:
-            out = folder / f"reference_seed{seed}"
-            if not args.summarize:
-                attack(run, build_reference(args.cache_dir, prohibited, seed), out, prohibited, args.threads)
-            if not (out / REPORT).is_file():
-                print(f"{out}: no {REPORT} yet; left out of the summary", file=sys.stderr)
-                continue
-            lock_adaptive = args.lock_adaptive_dir / run.name if args.lock_adaptive_dir else None
-            cell = summarize_cell(run, out, prohibited, lock_adaptive, folder / "victim")
-            cells[f"{run.name}__seed{seed}"] = {
-                "authorized": experiment["authorized"],
-                "prohibited": prohibited,
-                "pretrain_seed": seed,
-                **cell,
-            }
-    write_summary(cells, args.output)
+        if not args.summarize:
+            if args.attack_victim:
+                attack(run, run / "victim", folder / "victim", prohibited, args.threads)
+            for seed in args.pretrain_seeds:
+                reference = build_reference(args.cache_dir, prohibited, seed)
+                attack(run, reference, folder / f"reference_seed{seed}", prohibited, args.threads)
+        if not any((folder / f"reference_seed{seed}" / REPORT).is_file() for seed in args.pretrain_seeds):
+            print(f"{folder}: no reference attacked yet; {run} left out of the summary", file=sys.stderr)
+            continue
+        if folder.name not in attacks:
+            attacks[folder.name] = summarize_attacks(folder, prohibited, args.pretrain_seeds)
+        lock_adaptive = args.lock_adaptive_dir / run.name if args.lock_adaptive_dir else None
+        locks[run.name] = {"attacks": folder.name} | summarize_lock(
+            run, prohibited, lock_adaptive, attacks[folder.name]
+        )
+    write_summary(attacks, locks, args.output)
     print((args.output / "never_trained_reference.md").read_text())
 
 
