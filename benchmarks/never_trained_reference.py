@@ -257,6 +257,8 @@ def main(argv: list[str] | None = None) -> None:
         locks[run.name] = {"attacks": folder.name} | summarize_lock(
             run, prohibited, lock_adaptive, attacks[folder.name]
         )
+    if not attacks:
+        raise SystemExit(f"no reference has been attacked under {args.output} yet; nothing to summarise")
     write_summary(attacks, locks, args.output)
     print((args.output / "never_trained_reference.md").read_text())
 
