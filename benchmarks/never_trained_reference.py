@@ -2,10 +2,11 @@
 
 A lock tries to make the released encoder as useless on its prohibited domain as it would be had the owner never
 trained on that domain. The encoder the owner would then have released is easy to build here: the built-in victim's
-recipe (``hf_encoderlock.victim.VictimConfig``) less the prohibited domain, pre-trained with the same seeds. This
-script builds that reference for each main-job run given, attacks it with the adaptive attacker's probe-only suite on
-the run's own attacker data (``benchmarks/adaptive_attacks.py --run RUN --encoder REFERENCE``), and tabulates, per run
-and pre-training seed, how much of the victim's advantage the reference removes, beside what the run's lock removes.
+recipe (``hf_encoderlock.victim.VictimConfig``) less the prohibited domain, pre-trained with each seed given (0 is
+the victim's own). This script builds that reference for each main-job run given, attacks it with the adaptive
+attacker's probe-only suite on the run's own attacker data (``benchmarks/adaptive_attacks.py --run RUN --encoder
+REFERENCE``), and tabulates how much of the victim's advantage each reference removes, then each run's lock beside
+them.
 
     python benchmarks/never_trained_reference.py --runs RUN [RUN ...] --output OUT --cache_dir CACHE --threads 2
     python benchmarks/never_trained_reference.py --runs RUN --output OUT --cache_dir CACHE --pretrain_seeds 0 1 2
@@ -73,13 +74,9 @@ def attacks_folder(output: Path, experiment: dict[str, Any]) -> Path:
     return output / "attacks" / f"{experiment['authorized']}__{experiment['prohibited']}__{digest}"
 
 
-def reference_folder(cache_dir: Path, prohibited: str, seed: int) -> Path:
-    return cache_dir / f"no_{prohibited}__seed{seed}"
-
-
 def build_reference(cache_dir: Path, prohibited: str, seed: int) -> Path:
     """The victim's recipe less ``prohibited``, pre-trained with ``seed`` (once; reused from the cache after)."""
-    folder = reference_folder(cache_dir, prohibited, seed)
+    folder = cache_dir / f"no_{prohibited}__seed{seed}"
     if not (folder / MODEL_WEIGHTS_FILE).is_file():
         base = VictimConfig()
         config = replace(base, domains=[d for d in base.domains if d != prohibited], seed=seed)
